@@ -1,0 +1,264 @@
+"""Tamiyo's composed, factored action space and its masks.
+
+The space is a tuple of categorical heads: the kernel's own (``op``,
+``slot``, ``blueprint``, ``blend``) followed by every lever's head. Actions
+are integer tensors ``[n_envs, n_heads]``; masks are bool tensors
+``[n_envs, n_ops, n_heads, max_choices]`` because which slot may be chosen
+depends on the op (a slot to germinate must be dormant, one to cull live).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import attrs
+import torch
+
+from esper_kernel.errors import MaskError, PluginError
+from esper_kernel.specs import HeadSpec
+from esper_kernel.stages import Op
+
+N_OPS = len(Op)
+OP_HEAD = "op"
+
+
+@attrs.frozen
+class ComposedHead:
+    """A head as composed: its spec, position and the lever that declared it."""
+
+    spec: HeadSpec
+    index: int
+    lever: str
+    distribution: str
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+
+@attrs.frozen
+class Decision:
+    """One env's decoded action: the op, and every head's choice name."""
+
+    op: Op
+    choices: dict[str, str]
+    values: dict[str, Any]
+    relevant: dict[str, bool]
+
+
+class ActionSpace:
+    """Every head, its size, and which heads matter for which op."""
+
+    def __init__(self, heads: Sequence[ComposedHead]) -> None:
+        self.heads: tuple[ComposedHead, ...] = tuple(heads)
+        self.names: tuple[str, ...] = tuple(h.name for h in self.heads)
+        self._by_name = {h.name: h for h in self.heads}
+        if OP_HEAD not in self._by_name:
+            raise PluginError(
+                "the action space has no 'op' head; the kernel's core plugin is missing"
+            )
+        self.sizes: tuple[int, ...] = tuple(h.spec.size for h in self.heads)
+        self.n_heads = len(self.heads)
+        self.max_choices = max(self.sizes)
+        self.op_index = self.names.index(OP_HEAD)
+        # Static relevance by op, then the head conditions applied per action.
+        rel = torch.zeros(N_OPS, self.n_heads, dtype=torch.bool)
+        for h in self.heads:
+            for op in h.spec.ops:
+                rel[int(op), h.index] = True
+        self.relevance_by_op = rel
+        valid = torch.zeros(self.n_heads, self.max_choices, dtype=torch.bool)
+        for h in self.heads:
+            valid[h.index, : h.spec.size] = True
+        #: ``[n_heads, max_choices]``: True where a choice exists (padding is False).
+        self.valid_choices = valid
+        self._conditions: list[tuple[int, int, torch.Tensor]] = []
+        for h in self.heads:
+            cond = h.spec.condition
+            if cond is None:
+                continue
+            target = self._by_name.get(cond.head)
+            if target is None:
+                raise PluginError(
+                    f"lever {h.lever!r} ({h.distribution}): head {h.name!r} is conditioned on "
+                    f"head {cond.head!r}, which no installed lever declares"
+                )
+            allowed = torch.zeros(self.max_choices, dtype=torch.bool)
+            for c in cond.choices:
+                if c not in target.spec.choices:
+                    raise PluginError(
+                        f"lever {h.lever!r} ({h.distribution}): head {h.name!r} is conditioned on "
+                        f"{cond.head}={c!r}, but {cond.head!r} has choices {list(target.spec.choices)}"
+                    )
+                allowed[target.spec.choices.index(c)] = True
+            self._conditions.append((h.index, target.index, allowed))
+        self.defaults = torch.tensor([h.spec.default_index for h in self.heads], dtype=torch.long)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._by_name
+
+    def head(self, name: str) -> ComposedHead:
+        try:
+            return self._by_name[name]
+        except KeyError:
+            raise KeyError(f"no head {name!r}; heads are {list(self.names)}") from None
+
+    def choice_index(self, head: str, choice: str) -> int:
+        spec = self.head(head).spec
+        try:
+            return spec.choices.index(choice)
+        except ValueError:
+            raise KeyError(
+                f"head {head!r} has no choice {choice!r}; choices are {list(spec.choices)}"
+            ) from None
+
+    def relevance(self, actions: torch.Tensor) -> torch.Tensor:
+        """``[B, n_heads]`` bool: which heads matter for these actions.
+
+        A head matters when the chosen op is among its ops and, if it has a
+        condition, the conditioning head matters and chose an allowed value.
+        """
+        rel = self.relevance_by_op[actions[:, self.op_index]]
+        for head_i, cond_i, allowed in self._conditions:
+            ok = allowed[actions[:, cond_i]] & rel[:, cond_i]
+            rel[:, head_i] &= ok
+        return rel
+
+    def decode(self, actions: torch.Tensor) -> list[Decision]:
+        """Turn ``[B, n_heads]`` indices into per-env decisions.
+
+        Irrelevant heads report their default, so a recorded seed never holds a
+        choice nobody made.
+        """
+        rel = self.relevance(actions)
+        rows = torch.where(rel, actions, self.defaults).tolist()
+        rel_rows = rel.tolist()
+        out: list[Decision] = []
+        for row, rrow in zip(rows, rel_rows, strict=True):
+            choices = {h.name: h.spec.choices[i] for h, i in zip(self.heads, row, strict=True)}
+            values = {h.name: h.spec.values[i] for h, i in zip(self.heads, row, strict=True)}
+            relevant = dict(zip(self.names, rrow, strict=True))
+            out.append(Decision(Op(row[self.op_index]), choices, values, relevant))
+        return out
+
+    def encode(self, choices: Sequence[Mapping[str, str]]) -> torch.Tensor:
+        """Inverse of :meth:`decode`: choice names per env -> ``[B, n_heads]``.
+
+        Heads a mapping leaves out take their default.
+        """
+        out = self.defaults.repeat(len(choices), 1)
+        for b, row in enumerate(choices):
+            for name, choice in row.items():
+                out[b, self.head(name).index] = self.choice_index(name, choice)
+        return out
+
+
+@attrs.frozen
+class MaskView:
+    """What a ``mask`` hook sees: the state of every env, as tensors.
+
+    ``slot_stage[e, s]`` is the :class:`~esper_kernel.stages.Stage` of slot
+    ``s`` in env ``e``; ``fossilize_ok`` says where gate G5 passes.
+    """
+
+    space: ActionSpace
+    n_envs: int
+    n_slots: int
+    topology: str
+    max_epochs: int
+    epoch: torch.Tensor
+    slot_stage: torch.Tensor
+    fossilize_ok: torch.Tensor
+    blueprints: tuple[str, ...]
+
+    @property
+    def epochs_left(self) -> torch.Tensor:
+        return self.max_epochs - self.epoch
+
+    def ones(self, head: str) -> torch.Tensor:
+        """An all-legal ``[n_envs, n_choices]`` mask for ``head``."""
+        return torch.ones(self.n_envs, self.space.head(head).spec.size, dtype=torch.bool)
+
+
+MaskFn = Callable[[MaskView], "Mapping[str, torch.Tensor] | None"]
+
+
+@attrs.frozen
+class MaskSource:
+    lever: str
+    distribution: str
+    fn: MaskFn
+
+
+class MaskComposer:
+    """ANDs every lever's mask into one ``[B, n_ops, n_heads, max_choices]`` tensor."""
+
+    def __init__(self, space: ActionSpace, sources: Sequence[MaskSource]) -> None:
+        self.space = space
+        self.sources = tuple(sources)
+
+    def __call__(self, view: MaskView) -> torch.Tensor:
+        space = self.space
+        b = view.n_envs
+        out = space.valid_choices.expand(b, N_OPS, -1, -1).clone()
+        results: list[tuple[MaskSource, str, torch.Tensor]] = []
+        for src in self.sources:
+            try:
+                got = src.fn(view)
+            except Exception as exc:
+                raise PluginError(
+                    f"lever {src.lever!r} ({src.distribution}): mask() raised "
+                    f"{type(exc).__name__}: {exc}"
+                ) from exc
+            if not got:
+                continue
+            for name, m in got.items():
+                h = self._check(src, name, m, b)
+                results.append((src, name, m))
+                if m.dim() == 2:
+                    out[:, :, h.index, : h.spec.size] &= m[:, None, :]
+                else:
+                    out[:, :, h.index, : h.spec.size] &= m
+        self._check_rows(out, results)
+        return out
+
+    def _check(self, src: MaskSource, name: str, m: torch.Tensor, b: int) -> ComposedHead:
+        where = f"lever {src.lever!r} ({src.distribution}): mask for head {name!r}"
+        if name not in self.space:
+            raise MaskError(f"{where}: no such head; heads are {list(self.space.names)}")
+        h = self.space.head(name)
+        if not isinstance(m, torch.Tensor) or m.dtype != torch.bool:
+            raise MaskError(f"{where}: must be a bool tensor, got {getattr(m, 'dtype', type(m))}")
+        ok2 = (b, h.spec.size)
+        ok3 = (b, N_OPS, h.spec.size)
+        if tuple(m.shape) not in (ok2, ok3) or (m.dim() == 3 and name == OP_HEAD):
+            raise MaskError(f"{where}: shape {tuple(m.shape)} does not match {ok2} or {ok3}")
+        return h
+
+    def _check_rows(
+        self, out: torch.Tensor, results: Sequence[tuple[MaskSource, str, torch.Tensor]]
+    ) -> None:
+        space = self.space
+        op_i = space.op_index
+        op_legal = out[:, int(Op.WAIT), op_i, :N_OPS]
+        any_legal = out.any(dim=-1)
+        need = op_legal[:, :, None] & space.relevance_by_op[None, :, :]
+        need[:, :, op_i] = True
+        bad = need & ~any_legal
+        if not bool(bad.any()):
+            return
+        env, op, head_i = (int(v) for v in bad.nonzero()[0])
+        name = space.names[head_i]
+        culprits = []
+        for src, hname, m in results:
+            if hname != name:
+                continue
+            row = m[env] if m.dim() == 2 else m[env, op]
+            if not bool(row.all()):
+                culprits.append(f"{src.lever!r} ({src.distribution})")
+        by = ", ".join(culprits) if culprits else "no lever (the kernel's own rules)"
+        raise MaskError(
+            f"head {name!r} has no legal choice in env {env} for op {Op(op).name}; "
+            f"masked out by {by}"
+        )

@@ -1,0 +1,99 @@
+"""A seed's recorded state: its choices, its knobs, and its measured history.
+
+Levers read ``SeedState.choices``/``value()`` and write ``SeedState.knobs``
+from ``on_enter_stage``; the lifecycle engine reads the knobs with these
+defaults and appends to ``SeedState.metrics`` once per epoch, which is what
+telemetry fields are computed from.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+
+from esper_kernel.stages import Stage
+
+
+def default_dwell(max_epochs: int) -> int:
+    """The kernel's train-to-blend dwell when no lever sets one."""
+    return max(1, int(max_epochs * 0.1))
+
+
+@attrs.define
+class Knobs:
+    """Per-seed lifecycle parameters. Every default is the kernel's own."""
+
+    blend_steps: int = 5
+    steepness: float = 1.0
+    dwell_epochs: int = 1
+    min_blend_epochs: int = 3
+    g2_threshold: float = 0.10
+    probation_epochs: int = 5
+    lr_scale: float = 1.0
+    #: None means "by topology": CNN seeds stay isolated while blending,
+    #: transformer seeds co-adapt.
+    isolate_blending: bool | None = None
+    width_scale: float = 1.0
+    #: Gradients above this norm count as an explosion (G5 and lr telemetry).
+    explode_norm: float = 1e3
+
+
+@attrs.define
+class SeedMetrics:
+    """Per-epoch history of one seed, appended by the lifecycle engine.
+
+    All lists are aligned: index i is the i-th epoch since germination.
+    """
+
+    stage: list[int] = attrs.Factory(list)
+    alpha: list[float] = attrs.Factory(list)
+    grad_norm: list[float] = attrs.Factory(list)
+    grad_ratio: list[float] = attrs.Factory(list)
+    host_grad_via_seed: list[float] = attrs.Factory(list)
+    host_weight_change: list[float] = attrs.Factory(list)
+    weight_norm: list[float] = attrs.Factory(list)
+    contribution: list[float | None] = attrs.Factory(list)
+    val_accuracy: list[float] = attrs.Factory(list)
+    alpha_batch_var: list[float] = attrs.Factory(list)
+    exploded: list[bool] = attrs.Factory(list)
+    #: Counterfactual: the run with the opposite isolation setting, when measured.
+    coadaptation_delta: list[float | None] = attrs.Factory(list)
+
+
+@attrs.define(eq=False)
+class SeedState:
+    """One seed's life: set at GERMINATE, carried until fossilized or culled."""
+
+    seed_id: str
+    slot: int
+    blueprint: str
+    blend: str
+    topology: str
+    germinated_epoch: int
+    max_epochs: int
+    stage: Stage = Stage.GERMINATED
+    stage_entered_epoch: int = 0
+    #: Head name -> chosen choice name, for every head relevant at GERMINATE.
+    choices: dict[str, str] = attrs.Factory(dict)
+    #: Head name -> the chosen choice's value.
+    values: dict[str, Any] = attrs.Factory(dict)
+    knobs: Knobs = attrs.Factory(Knobs)
+    metrics: SeedMetrics = attrs.Factory(SeedMetrics)
+    #: Lever name -> whatever the lever keeps; checkpointed under the lever's key.
+    lever_state: dict[str, dict[str, Any]] = attrs.Factory(dict)
+    blend_epochs: int = 0
+    cull_reason: str | None = None
+
+    def value(self, head: str, default: Any = None) -> Any:
+        """The value chosen for ``head`` at germination, or ``default``."""
+        return self.values.get(head, default)
+
+    def epochs_in_stage(self, epoch: int) -> int:
+        return epoch - self.stage_entered_epoch
+
+    @property
+    def isolated_when_blending(self) -> bool:
+        if self.knobs.isolate_blending is None:
+            return self.topology == "cnn"
+        return self.knobs.isolate_blending
