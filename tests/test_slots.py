@@ -365,3 +365,26 @@ def test_buffers_follow_the_module_state_dict() -> None:
     slot = SeedSlot(4, "cnn")
     assert {"alpha", "isolate", "incubate"} <= set(slot.state_dict())
     assert all(slot.state_dict()[k].dim() == 0 for k in ("alpha", "isolate", "incubate"))
+
+
+def test_probe_records_host_gradient_through_seed_path() -> None:
+    """The eager diagnostic probe reports exactly zero host gradient via the seed
+    when isolated, non-zero when co-adapting, and the gate's alpha spread."""
+    torch.manual_seed(0)
+    slot = SeedSlot(8, "cnn")
+    seed = build_seed("cnn", "conv_small", 8)
+    _scramble(seed)
+    slot.germinate(seed, "gated")
+    assert slot.gate is not None
+    _scramble(slot.gate)
+    slot.set_alpha(0.5)
+    slot.probe = True
+    x = torch.randn(4, 8, 5, 5, requires_grad=True)
+
+    slot(x).sum().backward()
+    assert slot.probe_grad_norm == 0.0
+    assert slot.probe_alpha_var > 0.0
+
+    slot.set_isolation(False)
+    slot(x).sum().backward()
+    assert slot.probe_grad_norm > 0.0
