@@ -11,10 +11,9 @@ import torch
 
 from esper_kernel import hookimpl
 from esper_kernel.actions import N_OPS, MaskView
+from esper_kernel.slots import BLENDS
 from esper_kernel.specs import CompileSafety, HeadSpec, Safety
 from esper_kernel.stages import LIVE_STAGES, Op, Stage
-
-BLENDS: tuple[str, ...] = ("linear", "sigmoid", "gated")
 
 _LIVE = torch.tensor(sorted(int(s) for s in LIVE_STAGES))
 

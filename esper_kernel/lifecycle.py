@@ -1,0 +1,400 @@
+"""The seed lifecycle engine: stage changes, gates, knobs applied to slots.
+
+One :class:`Lifecycle` drives the slots of one host. Tamiyo's ops arrive
+through :meth:`Lifecycle.apply`; everything else advances once per host epoch
+in :meth:`Lifecycle.end_epoch`, from the measurements the epoch produced.
+Every transition goes through the transition table, runs every lever's
+``on_enter_stage`` and then applies the seed's knobs; every gate evaluation
+and transition is an event.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import attrs
+import structlog
+import torch
+from torch import nn
+
+from esper_kernel.actions import Decision
+from esper_kernel.blueprints import build_seed
+from esper_kernel.errors import EsperError
+from esper_kernel.registry import Registry
+from esper_kernel.seeds import SeedState, default_dwell
+from esper_kernel.slots import SeedSlot, alpha_at
+from esper_kernel.stages import LIVE_STAGES, Op, Stage, check_transition
+
+#: The heads the kernel itself owns; everything else is a lever's choice.
+CORE_HEADS = frozenset({"op", "slot", "blueprint", "blend"})
+
+
+@attrs.define
+class LifecycleConfig:
+    max_epochs: int = 20
+    host_lr: float = 0.01
+    momentum: float = 0.9
+    embargo_epochs: int = 1
+
+
+@attrs.frozen
+class SlotMeasure:
+    """What one epoch measured for the seed in one slot."""
+
+    grad_norm: float = 0.0
+    #: RMS seed gradient over RMS host gradient: per parameter, so a small seed
+    #: is not judged by its size.
+    grad_ratio: float = 0.0
+    host_grad_via_seed: float = 0.0
+    contribution: float | None = None
+    alpha_batch_var: float = 0.0
+    exploded: bool = False
+    coadaptation_delta: float | None = None
+
+
+@attrs.frozen
+class EpochMeasure:
+    """What one host epoch measured, handed to :meth:`Lifecycle.end_epoch`."""
+
+    epoch: int
+    val_accuracy: float
+    host_grad_norm: float
+    slots: Mapping[int, SlotMeasure] = attrs.Factory(dict)
+
+
+@attrs.frozen
+class GateResult:
+    gate: str
+    passed: bool
+    values: dict[str, float]
+    thresholds: dict[str, float]
+
+
+class LifecycleError(EsperError):
+    """An op that the lifecycle cannot carry out (illegal for the slot's stage)."""
+
+
+class Lifecycle:
+    """Slots, seeds, optimizer param groups and the stage machine for one host."""
+
+    def __init__(
+        self,
+        host: nn.Module,
+        registry: Registry,
+        config: LifecycleConfig | None = None,
+        log: Any = None,
+    ) -> None:
+        self.host = host
+        self.registry = registry
+        self.config = config or LifecycleConfig()
+        self.log = log if log is not None else structlog.get_logger("esper.lifecycle")
+        self.slots: list[SeedSlot] = list(host.slots)  # type: ignore[arg-type]
+        self.topology: str = str(host.topology)
+        self.seeds: list[SeedState | None] = [None] * len(self.slots)
+        self.stages: list[Stage] = [Stage.DORMANT] * len(self.slots)
+        self.embargo_until: list[int] = [0] * len(self.slots)
+        self.history: list[SeedState] = []
+        self.optimizer = torch.optim.SGD(
+            [{"params": list(host.parameters()), "lr": self.config.host_lr, "seed_id": None}],
+            lr=self.config.host_lr,
+            momentum=self.config.momentum,
+        )
+        self._counter = 0
+
+    # -- Tamiyo's ops ------------------------------------------------------
+
+    def apply(self, decision: Decision, epoch: int) -> bool:
+        """Carry out a decoded decision; returns whether anything changed."""
+        if decision.op is Op.WAIT:
+            return False
+        slot = int(decision.values["slot"])
+        if decision.op is Op.GERMINATE:
+            self.germinate(slot, decision, epoch)
+        elif decision.op is Op.CULL:
+            self.cull(slot, epoch, reason="tamiyo")
+        elif decision.op is Op.FOSSILIZE:
+            self.fossilize(slot, epoch)
+        return True
+
+    def germinate(self, slot: int, decision: Decision, epoch: int) -> SeedState:
+        if self.stages[slot] is not Stage.DORMANT:
+            raise LifecycleError(f"cannot germinate slot {slot}: it is {self.stages[slot].name}, not DORMANT")
+        self._counter += 1
+        lever_heads = {
+            n: c for n, c in decision.choices.items() if n not in CORE_HEADS and decision.relevant.get(n, False)
+        }
+        seed = SeedState(
+            seed_id=f"seed{self._counter}-s{slot}",
+            slot=slot,
+            blueprint=str(decision.values["blueprint"]),
+            blend=str(decision.values["blend"]),
+            topology=self.topology,
+            germinated_epoch=epoch,
+            max_epochs=self.config.max_epochs,
+            stage=Stage.GERMINATED,
+            stage_entered_epoch=epoch,
+            choices=dict(lever_heads),
+            values={n: decision.values[n] for n in lever_heads},
+        )
+        seed.knobs.dwell_epochs = default_dwell(self.config.max_epochs)
+        self._check(Stage.DORMANT, Stage.GERMINATED)
+        # Levers run before the module is built: a width knob must be set by then.
+        self.registry.enter_stage(seed, Stage.DORMANT, Stage.GERMINATED)
+        module = build_seed(self.topology, seed.blueprint, self._dim(slot), seed.knobs.width_scale)
+        sl = self.slots[slot]
+        device = next(self.host.parameters()).device
+        sl.germinate(module.to(device), seed.blend)
+        sl.to(device)
+        self.optimizer.add_param_group(
+            {"params": sl.seed_parameters(), "lr": self.config.host_lr * seed.knobs.lr_scale, "seed_id": seed.seed_id}
+        )
+        self.seeds[slot] = seed
+        self.stages[slot] = Stage.GERMINATED
+        self._apply_knobs(seed)
+        self.log.info(
+            "seed.stage_changed",
+            seed_id=seed.seed_id,
+            slot=slot,
+            old=Stage.DORMANT.name,
+            new=Stage.GERMINATED.name,
+            reason="germinate",
+            blueprint=seed.blueprint,
+            blend=seed.blend,
+            choices=seed.choices,
+        )
+        return seed
+
+    def cull(self, slot: int, epoch: int, reason: str) -> SeedState:
+        seed = self._live(slot, "cull")
+        seed.cull_reason = reason
+        self._move(seed, Stage.CULLED, epoch, reason)
+        self._drop_group(seed)
+        self.slots[slot].cull()
+        self._move(seed, Stage.EMBARGOED, epoch, "embargo")
+        self.seeds[slot] = None
+        self.history.append(seed)
+        self.stages[slot] = Stage.EMBARGOED
+        self.embargo_until[slot] = epoch + self.config.embargo_epochs
+        return seed
+
+    def fossilize(self, slot: int, epoch: int) -> SeedState:
+        seed = self._live(slot, "fossilize")
+        if seed.stage is not Stage.PROBATIONARY:
+            raise LifecycleError(f"cannot fossilize {seed.seed_id}: it is {seed.stage.name}, not PROBATIONARY")
+        gate = self.gate_g5(seed)
+        self._emit_gate(seed, gate, epoch)
+        if not gate.passed:
+            raise LifecycleError(f"cannot fossilize {seed.seed_id}: gate G5 fails {gate.values}")
+        self._move(seed, Stage.FOSSILIZED, epoch, "fossilize")
+        self.slots[slot].fossilize()
+        # The fossil is host now: it trains at the host's rate from here on.
+        for group in self.optimizer.param_groups:
+            if group.get("seed_id") == seed.seed_id:
+                group["lr"] = self.config.host_lr
+                group["seed_id"] = None
+        self.seeds[slot] = None
+        self.history.append(seed)
+        self._check(Stage.FOSSILIZED, Stage.DORMANT)
+        self.stages[slot] = Stage.DORMANT
+        return seed
+
+    # -- the automatic part --------------------------------------------------
+
+    def end_epoch(self, measure: EpochMeasure) -> None:
+        """Record what the epoch measured, then advance every slot by its gates."""
+        epoch = measure.epoch
+        for slot, seed in enumerate(self.seeds):
+            if seed is None:
+                if self.stages[slot] is Stage.EMBARGOED and epoch + 1 >= self.embargo_until[slot]:
+                    self._check(Stage.EMBARGOED, Stage.DORMANT)
+                    self.stages[slot] = Stage.DORMANT
+                continue
+            self._record(seed, measure, slot)
+            self._advance(seed, epoch)
+
+    def _record(self, seed: SeedState, measure: EpochMeasure, slot: int) -> None:
+        m = measure.slots.get(slot, SlotMeasure())
+        met = seed.metrics
+        met.stage.append(int(seed.stage))
+        met.alpha.append(float(self.slots[slot].alpha))
+        met.grad_norm.append(m.grad_norm)
+        met.grad_ratio.append(m.grad_ratio)
+        met.host_grad_via_seed.append(m.host_grad_via_seed)
+        met.contribution.append(m.contribution)
+        met.val_accuracy.append(measure.val_accuracy)
+        met.alpha_batch_var.append(m.alpha_batch_var)
+        met.exploded.append(m.exploded or not math.isfinite(m.grad_norm) or m.grad_norm > seed.knobs.explode_norm)
+        met.weight_norm.append(_norm(self.slots[slot].seed_parameters()))
+        met.coadaptation_delta.append(m.coadaptation_delta)
+
+    def _advance(self, seed: SeedState, epoch: int) -> None:
+        k = seed.knobs
+        if seed.stage is Stage.GERMINATED:
+            gate = self.gate_g1(seed)
+            self._emit_gate(seed, gate, epoch)
+            if gate.passed:
+                self._move(seed, Stage.TRAINING, epoch + 1, "G1")
+            else:
+                self.cull(seed.slot, epoch, reason="g1_failed")
+        elif seed.stage is Stage.TRAINING:
+            if seed.epochs_in_stage(epoch + 1) < k.dwell_epochs:
+                return
+            gate = self.gate_g2(seed)
+            self._emit_gate(seed, gate, epoch)
+            if gate.passed:
+                self._move(seed, Stage.BLENDING, epoch + 1, "G2")
+        elif seed.stage is Stage.BLENDING:
+            seed.blend_epochs += 1
+            gate = self.gate_g3(seed)
+            self._emit_gate(seed, gate, epoch)
+            if gate.passed:
+                self._move(seed, Stage.PROBATIONARY, epoch + 1, "G3")
+            else:
+                self._set_alpha(seed, seed.blend_epochs + 1)
+        elif seed.stage is Stage.PROBATIONARY and seed.epochs_in_stage(epoch + 1) >= k.probation_epochs:
+            self.cull(seed.slot, epoch, reason="probation_timeout")
+
+    # -- gates ---------------------------------------------------------------
+
+    def gate_g1(self, seed: SeedState) -> GateResult:
+        """The seed built, and its output has the slot's shape and is finite."""
+        slot = self.slots[seed.slot]
+        assert slot.seed is not None
+        probe = self._probe_input(seed.slot)
+        with torch.no_grad():
+            out = slot.seed(probe)
+        ok = tuple(out.shape) == tuple(probe.shape) and bool(torch.isfinite(out).all())
+        return GateResult("G1", ok, {"shape_ok": float(ok)}, {"shape_ok": 1.0})
+
+    def gate_g2(self, seed: SeedState) -> GateResult:
+        """The seed learns: its gradient norm relative to the host's is large enough."""
+        ratio = seed.metrics.grad_ratio[-1] if seed.metrics.grad_ratio else 0.0
+        thr = seed.knobs.g2_threshold
+        return GateResult("G2", ratio >= thr, {"grad_ratio": ratio}, {"grad_ratio": thr})
+
+    def gate_g3(self, seed: SeedState) -> GateResult:
+        """Blending is done: alpha reached 1 and the minimum blending epochs passed."""
+        k = seed.knobs
+        alpha = alpha_at(seed.blend, seed.blend_epochs, k.blend_steps, k.steepness)
+        ok = alpha >= 1.0 and seed.blend_epochs >= k.min_blend_epochs
+        return GateResult(
+            "G3",
+            ok,
+            {"alpha": alpha, "blend_epochs": float(seed.blend_epochs)},
+            {"alpha": 1.0, "blend_epochs": float(k.min_blend_epochs)},
+        )
+
+    def gate_g5(self, seed: SeedState) -> GateResult:
+        """Worth keeping: positive counterfactual contribution, healthy gradients."""
+        contrib = next((c for c in reversed(seed.metrics.contribution) if c is not None), None)
+        healthy = not any(seed.metrics.exploded)
+        ok = contrib is not None and contrib > 0 and healthy
+        return GateResult(
+            "G5",
+            ok,
+            {"contribution": contrib if contrib is not None else float("nan"), "healthy": float(healthy)},
+            {"contribution": 0.0, "healthy": 1.0},
+        )
+
+    def fossilize_ok(self) -> list[bool]:
+        """Per slot: would FOSSILIZE be legal now (PROBATIONARY and G5 passes)."""
+        return [s is not None and s.stage is Stage.PROBATIONARY and self.gate_g5(s).passed for s in self.seeds]
+
+    # -- plumbing ------------------------------------------------------------
+
+    def _move(self, seed: SeedState, new: Stage, epoch: int, reason: str) -> None:
+        old = seed.stage
+        self._check(old, new)
+        seed.stage = new
+        seed.stage_entered_epoch = epoch
+        if new is Stage.BLENDING:
+            seed.blend_epochs = 0
+        self.registry.enter_stage(seed, old, new)
+        if new in LIVE_STAGES:
+            self.stages[seed.slot] = new
+        self._apply_knobs(seed)
+        self.log.info(
+            "seed.stage_changed", seed_id=seed.seed_id, slot=seed.slot, old=old.name, new=new.name, reason=reason
+        )
+
+    def _check(self, old: Stage, new: Stage) -> None:
+        check_transition(old, new)
+
+    def _apply_knobs(self, seed: SeedState) -> None:
+        """Push a seed's knobs into its slot buffers and its optimizer group."""
+        slot = self.slots[seed.slot]
+        if seed.stage not in LIVE_STAGES:
+            return
+        for group in self.optimizer.param_groups:
+            if group.get("seed_id") == seed.seed_id:
+                group["lr"] = self.config.host_lr * seed.knobs.lr_scale
+        training = seed.stage in (Stage.GERMINATED, Stage.TRAINING)
+        slot.set_incubate(training)
+        slot.set_isolation(True if training else seed.isolated_when_blending)
+        if seed.stage is Stage.BLENDING:
+            self._set_alpha(seed, seed.blend_epochs + 1)
+        elif seed.stage is Stage.PROBATIONARY:
+            slot.set_alpha(1.0)
+        else:
+            slot.set_alpha(0.0)
+
+    def _set_alpha(self, seed: SeedState, step: int) -> None:
+        k = seed.knobs
+        self.slots[seed.slot].set_alpha(alpha_at(seed.blend, step, k.blend_steps, k.steepness))
+
+    def _drop_group(self, seed: SeedState) -> None:
+        keep = []
+        for group in self.optimizer.param_groups:
+            if group.get("seed_id") == seed.seed_id:
+                for p in group["params"]:
+                    self.optimizer.state.pop(p, None)
+            else:
+                keep.append(group)
+        self.optimizer.param_groups[:] = keep
+
+    def _live(self, slot: int, op: str) -> SeedState:
+        seed = self.seeds[slot]
+        if seed is None:
+            raise LifecycleError(f"cannot {op} slot {slot}: no live seed there ({self.stages[slot].name})")
+        return seed
+
+    def _dim(self, slot: int) -> int:
+        return int(self.host.slot_dims[slot])  # type: ignore[index]
+
+    def _probe_input(self, slot: int) -> torch.Tensor:
+        dim = self._dim(slot)
+        device = next(self.host.parameters()).device
+        shape = (2, dim, 4, 4) if self.topology == "cnn" else (2, 4, dim)
+        return torch.randn(shape, device=device)
+
+    def _emit_gate(self, seed: SeedState, gate: GateResult, epoch: int) -> None:
+        self.log.info(
+            "seed.gate_evaluated",
+            seed_id=seed.seed_id,
+            slot=seed.slot,
+            stage=seed.stage.name,
+            gate=gate.gate,
+            passed=gate.passed,
+            values=gate.values,
+            thresholds=gate.thresholds,
+        )
+
+    def seed_group_lr(self, slot: int) -> float:
+        """The learning rate of the live seed's optimizer param group."""
+        seed = self._live(slot, "inspect")
+        for group in self.optimizer.param_groups:
+            if group.get("seed_id") == seed.seed_id:
+                return float(group["lr"])
+        raise LifecycleError(f"{seed.seed_id} has no optimizer param group")
+
+    def live_seeds(self) -> list[SeedState]:
+        return [s for s in self.seeds if s is not None]
+
+
+def _norm(params: list[nn.Parameter]) -> float:
+    if not params:
+        return 0.0
+    with torch.no_grad():
+        return float(torch.linalg.vector_norm(torch.stack([p.detach().norm() for p in params])))

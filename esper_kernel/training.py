@@ -1,0 +1,233 @@
+"""One host epoch: train, measure, evaluate, advance the lifecycle, compute telemetry.
+
+This is the loop every caller shares (the environment, tests driving a
+scripted lifecycle, benchmarks), so that a lever's effect is always measured
+through the same code a real run uses.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import attrs
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from esper_kernel.lifecycle import EpochMeasure, Lifecycle, SlotMeasure
+from esper_kernel.registry import ComposedField, Registry
+from esper_kernel.slots import SeedSlot
+from esper_kernel.specs import FieldContext
+from esper_kernel.stages import Stage
+from esper_kernel.tasks import TaskData
+
+
+@attrs.frozen
+class EpochResult:
+    epoch: int
+    train_loss: float
+    train_accuracy: float
+    val_loss: float
+    val_accuracy: float
+    host_grad_norm: float
+    measure: EpochMeasure
+
+
+def task_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy for image labels ``[B]`` and token targets ``[B, T]`` alike."""
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
+
+
+def _correct(logits: torch.Tensor, y: torch.Tensor) -> tuple[int, int]:
+    pred = logits.argmax(-1)
+    return int((pred == y).sum()), y.numel()
+
+
+def _grad_norm(params: list[nn.Parameter]) -> torch.Tensor:
+    grads = [p.grad for p in params if p.grad is not None]
+    if not grads:
+        return torch.zeros(())
+    norms: torch.Tensor = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
+    return norms
+
+
+@torch.no_grad()
+def evaluate(model: Callable[[torch.Tensor], torch.Tensor], task: TaskData, batch_size: int) -> tuple[float, float]:
+    """Validation (loss, accuracy) of ``model``."""
+    total_loss, correct, count = 0.0, 0, 0
+    for x, y in task.val_batches(batch_size):
+        logits = model(x)
+        total_loss += float(task_loss(logits, y)) * y.numel()
+        c, n = _correct(logits, y)
+        correct += c
+        count += n
+    return total_loss / max(count, 1), correct / max(count, 1)
+
+
+class EpochRunner:
+    """Trains the lifecycle's host one epoch at a time and measures what the gates need."""
+
+    def __init__(
+        self,
+        lifecycle: Lifecycle,
+        task: TaskData,
+        *,
+        batch_size: int = 64,
+        generator: torch.Generator | None = None,
+        compiled: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        max_batches: int | None = None,
+    ) -> None:
+        self.lifecycle = lifecycle
+        self.task = task
+        self.batch_size = batch_size
+        self.generator = generator or torch.Generator().manual_seed(0)
+        self.model: Callable[[torch.Tensor], torch.Tensor] = compiled or lifecycle.host
+        self.max_batches = max_batches
+        self._host_snapshot: torch.Tensor | None = None
+
+    def run_epoch(self, epoch: int) -> EpochResult:
+        lc = self.lifecycle
+        host = lc.host
+        slots = lc.slots
+        host.train()
+        live = [i for i, s in enumerate(lc.seeds) if s is not None]
+        seed_params = {i: slots[i].seed_parameters() for i in live}
+        host_params = host.host_parameters()  # type: ignore[operator]
+        before = _flat(host_params)
+        loss_sum = torch.zeros(())
+        correct, count = 0, 0
+        host_norm_sum = torch.zeros(())
+        seed_norm_sum = {i: torch.zeros(()) for i in live}
+        exploded = dict.fromkeys(live, False)
+        batches = list(self.task.batches(self.batch_size, self.generator))
+        if self.max_batches is not None:
+            batches = batches[: self.max_batches]
+        n = len(batches)
+        for b, (x, y) in enumerate(batches):
+            probe = b == n - 1 and bool(live)
+            for i in live:
+                slots[i].probe = probe
+            # The probe batch runs eager: the probe hook is Python the compiled graph must not see.
+            logits = host(x) if probe else self.model(x)
+            loss = task_loss(logits, y)
+            lc.optimizer.zero_grad(set_to_none=True)
+            loss.backward()  # type: ignore[no-untyped-call]
+            host_norm_sum += _grad_norm(host_params)
+            for i in live:
+                g = _grad_norm(seed_params[i])
+                seed_norm_sum[i] += g
+            lc.optimizer.step()
+            loss_sum += loss.detach() * y.numel()  # mean over predictions, like val
+            c, k = _correct(logits.detach(), y)
+            correct += c
+            count += k
+        for i in live:
+            slots[i].probe = False
+        host.eval()
+        val_loss, val_acc = evaluate(self.model, self.task, self.batch_size)
+        host_norm = float(host_norm_sum) / max(n, 1)
+        host_rms = host_norm / math.sqrt(max(sum(p.numel() for p in host_params), 1))
+        measures: dict[int, SlotMeasure] = {}
+        after = _flat(host_params)
+        for i in live:
+            seed = lc.seeds[i]
+            assert seed is not None
+            gn = float(seed_norm_sum[i]) / max(n, 1)
+            exploded[i] = not math.isfinite(gn) or gn > seed.knobs.explode_norm
+            n_seed = sum(p.numel() for p in seed_params[i])
+            seed_rms = gn / math.sqrt(max(n_seed, 1))
+            measures[i] = SlotMeasure(
+                grad_norm=gn,
+                grad_ratio=seed_rms / host_rms if host_rms > 0 else 0.0,
+                host_grad_via_seed=slots[i].probe_grad_norm,
+                contribution=self._contribution(slots[i], seed.stage, val_acc),
+                alpha_batch_var=slots[i].probe_alpha_var,
+                exploded=exploded[i],
+            )
+        change = float(torch.linalg.vector_norm(after - before) / (torch.linalg.vector_norm(before) + 1e-12))
+        for i in live:
+            seed = lc.seeds[i]
+            assert seed is not None
+            seed.metrics.host_weight_change.append(change)
+        measure = EpochMeasure(epoch=epoch, val_accuracy=val_acc, host_grad_norm=host_norm, slots=measures)
+        lc.end_epoch(measure)
+        return EpochResult(
+            epoch=epoch,
+            train_loss=float(loss_sum) / max(count, 1),
+            train_accuracy=correct / max(count, 1),
+            val_loss=val_loss,
+            val_accuracy=val_acc,
+            host_grad_norm=host_norm,
+            measure=measure,
+        )
+
+    def _contribution(self, slot: SeedSlot, stage: Stage, val_acc: float) -> float | None:
+        """Counterfactual: accuracy with the seed against accuracy with its alpha forced to 0."""
+        if stage not in (Stage.BLENDING, Stage.PROBATIONARY):
+            return None  # before blending the seed cannot change the output
+        with slot.alpha_forced(0.0):
+            _, acc0 = evaluate(self.model, self.task, self.batch_size)
+        return val_acc - acc0
+
+
+def _flat(params: list[nn.Parameter]) -> torch.Tensor:
+    with torch.no_grad():
+        return torch.cat([p.detach().reshape(-1) for p in params]).clone() if params else torch.zeros(1)
+
+
+def compute_fields(
+    registry: Registry,
+    lifecycle: Lifecycle,
+    result: EpochResult,
+    fields: tuple[ComposedField, ...] | None = None,
+) -> dict[str, list[float | None]]:
+    """Every lever field for every slot: ``{"<lever>.<field>": [slot0, slot1, ...]}``.
+
+    Fields see the seed that lived in the slot during the epoch, including one
+    culled or fossilized at its end, so the last epoch of a seed is reported too.
+    """
+    out: dict[str, list[float | None]] = {}
+    seeds = _epoch_seeds(lifecycle, result.epoch)
+    for f in fields if fields is not None else registry.fields:
+        vals: list[float | None] = []
+        for slot, seed in enumerate(seeds):
+            ctx = FieldContext(
+                seed=seed,
+                slot=slot,
+                epoch=result.epoch,
+                max_epochs=lifecycle.config.max_epochs,
+                val_accuracy=result.val_accuracy,
+                train_loss=result.train_loss,
+            )
+            vals.append(_field_value(registry, f, ctx))
+        out[f.key] = vals
+    return out
+
+
+def _field_value(registry: Registry, f: ComposedField, ctx: FieldContext) -> float | None:
+    from esper_kernel.errors import PluginError
+
+    try:
+        v: Any = f.spec.compute(ctx)
+    except Exception as exc:
+        info = registry.info(f.lever)
+        raise PluginError(f"{info.label}: telemetry field {f.key!r} raised {type(exc).__name__}: {exc}") from exc
+    if v is None:
+        return None
+    try:
+        value = float(v)
+    except (TypeError, ValueError) as exc:
+        info = registry.info(f.lever)
+        raise PluginError(f"{info.label}: telemetry field {f.key!r} returned {v!r}, not a number") from exc
+    # A plugin must never turn the run's stream or observation into NaN.
+    return value if math.isfinite(value) else None
+
+
+def _epoch_seeds(lifecycle: Lifecycle, epoch: int) -> list[Any]:
+    seeds: list[Any] = list(lifecycle.seeds)
+    for s in lifecycle.history:
+        if s.metrics.stage and s.germinated_epoch + len(s.metrics.stage) - 1 == epoch and seeds[s.slot] is None:
+            seeds[s.slot] = s
+    return seeds
