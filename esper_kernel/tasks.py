@@ -1,0 +1,668 @@
+"""Training tasks for Esper: generated benchmarks and loaders for local data sets.
+
+Four tasks are registered in :data:`TASKS`:
+
+* ``shapes`` -- a generated 10-class 3x32x32 image classification task (:func:`make_shapes`).
+* ``sequences`` -- generated token sequences for a causal language model
+  (:func:`make_sequences`).
+* ``cifar10`` -- CIFAR-10 read from the python-pickle files on local disk (:func:`load_cifar10`).
+* ``text`` -- a character-level language model task over local UTF-8 text (:func:`load_text`).
+
+Nothing here downloads anything: the two loaders read only what is already on disk and
+raise :class:`TaskError` naming the expected path when it is missing.
+"""
+
+from __future__ import annotations
+
+import math
+import pickle
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import attrs
+import torch
+from torch import Tensor
+
+__all__ = [
+    "CIFAR10_MEAN",
+    "CIFAR10_STD",
+    "TASKS",
+    "TaskData",
+    "TaskError",
+    "TaskSpec",
+    "get_task",
+    "load_cifar10",
+    "load_text",
+    "make_sequences",
+    "make_shapes",
+]
+
+Topology = Literal["cnn", "transformer"]
+
+#: Per-channel mean and standard deviation of the CIFAR-10 training set (pixels in [0, 1]).
+CIFAR10_MEAN: tuple[float, float, float] = (0.4914, 0.4822, 0.4465)
+CIFAR10_STD: tuple[float, float, float] = (0.2470, 0.2435, 0.2616)
+
+_IMAGE_SIZE = 32
+_SHAPES_CLASSES = 10
+_SHAPES_CLASS_NAMES: tuple[str, ...] = (
+    "disc",
+    "ring",
+    "filled_square",
+    "square_outline",
+    "filled_triangle",
+    "triangle_outline",
+    "plus",
+    "x_cross",
+    "horizontal_stripes",
+    "vertical_stripes",
+)
+
+
+class TaskError(ValueError):
+    """A task cannot be built: bad arguments, missing or malformed data."""
+
+
+@attrs.frozen
+class TaskData:
+    """A train/validation split of one task, held entirely in memory.
+
+    Image tasks (``topology == "cnn"``): ``*_x`` are float32 ``[N, 3, 32, 32]``, normalised
+    per channel; ``*_y`` are int64 class indices ``[N]`` in ``[0, num_classes)``.
+
+    Token tasks (``topology == "transformer"``): ``*_x`` and ``*_y`` are int64 ``[N, seq_len]``
+    with ``y[:, t]`` the token that follows ``x[:, t]`` (so ``y[:, :-1] == x[:, 1:]``);
+    ``num_classes`` is the vocabulary size.
+    """
+
+    name: str
+    topology: str
+    train_x: Tensor
+    train_y: Tensor
+    val_x: Tensor
+    val_y: Tensor
+    num_classes: int
+    seq_len: int | None
+    #: For character-level text, ``vocab[i]`` is the character of token ``i``; empty otherwise.
+    vocab: tuple[str, ...] = ()
+
+    @property
+    def n_train(self) -> int:
+        return int(self.train_x.shape[0])
+
+    @property
+    def n_val(self) -> int:
+        return int(self.val_x.shape[0])
+
+    def batches(
+        self, batch_size: int, generator: torch.Generator
+    ) -> Iterator[tuple[Tensor, Tensor]]:
+        """Yield one epoch of training batches in an order shuffled by ``generator``.
+
+        Every training example appears exactly once; the last batch is smaller when
+        ``batch_size`` does not divide the training set size.
+        """
+        _check_batch_size(batch_size)
+        order = torch.randperm(self.n_train, generator=generator)
+        for start in range(0, self.n_train, batch_size):
+            idx = order[start : start + batch_size]
+            yield self.train_x[idx], self.train_y[idx]
+
+    def val_batches(self, batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:
+        """Yield the validation set in its stored order, in batches of ``batch_size``."""
+        _check_batch_size(batch_size)
+        for start in range(0, self.n_val, batch_size):
+            yield self.val_x[start : start + batch_size], self.val_y[start : start + batch_size]
+
+
+def _check_batch_size(batch_size: int) -> None:
+    if batch_size < 1:
+        raise TaskError(f"batch_size must be >= 1, got {batch_size}")
+
+
+def _check_sizes(**sizes: int) -> None:
+    for key, value in sizes.items():
+        if value < 1:
+            raise TaskError(f"{key} must be >= 1, got {value}")
+
+
+def _split_generator(seed: int, stream: int) -> torch.Generator:
+    # Train, val and shared structure draw from separate streams so that changing n_val
+    # leaves the training set unchanged (and vice versa).
+    mixed = (seed * 1_000_003 + stream * 7_919) % (2**63 - 1)
+    return torch.Generator().manual_seed(mixed)
+
+
+# --------------------------------------------------------------------------------------
+# shapes
+# --------------------------------------------------------------------------------------
+
+
+def _uniform(n: int, lo: float, hi: float, g: torch.Generator) -> Tensor:
+    return lo + (hi - lo) * torch.rand(n, generator=g)
+
+
+def _rotate(u: Tensor, v: Tensor, angle: Tensor) -> tuple[Tensor, Tensor]:
+    c = torch.cos(angle)[:, None, None]
+    s = torch.sin(angle)[:, None, None]
+    return c * u + s * v, -s * u + c * v
+
+
+def _polygon_sdf(u: Tensor, v: Tensor, sides: int) -> Tensor:
+    """Distance-like field of a regular polygon with inradius 1 (negative inside)."""
+    d = torch.full_like(u, -math.inf)
+    for k in range(sides):
+        a = 2 * math.pi * k / sides + math.pi / 2
+        d = torch.maximum(d, u * math.cos(a) + v * math.sin(a) - 1.0)
+    return d
+
+
+def _bar_cross_sdf(u: Tensor, v: Tensor, half_width: Tensor) -> Tensor:
+    w = half_width[:, None, None]
+    horizontal = torch.maximum(v.abs() - w, u.abs() - 1.0)
+    vertical = torch.maximum(u.abs() - w, v.abs() - 1.0)
+    return torch.minimum(horizontal, vertical)
+
+
+def _shape_sdf(label: int, u: Tensor, v: Tensor, g: torch.Generator) -> Tensor:
+    """Signed field (negative inside) of class ``label`` in shape-local units.
+
+    ``u``/``v`` are ``[n, H, W]`` coordinates in which the shape has radius about 1.
+    """
+    n = u.shape[0]
+    # Outline thickness and bar widths are drawn per image so that "filled" vs "outline"
+    # is decided by interior emptiness, not by a fixed stroke width.
+    stroke = _uniform(n, 0.12, 0.28, g)[:, None, None]
+    if label in (0, 1):
+        d = torch.sqrt(u * u + v * v) - 1.0
+    elif label in (2, 3):
+        d = torch.maximum(u.abs(), v.abs()) - 0.85
+    elif label in (4, 5):
+        d = _polygon_sdf(u, v, 3) * 2.0 + 0.9
+    elif label == 6:
+        return _bar_cross_sdf(u, v, _uniform(n, 0.15, 0.3, g))
+    elif label == 7:
+        r = math.sqrt(0.5)
+        return _bar_cross_sdf(r * (u + v), r * (v - u), _uniform(n, 0.15, 0.3, g))
+    else:
+        # Stripes inside a square patch; the local frame is already rotated, so class 8
+        # varies along v (horizontal bands) and class 9 along u (vertical bands).
+        freq = _uniform(n, 2.5, 4.0, g)[:, None, None]
+        phase = _uniform(n, 0.0, 2 * math.pi, g)[:, None, None]
+        axis = v if label == 8 else u
+        bands = -torch.sin(axis * freq * math.pi + phase) - 0.1
+        patch = torch.maximum(u.abs(), v.abs()) - 1.0
+        return torch.maximum(bands * 0.3, patch)
+    if label % 2 == 1:
+        return d.abs() - stroke
+    return d
+
+
+def _segment_sdf(x: Tensor, y: Tensor, p0: Tensor, p1: Tensor) -> Tensor:
+    """Distance from each pixel to a segment per image; ``p0``/``p1`` are ``[n, 2]`` pixels."""
+    ax, ay = p0[:, 0, None, None], p0[:, 1, None, None]
+    bx, by = p1[:, 0, None, None], p1[:, 1, None, None]
+    dx, dy = bx - ax, by - ay
+    t = ((x - ax) * dx + (y - ay) * dy) / (dx * dx + dy * dy).clamp_min(1e-6)
+    t = t.clamp(0.0, 1.0)
+    return torch.sqrt((x - ax - t * dx) ** 2 + (y - ay - t * dy) ** 2)
+
+
+def _render_shapes(labels: Tensor, g: torch.Generator) -> Tensor:
+    """Render one image per label into ``[N, 3, 32, 32]`` pixels in roughly [0, 1]."""
+    n = labels.shape[0]
+    size = _IMAGE_SIZE
+    coords = torch.arange(size, dtype=torch.float32) + 0.5
+    ys, xs = torch.meshgrid(coords, coords, indexing="ij")
+    xs_n = xs.expand(n, size, size)
+    ys_n = ys.expand(n, size, size)
+
+    # Background: a linear gradient between two random colours along a random direction.
+    c0 = torch.rand(n, 3, generator=g)
+    c1 = torch.rand(n, 3, generator=g)
+    theta = _uniform(n, 0.0, 2 * math.pi, g)
+    ramp = (
+        (xs_n - size / 2) * torch.cos(theta)[:, None, None]
+        + (ys_n - size / 2) * torch.sin(theta)[:, None, None]
+    ) / size + 0.5
+    ramp = ramp.clamp(0.0, 1.0)[:, None]
+    img = c0[:, :, None, None] * (1 - ramp) + c1[:, :, None, None] * ramp
+
+    # Clutter: random line segments, which resemble pieces of crosses, stripes and
+    # outlines, so the net must use the shape's global structure rather than any edge.
+    n_clutter = 2
+    for _ in range(n_clutter):
+        p0 = torch.rand(n, 2, generator=g) * size
+        length = _uniform(n, 4.0, 12.0, g)
+        ang = _uniform(n, 0.0, 2 * math.pi, g)
+        p1 = p0 + torch.stack([torch.cos(ang), torch.sin(ang)], dim=1) * length[:, None]
+        width = _uniform(n, 0.5, 1.2, g)[:, None, None]
+        dist = _segment_sdf(xs_n, ys_n, p0, p1)
+        alpha = torch.sigmoid((width - dist) * 3.0)[:, None]
+        colour = torch.rand(n, 3, generator=g)[:, :, None, None]
+        img = img * (1 - alpha) + colour * alpha
+
+    # Foreground shape: random centre, radius and rotation. Rotation is unrestricted for
+    # shapes whose class is rotation-invariant in spirit (discs, squares, triangles) and
+    # limited for plus/x/stripe classes, whose identity is their orientation.
+    radius = _uniform(n, 5.0, 11.0, g)
+    cx = size / 2 + (torch.rand(n, generator=g) * 2 - 1) * (size / 2 - radius - 1)
+    cy = size / 2 + (torch.rand(n, generator=g) * 2 - 1) * (size / 2 - radius - 1)
+    free_angle = _uniform(n, 0.0, 2 * math.pi, g)
+    small_angle = _uniform(n, -math.radians(20), math.radians(20), g)
+    oriented = labels >= 6
+    angle = torch.where(oriented, small_angle, free_angle)
+    u0 = (xs_n - cx[:, None, None]) / radius[:, None, None]
+    v0 = (ys_n - cy[:, None, None]) / radius[:, None, None]
+    u, v = _rotate(u0, v0, angle)
+
+    sdf = torch.empty(n, size, size)
+    for label in range(_SHAPES_CLASSES):
+        idx = (labels == label).nonzero(as_tuple=True)[0]
+        if idx.numel():
+            sdf[idx] = _shape_sdf(label, u[idx], v[idx], g)
+    # Anti-aliased edge about one pixel wide (sdf is in units of the radius).
+    alpha = torch.sigmoid(-sdf * radius[:, None, None] * 2.0)[:, None]
+
+    # Shape colour is random but pushed away from the background at the shape's centre,
+    # so a shape is never invisible by construction (noise and clutter still hide it some).
+    fg = torch.rand(n, 3, generator=g)
+    bg_mid = img.mean(dim=(2, 3))
+    low_contrast = (fg - bg_mid).norm(dim=1) < 0.45
+    fg = torch.where(low_contrast[:, None], (bg_mid + 0.5) % 1.0, fg)
+    img = img * (1 - alpha) + fg[:, :, None, None] * alpha
+
+    noise_std = _uniform(n, 0.03, 0.12, g)[:, None, None, None]
+    img = img + noise_std * torch.randn(img.shape, generator=g)
+    return img.clamp(0.0, 1.0)
+
+
+def _balanced_labels(n: int, n_classes: int, g: torch.Generator) -> Tensor:
+    labels = torch.arange(n) % n_classes
+    return labels[torch.randperm(n, generator=g)]
+
+
+def make_shapes(seed: int, n_train: int = 2048, n_val: int = 512) -> TaskData:
+    """Generate the ``shapes`` image classification task.
+
+    Ten classes of 32x32 RGB images -- disc, ring, filled square, square outline, filled
+    triangle, triangle outline, plus, diagonal cross, horizontal stripes, vertical stripes --
+    drawn at random position, size, rotation and colour over a gradient background with
+    random line-segment clutter and pixel noise. Classes are balanced: counts differ by at
+    most one. Pixels are normalised with the per-channel mean/std of the training split.
+
+    The result is a pure function of ``(seed, n_train)`` for the training split and of
+    ``(seed, n_val)`` for the validation split.
+    """
+    _check_sizes(n_train=n_train, n_val=n_val)
+    splits: list[tuple[Tensor, Tensor]] = []
+    for stream, n in ((0, n_train), (1, n_val)):
+        g = _split_generator(seed, stream)
+        labels = _balanced_labels(n, _SHAPES_CLASSES, g)
+        splits.append((_render_shapes(labels, g), labels))
+    (train_x, train_y), (val_x, val_y) = splits
+    mean = train_x.mean(dim=(0, 2, 3), keepdim=True)
+    std = train_x.std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-6)
+    return TaskData(
+        name="shapes",
+        topology="cnn",
+        train_x=((train_x - mean) / std).contiguous(),
+        train_y=train_y,
+        val_x=((val_x - mean) / std).contiguous(),
+        val_y=val_y,
+        num_classes=_SHAPES_CLASSES,
+        seq_len=None,
+    )
+
+
+# --------------------------------------------------------------------------------------
+# sequences
+# --------------------------------------------------------------------------------------
+
+
+def _markov_table(vocab_size: int, g: torch.Generator) -> Tensor:
+    """A sparse transition matrix: each token has 2 or 3 successors with random weights."""
+    probs = torch.zeros(vocab_size, vocab_size)
+    for tok in range(vocab_size):
+        k = min(vocab_size, 2 + int(torch.randint(0, 2, (1,), generator=g)))
+        succ = torch.randperm(vocab_size, generator=g)[:k]
+        probs[tok, succ] = torch.rand(k, generator=g) + 0.2
+    return probs / probs.sum(dim=1, keepdim=True)
+
+
+def _generate_sequences(
+    n: int, length: int, vocab_size: int, markov: Tensor, g: torch.Generator
+) -> Tensor:
+    """``n`` sequences of ``length`` tokens, each one of three kinds chosen uniformly."""
+    t = torch.arange(length)
+    kind = torch.randint(0, 3, (n,), generator=g)
+
+    # Kind 0: arithmetic progression mod V with a per-sequence start and non-zero step.
+    start = torch.randint(0, vocab_size, (n,), generator=g)
+    step = torch.randint(1, max(vocab_size, 2), (n,), generator=g)
+    progression = (start[:, None] + step[:, None] * t) % vocab_size
+
+    # Kind 1: a random segment of period 2..8 repeated across the sequence.
+    max_period = 8
+    pattern = torch.randint(0, vocab_size, (n, max_period), generator=g)
+    period = torch.randint(2, max_period + 1, (n,), generator=g)
+    repeat = pattern.gather(1, t[None, :] % period[:, None])
+
+    # Kind 2: a walk on the shared sparse Markov chain.
+    walk = torch.empty(n, length, dtype=torch.long)
+    walk[:, 0] = torch.randint(0, vocab_size, (n,), generator=g)
+    for i in range(1, length):
+        walk[:, i] = torch.multinomial(markov[walk[:, i - 1]], 1, generator=g).squeeze(1)
+
+    out = torch.where((kind == 0)[:, None], progression, repeat)
+    return torch.where((kind == 2)[:, None], walk, out)
+
+
+def make_sequences(
+    seed: int,
+    n_train: int = 2048,
+    n_val: int = 256,
+    seq_len: int = 32,
+    vocab_size: int = 32,
+) -> TaskData:
+    """Generate the ``sequences`` causal language-modelling task.
+
+    Each sequence is, with equal probability, an arithmetic progression mod ``vocab_size``
+    (random start and step), a random segment of period 2..8 repeated, or a walk on a sparse
+    random Markov chain (2-3 successors per token) shared by the whole data set. A model can
+    identify the kind from a short prefix, after which most tokens are predictable.
+
+    ``x`` is ``[N, seq_len]`` int64 and ``y`` is ``x`` shifted left by one with the next
+    token appended. Deterministic in ``seed`` and the sizes; the Markov chain depends only
+    on ``(seed, vocab_size)``.
+    """
+    _check_sizes(n_train=n_train, n_val=n_val, seq_len=seq_len)
+    if vocab_size < 2:
+        raise TaskError(f"vocab_size must be >= 2, got {vocab_size}")
+    markov = _markov_table(vocab_size, _split_generator(seed, 2))
+    splits: list[Tensor] = []
+    for stream, n in ((0, n_train), (1, n_val)):
+        g = _split_generator(seed, stream)
+        splits.append(_generate_sequences(n, seq_len + 1, vocab_size, markov, g))
+    train, val = splits
+    return TaskData(
+        name="sequences",
+        topology="transformer",
+        train_x=train[:, :-1].contiguous(),
+        train_y=train[:, 1:].contiguous(),
+        val_x=val[:, :-1].contiguous(),
+        val_y=val[:, 1:].contiguous(),
+        num_classes=vocab_size,
+        seq_len=seq_len,
+    )
+
+
+# --------------------------------------------------------------------------------------
+# CIFAR-10
+# --------------------------------------------------------------------------------------
+
+
+def _cifar_dir(data_dir: Path) -> Path:
+    nested = data_dir / "cifar-10-batches-py"
+    return nested if nested.is_dir() else data_dir
+
+
+def _read_cifar_batch(path: Path) -> tuple[Tensor, Tensor]:
+    """Read one CIFAR-10 pickle into uint8 ``[N, 3, 32, 32]`` images and int64 labels."""
+    try:
+        with path.open("rb") as fh:
+            # The files are trusted local data in the official format; pickle is that format.
+            raw: Any = pickle.load(fh, encoding="bytes")
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError) as exc:
+        raise TaskError(f"{path} is not a readable CIFAR-10 pickle: {exc}") from exc
+    if not isinstance(raw, Mapping):
+        raise TaskError(f"{path} is not a CIFAR-10 batch: expected a dict")
+
+    def field(key: str) -> Any:
+        # The official files have bytes keys; re-pickled copies often have str keys.
+        for k in (key.encode(), key):
+            if k in raw:
+                return raw[k]
+        raise TaskError(f"{path} is not a CIFAR-10 batch: missing key {key!r}")
+
+    data = torch.as_tensor(_as_uint8_rows(field("data"), path))
+    labels = torch.as_tensor(list(field("labels")), dtype=torch.long)
+    if data.shape[0] != labels.shape[0]:
+        raise TaskError(f"{path}: {data.shape[0]} images but {labels.shape[0]} labels")
+    if labels.numel() and (labels.min() < 0 or labels.max() > 9):
+        raise TaskError(f"{path}: labels must be in [0, 9]")
+    return data.reshape(-1, 3, _IMAGE_SIZE, _IMAGE_SIZE), labels
+
+
+def _as_uint8_rows(data: Any, path: Path) -> Tensor:
+    # The official files hold a numpy array; going through bytes keeps this module free of
+    # a hard numpy dependency while still accepting nested lists from hand-made files.
+    if hasattr(data, "tobytes") and hasattr(data, "shape"):
+        shape = tuple(int(s) for s in data.shape)
+        flat = torch.frombuffer(bytearray(data.astype("uint8").tobytes()), dtype=torch.uint8)
+        tensor = flat.reshape(shape)
+    else:
+        tensor = torch.as_tensor(data, dtype=torch.uint8)
+    if tensor.dim() != 2 or tensor.shape[1] != 3 * _IMAGE_SIZE * _IMAGE_SIZE:
+        raise TaskError(f"{path}: 'data' must be [N, 3072] uint8, got {tuple(tensor.shape)}")
+    return tensor
+
+
+def _normalise_cifar(images: Tensor) -> Tensor:
+    mean = torch.tensor(CIFAR10_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(CIFAR10_STD).view(1, 3, 1, 1)
+    return ((images.float() / 255.0 - mean) / std).contiguous()
+
+
+def load_cifar10(data_dir: Path, n_train: int | None = None, n_val: int | None = None) -> TaskData:
+    """Load CIFAR-10 from the python-pickle files already on disk; never downloads.
+
+    The batches are looked up in ``data_dir/cifar-10-batches-py/`` if that directory exists,
+    otherwise in ``data_dir`` itself. ``data_batch_1`` and ``test_batch`` are required; every
+    other ``data_batch_<k>`` present is also loaded (in order of ``k``), so a partial copy
+    still works. The training split is the data batches, the validation split is
+    ``test_batch``; ``n_train``/``n_val`` keep only the first that many of each.
+
+    Pixels are scaled to [0, 1] and normalised with :data:`CIFAR10_MEAN`/:data:`CIFAR10_STD`.
+    """
+    root = _cifar_dir(Path(data_dir))
+    for required in ("data_batch_1", "test_batch"):
+        if not (root / required).is_file():
+            raise TaskError(
+                f"CIFAR-10 file {root / required} not found. Place the extracted "
+                "'cifar-10-batches-py' files (data_batch_1..5, test_batch) in "
+                f"{Path(data_dir)} or {Path(data_dir) / 'cifar-10-batches-py'}; "
+                "Esper does not download data sets."
+            )
+    for key, value in (("n_train", n_train), ("n_val", n_val)):
+        if value is not None and value < 1:
+            raise TaskError(f"{key} must be >= 1, got {value}")
+
+    batch_paths = sorted(
+        (p for p in root.glob("data_batch_*") if p.name.removeprefix("data_batch_").isdigit()),
+        key=lambda p: int(p.name.removeprefix("data_batch_")),
+    )
+    train_parts = [_read_cifar_batch(p) for p in batch_paths]
+    train_x = torch.cat([x for x, _ in train_parts])
+    train_y = torch.cat([y for _, y in train_parts])
+    val_x, val_y = _read_cifar_batch(root / "test_batch")
+    if n_train is not None:
+        train_x, train_y = train_x[:n_train], train_y[:n_train]
+    if n_val is not None:
+        val_x, val_y = val_x[:n_val], val_y[:n_val]
+    return TaskData(
+        name="cifar10",
+        topology="cnn",
+        train_x=_normalise_cifar(train_x),
+        train_y=train_y.contiguous(),
+        val_x=_normalise_cifar(val_x),
+        val_y=val_y.contiguous(),
+        num_classes=10,
+        seq_len=None,
+    )
+
+
+# --------------------------------------------------------------------------------------
+# character-level text
+# --------------------------------------------------------------------------------------
+
+
+def _read_text(data_dir: Path) -> str:
+    if data_dir.is_file():
+        files = [data_dir]
+    elif data_dir.is_dir():
+        files = sorted(data_dir.glob("*.txt"))
+        if not files:
+            raise TaskError(
+                f"no *.txt files in {data_dir}; place UTF-8 text files there "
+                "(Esper does not download data sets)"
+            )
+    else:
+        raise TaskError(f"text data path {data_dir} does not exist")
+    parts: list[str] = []
+    for path in files:
+        try:
+            parts.append(path.read_bytes().decode("utf-8"))
+        except UnicodeDecodeError as exc:
+            raise TaskError(f"{path} is not valid UTF-8: {exc}") from exc
+    return "".join(parts)
+
+
+def load_text(data_dir: Path, seq_len: int = 64, n_val_frac: float = 0.1) -> TaskData:
+    """Build a character-level causal LM task from local UTF-8 text; never downloads.
+
+    ``data_dir`` is a text file or a directory whose ``*.txt`` files are concatenated in
+    name order. The vocabulary is the sorted set of characters (token ``i`` is
+    ``vocab[i]``). The text is cut into non-overlapping windows of ``seq_len`` characters,
+    each with its next-character targets; the last ``n_val_frac`` of the windows (at least
+    one) form the validation split, so validation text is never seen in training.
+    At least ``2 * seq_len + 1`` characters are needed (one window per split).
+    """
+    if seq_len < 1:
+        raise TaskError(f"seq_len must be >= 1, got {seq_len}")
+    if not 0.0 < n_val_frac < 1.0:
+        raise TaskError(f"n_val_frac must be in (0, 1), got {n_val_frac}")
+    path = Path(data_dir)
+    text = _read_text(path)
+    n_windows = (len(text) - 1) // seq_len if text else 0
+    if n_windows < 2:
+        raise TaskError(
+            f"not enough text in {path}: {len(text)} characters, need at least "
+            f"{2 * seq_len + 1} for one training and one validation sequence of "
+            f"seq_len={seq_len}"
+        )
+    vocab = tuple(sorted(set(text)))
+    index = {ch: i for i, ch in enumerate(vocab)}
+    tokens = torch.tensor([index[ch] for ch in text], dtype=torch.long)
+    x = tokens[: n_windows * seq_len].view(n_windows, seq_len)
+    y = tokens[1 : n_windows * seq_len + 1].view(n_windows, seq_len)
+    n_val = min(n_windows - 1, max(1, round(n_windows * n_val_frac)))
+    n_train = n_windows - n_val
+    return TaskData(
+        name="text",
+        topology="transformer",
+        train_x=x[:n_train].contiguous(),
+        train_y=y[:n_train].contiguous(),
+        val_x=x[n_train:].contiguous(),
+        val_y=y[n_train:].contiguous(),
+        num_classes=len(vocab),
+        seq_len=seq_len,
+        vocab=vocab,
+    )
+
+
+# --------------------------------------------------------------------------------------
+# registry
+# --------------------------------------------------------------------------------------
+
+
+@attrs.frozen
+class TaskSpec:
+    """A registered task: how to build it and which size arguments it accepts."""
+
+    name: str
+    topology: str
+    description: str
+    requires_data_dir: bool
+    size_params: tuple[str, ...]
+    build: Callable[..., TaskData]
+
+
+def _build_shapes(seed: int, data_dir: Path | None, **sizes: Any) -> TaskData:
+    return make_shapes(seed, **sizes)
+
+
+def _build_sequences(seed: int, data_dir: Path | None, **sizes: Any) -> TaskData:
+    return make_sequences(seed, **sizes)
+
+
+def _build_cifar10(seed: int, data_dir: Path | None, **sizes: Any) -> TaskData:
+    assert data_dir is not None  # get_task checks this first
+    return load_cifar10(data_dir, **sizes)
+
+
+def _build_text(seed: int, data_dir: Path | None, **sizes: Any) -> TaskData:
+    assert data_dir is not None  # get_task checks this first
+    return load_text(data_dir, **sizes)
+
+
+TASKS: dict[str, TaskSpec] = {
+    spec.name: spec
+    for spec in (
+        TaskSpec(
+            "shapes",
+            "cnn",
+            "generated 10-class 3x32x32 shapes with clutter and noise",
+            False,
+            ("n_train", "n_val"),
+            _build_shapes,
+        ),
+        TaskSpec(
+            "sequences",
+            "transformer",
+            "generated token sequences: progressions, repeats, Markov walks",
+            False,
+            ("n_train", "n_val", "seq_len", "vocab_size"),
+            _build_sequences,
+        ),
+        TaskSpec(
+            "cifar10",
+            "cnn",
+            "CIFAR-10 from local python-pickle batches",
+            True,
+            ("n_train", "n_val"),
+            _build_cifar10,
+        ),
+        TaskSpec(
+            "text",
+            "transformer",
+            "character-level LM over local UTF-8 *.txt files",
+            True,
+            ("seq_len", "n_val_frac"),
+            _build_text,
+        ),
+    )
+}
+
+
+def get_task(name: str, *, seed: int, data_dir: Path | None = None, **sizes: Any) -> TaskData:
+    """Build the task registered as ``name``.
+
+    ``sizes`` are passed to the task's builder and must be among its
+    :attr:`TaskSpec.size_params`. ``seed`` only affects generated tasks; the loaders for
+    local data are deterministic without it. Raises :class:`TaskError` (a ``ValueError``)
+    for an unknown name, an unsupported size argument, or a data task without ``data_dir``.
+    """
+    spec = TASKS.get(name)
+    if spec is None:
+        raise TaskError(f"unknown task {name!r}; known tasks: {', '.join(sorted(TASKS))}")
+    unknown = sorted(set(sizes) - set(spec.size_params))
+    if unknown:
+        raise TaskError(
+            f"task {name!r} does not accept {', '.join(unknown)}; "
+            f"it accepts: {', '.join(spec.size_params)}"
+        )
+    if spec.requires_data_dir and data_dir is None:
+        raise TaskError(f"task {name!r} reads local data: --data-dir is required")
+    return spec.build(seed, None if data_dir is None else Path(data_dir), **sizes)
