@@ -211,8 +211,14 @@ class MaskComposer:
                     f"lever {src.lever!r} ({src.distribution}): mask() raised "
                     f"{type(exc).__name__}: {exc}"
                 ) from exc
-            if not got:
+            if got is None:
                 continue
+            if not isinstance(got, Mapping):
+                # A bare tensor would fail on truth-testing with an error naming no lever.
+                raise MaskError(
+                    f"lever {src.lever!r} ({src.distribution}): mask() must return "
+                    f"{{head name: bool tensor}}, got {type(got).__name__}"
+                )
             for name, m in got.items():
                 h = self._check(src, name, m, b)
                 results.append((src, name, m))

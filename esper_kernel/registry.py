@@ -245,9 +245,16 @@ class Registry:
         core: object,
         levers: Sequence[LeverInfo] = (),
         failures: Sequence[LoadFailure] = (),
+        installed: Sequence[str] | None = None,
     ) -> None:
         self.levers: tuple[LeverInfo, ...] = tuple(levers)
         self.failures: tuple[LoadFailure, ...] = tuple(failures)
+        #: Every installed lever name, selected or not, so errors can list them.
+        self.installed: tuple[str, ...] = (
+            tuple(installed)
+            if installed is not None
+            else tuple(sorted({lv.name for lv in self.levers} | {f.name for f in self.failures}))
+        )
         core_info = LeverInfo(
             CORE_NAME, "esper-kernel", _kernel_version(), "esper_kernel.core", core
         )
@@ -272,6 +279,21 @@ class Registry:
         self.safety: dict[str, CompileSafety] = self._compose_safety()
         self.masks = MaskComposer(self.space, self._mask_sources())
         self.stage_hooks: tuple[StageHook, ...] = self._stage_hooks()
+
+    @classmethod
+    def open(
+        cls,
+        core: object,
+        selection: Selection | None = None,
+        entry_points: Iterable[md.EntryPoint] | None = None,
+    ) -> Registry:
+        """Load the selected levers and compose them with ``core``.
+
+        What every command does first. Failures that the selection tolerates
+        are kept on :attr:`failures` for the caller to report.
+        """
+        result = load_levers(selection, entry_points)
+        return cls(core, result.levers, result.failures, installed=result.installed)
 
     # -- resolution ------------------------------------------------------
 
@@ -311,6 +333,11 @@ class Registry:
         owner: dict[str, LeverInfo] = {}
         for info in self._all:
             got = self._call_once(info, "action_head")
+            if got is not None and not isinstance(got, HeadSpec | Iterable):
+                # list(got) would raise a bare TypeError that names no lever.
+                raise PluginError(
+                    f"{info.label}: action_head() must return HeadSpec(s), got {type(got).__name__}"
+                )
             specs = [] if got is None else [got] if isinstance(got, HeadSpec) else list(got)
             for spec in specs:
                 if not isinstance(spec, HeadSpec):
@@ -329,7 +356,15 @@ class Registry:
     def _compose_fields(self) -> tuple[ComposedField, ...]:
         out: list[ComposedField] = []
         for info in self._all:
-            got = self._call_once(info, "telemetry_fields") or ()
+            got = self._call_once(info, "telemetry_fields")
+            if got is None:
+                got = ()
+            elif not isinstance(got, Iterable):
+                # Iterating it would raise a bare TypeError that names no lever.
+                raise PluginError(
+                    f"{info.label}: telemetry_fields() must return a list of TelemetryField, "
+                    f"got {type(got).__name__}"
+                )
             seen: set[str] = set()
             for spec in got:
                 if not isinstance(spec, TelemetryField):
