@@ -1,0 +1,338 @@
+"""The ``esper`` command line.
+
+``main`` is a click group; each command is its own function so further
+commands (``run``, ``train``) can be added with ``@main.command()``. Every
+command loads levers with ``Registry.open(default_core(), Selection.from_env(...))``,
+which honours ``--levers`` and the ``ESPER_*`` environment variables exactly
+as a run does, so what ``esper levers list`` shows is what a run would load.
+
+Errors Esper raises on purpose (:class:`~esper_kernel.errors.EsperError`)
+are printed as one line on stderr with exit status 2, never as a traceback:
+they are the user's or a plugin author's to fix, not a crash.
+
+The ``--json`` schema (``esper.levers/1``) is documented in
+``docs/levers-cli.md``; change it only by bumping the schema version.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import attrs
+import click
+from rich.console import Console, Group
+from rich.panel import Panel
+from rich.table import Table
+from rich.text import Text
+
+from esper_kernel.blueprints import blueprint_names
+from esper_kernel.core import CoreHeads
+from esper_kernel.errors import EsperError, PluginError, SelectionError
+from esper_kernel.registry import ENV_NO_AUTOLOAD, LeverInfo, LoadFailure, Registry, Selection
+from esper_kernel.stages import Op
+
+LEVERS_SCHEMA = "esper.levers/1"
+
+#: The core heads every command composes levers against.
+DEFAULT_TOPOLOGY = "cnn"
+DEFAULT_SLOTS = 3
+
+
+def default_core(topology: str = DEFAULT_TOPOLOGY, n_slots: int = DEFAULT_SLOTS) -> CoreHeads:
+    """The kernel's own heads for ``topology``, with every blueprint it has."""
+    return CoreHeads(n_slots=n_slots, blueprints=blueprint_names(topology), topology=topology)
+
+
+# -- the report: one structure for both --json and the human view -----------
+
+
+@attrs.frozen
+class ChoiceRecord:
+    name: str
+    value: Any
+
+
+@attrs.frozen
+class ConditionRecord:
+    head: str
+    choices: tuple[str, ...]
+
+
+@attrs.frozen
+class HeadRecord:
+    name: str
+    description: str
+    choices: tuple[ChoiceRecord, ...]
+    default: str
+    ops: tuple[str, ...]
+    condition: ConditionRecord | None
+
+
+@attrs.frozen
+class FieldRecord:
+    name: str
+    key: str
+    observed: bool
+    description: str
+
+
+@attrs.frozen
+class SafetyRecord:
+    level: str
+    reason: str
+    declared: bool
+
+
+@attrs.frozen
+class LeverRecord:
+    name: str
+    distribution: str
+    version: str
+    entry_point: str
+    heads: tuple[HeadRecord, ...]
+    telemetry: tuple[FieldRecord, ...]
+    compile_safety: SafetyRecord
+    hooks: tuple[str, ...]
+    requires: tuple[str, ...]
+    conflicts_with: tuple[str, ...]
+
+
+@attrs.frozen
+class FailureRecord:
+    name: str
+    distribution: str
+    version: str
+    entry_point: str
+    error: str
+
+
+@attrs.frozen
+class LeversReport:
+    schema: str
+    levers: tuple[LeverRecord, ...]
+    failures: tuple[FailureRecord, ...]
+
+    def to_json(self) -> str:
+        return json.dumps(attrs.asdict(self), indent=2, allow_nan=False)
+
+
+def json_value(value: Any) -> Any:
+    """A head value as JSON: scalars as themselves, enum members by name, anything else as repr.
+
+    Values are whatever a lever chose to attach to its choices; the schema
+    promises valid JSON, so non-finite floats and objects become strings.
+    """
+    if isinstance(value, enum.Enum):
+        return value.name
+    if value is None or isinstance(value, bool | int | str):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else repr(value)
+    return repr(value)
+
+
+def _op_names(ops: frozenset[Op]) -> tuple[str, ...]:
+    return tuple(op.name.lower() for op in sorted(ops))
+
+
+def lever_record(reg: Registry, info: LeverInfo) -> LeverRecord:
+    hooks = reg.hooks_of(info.name)
+    heads = tuple(
+        HeadRecord(
+            name=h.name,
+            description=h.spec.description,
+            choices=tuple(ChoiceRecord(c, json_value(v)) for c, v in zip(h.spec.choices, h.spec.values, strict=True)),
+            default=h.spec.default,
+            ops=_op_names(h.spec.ops),
+            condition=(
+                None if h.spec.condition is None else ConditionRecord(h.spec.condition.head, h.spec.condition.choices)
+            ),
+        )
+        for h in reg.space.heads
+        if h.lever == info.name
+    )
+    fields = tuple(
+        FieldRecord(f.spec.name, f.key, f.spec.observed, f.spec.description) for f in reg.fields if f.lever == info.name
+    )
+    safety = reg.safety[info.name]
+    return LeverRecord(
+        name=info.name,
+        distribution=info.distribution,
+        version=info.version,
+        entry_point=info.entry_point,
+        heads=heads,
+        telemetry=fields,
+        compile_safety=SafetyRecord(safety.level.value, safety.reason, "compile_safety" in hooks),
+        hooks=hooks,
+        requires=info.requires,
+        conflicts_with=info.conflicts_with,
+    )
+
+
+def failure_record(fail: LoadFailure) -> FailureRecord:
+    return FailureRecord(fail.name, fail.distribution, fail.version, fail.entry_point, fail.error)
+
+
+def levers_report(reg: Registry, names: Sequence[str] | None = None, failures: bool = True) -> LeversReport:
+    """The report for the active levers (or just ``names``), in lever order."""
+    chosen = [lv for lv in reg.levers if names is None or lv.name in names]
+    return LeversReport(
+        schema=LEVERS_SCHEMA,
+        levers=tuple(lever_record(reg, lv) for lv in chosen),
+        failures=tuple(failure_record(f) for f in reg.failures) if failures else (),
+    )
+
+
+# -- human rendering ---------------------------------------------------------
+
+
+def _dash(items: Sequence[str]) -> str:
+    return ", ".join(items) if items else "-"
+
+
+def _head_text(head: HeadRecord) -> Text:
+    text = Text()
+    text.append(head.name, style="bold")
+    text.append(": ")
+    text.append("  ".join(f"{c.name}={c.value}" for c in head.choices))
+    ops = "all ops" if len(head.ops) == len(Op) else "ops " + ", ".join(head.ops)
+    text.append(f"\n  default {head.default}; {ops}", style="dim")
+    if head.condition is not None:
+        text.append(f"; only if {head.condition.head} in {{{', '.join(head.condition.choices)}}}", style="dim")
+    if head.description:
+        text.append(f"\n  {head.description}", style="italic")
+    return text
+
+
+def _field_text(field: FieldRecord) -> Text:
+    text = Text(field.key, style="bold")
+    if field.observed:
+        text.append(" (observed)", style="green")
+    if field.description:
+        text.append(f" - {field.description}")
+    return text
+
+
+def lever_panel(lever: LeverRecord) -> Panel:
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column(style="cyan", no_wrap=True)
+    grid.add_column()
+    grid.add_row("entry point", Text(lever.entry_point))
+    grid.add_row("hooks", Text(_dash(lever.hooks)))
+    safety = Text(lever.compile_safety.level, style="bold")
+    if lever.compile_safety.reason:
+        safety.append(f" - {lever.compile_safety.reason}")
+    grid.add_row("compile safety", safety)
+    for i, head in enumerate(lever.heads):
+        grid.add_row("heads" if i == 0 else "", _head_text(head))
+    if not lever.heads:
+        grid.add_row("heads", Text("-"))
+    for i, field in enumerate(lever.telemetry):
+        grid.add_row("telemetry" if i == 0 else "", _field_text(field))
+    if not lever.telemetry:
+        grid.add_row("telemetry", Text("-"))
+    grid.add_row("requires", Text(_dash(lever.requires)))
+    grid.add_row("conflicts with", Text(_dash(lever.conflicts_with)))
+    title = Text.assemble((lever.name, "bold"), f"  {lever.distribution} {lever.version}")
+    return Panel(grid, title=title, title_align="left")
+
+
+def failures_panel(failures: Sequence[FailureRecord]) -> Panel:
+    # One block per failure rather than a table: the error text is long and
+    # would be folded into an unreadable column on an 80-column terminal.
+    grid = Table.grid(padding=(0, 2))
+    grid.add_column()
+    for f in failures:
+        line = Text.assemble((f.name, "bold"), f"  {f.distribution} {f.version}  entry point {f.entry_point}")
+        grid.add_row(line)
+        grid.add_row(Text(f"  {f.error}", style="red"))
+    return Panel(grid, title=Text("failed to load", style="bold red"), title_align="left", border_style="red")
+
+
+def render(report: LeversReport, selection: Selection) -> Group:
+    parts: list[Any] = [lever_panel(lv) for lv in report.levers]
+    if not report.levers:
+        hint = ""
+        if not selection.autoload and selection.only is None:
+            hint = f" ({ENV_NO_AUTOLOAD} is set: name levers with --levers or ESPER_LEVERS)"
+        parts.append(Text(f"No levers active{hint}."))
+    if report.failures:
+        parts.append(failures_panel(report.failures))
+    return Group(*parts)
+
+
+def _emit(report: LeversReport, selection: Selection, as_json: bool) -> None:
+    if as_json:
+        click.echo(report.to_json())
+    else:
+        Console().print(render(report, selection))
+
+
+# -- commands ----------------------------------------------------------------
+
+
+class EsperGroup(click.Group):
+    """Turns Esper's own errors into one line on stderr and exit status 2."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except EsperError as exc:
+            # Plugin messages may span lines; the contract is one line per error.
+            click.echo(f"esper: error: {' '.join(str(exc).split())}", err=True)
+            ctx.exit(2)
+
+
+@click.group(cls=EsperGroup)
+@click.version_option(package_name="esper-kernel", prog_name="esper")
+def main() -> None:
+    """Esper: grow neural networks while they train, steered by pluggable levers."""
+
+
+@main.group()
+def levers() -> None:
+    """Inspect the installed lever plugins."""
+
+
+_JSON_HELP = f"Print JSON (schema {LEVERS_SCHEMA}, see docs/levers-cli.md) instead of a table."
+
+
+@levers.command("list")
+@click.option("--json", "as_json", is_flag=True, help=_JSON_HELP)
+@click.option(
+    "--levers",
+    "only",
+    metavar="A,B",
+    default=None,
+    help="Load only these levers (overrides ESPER_LEVERS).",
+)
+def list_levers(as_json: bool, only: str | None) -> None:
+    """List the active levers, everything they declare, and levers that failed to load."""
+    selection = Selection.from_env(levers=only)
+    reg = Registry.open(default_core(), selection)
+    _emit(levers_report(reg), selection, as_json)
+
+
+@levers.command("show")
+@click.argument("name")
+@click.option("--json", "as_json", is_flag=True, help=_JSON_HELP)
+def show_lever(name: str, as_json: bool) -> None:
+    """Show one active lever in full."""
+    selection = Selection.from_env()
+    reg = Registry.open(default_core(), selection)
+    if name not in reg.names:
+        failed = next((f for f in reg.failures if f.name == name), None)
+        if failed is not None:
+            raise PluginError(failed.describe())
+        if name in reg.installed:
+            raise SelectionError(f"lever {name!r} is installed but not selected; active levers: {_dash(reg.names)}")
+        raise SelectionError(f"unknown lever {name!r}; installed levers: {_dash(reg.installed)}")
+    _emit(levers_report(reg, names=(name,), failures=False), selection, as_json)
+
+
+if __name__ == "__main__":
+    main()
