@@ -311,7 +311,11 @@ _JSON_HELP = f"Print JSON (schema {LEVERS_SCHEMA}, see docs/levers-cli.md) inste
     help="Load only these levers (overrides ESPER_LEVERS).",
 )
 def list_levers(as_json: bool, only: str | None) -> None:
-    """List the active levers, everything they declare, and levers that failed to load."""
+    """List active levers and load failures.
+
+    For each lever: its distribution, entry point, heads, telemetry fields,
+    compile safety, hooks and relations to other levers.
+    """
     selection = Selection.from_env(levers=only)
     reg = Registry.open(default_core(), selection)
     _emit(levers_report(reg), selection, as_json)
