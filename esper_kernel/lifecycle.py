@@ -176,7 +176,7 @@ class Lifecycle:
         self.seeds[slot] = None
         self.history.append(seed)
         self.stages[slot] = Stage.EMBARGOED
-        self.embargo_until[slot] = epoch + self.config.embargo_epochs
+        self.embargo_until[slot] = epoch + 1 + self.config.embargo_epochs
         return seed
 
     def fossilize(self, slot: int, epoch: int) -> SeedState:

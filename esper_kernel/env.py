@@ -1,0 +1,308 @@
+"""The morphogenetic environment: one episode trains one host, one step is one epoch.
+
+Tamiyo observes training signals, per-slot seed state and every telemetry
+field a lever marks observed; it answers with one index per head of the
+composed action space. The observation layout and the reward are defined
+here and nowhere else.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import attrs
+import torch
+
+from esper_kernel.actions import MaskView
+from esper_kernel.blueprints import blueprint_names
+from esper_kernel.core import CoreHeads
+from esper_kernel.hosts import CNNHostConfig, Host, TransformerHostConfig, build_host
+from esper_kernel.lifecycle import Lifecycle, LifecycleConfig
+from esper_kernel.registry import Registry, Selection, load_levers
+from esper_kernel.stages import Stage
+from esper_kernel.tasks import TASKS, TaskData, get_task
+from esper_kernel.training import EpochResult, EpochRunner, compute_fields
+
+N_STAGES = len(Stage)
+HISTORY = 3
+
+
+@attrs.frozen
+class EnvConfig:
+    """What one episode is: the task, the host and how long it trains."""
+
+    task: str = "shapes"
+    data_dir: str | None = None
+    epochs: int = 20
+    slots: int = 3
+    batch_size: int = 64
+    train_size: int = 1024
+    val_size: int = 256
+    width: int = 16
+    host_lr: float = 0.01
+    #: Reward lost per epoch for each 100% of parameters grown over the base host.
+    param_rent: float = 0.01
+
+    @property
+    def topology(self) -> str:
+        return TASKS[self.task].topology if self.task in TASKS else "cnn"
+
+
+def load_task(config: EnvConfig, seed: int) -> TaskData:
+    sizes: dict[str, Any] = {}
+    if config.task in ("shapes", "sequences"):
+        sizes = {"n_train": config.train_size, "n_val": config.val_size}
+    data_dir = Path(config.data_dir) if config.data_dir else None
+    return get_task(config.task, seed=seed, data_dir=data_dir, **sizes)
+
+
+def build_registry(config: EnvConfig, selection: Selection | None = None) -> Registry:
+    """Load the selected levers and compose them with the kernel's heads for this config."""
+    core = CoreHeads(config.slots, blueprint_names(config.topology), config.topology)
+    result = load_levers(selection)
+    return Registry(core, result.levers, result.failures)
+
+
+def observation_names(registry: Registry, n_slots: int) -> tuple[str, ...]:
+    """The meaning of every observation entry, in order (the observation's schema)."""
+    core = registry.info("esper").plugin
+    blueprints: tuple[str, ...] = getattr(core, "blueprints", ())
+    base = [
+        "epoch_frac",
+        "train_loss",
+        "val_loss",
+        "train_accuracy",
+        "val_accuracy",
+        "delta_val_accuracy",
+        "delta_val_loss",
+        "plateau_frac",
+        "best_val_accuracy",
+        *(f"val_accuracy_t-{i + 1}" for i in range(HISTORY)),
+        "param_growth",
+        "slot_utilisation",
+    ]
+    per_slot = [
+        "active",
+        *(f"stage_{s.name.lower()}" for s in Stage),
+        "alpha",
+        "contribution",
+        "epochs_in_stage_frac",
+        *(f"blueprint_{b}" for b in blueprints),
+    ]
+    out = list(base)
+    for s in range(n_slots):
+        out += [f"s{s}.{n}" for n in per_slot]
+        out += [f"s{s}.{f.key}" for f in registry.observed_fields()]
+    return tuple(out)
+
+
+@attrs.define
+class StepResult:
+    obs: torch.Tensor
+    reward: float
+    done: bool
+    epoch: EpochResult
+
+
+class MorphoEnv:
+    """One host, its slots and lifecycle, stepped one epoch per decision."""
+
+    def __init__(self, config: EnvConfig, registry: Registry, task: TaskData, log: Any, index: int = 0) -> None:
+        self.config = config
+        self.registry = registry
+        self.task = task
+        self.index = index
+        self.base_log = log.bind(env=index)
+        self.log = self.base_log
+        self.n_slots = config.slots
+        self.blueprints = blueprint_names(config.topology)
+        self.observed = registry.observed_fields()
+        self.obs_dim = len(observation_names(registry, self.n_slots))
+        self.episode = -1
+        self.epoch = 0
+        self.lifecycle: Lifecycle
+        self.runner: EpochRunner
+        self.host: Host
+
+    # -- episode -------------------------------------------------------------
+
+    def reset(self, seed: int, episode: int = 0) -> torch.Tensor:
+        """Start an episode with a fresh host; everything random derives from ``seed``."""
+        torch.manual_seed(seed)
+        self.episode = episode
+        self.epoch = 0
+        self.log = self.base_log.bind(episode=episode, epoch=0)
+        cfg = self.config
+        if cfg.topology == "cnn":
+            self.host = build_host(
+                "cnn", CNNHostConfig(num_classes=self.task.num_classes, width=cfg.width, blocks=cfg.slots)
+            )
+        else:
+            seq = self.task.seq_len or 32
+            self.host = build_host(
+                "transformer", TransformerHostConfig(vocab_size=self.task.num_classes, layers=cfg.slots, max_len=seq)
+            )
+        self.base_params = sum(p.numel() for p in self.host.parameters())
+        self.lifecycle = Lifecycle(
+            self.host, self.registry, LifecycleConfig(max_epochs=cfg.epochs, host_lr=cfg.host_lr), log=self.log
+        )
+        self.runner = EpochRunner(
+            self.lifecycle, self.task, batch_size=cfg.batch_size, generator=torch.Generator().manual_seed(seed)
+        )
+        self.acc_history: list[float] = []
+        self.last: EpochResult | None = None
+        self.best = 0.0
+        self.plateau = 0
+        self.fields: dict[str, list[float | None]] = {}
+        return self.observe()
+
+    @property
+    def done(self) -> bool:
+        return self.epoch >= self.config.epochs
+
+    def step(self, actions: torch.Tensor) -> StepResult:
+        """Apply one decision (``[n_heads]`` indices), train one epoch, observe, reward."""
+        if self.done:
+            raise RuntimeError(f"env {self.index}: episode {self.episode} is over; call reset()")
+        space = self.registry.space
+        self.log = self.base_log.bind(episode=self.episode, epoch=self.epoch)
+        self.lifecycle.log = self.log
+        decision = space.decode(actions[None, :])[0]
+        self.log.info(
+            "decision",
+            op=decision.op.name,
+            choices=decision.choices,
+            relevant=decision.relevant,
+        )
+        self.lifecycle.apply(decision, self.epoch)
+        prev_acc = self.last.val_accuracy if self.last else None
+        result = self.runner.run_epoch(self.epoch)
+        self.fields = compute_fields(self.registry, self.lifecycle, result)
+        self.last = result
+        self.acc_history.append(result.val_accuracy)
+        if result.val_accuracy > self.best + 1e-4:
+            self.best = result.val_accuracy
+            self.plateau = 0
+        else:
+            self.plateau += 1
+        self.log.info(
+            "epoch.completed",
+            train_loss=result.train_loss,
+            train_accuracy=result.train_accuracy,
+            val_loss=result.val_loss,
+            val_accuracy=result.val_accuracy,
+            params=self.param_count(),
+            stages=[s.name for s in self.lifecycle.stages],
+            **self.fields,
+        )
+        self.epoch += 1
+        reward = self.reward(prev_acc, result.val_accuracy)
+        return StepResult(self.observe(), reward, self.done, result)
+
+    def reward(self, prev_acc: float | None, acc: float) -> float:
+        """The reward, defined here only.
+
+        ``r_t = (acc_t - acc_{t-1}) - param_rent * growth_t`` where accuracies
+        are validation accuracies in [0, 1] (``acc_{-1}`` is chance level, so the
+        first epoch is rewarded for learning at all) and ``growth_t`` is the
+        number of parameters grown over the base host divided by the base host's.
+        The last step adds the final validation accuracy as a terminal term, so
+        an episode's return favours ending well over merely improving.
+        """
+        base = 1.0 / self.task.num_classes if prev_acc is None else prev_acc
+        growth = (self.param_count() - self.base_params) / self.base_params
+        r = (acc - base) - self.config.param_rent * growth
+        if self.done:
+            r += acc
+        return r
+
+    def param_count(self) -> int:
+        return sum(p.numel() for p in self.host.parameters())
+
+    # -- observation -----------------------------------------------------------
+
+    def observe(self) -> torch.Tensor:
+        cfg = self.config
+        last = self.last
+        hist = self.acc_history
+        prev = hist[-2] if len(hist) >= 2 else (hist[-1] if hist else 0.0)
+        base = [
+            self.epoch / cfg.epochs,
+            last.train_loss if last else 0.0,
+            last.val_loss if last else 0.0,
+            last.train_accuracy if last else 0.0,
+            last.val_accuracy if last else 0.0,
+            (last.val_accuracy - prev) if last else 0.0,
+            0.0,
+            self.plateau / cfg.epochs,
+            self.best,
+            *[hist[-(i + 1)] if len(hist) > i else 0.0 for i in range(HISTORY)],
+            (self.param_count() - self.base_params) / self.base_params,
+            sum(s is not None for s in self.lifecycle.seeds) / self.n_slots,
+        ]
+        out = list(base)
+        for slot in range(self.n_slots):
+            seed = self.lifecycle.seeds[slot]
+            stage = self.lifecycle.stages[slot]
+            onehot = [0.0] * N_STAGES
+            onehot[int(stage)] = 1.0
+            contribution = 0.0
+            if seed is not None:
+                contribution = next((c for c in reversed(seed.metrics.contribution) if c is not None), 0.0)
+            bp = [0.0] * len(self.blueprints)
+            if seed is not None:
+                bp[self.blueprints.index(seed.blueprint)] = 1.0
+            out += [
+                float(seed is not None),
+                *onehot,
+                float(self.lifecycle.slots[slot].alpha),
+                contribution,
+                (seed.epochs_in_stage(self.epoch) / cfg.epochs) if seed is not None else 0.0,
+                *bp,
+            ]
+            for f in self.observed:
+                v = self.fields.get(f.key, [None] * self.n_slots)[slot]
+                out.append(0.0 if v is None else float(v))
+        obs = torch.tensor(out, dtype=torch.float32)
+        return obs
+
+    def mask_state(self) -> tuple[int, list[int], list[bool]]:
+        return self.epoch, [int(s) for s in self.lifecycle.stages], self.lifecycle.fossilize_ok()
+
+
+class EnvBatch:
+    """Several envs stepped together, sharing one registry (and so one mask call per step)."""
+
+    def __init__(self, envs: Sequence[MorphoEnv]) -> None:
+        self.envs = list(envs)
+        self.registry = self.envs[0].registry
+        self.config = self.envs[0].config
+
+    def reset(self, seeds: Sequence[int], episode: int = 0) -> torch.Tensor:
+        return torch.stack([env.reset(s, episode) for env, s in zip(self.envs, seeds, strict=True)])
+
+    def observe(self) -> torch.Tensor:
+        return torch.stack([env.observe() for env in self.envs])
+
+    def mask_view(self) -> MaskView:
+        states = [env.mask_state() for env in self.envs]
+        return MaskView(
+            space=self.registry.space,
+            n_envs=len(self.envs),
+            n_slots=self.config.slots,
+            topology=self.config.topology,
+            max_epochs=self.config.epochs,
+            epoch=torch.tensor([s[0] for s in states], dtype=torch.long),
+            slot_stage=torch.tensor([s[1] for s in states], dtype=torch.long),
+            fossilize_ok=torch.tensor([s[2] for s in states], dtype=torch.bool),
+            blueprints=self.envs[0].blueprints,
+        )
+
+    def masks(self) -> torch.Tensor:
+        """``[n_envs, n_ops, n_heads, max_choices]``: every lever's mask, ANDed."""
+        return self.registry.masks(self.mask_view())
+
+    def step(self, actions: torch.Tensor) -> list[StepResult]:
+        return [env.step(actions[i]) for i, env in enumerate(self.envs)]

@@ -1,0 +1,1 @@
+"""Tamiyo: the policies that drive the seed lifecycle through the composed action space."""

@@ -1,0 +1,113 @@
+"""The non-learning policies: a heuristic gardener and a uniform random baseline.
+
+Both answer through the same masked sampler as the learned policy, so every
+action they take is legal under the composed masks by construction.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Protocol
+
+import torch
+
+from esper_kernel.stages import Op, Stage
+from esper_kernel.tamiyo.sampling import Sampled, sample, score, select_masks
+
+if TYPE_CHECKING:
+    from esper_kernel.env import EnvBatch, MorphoEnv
+
+
+class Policy(Protocol):
+    """Anything that maps observations and masks to factored actions."""
+
+    def act(self, obs: torch.Tensor, masks: torch.Tensor, envs: EnvBatch) -> Sampled: ...
+
+
+class RandomPolicy:
+    """Uniform over legal choices, head by head: the baseline every policy must beat."""
+
+    def __init__(self, seed: int = 0) -> None:
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def act(self, obs: torch.Tensor, masks: torch.Tensor, envs: EnvBatch) -> Sampled:
+        space = envs.registry.space
+        logits = torch.zeros(obs.shape[0], space.n_heads, space.max_choices)
+        return sample(space, logits, masks, self.generator)
+
+
+class HeuristicPolicy:
+    """Germinate on a plateau, fossilize seeds that help, cull seeds that hurt.
+
+    Rules, in order, per env:
+
+    1. FOSSILIZE a probationary seed whose counterfactual contribution is
+       positive (the mask already requires gate G5);
+    2. CULL a blending or probationary seed whose contribution has been
+       negative for ``patience`` measured epochs;
+    3. GERMINATE in the first dormant slot when validation accuracy has not
+       improved for ``plateau`` epochs, after ``warmup`` epochs, cycling
+       through blueprints;
+    4. otherwise WAIT.
+
+    Lever heads take their default choice, or the nearest legal one when a
+    lever's mask forbids the default.
+    """
+
+    def __init__(
+        self, plateau: int = 2, warmup: int = 2, patience: int = 2, blend: str = "sigmoid", min_left: int = 6
+    ) -> None:
+        self.plateau = plateau
+        self.warmup = warmup
+        self.patience = patience
+        self.blend = blend
+        self.min_left = min_left
+        self._next_blueprint = 0
+
+    def act(self, obs: torch.Tensor, masks: torch.Tensor, envs: EnvBatch) -> Sampled:
+        space = envs.registry.space
+        rows = [self._choose(env, masks[i]) for i, env in enumerate(envs.envs)]
+        actions = space.encode(rows)
+        op = actions[:, space.op_index]
+        sel = select_masks(space, masks, op)
+        # Where a default is illegal, fall back to the first legal choice of that head.
+        legal = sel.gather(-1, actions[..., None]).squeeze(-1)
+        first = sel.to(torch.int8).argmax(-1)
+        actions = torch.where(legal, actions, first)
+        relevance = space.relevance(actions)
+        actions = torch.where(relevance, actions, space.defaults)
+        logits = torch.zeros(actions.shape[0], space.n_heads, space.max_choices)
+        log_prob, entropy = score(space, logits, sel, actions, relevance)
+        return Sampled(actions, sel, relevance, log_prob, entropy)
+
+    def _choose(self, env: MorphoEnv, mask: torch.Tensor) -> dict[str, str]:
+        space = env.registry.space
+        op_legal = mask[0, space.op_index]
+        lc = env.lifecycle
+        if op_legal[Op.FOSSILIZE]:
+            for seed in lc.live_seeds():
+                contrib = _last_contribution(seed.metrics.contribution)
+                if seed.stage is Stage.PROBATIONARY and contrib is not None and contrib > 0:
+                    return {"op": "fossilize", "slot": f"s{seed.slot}"}
+        if op_legal[Op.CULL]:
+            for seed in lc.live_seeds():
+                recent = [c for c in seed.metrics.contribution if c is not None][-self.patience :]
+                if len(recent) == self.patience and all(c < 0 for c in recent):
+                    return {"op": "cull", "slot": f"s{seed.slot}"}
+        left = env.config.epochs - env.epoch
+        if (
+            op_legal[Op.GERMINATE]
+            and env.epoch >= self.warmup
+            and env.plateau >= self.plateau
+            and left >= self.min_left
+        ):
+            slot = next(i for i, s in enumerate(lc.stages) if s is Stage.DORMANT)
+            names = env.blueprints
+            blueprint = names[self._next_blueprint % len(names)]
+            self._next_blueprint += 1
+            blend = self.blend if self.blend in space.head("blend").spec.choices else "linear"
+            return {"op": "germinate", "slot": f"s{slot}", "blueprint": blueprint, "blend": blend}
+        return {"op": "wait"}
+
+
+def _last_contribution(history: list[float | None]) -> float | None:
+    return next((c for c in reversed(history) if c is not None), None)

@@ -1,0 +1,91 @@
+"""Sampling and scoring factored actions with padded logits and one masked softmax.
+
+Logits for every head live in one ``[B, n_heads, max_choices]`` tensor; the
+composed mask removes padding and illegal choices. The op is drawn first,
+because which slots are legal depends on it; then every head is scored by a
+single masked log-softmax. Heads that are not relevant for the chosen op
+(or whose condition fails) add nothing to the log-prob or the entropy.
+"""
+
+from __future__ import annotations
+
+import attrs
+import torch
+
+from esper_kernel.actions import ActionSpace
+from esper_kernel.errors import MaskError
+
+NEG = -1e9  # finite, so a fully masked (irrelevant, padded) row never makes NaN
+
+
+@attrs.frozen
+class Sampled:
+    actions: torch.Tensor  # [B, H] long
+    masks: torch.Tensor  # [B, H, C] bool: the masks used, given the chosen op
+    relevance: torch.Tensor  # [B, H] bool
+    log_prob: torch.Tensor  # [B]
+    entropy: torch.Tensor  # [B, H], zero where irrelevant
+
+
+def select_masks(space: ActionSpace, masks: torch.Tensor, op: torch.Tensor) -> torch.Tensor:
+    """``[B, n_ops, H, C]`` masks -> ``[B, H, C]`` for the chosen ops."""
+    return masks[torch.arange(masks.shape[0]), op]
+
+
+def _log_probs(logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    return torch.log_softmax(logits.masked_fill(~masks, NEG), dim=-1)
+
+
+def score(
+    space: ActionSpace, logits: torch.Tensor, masks: torch.Tensor, actions: torch.Tensor, relevance: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Log-prob ``[B]`` and per-head entropy ``[B, H]`` of ``actions`` under ``masks``.
+
+    Raises :class:`MaskError` if a relevant action is illegal under the masks
+    given: replaying a rollout with masks that changed since it was collected
+    must fail loudly, not train on an impossible action.
+    """
+    taken_ok = masks.gather(-1, actions[..., None]).squeeze(-1)
+    if not bool((taken_ok | ~relevance).all()):
+        b, h = (int(v) for v in (~taken_ok & relevance).nonzero()[0])
+        raise MaskError(
+            f"action {space.names[h]}={int(actions[b, h])} in row {b} is illegal under the masks given; "
+            "the masks changed between rollout and update"
+        )
+    logp = _log_probs(logits, masks)
+    taken = logp.gather(-1, actions[..., None]).squeeze(-1)
+    log_prob = (taken * relevance).sum(-1)
+    p = logp.exp()
+    ent = -(p * logp).masked_fill(~masks, 0.0).sum(-1)
+    return log_prob, ent * relevance
+
+
+def sample(
+    space: ActionSpace,
+    logits: torch.Tensor,
+    masks: torch.Tensor,
+    generator: torch.Generator | None = None,
+    greedy: bool = False,
+) -> Sampled:
+    """Draw one factored action per row from ``logits`` ``[B, H, C]`` under ``masks`` ``[B, n_ops, H, C]``."""
+    op_i = space.op_index
+    op_mask = masks[:, 0, op_i, :]
+    op_logp = _log_probs(logits[:, op_i, :], op_mask)
+    op = _draw(op_logp, generator, greedy)
+    sel = select_masks(space, masks, op)
+    logp = _log_probs(logits, sel)
+    actions = _draw(logp, generator, greedy)
+    actions[:, op_i] = op
+    relevance = space.relevance(actions)
+    # Irrelevant heads record their default, so a stored action never names a choice nobody made.
+    actions = torch.where(relevance, actions, space.defaults)
+    log_prob, entropy = score(space, logits, sel, actions, relevance)
+    return Sampled(actions, sel, relevance, log_prob, entropy)
+
+
+def _draw(logp: torch.Tensor, generator: torch.Generator | None, greedy: bool) -> torch.Tensor:
+    if greedy:
+        return logp.argmax(-1)
+    # Gumbel-max: one vectorised draw for every head at once.
+    u = torch.rand(logp.shape, generator=generator).clamp_(1e-9, 1.0 - 1e-9)
+    return (logp - torch.log(-torch.log(u))).argmax(-1)

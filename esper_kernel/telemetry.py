@@ -1,0 +1,112 @@
+"""The structlog event stream: JSON lines for machines, a short console view for people.
+
+No global structlog configuration is touched: each run wraps its own logger,
+so several runs (or tests) in one process never share sinks.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from collections.abc import MutableMapping
+from pathlib import Path
+from typing import IO, Any
+
+import structlog
+
+#: Events shown on the console; everything goes to the JSON file.
+CONSOLE_EVENTS = frozenset({"run.started", "run.finished", "ppo.update", "plugin.failed", "telemetry.invalid"})
+
+
+def _json_default(obj: Any) -> Any:
+    if hasattr(obj, "name") and hasattr(obj, "value"):  # enums
+        return obj.name
+    if isinstance(obj, Path):
+        return str(obj)
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    return repr(obj)
+
+
+def _finite(obj: Any) -> Any:
+    # JSON has no NaN/inf; a plugin's bad number must not corrupt the stream.
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_finite(v) for v in obj]
+    return obj
+
+
+class JsonLinesSink:
+    """Writes each event as one JSON line and flushes, so a crash loses nothing written."""
+
+    def __init__(self, stream: IO[str]) -> None:
+        self.stream = stream
+
+    def __call__(self, _logger: Any, _method: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+        line = json.dumps(_finite(dict(event_dict)), default=_json_default, sort_keys=False)
+        self.stream.write(line + "\n")
+        self.stream.flush()
+        return event_dict
+
+
+class ConsoleFilter:
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+
+    def __call__(self, _logger: Any, method: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+        if not self.enabled or (event_dict.get("event") not in CONSOLE_EVENTS and method not in ("warning", "error")):
+            raise structlog.DropEvent
+        return event_dict
+
+
+def _timestamp(_logger: Any, _method: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    event_dict.setdefault("ts", round(time.time(), 3))
+    return event_dict
+
+
+class Telemetry:
+    """Owns the event file of one run and hands out bound loggers.
+
+    Every event carries ``event``, ``run_id``, ``env``, ``episode`` and
+    ``epoch`` (None where not applicable); see ``docs/telemetry.md``.
+    """
+
+    def __init__(self, path: Path | None, run_id: str, console: bool = True, append: bool = False) -> None:
+        self.path = path
+        self.run_id = run_id
+        self._file: IO[str] | None = None
+        processors: list[Any] = [structlog.processors.add_log_level, _timestamp]
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._file = path.open("a" if append else "w", encoding="utf-8")
+            processors.append(JsonLinesSink(self._file))
+        processors.append(ConsoleFilter(console))
+        processors.append(structlog.dev.ConsoleRenderer(colors=False, sort_keys=False))
+        self.log = structlog.wrap_logger(
+            structlog.PrintLogger(sys.stderr),
+            processors=processors,
+            wrapper_class=structlog.BoundLogger,
+            cache_logger_on_first_use=False,
+        ).bind(run_id=run_id, env=None, episode=None, epoch=None)
+
+    def close(self) -> None:
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+    def __enter__(self) -> Telemetry:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def read_events(path: Path) -> list[dict[str, Any]]:
+    """Parse an ``events.jsonl`` file (for tests, notebooks and scripts)."""
+    with path.open(encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
