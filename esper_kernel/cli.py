@@ -338,5 +338,87 @@ def show_lever(name: str, as_json: bool) -> None:
     _emit(levers_report(reg, names=(name,), failures=False), selection, as_json)
 
 
+# -- esper run ----------------------------------------------------------------
+
+
+@main.command("run")
+@click.option("--task", default=None, help="Task: shapes (default), sequences, cifar10, text.")
+@click.option("--data-dir", default=None, type=click.Path(file_okay=True), help="Directory for cifar10 / text data.")
+@click.option("--policy", default=None, help="heuristic (default), random, or a policy file from `esper train`.")
+@click.option("--levers", default=None, metavar="A,B", help="Levers to activate (default: every installed one).")
+@click.option("--epochs", type=int, default=None, help="Host epochs in the episode (default 20).")
+@click.option("--slots", type=int, default=None, help="Seed slots in the host (default 3).")
+@click.option("--seed", type=int, default=None, help="Random seed (default 0).")
+@click.option("--out", default=None, type=click.Path(file_okay=False), help="Output directory (default runs/latest).")
+@click.option("--config", "config_file", default=None, type=click.Path(dir_okay=False), help="TOML run config.")
+@click.option("--resume", default=None, type=click.Path(file_okay=False), help="Continue the run in this directory.")
+@click.option("--compile", "compile_", is_flag=True, default=None, help="Run the host under torch.compile.")
+@click.option("--allow-graph-breaks", is_flag=True, default=None, help="With --compile, allow BREAKS_GRAPH levers.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def run_command(
+    task: str | None,
+    data_dir: str | None,
+    policy: str | None,
+    levers: str | None,
+    epochs: int | None,
+    slots: int | None,
+    seed: int | None,
+    out: str | None,
+    config_file: str | None,
+    resume: str | None,
+    compile_: bool | None,
+    allow_graph_breaks: bool | None,
+    quiet: bool,
+) -> None:
+    """Train a host on a task with every active lever on and Tamiyo deciding.
+
+    Writes OUT/events.jsonl, OUT/summary.json and OUT/checkpoint.pt.
+    """
+    from pathlib import Path
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from esper_kernel.config import RunConfig, load_config, with_overrides
+    from esper_kernel.run import EpochReport, run
+
+    base = load_config(Path(config_file)) if config_file else RunConfig()
+    config = with_overrides(
+        base,
+        policy=policy,
+        levers=tuple(x for x in levers.split(",") if x) if levers is not None else None,
+        seed=seed,
+        out=out,
+        allow_graph_breaks=allow_graph_breaks,
+        env__task=task,
+        env__data_dir=data_dir,
+        env__epochs=epochs,
+        env__slots=slots,
+        env__compile=compile_,
+    )
+    console = Console(stderr=True)
+    columns = (
+        TextColumn("[bold]esper run"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[status]}"),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, console=console, disable=quiet, transient=False) as progress:
+        bar = progress.add_task("epochs", total=config.env.epochs, status="")
+
+        def on_epoch(r: EpochReport) -> None:
+            status = f"val acc {r.val_accuracy:.3f}  slots {' '.join(s.lower() for s in r.stages)}"
+            progress.update(bar, completed=r.epoch, total=r.epochs, status=status)
+
+        summary = run(config, resume=Path(resume) if resume else None, on_epoch=on_epoch)
+    seeds = summary["seeds"]
+    console.print(
+        f"done: val acc {summary['final_val_accuracy']:.3f} (best {summary['best_val_accuracy']:.3f}), "
+        f"{len(seeds)} seed(s): "
+        + (", ".join(f"{s['blueprint']}@s{s['slot']} {s['final_stage'].lower()}" for s in seeds) or "none")
+        + f"; wrote {summary['out']}/events.jsonl, summary.json, checkpoint.pt in {summary['wall_seconds']}s"
+    )
+
+
 if __name__ == "__main__":
     main()

@@ -19,13 +19,15 @@ from esper_kernel.actions import MaskView
 from esper_kernel.blueprints import blueprint_names
 from esper_kernel.core import CoreHeads
 from esper_kernel.hosts import CNNHostConfig, Host, TransformerHostConfig, build_host
-from esper_kernel.lifecycle import Lifecycle, LifecycleConfig
-from esper_kernel.registry import Registry, Selection, load_levers
+from esper_kernel.lifecycle import EpochMeasure, Lifecycle, LifecycleConfig
+from esper_kernel.registry import Registry, Selection
 from esper_kernel.stages import Stage
 from esper_kernel.tasks import TASKS, TaskData, get_task
 from esper_kernel.training import EpochResult, EpochRunner, compute_fields
 
 N_STAGES = len(Stage)
+#: What a checkpoint keeps of the last epoch: what the observation reads.
+_LAST_KEYS = ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "host_grad_norm")
 HISTORY = 3
 
 
@@ -44,6 +46,8 @@ class EnvConfig:
     host_lr: float = 0.01
     #: Reward lost per epoch for each 100% of parameters grown over the base host.
     param_rent: float = 0.01
+    #: Run the host under torch.compile (recompiles only when live seed modules change).
+    compile: bool = False
 
     @property
     def topology(self) -> str:
@@ -60,9 +64,7 @@ def load_task(config: EnvConfig, seed: int) -> TaskData:
 
 def build_registry(config: EnvConfig, selection: Selection | None = None) -> Registry:
     """Load the selected levers and compose them with the kernel's heads for this config."""
-    core = CoreHeads(config.slots, blueprint_names(config.topology), config.topology)
-    result = load_levers(selection)
-    return Registry(core, result.levers, result.failures)
+    return Registry.open(CoreHeads(config.slots, blueprint_names(config.topology), config.topology), selection)
 
 
 def observation_names(registry: Registry, n_slots: int) -> tuple[str, ...]:
@@ -148,8 +150,13 @@ class MorphoEnv:
         self.lifecycle = Lifecycle(
             self.host, self.registry, LifecycleConfig(max_epochs=cfg.epochs, host_lr=cfg.host_lr), log=self.log
         )
+        compiled = torch.compile(self.host) if cfg.compile else None
         self.runner = EpochRunner(
-            self.lifecycle, self.task, batch_size=cfg.batch_size, generator=torch.Generator().manual_seed(seed)
+            self.lifecycle,
+            self.task,
+            batch_size=cfg.batch_size,
+            generator=torch.Generator().manual_seed(seed),
+            compiled=compiled,
         )
         self.acc_history: list[float] = []
         self.last: EpochResult | None = None
@@ -267,6 +274,50 @@ class MorphoEnv:
                 out.append(0.0 if v is None else float(v))
         obs = torch.tensor(out, dtype=torch.float32)
         return obs
+
+    # -- checkpointing -----------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        last = self.last
+        return {
+            "episode": self.episode,
+            "epoch": self.epoch,
+            "acc_history": list(self.acc_history),
+            "best": self.best,
+            "plateau": self.plateau,
+            "base_params": self.base_params,
+            "fields": dict(self.fields),
+            "last": None
+            if last is None
+            else [
+                last.epoch,
+                last.train_loss,
+                last.train_accuracy,
+                last.val_loss,
+                last.val_accuracy,
+                last.host_grad_norm,
+            ],
+            "generator": self.runner.generator.get_state(),
+            "lifecycle": self.lifecycle.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore into an env just ``reset`` with the same seed and config."""
+        self.episode = int(state["episode"])
+        self.epoch = int(state["epoch"])
+        self.acc_history = list(state["acc_history"])
+        self.best = float(state["best"])
+        self.plateau = int(state["plateau"])
+        self.base_params = int(state["base_params"])
+        self.fields = dict(state["fields"])
+        if state["last"] is not None:
+            last = dict(zip(_LAST_KEYS, state["last"], strict=True))
+            measure = EpochMeasure(int(last["epoch"]), last["val_accuracy"], last["host_grad_norm"])
+            self.last = EpochResult(**last, measure=measure)
+        self.runner.generator.set_state(state["generator"])
+        self.lifecycle.load_state_dict(state["lifecycle"])
+        self.log = self.base_log.bind(episode=self.episode, epoch=self.epoch)
+        self.lifecycle.log = self.log
 
     def mask_state(self) -> tuple[int, list[int], list[bool]]:
         return self.epoch, [int(s) for s in self.lifecycle.stages], self.lifecycle.fossilize_ok()

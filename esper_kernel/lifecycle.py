@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import attrs
+import cattrs
 import structlog
 import torch
 from torch import nn
@@ -142,11 +143,8 @@ class Lifecycle:
         self._check(Stage.DORMANT, Stage.GERMINATED)
         # Levers run before the module is built: a width knob must be set by then.
         self.registry.enter_stage(seed, Stage.DORMANT, Stage.GERMINATED)
-        module = build_seed(self.topology, seed.blueprint, self._dim(slot), seed.knobs.width_scale)
         sl = self.slots[slot]
-        device = next(self.host.parameters()).device
-        sl.germinate(module.to(device), seed.blend)
-        sl.to(device)
+        sl.germinate(self._build(seed), seed.blend)
         self.optimizer.add_param_group(
             {"params": sl.seed_parameters(), "lr": self.config.host_lr * seed.knobs.lr_scale, "seed_id": seed.seed_id}
         )
@@ -194,6 +192,7 @@ class Lifecycle:
             if group.get("seed_id") == seed.seed_id:
                 group["lr"] = self.config.host_lr
                 group["seed_id"] = None
+                group["fossil_of"] = seed.seed_id
         self.seeds[slot] = None
         self.history.append(seed)
         self._check(Stage.FOSSILIZED, Stage.DORMANT)
@@ -381,6 +380,67 @@ class Lifecycle:
             thresholds=gate.thresholds,
         )
 
+    # -- checkpointing ---------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to rebuild this lifecycle and its host exactly, as plain data."""
+        slot_of = {s.seed_id: s.slot for s in self.seeds if s is not None}
+        groups: list[dict[str, Any]] = []
+        for i, group in enumerate(self.optimizer.param_groups):
+            if i == 0:
+                groups.append({"kind": "host"})
+            elif group.get("seed_id") is not None:
+                groups.append({"kind": "seed", "slot": slot_of[group["seed_id"]]})
+            else:
+                groups.append({"kind": "fossil", "seed_id": group["fossil_of"]})
+        return {
+            "stages": [int(s) for s in self.stages],
+            "embargo_until": list(self.embargo_until),
+            "counter": self._counter,
+            "seeds": [None if s is None else seed_to_dict(s) for s in self.seeds],
+            "history": [seed_to_dict(s) for s in self.history],
+            "groups": groups,
+            "host": self.host.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore a :meth:`state_dict` into this freshly built lifecycle."""
+        history = [seed_from_dict(d) for d in state["history"]]
+        seeds = [None if d is None else seed_from_dict(d) for d in state["seeds"]]
+        fossils = [s for s in history if s.stage is Stage.FOSSILIZED]
+        fossil_module: dict[str, nn.Module] = {}
+        for seed in fossils:  # history order is fossilization order
+            slot = self.slots[seed.slot]
+            slot.germinate(self._build(seed), seed.blend)
+            slot.fossilize()
+            fossil_module[seed.seed_id] = slot.fossils[-1]
+        for live in seeds:
+            if live is not None:
+                self.slots[live.slot].germinate(self._build(live), live.blend)
+        self.host.load_state_dict(state["host"])
+        base = self.optimizer.param_groups[0]["params"]
+        groups: list[dict[str, Any]] = []
+        for g in state["groups"]:
+            if g["kind"] == "host":
+                params = list(base)
+            elif g["kind"] == "seed":
+                params = self.slots[g["slot"]].seed_parameters()
+            else:
+                params = list(fossil_module[g["seed_id"]].parameters())
+            groups.append({"params": params})
+        self.optimizer = torch.optim.SGD(groups, lr=self.config.host_lr, momentum=self.config.momentum)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.seeds = seeds
+        self.history = history
+        self.stages = [Stage(s) for s in state["stages"]]
+        self.embargo_until = list(state["embargo_until"])
+        self._counter = int(state["counter"])
+
+    def _build(self, seed: SeedState) -> nn.Module:
+        device = next(self.host.parameters()).device
+        return build_seed(self.topology, seed.blueprint, self._dim(seed.slot), seed.knobs.width_scale).to(device)
+
     def seed_group_lr(self, slot: int) -> float:
         """The learning rate of the live seed's optimizer param group."""
         seed = self._live(slot, "inspect")
@@ -391,6 +451,18 @@ class Lifecycle:
 
     def live_seeds(self) -> list[SeedState]:
         return [s for s in self.seeds if s is not None]
+
+
+_converter = cattrs.Converter()
+
+
+def seed_to_dict(seed: SeedState) -> dict[str, Any]:
+    out: dict[str, Any] = _converter.unstructure(seed)
+    return out
+
+
+def seed_from_dict(data: dict[str, Any]) -> SeedState:
+    return _converter.structure(data, SeedState)
 
 
 def _norm(params: list[nn.Parameter]) -> float:

@@ -6,7 +6,7 @@ action they take is legal under the composed masks by construction.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import torch
 
@@ -28,6 +28,12 @@ class RandomPolicy:
 
     def __init__(self, seed: int = 0) -> None:
         self.generator = torch.Generator().manual_seed(seed)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.generator.set_state(state["generator"])
 
     def act(self, obs: torch.Tensor, masks: torch.Tensor, envs: EnvBatch) -> Sampled:
         space = envs.registry.space
@@ -62,6 +68,12 @@ class HeuristicPolicy:
         self.blend = blend
         self.min_left = min_left
         self._next_blueprint = 0
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"next_blueprint": self._next_blueprint}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._next_blueprint = int(state["next_blueprint"])
 
     def act(self, obs: torch.Tensor, masks: torch.Tensor, envs: EnvBatch) -> Sampled:
         space = envs.registry.space

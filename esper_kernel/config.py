@@ -1,0 +1,88 @@
+"""Run configuration: attrs classes, structured from TOML by cattrs.
+
+A config file mirrors the classes: top-level run keys plus an ``[env]``
+table. Unknown keys and wrong types are errors naming the key path, e.g.
+``config.env.epochs: expected int``.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import attrs
+import cattrs
+
+from esper_kernel.env import EnvConfig
+from esper_kernel.errors import EsperError
+
+
+class ConfigError(EsperError):
+    """A config file or value that cannot be used, with the key path that is wrong."""
+
+
+@attrs.frozen
+class RunConfig:
+    """Everything ``esper run`` needs; the CLI flags override a file's values."""
+
+    env: EnvConfig = attrs.Factory(EnvConfig)
+    policy: str = "heuristic"
+    levers: tuple[str, ...] | None = None
+    seed: int = 0
+    out: str = "runs/latest"
+    allow_graph_breaks: bool = False
+    checkpoint_every: int = 1
+
+
+converter = cattrs.Converter(forbid_extra_keys=True)
+
+
+def _strict_scalar(kind: type[Any]) -> Any:
+    # cattrs would coerce "5" to 5 and 5 to True; a config file with the wrong
+    # type is a mistake worth naming, not a value to guess at.
+    def structure(value: Any, _t: Any) -> Any:
+        if type(value) is not kind and not (kind is float and type(value) is int):
+            raise TypeError(f"expected {kind.__name__}, got {type(value).__name__} {value!r}")
+        return kind(value)
+
+    return structure
+
+
+for _kind in (int, float, str, bool):
+    converter.register_structure_hook(_kind, _strict_scalar(_kind))
+
+
+def structure_config(data: dict[str, Any], where: str = "config") -> RunConfig:
+    """Build a :class:`RunConfig` from plain data, or raise :class:`ConfigError`."""
+    try:
+        return converter.structure(data, RunConfig)
+    except cattrs.BaseValidationError as exc:
+        problems = "; ".join(cattrs.transform_error(exc, path=where))
+        raise ConfigError(f"invalid config: {problems}") from None
+
+
+def load_config(path: Path) -> RunConfig:
+    """Read a TOML run config."""
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    return structure_config(data, where=str(path))
+
+
+def unstructure_config(config: RunConfig) -> dict[str, Any]:
+    out: dict[str, Any] = converter.unstructure(config)
+    return out
+
+
+def with_overrides(config: RunConfig, **overrides: Any) -> RunConfig:
+    """Apply CLI flags (``None`` means "not given"); ``env__x`` keys go to the env table."""
+    env_changes = {k[5:]: v for k, v in overrides.items() if k.startswith("env__") and v is not None}
+    top = {k: v for k, v in overrides.items() if not k.startswith("env__") and v is not None}
+    data = unstructure_config(config)
+    data["env"].update(env_changes)
+    data.update(top)
+    return structure_config(data, where="command line")
