@@ -1,0 +1,323 @@
+"""The learned Tamiyo: an actor-critic over the composed, masked action space.
+
+Nothing about the heads is hard-coded: one linear layer produces
+``n_heads * max_choices`` padded logits for whatever the registry composed,
+and the masked sampler in :mod:`esper_kernel.tamiyo.sampling` does the rest.
+A saved policy records the heads, observation schema and levers it was
+trained with, so loading it under a different lever set fails with a message
+naming the difference instead of silently steering the wrong heads.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import attrs
+import torch
+from torch import nn
+
+from esper_kernel.actions import ActionSpace
+from esper_kernel.errors import EsperError
+from esper_kernel.registry import Registry
+from esper_kernel.tamiyo.sampling import Sampled, sample, score
+
+if TYPE_CHECKING:
+    from esper_kernel.env import EnvBatch
+
+POLICY_FORMAT = "esper.policy/1"
+#: Normalised observations are clipped: a rare huge loss must not saturate the trunk.
+OBS_CLIP = 5.0
+
+
+class PolicyLoadError(EsperError):
+    """A policy file is missing, unreadable or not an Esper policy."""
+
+
+class PolicyMismatchError(PolicyLoadError):
+    """A policy was trained for other heads, choices or observations than the active registry's."""
+
+
+@attrs.frozen
+class LeverStamp:
+    """Which lever, from which distribution and version, a policy was trained with."""
+
+    name: str
+    distribution: str
+    version: str
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.distribution} {self.version})"
+
+
+@attrs.frozen
+class HeadStamp:
+    name: str
+    choices: tuple[str, ...]
+
+    @property
+    def size(self) -> int:
+        return len(self.choices)
+
+
+def lever_stamps(registry: Registry) -> tuple[LeverStamp, ...]:
+    return tuple(LeverStamp(lv.name, lv.distribution, lv.version) for lv in registry.levers)
+
+
+def head_stamps(space: ActionSpace) -> tuple[HeadStamp, ...]:
+    return tuple(HeadStamp(h.name, h.spec.choices) for h in space.heads)
+
+
+class RunningNorm(nn.Module):
+    """Running mean and variance of observations, kept as buffers so they are saved with the weights."""
+
+    mean: torch.Tensor
+    var: torch.Tensor
+    count: torch.Tensor
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(dim, dtype=torch.float64))
+        self.register_buffer("var", torch.ones(dim, dtype=torch.float64))
+        # A tiny prior count keeps the first update from dividing by zero.
+        self.register_buffer("count", torch.tensor(1e-4, dtype=torch.float64))
+
+    @torch.no_grad()
+    def update(self, x: torch.Tensor) -> None:
+        """Merge a batch ``[N, dim]`` into the statistics (Chan et al.'s parallel update)."""
+        x = x.reshape(-1, self.mean.shape[0]).to(torch.float64)
+        n = x.shape[0]
+        if n == 0:
+            return
+        b_mean = x.mean(0)
+        b_var = x.var(0, unbiased=False)
+        total = self.count + n
+        delta = b_mean - self.mean
+        self.mean += delta * n / total
+        m2 = self.var * self.count + b_var * n + delta.pow(2) * self.count * n / total
+        self.var.copy_(m2 / total)
+        self.count.copy_(total)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        std = (self.var + 1e-8).sqrt()
+        out = (x.to(torch.float64) - self.mean) / std
+        return out.clamp(-OBS_CLIP, OBS_CLIP).to(torch.float32)
+
+
+def _layer(inp: int, out: int, gain: float) -> nn.Linear:
+    lin = nn.Linear(inp, out)
+    nn.init.orthogonal_(lin.weight, gain)
+    nn.init.zeros_(lin.bias)
+    return lin
+
+
+class PPOPolicy(nn.Module):
+    """Observation normaliser, MLP trunk, one padded-logits layer and a value head.
+
+    ``act`` answers the :class:`~esper_kernel.tamiyo.policies.Policy` protocol
+    and keeps the value estimate of its last call in :attr:`last_value`.
+    Sampling uses the policy's own generator, so seeding the environments
+    (which reseeds torch's global RNG) never changes which actions it draws.
+    """
+
+    def __init__(
+        self,
+        space: ActionSpace,
+        obs_dim: int,
+        hidden: int = 64,
+        *,
+        obs_names: Sequence[str] = (),
+        levers: Sequence[LeverStamp] = (),
+        hyperparameters: Mapping[str, Any] | None = None,
+        seed: int = 0,
+    ) -> None:
+        super().__init__()
+        if obs_names and len(obs_names) != obs_dim:
+            raise ValueError(f"{len(obs_names)} observation names for an observation of size {obs_dim}")
+        self.space = space
+        self.obs_dim = obs_dim
+        self.hidden = hidden
+        self.heads = head_stamps(space)
+        self.obs_names = tuple(obs_names)
+        self.levers = tuple(levers)
+        self.hyperparameters: dict[str, Any] = dict(hyperparameters or {})
+        self.n_heads = space.n_heads
+        self.max_choices = space.max_choices
+        init = torch.Generator().manual_seed(seed)
+        with torch.random.fork_rng(devices=[]):
+            # Weight init draws from the global RNG; fork it so building a policy has no side effects.
+            torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=init)))
+            self.norm = RunningNorm(obs_dim)
+            self.trunk = nn.Sequential(
+                _layer(obs_dim, hidden, math.sqrt(2)),
+                nn.Tanh(),
+                _layer(hidden, hidden, math.sqrt(2)),
+                nn.Tanh(),
+            )
+            # A small gain starts every head near uniform over its legal choices.
+            self.logits_layer = _layer(hidden, self.n_heads * self.max_choices, 0.01)
+            self.value_layer = _layer(hidden, 1, 1.0)
+        self.generator = torch.Generator().manual_seed(seed + 1)
+        self.greedy = False
+        self.last_value: torch.Tensor | None = None
+
+    @classmethod
+    def for_registry(
+        cls,
+        registry: Registry,
+        obs_names: Sequence[str],
+        hidden: int = 64,
+        hyperparameters: Mapping[str, Any] | None = None,
+        seed: int = 0,
+    ) -> PPOPolicy:
+        return cls(
+            registry.space,
+            len(obs_names),
+            hidden,
+            obs_names=obs_names,
+            levers=lever_stamps(registry),
+            hyperparameters=hyperparameters,
+            seed=seed,
+        )
+
+    def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``[B, obs_dim]`` -> padded logits ``[B, H, C]`` and values ``[B]``."""
+        z = self.trunk(self.norm(obs))
+        logits = self.logits_layer(z).view(-1, self.n_heads, self.max_choices)
+        return logits, self.value_layer(z).squeeze(-1)
+
+    @torch.no_grad()
+    def act_with_value(self, obs: torch.Tensor, masks: torch.Tensor) -> tuple[Sampled, torch.Tensor]:
+        logits, value = self(obs)
+        return sample(self.space, logits, masks, self.generator, greedy=self.greedy), value
+
+    def act(self, obs: torch.Tensor, masks: torch.Tensor, envs: EnvBatch | None = None) -> Sampled:
+        sampled, value = self.act_with_value(obs, masks)
+        self.last_value = value
+        return sampled
+
+    def evaluate(
+        self, obs: torch.Tensor, actions: torch.Tensor, masks_sel: torch.Tensor, relevance: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Log-prob ``[B]``, per-head entropy ``[B, H]`` and value ``[B]`` of stored actions.
+
+        ``masks_sel`` and ``relevance`` must be the ones recorded at rollout
+        time; :func:`~esper_kernel.tamiyo.sampling.score` raises
+        :class:`~esper_kernel.errors.MaskError` if an action is illegal under them.
+        """
+        logits, value = self(obs)
+        log_prob, entropy = score(self.space, logits, masks_sel, actions, relevance)
+        return log_prob, entropy, value
+
+
+# -- files -------------------------------------------------------------------
+
+
+def policy_record(policy: PPOPolicy) -> dict[str, Any]:
+    """Everything a policy file holds, as plain data ``torch.load(weights_only=True)`` accepts."""
+    return {
+        "format": POLICY_FORMAT,
+        "state_dict": {k: v.detach().clone() for k, v in policy.state_dict().items()},
+        "obs_dim": policy.obs_dim,
+        "obs_names": list(policy.obs_names),
+        "hidden": policy.hidden,
+        "heads": [{"name": h.name, "size": h.size, "choices": list(h.choices)} for h in policy.heads],
+        "levers": [attrs.asdict(lv) for lv in policy.levers],
+        "hyperparameters": dict(policy.hyperparameters),
+    }
+
+
+def save_policy(policy: PPOPolicy, path: Path | str) -> Path:
+    """Write the policy atomically: a crash mid-write never leaves a truncated file at ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(policy_record(policy), f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _describe_levers(levers: Sequence[LeverStamp]) -> str:
+    return "[" + ", ".join(str(lv) for lv in levers) + "]"
+
+
+def _head_differences(saved: Sequence[HeadStamp], active: Sequence[HeadStamp]) -> list[str]:
+    have = {h.name: h for h in active}
+    was = {h.name: h for h in saved}
+    out = []
+    for h in saved:
+        if h.name not in have:
+            out.append(f"head {h.name!r} is not in the active action space")
+        elif h.choices != have[h.name].choices:
+            out.append(f"head {h.name!r} had choices {list(h.choices)}, now {list(have[h.name].choices)}")
+    out += [f"head {h.name!r} is new" for h in active if h.name not in was]
+    if not out and [h.name for h in saved] != [h.name for h in active]:
+        out.append(f"heads are in another order: {[h.name for h in saved]} vs {[h.name for h in active]}")
+    return out
+
+
+def load_policy(
+    path: Path | str, registry: Registry, obs_dim: int, obs_names: Sequence[str] | None = None
+) -> PPOPolicy:
+    """Load a policy saved by :func:`save_policy` for use under ``registry``.
+
+    Raises :class:`PolicyMismatchError` if the heads, their choices or the
+    observation size (or names, when given) differ from what the policy was
+    trained with, naming the heads and levers that differ.
+    """
+    path = Path(path)
+    try:
+        rec = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise PolicyLoadError(f"policy file {str(path)!r} does not exist") from None
+    except Exception as exc:
+        raise PolicyLoadError(f"policy file {str(path)!r} could not be read: {type(exc).__name__}: {exc}") from exc
+    if not isinstance(rec, dict) or rec.get("format") != POLICY_FORMAT:
+        raise PolicyLoadError(f"{str(path)!r} is not an Esper policy file (expected format {POLICY_FORMAT})")
+    try:
+        saved_heads = tuple(HeadStamp(h["name"], tuple(h["choices"])) for h in rec["heads"])
+        saved_levers = tuple(LeverStamp(**lv) for lv in rec["levers"])
+        saved_dim = int(rec["obs_dim"])
+        saved_names = tuple(rec["obs_names"])
+        hidden = int(rec["hidden"])
+        state = rec["state_dict"]
+    except (KeyError, TypeError) as exc:
+        raise PolicyLoadError(f"policy file {str(path)!r} is incomplete: {type(exc).__name__}: {exc}") from exc
+
+    active_levers = lever_stamps(registry)
+    problems = _head_differences(saved_heads, head_stamps(registry.space))
+    if saved_dim != obs_dim:
+        problems.append(f"observation size was {saved_dim}, now {obs_dim}")
+    elif obs_names is not None and saved_names and tuple(obs_names) != saved_names:
+        diff = [f"{a!r}->{b!r}" for a, b in zip(saved_names, obs_names, strict=True) if a != b]
+        problems.append(f"observation entries differ: {', '.join(diff[:5])}{' ...' if len(diff) > 5 else ''}")
+    if problems:
+        raise PolicyMismatchError(
+            f"policy {str(path)!r} does not fit the active levers: {'; '.join(problems)}; "
+            f"policy was trained with levers {_describe_levers(saved_levers)}; "
+            f"active levers are {_describe_levers(active_levers)}"
+        )
+    policy = PPOPolicy(
+        registry.space,
+        obs_dim,
+        hidden,
+        obs_names=saved_names,
+        levers=saved_levers,
+        hyperparameters=rec.get("hyperparameters") or {},
+    )
+    try:
+        policy.load_state_dict(state)
+    except RuntimeError as exc:
+        raise PolicyLoadError(f"policy file {str(path)!r} has weights that do not fit: {exc}") from exc
+    return policy
