@@ -20,6 +20,7 @@ import enum
 import json
 import math
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import attrs
@@ -418,6 +419,137 @@ def run_command(
         + (", ".join(f"{s['blueprint']}@s{s['slot']} {s['final_stage'].lower()}" for s in seeds) or "none")
         + f"; wrote {summary['out']}/events.jsonl, summary.json, checkpoint.pt in {summary['wall_seconds']}s"
     )
+
+
+# -- esper train -------------------------------------------------------------
+
+
+@main.command("train")
+@click.option(
+    "--episodes", type=click.IntRange(min=1), default=32, show_default=True, help="Episodes in all, over all envs."
+)
+@click.option("--envs", "n_envs", type=click.IntRange(min=1), default=4, show_default=True, help="Envs per rollout.")
+@click.option("--task", default="shapes", show_default=True, help="Task the hosts train on.")
+@click.option("--levers", "only", metavar="A,B", default=None, help="Load only these levers (overrides ESPER_LEVERS).")
+@click.option("--epochs", type=click.IntRange(min=1), default=20, show_default=True, help="Epochs (steps) per episode.")
+@click.option("--slots", type=click.IntRange(min=2), default=3, show_default=True, help="Seed slots per host.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("runs/train"),
+    show_default=True,
+    help="Writes policy.pt, events.jsonl and train_summary.json here.",
+)
+@click.option("--train-size", type=click.IntRange(min=1), default=1024, show_default=True, help="Training examples.")
+@click.option("--val-size", type=click.IntRange(min=1), default=256, show_default=True, help="Validation examples.")
+@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True, help="Host batch size.")
+@click.option("--data-dir", type=click.Path(file_okay=False), default=None, help="Data for tasks that read files.")
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=3e-4, show_default=True, help="PPO lr.")
+@click.option("--hidden", type=click.IntRange(min=1), default=64, show_default=True, help="Policy MLP width.")
+def train(
+    episodes: int,
+    n_envs: int,
+    task: str,
+    only: str | None,
+    epochs: int,
+    slots: int,
+    seed: int,
+    out_dir: Path,
+    train_size: int,
+    val_size: int,
+    batch_size: int,
+    data_dir: str | None,
+    lr: float,
+    hidden: int,
+) -> None:
+    """Train Tamiyo with PPO against the active levers.
+
+    Writes OUT/policy.pt (for ``esper run --policy``), OUT/events.jsonl and
+    OUT/train_summary.json. Small --epochs/--train-size/--val-size make a
+    quick run.
+    """
+    # Imported here so ``esper levers`` does not pay for the training stack.
+    import time
+    import uuid
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from esper_kernel.env import EnvConfig
+    from esper_kernel.tamiyo.train import PPOConfig, train_ppo
+    from esper_kernel.tasks import TASKS, TaskError
+    from esper_kernel.telemetry import Telemetry
+
+    if task not in TASKS:
+        raise click.BadParameter(f"unknown task {task!r}; known tasks: {', '.join(sorted(TASKS))}", param_hint="--task")
+    try:
+        env_config = EnvConfig(
+            task=task,
+            data_dir=data_dir,
+            epochs=epochs,
+            slots=slots,
+            batch_size=batch_size,
+            train_size=train_size,
+            val_size=val_size,
+        )
+        ppo_config = PPOConfig(episodes=episodes, n_envs=n_envs, lr=lr, hidden=hidden, seed=seed)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from exc
+    selection = Selection.from_env(levers=only)
+    reg = Registry.open(default_core(env_config.topology, slots), selection)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    run_id = f"train-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+    policy_path = out_dir / "policy.pt"
+    # The progress bar owns the terminal; the full event stream goes to the file.
+    with Telemetry(out_dir / "events.jsonl", run_id, console=False) as tel:
+        tel.log.info(
+            "run.started",
+            command="train",
+            env_config=attrs.asdict(env_config),
+            ppo_config=attrs.asdict(ppo_config),
+            levers=[{"name": lv.name, "distribution": lv.distribution, "version": lv.version} for lv in reg.levers],
+            failures=[f.describe() for f in reg.failures],
+            out=str(out_dir),
+        )
+        console = Console(stderr=True)
+        for fail in reg.failures:
+            console.print(f"[yellow]warning:[/] {fail.describe()}")
+        columns = (
+            TextColumn("[bold]training Tamiyo"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("episodes  mean return {task.fields[ret]}"),
+            TimeElapsedColumn(),
+        )
+        with Progress(*columns, console=console, transient=False) as bar:
+            job = bar.add_task("train", total=episodes, ret="-")
+
+            def advance(done: int, _total: int, mean_return: float) -> None:
+                bar.update(job, completed=done, ret=f"{mean_return:+.3f}")
+
+            try:
+                summary = train_ppo(env_config, reg, ppo_config, tel.log, policy_path, progress=advance)
+            except TaskError as exc:
+                raise click.UsageError(str(exc)) from exc
+        rets = summary.episode_returns
+        tel.log.info(
+            "run.finished",
+            episodes=summary.episodes,
+            updates=summary.updates,
+            seconds=summary.seconds,
+            mean_return=sum(rets) / len(rets),
+            policy=str(policy_path),
+        )
+    record = {
+        "run_id": run_id,
+        "env_config": attrs.asdict(env_config),
+        "ppo_config": attrs.asdict(ppo_config),
+        "levers": [lv.name for lv in reg.levers],
+        **summary.to_dict(),
+    }
+    (out_dir / "train_summary.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    console.print(f"trained {summary.episodes} episodes in {summary.seconds:.1f}s; policy saved to {policy_path}")
 
 
 if __name__ == "__main__":
