@@ -10,8 +10,10 @@ and transition is an event.
 
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Mapping
+import pkgutil
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import attrs
@@ -329,6 +331,7 @@ class Lifecycle:
         for group in self.optimizer.param_groups:
             if group.get("seed_id") == seed.seed_id:
                 group["lr"] = self.config.host_lr * seed.knobs.lr_scale
+        slot.input_transform = _input_transform(seed)
         training = seed.stage in (Stage.GERMINATED, Stage.TRAINING)
         slot.set_incubate(training)
         slot.set_isolation(True if training else seed.isolated_when_blending)
@@ -418,6 +421,7 @@ class Lifecycle:
         for live in seeds:
             if live is not None:
                 self.slots[live.slot].germinate(self._build(live), live.blend)
+                self.slots[live.slot].input_transform = _input_transform(live)
         self.host.load_state_dict(state["host"])
         base = self.optimizer.param_groups[0]["params"]
         groups: list[dict[str, Any]] = []
@@ -451,6 +455,17 @@ class Lifecycle:
 
     def live_seeds(self) -> list[SeedState]:
         return [s for s in self.seeds if s is not None]
+
+
+def _input_transform(seed: SeedState) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    name = seed.knobs.seed_input_transform
+    if name is None:
+        return None
+    try:
+        fn = pkgutil.resolve_name(name)
+    except (ImportError, AttributeError, ValueError) as exc:
+        raise EsperError(f"{seed.seed_id}: knob seed_input_transform={name!r} cannot be imported: {exc}") from exc
+    return functools.partial(fn, **seed.knobs.seed_input_kwargs)
 
 
 _converter = cattrs.Converter()

@@ -35,6 +35,12 @@ class Knobs:
     #: transformer seeds co-adapt.
     isolate_blending: bool | None = None
     width_scale: float = 1.0
+    #: An importable ``"module:function"`` applied to the seed's input while a
+    #: seed is live, as ``fn(x, **seed_input_kwargs)``: lets a lever reshape
+    #: the gradient path (e.g. a custom autograd.Function) without the kernel
+    #: knowing it. Named, not held, so knobs stay plain data in checkpoints.
+    seed_input_transform: str | None = None
+    seed_input_kwargs: dict[str, float] = attrs.Factory(dict)
     #: Gradients above this norm count as an explosion (G5 and lr telemetry).
     explode_norm: float = 1e3
 

@@ -13,7 +13,7 @@ and guard against changes to, Python numbers.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import torch
@@ -197,6 +197,9 @@ class SeedSlot(nn.Module):
         self.register_module("gate", None)
         self.blend: str = "linear"
         self.fossils = nn.ModuleList()
+        #: Optional transform of the seed's input (set from a lever's knob); a
+        #: plain Python attribute, so setting it specializes a compiled graph.
+        self.input_transform: Callable[[torch.Tensor], torch.Tensor] | None = None
         # Diagnostics for one eager batch per epoch; never set under torch.compile.
         self.probe: bool = False
         self.probe_grad_norm: float = 0.0
@@ -211,6 +214,8 @@ class SeedSlot(nn.Module):
         if self.probe and through.requires_grad:
             through.register_hook(self._record_host_grad)  # type: ignore[no-untyped-call]
         s_in = x.detach() + (1 - self.isolate) * through
+        if self.input_transform is not None:
+            s_in = self.input_transform(s_in)
         s = self.seed(s_in)
         a = self.alpha
         if self.gate is not None:
@@ -277,6 +282,7 @@ class SeedSlot(nn.Module):
         self._clear()
 
     def _clear(self) -> None:
+        self.input_transform = None
         self.seed = None
         self.gate = None
         self.blend = "linear"
