@@ -83,7 +83,8 @@ class EpochRunner:
         self.task = task
         self.batch_size = batch_size
         self.generator = generator or torch.Generator().manual_seed(0)
-        self.model: Callable[[torch.Tensor], torch.Tensor] = compiled or lifecycle.host
+        # Not `compiled or host`: truth-testing an OptimizedModule calls len() on the host, which raises.
+        self.model: Callable[[torch.Tensor], torch.Tensor] = compiled if compiled is not None else lifecycle.host
         self.max_batches = max_batches
         self._host_snapshot: torch.Tensor | None = None
 
