@@ -53,13 +53,46 @@ for _kind in (int, float, str, bool):
     converter.register_structure_hook(_kind, _strict_scalar(_kind))
 
 
+def _names(value: Any, _t: Any) -> tuple[str, ...] | None:
+    # A bare string is iterable too: "tempo" must not become ('t', 'e', 'm', 'p', 'o').
+    if value is None:
+        return None
+    if not isinstance(value, list | tuple):
+        raise TypeError(f"expected a list of names, got {type(value).__name__} {value!r}")
+    return tuple(converter.structure(v, str) for v in value)
+
+
+converter.register_structure_hook(tuple[str, ...] | None, _names)
+
+
+_UNKNOWN = "unknown key(s) "
+
+
+def _format_exception(exc: BaseException, type_: Any) -> str:
+    if isinstance(exc, cattrs.ForbiddenExtraKeysError):
+        return _UNKNOWN + ",".join(sorted(exc.extra_fields))
+    if isinstance(exc, TypeError) and str(exc).startswith("expected "):
+        return str(exc)  # the strict scalar hook's own words say what was given
+    return cattrs.v.format_exception(exc, type_)
+
+
 def structure_config(data: dict[str, Any], where: str = "config") -> RunConfig:
-    """Build a :class:`RunConfig` from plain data, or raise :class:`ConfigError`."""
+    """Build a :class:`RunConfig` from plain data, or raise :class:`ConfigError`.
+
+    Each problem names its key path, e.g. ``env.epoch: unknown key``.
+    """
     try:
         return converter.structure(data, RunConfig)
     except cattrs.BaseValidationError as exc:
-        problems = "; ".join(cattrs.transform_error(exc, path=where))
-        raise ConfigError(f"invalid config: {problems}") from None
+        problems: list[str] = []
+        for line in cattrs.transform_error(exc, path="$", format_exception=_format_exception):
+            msg, _, at = line.rpartition(" @ ")
+            key = at.removeprefix("$").removeprefix(".")
+            if msg.startswith(_UNKNOWN):
+                problems += [f"{key + '.' if key else ''}{n}: unknown key" for n in msg[len(_UNKNOWN) :].split(",")]
+            else:
+                problems.append(f"{key or '(top level)'}: {msg}")
+        raise ConfigError(f"invalid config ({where}): {'; '.join(problems)}") from None
 
 
 def load_config(path: Path) -> RunConfig:
