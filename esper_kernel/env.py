@@ -18,11 +18,12 @@ import torch
 from esper_kernel.actions import MaskView
 from esper_kernel.blueprints import blueprint_names
 from esper_kernel.core import CoreHeads
+from esper_kernel.errors import EsperError
 from esper_kernel.hosts import CNNHostConfig, Host, TransformerHostConfig, build_host
 from esper_kernel.lifecycle import EpochMeasure, Lifecycle, LifecycleConfig
 from esper_kernel.registry import Registry, Selection
 from esper_kernel.stages import Stage
-from esper_kernel.tasks import TASKS, TaskData, get_task
+from esper_kernel.tasks import TASKS, TaskData, TaskError, get_task
 from esper_kernel.training import EpochResult, EpochRunner, compute_fields
 
 N_STAGES = len(Stage)
@@ -59,7 +60,11 @@ def load_task(config: EnvConfig, seed: int) -> TaskData:
     if config.task in ("shapes", "sequences"):
         sizes = {"n_train": config.train_size, "n_val": config.val_size}
     data_dir = Path(config.data_dir) if config.data_dir else None
-    return get_task(config.task, seed=seed, data_dir=data_dir, **sizes)
+    try:
+        return get_task(config.task, seed=seed, data_dir=data_dir, **sizes)
+    except TaskError as exc:
+        # A missing --data-dir or a bad data file is the user's to fix: one line, not a traceback.
+        raise EsperError(str(exc)) from exc
 
 
 def build_registry(config: EnvConfig, selection: Selection | None = None) -> Registry:
