@@ -146,6 +146,9 @@ class EpochRunner:
                 contribution=self._contribution(slots[i], seed.stage, val_acc),
                 alpha_batch_var=slots[i].probe_alpha_var,
                 exploded=exploded[i],
+                coadaptation_delta=self._coadaptation(i, seed, batches[-1])
+                if seed.stage is Stage.BLENDING and seed.blend_epochs == 0
+                else None,
             )
         change = float(torch.linalg.vector_norm(after - before) / (torch.linalg.vector_norm(before) + 1e-12))
         for i in live:
@@ -163,6 +166,40 @@ class EpochRunner:
             host_grad_norm=host_norm,
             measure=measure,
         )
+
+    def _coadaptation(self, slot_index: int, seed: Any, batch: tuple[torch.Tensor, torch.Tensor]) -> float:
+        """Counterfactual for isolation, measured once, in a seed's first blending epoch.
+
+        From the same weights, one plain SGD step on the same batch with the
+        host isolated from the seed and one with them co-adapting; the result is
+        validation loss after the isolated step minus after the co-adapting one
+        (positive: co-adaptation helps). Weights, buffers and the isolation
+        setting are restored, so training is not disturbed.
+        """
+        host = self.lifecycle.host
+        slot = self.lifecycle.slots[slot_index]
+        saved = {k: v.clone() for k, v in host.state_dict().items()}
+        lr = self.lifecycle.config.host_lr
+        x, y = batch
+        vx, vy = next(self.task.val_batches(self.batch_size))
+        losses = {}
+        try:
+            for isolated in (True, False):
+                host.load_state_dict(saved)
+                slot.set_isolation(isolated)
+                host.train()
+                host.zero_grad(set_to_none=True)
+                task_loss(host(x), y).backward()  # type: ignore[no-untyped-call]
+                with torch.no_grad():
+                    for p in host.parameters():
+                        if p.grad is not None:
+                            p.sub_(lr * p.grad)
+                    host.eval()
+                    losses[isolated] = float(task_loss(host(vx), vy))
+        finally:
+            host.zero_grad(set_to_none=True)
+            host.load_state_dict(saved)
+        return losses[True] - losses[False]
 
     def _contribution(self, slot: SeedSlot, stage: Stage, val_acc: float) -> float | None:
         """Counterfactual: accuracy with the seed against accuracy with its alpha forced to 0."""
