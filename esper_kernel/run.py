@@ -22,8 +22,8 @@ from esper_kernel import checkpoint
 from esper_kernel.checkpoint import CheckpointError
 from esper_kernel.config import RunConfig, structure_config, unstructure_config
 from esper_kernel.env import EnvBatch, MorphoEnv, build_registry, load_task
-from esper_kernel.errors import EsperError, PluginError
-from esper_kernel.registry import Registry, Selection
+from esper_kernel.errors import EsperError, PluginError, SelectionError
+from esper_kernel.registry import Registry, Selection, installed_entry_points
 from esper_kernel.specs import Safety
 from esper_kernel.tamiyo.policies import HeuristicPolicy, Policy, RandomPolicy
 from esper_kernel.telemetry import Telemetry
@@ -92,7 +92,14 @@ def run(
     else:
         out = Path(config.out)
     selection = Selection.from_env(levers=config.levers)
-    registry = build_registry(config.env, selection)
+    try:
+        registry = build_registry(config.env, selection)
+    except SelectionError as exc:
+        if state is None:
+            raise
+        # The stored config names a lever that is no longer installed: say the checkpoint needs it.
+        gone = sorted(set(state["levers"]) - {ep.name for ep in installed_entry_points()})
+        raise CheckpointError(_needs(state["levers"], gone, resume) if gone else str(exc)) from exc
     if state is not None:
         _check_levers(state, registry, resume)
     if config.env.compile:
@@ -182,14 +189,16 @@ def _save(
     )
 
 
+def _needs(saved: dict[str, Any], missing: list[str], where: Path | None) -> str:
+    desc = ", ".join(f"{n!r} ({saved[n]['distribution']} {saved[n]['version']})" for n in missing)
+    return f"checkpoint {where} needs lever(s) {desc}, which are not active; install or select them to resume"
+
+
 def _check_levers(state: dict[str, Any], registry: Registry, where: Path | None) -> None:
     saved = state["levers"]
     missing = sorted(set(saved) - set(registry.names))
     if missing:
-        desc = ", ".join(f"{n!r} ({saved[n]['distribution']} {saved[n]['version']})" for n in missing)
-        raise CheckpointError(
-            f"checkpoint {where} needs lever(s) {desc}, which are not active; install or select them to resume"
-        )
+        raise CheckpointError(_needs(saved, missing, where))
     extra = sorted(set(registry.names) - set(saved))
     if extra:
         raise CheckpointError(
