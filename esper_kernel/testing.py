@@ -322,6 +322,10 @@ class Harness:
             self.end_epoch(**measure)
         return self.stage(slot) is stage
 
+    def seed_parameter_count(self, slot: int = 0) -> int:
+        """Scalar parameters of the live seed in ``slot`` (and its gate)."""
+        return sum(p.numel() for p in self.lifecycle.slots[slot].seed_parameters())
+
     def cull_all(self) -> None:
         for i, s in enumerate(self.lifecycle.seeds):
             if s is not None:
