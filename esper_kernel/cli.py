@@ -339,6 +339,25 @@ def show_lever(name: str, as_json: bool) -> None:
     _emit(levers_report(reg, names=(name,), failures=False), selection, as_json)
 
 
+@levers.command("new")
+@click.argument("name")
+@click.option(
+    "--dir",
+    "parent",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("."),
+    show_default=True,
+    help="Where to create esper-lever-NAME/.",
+)
+def new_lever(name: str, parent: Path) -> None:
+    """Create esper-lever-NAME/: a working lever, its pyproject.toml and contract tests."""
+    from esper_kernel.registry import _kernel_version
+    from esper_kernel.scaffold import scaffold
+
+    root = scaffold(name, parent, _kernel_version())
+    click.echo(f"created {root}; next: pip install -e {root} && pytest {root / 'tests'}")
+
+
 # -- esper run ----------------------------------------------------------------
 
 
