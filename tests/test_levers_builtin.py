@@ -801,9 +801,11 @@ def kernel_mentions_of_builtin_levers(source: str) -> list[str]:
 
 
 def test_kernel_names_no_builtin_lever() -> None:
-    files = sorted(KERNEL.glob("*.py"))
+    files = sorted(KERNEL.rglob("*.py"))
     assert len(files) > 10
-    found = {f.name: hits for f in files if (hits := kernel_mentions_of_builtin_levers(f.read_text()))}
+    found = {
+        str(f.relative_to(KERNEL)): hits for f in files if (hits := kernel_mentions_of_builtin_levers(f.read_text()))
+    }
     assert found == {}
 
 
@@ -815,3 +817,38 @@ def test_kernel_scan_catches_a_lever_name() -> None:
     assert kernel_mentions_of_builtin_levers(knobs) == []
     assert kernel_mentions_of_builtin_levers('seed.value("steepness")') == ["'steepness' (line 1)"]
     assert kernel_mentions_of_builtin_levers(ok) == []
+
+
+def test_fields_reach_the_epoch_completed_events(tmp_path: Path) -> None:
+    from esper_kernel.env import EnvConfig, MorphoEnv, build_registry, load_task
+    from esper_kernel.telemetry import Telemetry, read_events
+
+    cfg = EnvConfig(epochs=9, slots=2, batch_size=32, train_size=64, val_size=32, width=8)
+    reg = build_registry(cfg, Selection(only=LEVERS))
+    path = tmp_path / "events.jsonl"
+    with Telemetry(path, "levers", console=False) as tel:
+        env = MorphoEnv(cfg, reg, load_task(cfg, 0), tel.log)
+        env.reset(0)
+        germinate = {
+            "op": "germinate",
+            "slot": "s0",
+            "blend": "sigmoid",
+            "isolation": "COADAPT",
+            **QUICK,
+            "dwell": "SHORT",
+        }
+        env.step(reg.space.encode([germinate])[0])
+        seed = env.lifecycle.seeds[0]
+        assert seed is not None
+        seed.knobs.g2_threshold = 0.0  # see the module docstring
+        while not env.done:
+            env.step(reg.space.encode([{"op": "wait"}])[0])
+    completed = [e for e in read_events(path) if e["event"] == "epoch.completed"]
+    assert len(completed) == cfg.epochs
+    keys = [f"{lever}.{name}" for lever in LEVERS for name in FIELDS[lever]]
+    for event in completed:
+        assert all(len(event[k]) == cfg.slots for k in keys)
+    # Only a gated blend has an alpha variance; the isolation counterfactual is measured only where the runner does.
+    reported = {k for k in keys if any(event[k][0] is not None for event in completed)}
+    assert reported >= set(keys) - {"steepness.alpha_variance", "isolation.coadaptation_delta"}
+    assert [e["probation.probation_epochs_remaining"][0] for e in completed][-4:] == [3.0, 2.0, 1.0, 0.0]
