@@ -21,6 +21,26 @@ class TestTempo(LeverContract):
     lever = "tempo"
 
 
+class TestDwell(LeverContract):
+    lever = "dwell"
+
+
+class TestIsolation(LeverContract):
+    lever = "isolation"
+
+
+class TestLr(LeverContract):
+    lever = "lr"
+
+
+class TestSteepness(LeverContract):
+    lever = "steepness"
+
+
+class TestProbation(LeverContract):
+    lever = "probation"
+
+
 # -- the contract catches what it claims to ------------------------------------------------
 
 _HEAD = """
