@@ -13,7 +13,6 @@ import pytest
 import torch
 from conftest import LeverDists
 
-from esper_kernel import checkpoint
 from esper_kernel.checkpoint import FORMAT, CheckpointError, load, save_atomic
 from esper_kernel.config import RunConfig, with_overrides
 from esper_kernel.run import CHECKPOINT, run
@@ -60,7 +59,7 @@ def test_failed_write_leaves_previous_checkpoint_and_no_temp_file(
         f.write(buf.getvalue()[:100])  # half a file, then the process "dies"
         raise OSError("disk full")
 
-    monkeypatch.setattr(checkpoint.torch, "save", torn_save)
+    monkeypatch.setattr(torch, "save", torn_save)
     with pytest.raises(OSError, match="disk full"):
         save_atomic(_ckpt(2), path)
 
@@ -77,7 +76,7 @@ def test_interrupt_during_write_also_cleans_up(tmp_path: Path, monkeypatch: pyte
         f.write(b"PK\x03\x04partial")
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(checkpoint.torch, "save", interrupted)
+    monkeypatch.setattr(torch, "save", interrupted)
     with pytest.raises(KeyboardInterrupt):
         save_atomic(_ckpt(2), path)
     assert load(path)["step"] == 1
