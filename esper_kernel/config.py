@@ -2,7 +2,7 @@
 
 A config file mirrors the classes: top-level run keys plus an ``[env]``
 table. Unknown keys and wrong types are errors naming the key path, e.g.
-``config.env.epochs: expected int``.
+``env.epochs: expected int, got str 'ten'``.
 """
 
 from __future__ import annotations
