@@ -197,9 +197,14 @@ class Lifecycle:
                 group["fossil_of"] = seed.seed_id
         self.seeds[slot] = None
         self.history.append(seed)
-        self._check(Stage.FOSSILIZED, Stage.DORMANT)
-        self.stages[slot] = Stage.DORMANT
+        self._release(slot, Stage.FOSSILIZED)
         return seed
+
+    def _release(self, slot: int, old: Stage) -> None:
+        """The slot (not a seed) becomes DORMANT again: free for a new seed."""
+        self._check(old, Stage.DORMANT)
+        self.stages[slot] = Stage.DORMANT
+        self.log.info("slot.released", slot=slot, old=old.name, new=Stage.DORMANT.name)
 
     # -- the automatic part --------------------------------------------------
 
@@ -209,8 +214,7 @@ class Lifecycle:
         for slot, seed in enumerate(self.seeds):
             if seed is None:
                 if self.stages[slot] is Stage.EMBARGOED and epoch + 1 >= self.embargo_until[slot]:
-                    self._check(Stage.EMBARGOED, Stage.DORMANT)
-                    self.stages[slot] = Stage.DORMANT
+                    self._release(slot, Stage.EMBARGOED)
                 continue
             self._record(seed, measure, slot)
             self._advance(seed, epoch)
