@@ -36,7 +36,7 @@ class PPOConfig:
     gae_lambda: float = 0.95
     clip: float = 0.2
     update_epochs: int = 4
-    minibatch_size: int = 64
+    minibatch_size: int = 16
     entropy_coef: float = 0.01
     value_coef: float = 0.5
     max_grad_norm: float = 0.5
