@@ -68,13 +68,15 @@ def run(settings: Settings) -> list[Row]:
     env.runner.model = torch.compile(host, backend=backend, fullgraph=True)
     compiled = torch.compile(host, backend=backend, fullgraph=True)
     seen: dict[str, set[LiveSet]] = {"train": set(), "eval": set()}
-    module_sets: set[tuple[int, ...]] = set()
+    # What Dynamo actually specializes on: the structure of every live module, which live_key() leaves out
+    # (two blueprints with the same blend share a live_key but not a graph). A module's repr names its layers.
+    structures: set[tuple[str, ...]] = set()
 
     def recording_model(x: torch.Tensor) -> torch.Tensor:
         # Only compiled calls count: the epoch's probe batch and the co-adaptation step run the host eagerly.
         slots = host.seed_slots()
         seen["train" if host.training else "eval"].add(tuple(s.live_key() for s in slots))
-        module_sets.add(tuple(id(m) for s in slots for m in (s.seed, s.gate, *s.fossils) if m is not None))
+        structures.add(tuple(repr(m) if m is not None else "-" for s in slots for m in (s.seed, s.gate, *s.fossils)))
         out: torch.Tensor = compiled(x)
         return out
 
@@ -108,7 +110,7 @@ def run(settings: Settings) -> list[Row]:
             notes=(
                 f"ops taken: {ops}; distinct choices per lever at germination: {varied}",
                 f"distinct live sets over the episode: {len(seen['train'] | seen['eval'])}; "
-                f"distinct sets of live seed module objects: {len(module_sets)}",
+                f"distinct sets of live module structures (live_key plus each seed's layers): {len(structures)}",
             ),
         )
     ]
