@@ -105,7 +105,7 @@ def test_cycles_through_blueprints(task: TaskData) -> None:
 
 @pytest.mark.parametrize(
     ("epoch", "plateau", "why"),
-    [(1, 5, "still warming up"), (3, 1, "no plateau yet"), (15, 5, "too few epochs left to finish a seed")],
+    [(1, 5, "still warming up"), (3, 0, "no plateau yet"), (15, 5, "too few epochs left to finish a seed")],
 )
 def test_waits_when_germination_is_not_due(task: TaskData, epoch: int, plateau: int, why: str) -> None:
     decision, _ = decide(at(make_env(task), epoch=epoch, plateau=plateau))

@@ -60,7 +60,7 @@ class HeuristicPolicy:
     """
 
     def __init__(
-        self, plateau: int = 2, warmup: int = 2, patience: int = 2, blend: str = "sigmoid", min_left: int = 6
+        self, plateau: int = 1, warmup: int = 2, patience: int = 2, blend: str = "sigmoid", min_left: int = 6
     ) -> None:
         self.plateau = plateau
         self.warmup = warmup
