@@ -103,6 +103,12 @@ def alpha_at(blend: str, step: int, total: int, steepness: float) -> float:
     raise ValueError(f"unknown blend {blend!r}; known: {', '.join(BLENDS)}")
 
 
+def _structure(module: nn.Module) -> tuple[tuple[str, tuple[tuple[int, ...], ...]], ...]:
+    return tuple(
+        (type(m).__name__, tuple(tuple(p.shape) for p in m.parameters(recurse=False))) for m in module.modules()
+    )
+
+
 class _SampleGate(nn.Module):
     """Learned alpha multiplier in ``(0, 1)``, broadcastable against the features.
 
@@ -341,14 +347,17 @@ class SeedSlot(nn.Module):
             params.extend(self.gate.parameters())
         return params
 
-    def live_key(self) -> tuple[bool, str | None, int]:
-        """``(has_seed, blend or None, number of fossils)``.
+    def live_key(self) -> tuple[object, ...]:
+        """``(seed structure or None, blend or None, fossil structures)``.
 
-        Describes the set of modules the forward pass runs, i.e. what a compiled
-        host must specialise on; blend-state buffers are deliberately absent.
+        Describes the modules the forward pass runs, i.e. what a compiled host
+        must specialise on: two seeds of the same blueprint and width share a
+        key (and a graph), a different blueprint does not. Blend-state buffers
+        are deliberately absent.
         """
         live = self.seed is not None
-        return (live, self.blend if live else None, len(self.fossils))
+        seed = _structure(self.seed) if self.seed is not None else None
+        return (seed, self.blend if live else None, tuple(_structure(f) for f in self.fossils))
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}, topology={self.topology!r}, blend={self.blend!r}"

@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from esper_kernel.errors import PluginError
 from esper_kernel.lifecycle import EpochMeasure, Lifecycle, SlotMeasure
 from esper_kernel.registry import ComposedField, Registry
 from esper_kernel.slots import SeedSlot
@@ -245,8 +246,6 @@ def compute_fields(
 
 
 def _field_value(registry: Registry, f: ComposedField, ctx: FieldContext) -> float | None:
-    from esper_kernel.errors import PluginError
-
     try:
         v: Any = f.spec.compute(ctx)
     except Exception as exc:

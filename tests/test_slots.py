@@ -155,7 +155,8 @@ def test_germinate_sets_invisible_isolated_incubating_state() -> None:
     slot.germinate(build_seed("cnn", "conv_small", 8), "gated")
     assert (slot.alpha.item(), slot.isolate.item(), slot.incubate.item()) == (0.0, 1.0, 1.0)
     assert slot.gate is not None and slot.blend == "gated"
-    assert slot.live_key() == (True, "gated", 0)
+    key = slot.live_key()
+    assert key[0] is not None and key[1:] == ("gated", ())
     with pytest.raises(RuntimeError):
         slot.germinate(build_seed("cnn", "norm", 8), "linear")
 
@@ -288,7 +289,8 @@ def test_fossilize_freezes_the_full_blend_into_the_host(topology: str, blend: st
 
     slot.fossilize()
     assert slot.seed is None and slot.gate is None
-    assert slot.live_key() == (False, None, 1)
+    key = slot.live_key()
+    assert key[0] is None and key[1] is None and len(key[2]) == 1
     torch.testing.assert_close(host(x), blended, rtol=0, atol=0)
     host_ids = {id(p) for p in host.host_parameters()}
     assert all(id(p) in host_ids for p in seed_params)
@@ -308,7 +310,8 @@ def test_fossil_changes_output_and_slot_can_grow_again(topology: str) -> None:
     assert not torch.allclose(with_fossil, before)
     _grow(host, 0, "norm")
     assert torch.equal(host(x), with_fossil)
-    assert slot.live_key() == (True, "linear", 1)
+    key = slot.live_key()
+    assert key[0] is not None and key[1] == "linear" and len(key[2]) == 1
 
 
 @pytest.mark.parametrize("topology", ["cnn", "transformer"])
@@ -325,7 +328,7 @@ def test_cull_removes_seed_parameters(topology: str) -> None:
     assert not torch.allclose(host(x), before_out)
     slot.cull()
     assert param_count(host) == before_params
-    assert slot.seed is None and slot.gate is None and slot.live_key() == (False, None, 0)
+    assert slot.seed is None and slot.gate is None and slot.live_key() == (None, None, ())
     assert torch.equal(host(x), before_out)
 
 
@@ -388,3 +391,14 @@ def test_probe_records_host_gradient_through_seed_path() -> None:
     slot.set_isolation(False)
     slot(x).sum().backward()
     assert slot.probe_grad_norm > 0.0
+
+
+def test_live_key_tells_blueprints_apart_but_not_two_seeds_of_one_blueprint() -> None:
+    # The key counts the graphs a compiled host needs: one per module structure.
+    def key(name: str) -> tuple[object, ...]:
+        slot = SeedSlot(8, "cnn")
+        slot.germinate(build_seed("cnn", name, 8), "linear")
+        return slot.live_key()
+
+    assert key("conv_small") == key("conv_small")
+    assert key("conv_small") != key("conv_light")

@@ -52,11 +52,15 @@ def score(
             f"action {space.names[h]}={int(actions[b, h])} in row {b} is illegal under the masks given; "
             "the masks changed between rollout and update"
         )
-    logp = _log_probs(logits, masks)
+    return _score(_log_probs(logits, masks), masks, actions, relevance)
+
+
+def _score(
+    logp: torch.Tensor, masks: torch.Tensor, actions: torch.Tensor, relevance: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
     taken = logp.gather(-1, actions[..., None]).squeeze(-1)
     log_prob = (taken * relevance).sum(-1)
-    p = logp.exp()
-    ent = -(p * logp).masked_fill(~masks, 0.0).sum(-1)
+    ent = -(logp.exp() * logp).masked_fill(~masks, 0.0).sum(-1)
     return log_prob, ent * relevance
 
 
@@ -69,23 +73,25 @@ def sample(
 ) -> Sampled:
     """Draw one factored action per row from ``logits`` ``[B, H, C]`` under ``masks`` ``[B, n_ops, H, C]``."""
     op_i = space.op_index
-    op_mask = masks[:, 0, op_i, :]
-    op_logp = _log_probs(logits[:, op_i, :], op_mask)
-    op = _draw(op_logp, generator, greedy)
+    # The op row of the mask does not depend on the op (the composer refuses
+    # op-conditioned op masks), so the op can be drawn from the same
+    # log-softmax as every other head once the masks for that op are selected.
+    op_logp = _log_probs(logits[:, op_i, :], masks[:, 0, op_i, :])
+    noise = None if greedy else _gumbel(logits.shape, generator)
+    op = (op_logp if noise is None else op_logp + noise[:, op_i, :]).argmax(-1)
     sel = select_masks(space, masks, op)
     logp = _log_probs(logits, sel)
-    actions = _draw(logp, generator, greedy)
+    actions = (logp if noise is None else logp + noise).argmax(-1)
     actions[:, op_i] = op
     relevance = space.relevance(actions)
     # Irrelevant heads record their default, so a stored action never names a choice nobody made.
     actions = torch.where(relevance, actions, space.defaults)
-    log_prob, entropy = score(space, logits, sel, actions, relevance)
+    # Freshly drawn actions are legal by construction: no need for score()'s check.
+    log_prob, entropy = _score(logp, sel, actions, relevance)
     return Sampled(actions, sel, relevance, log_prob, entropy)
 
 
-def _draw(logp: torch.Tensor, generator: torch.Generator | None, greedy: bool) -> torch.Tensor:
-    if greedy:
-        return logp.argmax(-1)
+def _gumbel(shape: torch.Size, generator: torch.Generator | None) -> torch.Tensor:
     # Gumbel-max: one vectorised draw for every head at once.
-    u = torch.rand(logp.shape, generator=generator).clamp_(1e-9, 1.0 - 1e-9)
-    return (logp - torch.log(-torch.log(u))).argmax(-1)
+    u = torch.rand(shape, generator=generator).clamp_(1e-9, 1.0 - 1e-9)
+    return -torch.log(-torch.log(u))
