@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import torch
 from torch import nn
@@ -101,6 +102,45 @@ def alpha_at(blend: str, step: int, total: int, steepness: float) -> float:
     if blend in ("linear", "gated"):
         return alpha_linear(step, total)
     raise ValueError(f"unknown blend {blend!r}; known: {', '.join(BLENDS)}")
+
+
+class _ScaleGrad(torch.autograd.Function):
+    """Identity forward; backward multiplies the gradient by a 0-d tensor.
+
+    ``_ScaleGrad(x, 1 - isolate)`` equals the contract's
+    ``x.detach() + (1 - isolate) * (x - x.detach())`` in value and gradient:
+    exactly zero host gradient when isolated.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(scale)
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        (scale,) = ctx.saved_tensors
+        return grad * scale, None
+
+
+class _Blend(torch.autograd.Function):
+    """``alpha * s`` forward; backward scales by ``alpha + incubate``.
+
+    Equals the contract's ``alpha * s + incubate * (s - s.detach())`` in value
+    and in the gradient to ``s``. Alpha and incubate are schedule buffers that
+    receive no gradient.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, s: torch.Tensor, alpha: torch.Tensor, incubate: torch.Tensor) -> torch.Tensor:
+        scale = alpha + incubate
+        ctx.save_for_backward(scale)
+        return s * alpha
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+        (scale,) = ctx.saved_tensors
+        return grad * scale, None, None
 
 
 def _structure(module: nn.Module) -> tuple[tuple[str, tuple[tuple[int, ...], ...]], ...]:
@@ -216,25 +256,27 @@ class SeedSlot(nn.Module):
             x = x + fossil(x)
         if self.seed is None:
             return x
-        through = x - x.detach()
-        if self.probe and through.requires_grad:
-            through.register_hook(self._record_host_grad)  # type: ignore[no-untyped-call]
-        s_in = x.detach() + (1 - self.isolate) * through
+        # Same values and gradients as the contract's formula, in fewer
+        # full-size ops: the scaling happens in backward only.
+        s_in = _ScaleGrad.apply(x, 1 - self.isolate)  # type: ignore[no-untyped-call]
+        if self.probe and s_in.requires_grad:
+            s_in.register_hook(self._record_host_grad)
         if self.input_transform is not None:
             s_in = self.input_transform(s_in)
         s = self.seed(s_in)
-        a = self.alpha
-        if self.gate is not None:
-            a = a * self.gate(s_in)
-            if self.probe:
-                self.probe_alpha_var = float(a.detach().var()) if a.numel() > 1 else 0.0
-        out: torch.Tensor = x + a * s + self.incubate * (s - s.detach())
+        if self.gate is None:
+            out: torch.Tensor = x + _Blend.apply(s, self.alpha, self.incubate)  # type: ignore[no-untyped-call]
+            return out
+        a = self.alpha * self.gate(s_in)
+        if self.probe:
+            self.probe_alpha_var = float(a.detach().var()) if a.numel() > 1 else 0.0
+        out = x + a * s + self.incubate * (s - s.detach())
         return out
 
     def _record_host_grad(self, grad: torch.Tensor) -> None:
-        # ``x - x.detach()`` is the identity on x's gradient, so what reaches it
-        # (already scaled by ``1 - isolate``) is exactly what the host receives.
-        self.probe_grad_norm = float(torch.linalg.vector_norm(grad))
+        # The seed input's gradient, scaled by ``1 - isolate`` on its way back,
+        # is exactly what the host receives through the seed path.
+        self.probe_grad_norm = float(torch.linalg.vector_norm(grad * (1 - self.isolate)))
 
     # ------------------------------------------------------------ lifecycle
 
