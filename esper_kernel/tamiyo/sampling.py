@@ -52,15 +52,14 @@ def score(
             f"action {space.names[h]}={int(actions[b, h])} in row {b} is illegal under the masks given; "
             "the masks changed between rollout and update"
         )
-    return _score(_log_probs(logits, masks), masks, actions, relevance)
+    return _score(_log_probs(logits, masks), actions, relevance)
 
 
-def _score(
-    logp: torch.Tensor, masks: torch.Tensor, actions: torch.Tensor, relevance: torch.Tensor
-) -> tuple[torch.Tensor, torch.Tensor]:
+def _score(logp: torch.Tensor, actions: torch.Tensor, relevance: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     taken = logp.gather(-1, actions[..., None]).squeeze(-1)
     log_prob = (taken * relevance).sum(-1)
-    ent = -(logp.exp() * logp).masked_fill(~masks, 0.0).sum(-1)
+    # Masked logits are a finite -1e9, so their p * log p is exactly 0: no fill needed.
+    ent = -(logp.exp() * logp).sum(-1)
     return log_prob, ent * relevance
 
 
@@ -73,21 +72,23 @@ def sample(
 ) -> Sampled:
     """Draw one factored action per row from ``logits`` ``[B, H, C]`` under ``masks`` ``[B, n_ops, H, C]``."""
     op_i = space.op_index
+    # Draw every head under every op's masks at once (there are only four
+    # ops, so this beats a second pass), then keep the row of the op drawn.
     # The op row of the mask does not depend on the op (the composer refuses
-    # op-conditioned op masks), so the op can be drawn from the same
-    # log-softmax as every other head once the masks for that op are selected.
-    op_logp = _log_probs(logits[:, op_i, :], masks[:, 0, op_i, :])
-    noise = None if greedy else _gumbel(logits.shape, generator)
-    op = (op_logp if noise is None else op_logp + noise[:, op_i, :]).argmax(-1)
-    sel = select_masks(space, masks, op)
-    logp = _log_probs(logits, sel)
-    actions = (logp if noise is None else logp + noise).argmax(-1)
-    actions[:, op_i] = op
+    # op-conditioned op masks), so every row draws the same op.
+    masked = logits[:, None].masked_fill(~masks, NEG)
+    scores = masked if greedy else masked + _gumbel(logits.shape, generator)[:, None]
+    drawn = scores.argmax(-1)
+    rows = torch.arange(logits.shape[0])
+    op = drawn[:, 0, op_i]
+    actions = drawn[rows, op]
+    sel = masks[rows, op]
+    logp = torch.log_softmax(masked[rows, op], dim=-1)
     relevance = space.relevance(actions)
     # Irrelevant heads record their default, so a stored action never names a choice nobody made.
     actions = torch.where(relevance, actions, space.defaults)
     # Freshly drawn actions are legal by construction: no need for score()'s check.
-    log_prob, entropy = _score(logp, sel, actions, relevance)
+    log_prob, entropy = _score(logp, actions, relevance)
     return Sampled(actions, sel, relevance, log_prob, entropy)
 
 
