@@ -191,7 +191,7 @@ class MorphoEnv:
         self.lifecycle.apply(decision, self.epoch)
         prev_acc = self.last.val_accuracy if self.last else None
         result = self.runner.run_epoch(self.epoch)
-        self.fields = compute_fields(self.registry, self.lifecycle, result)
+        self.fields = compute_fields(self.registry, self.lifecycle, result, log=self.log)
         self.last = result
         self.acc_history.append(result.val_accuracy)
         if result.val_accuracy > self.best + 1e-4:

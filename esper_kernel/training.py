@@ -221,45 +221,49 @@ def compute_fields(
     lifecycle: Lifecycle,
     result: EpochResult,
     fields: tuple[ComposedField, ...] | None = None,
+    log: Any = None,
 ) -> dict[str, list[float | None]]:
     """Every lever field for every slot: ``{"<lever>.<field>": [slot0, slot1, ...]}``.
 
     Fields see the seed that lived in the slot during the epoch, including one
     culled or fossilized at its end, so the last epoch of a seed is reported too.
+    A non-finite value is reported as None, and as a ``telemetry.invalid``
+    warning on ``log`` naming the lever, so it never reaches Tamiyo as a NaN
+    and is never silently dropped.
     """
-    out: dict[str, list[float | None]] = {}
-    seeds = _epoch_seeds(lifecycle, result.epoch)
-    for f in fields if fields is not None else registry.fields:
-        vals: list[float | None] = []
-        for slot, seed in enumerate(seeds):
-            ctx = FieldContext(
-                seed=seed,
-                slot=slot,
-                epoch=result.epoch,
-                max_epochs=lifecycle.config.max_epochs,
-                val_accuracy=result.val_accuracy,
-                train_loss=result.train_loss,
-            )
-            vals.append(_field_value(registry, f, ctx))
-        out[f.key] = vals
+    chosen = fields if fields is not None else registry.fields
+    out: dict[str, list[float | None]] = {f.key: [] for f in chosen}
+    max_epochs = lifecycle.config.max_epochs
+    for slot, seed in enumerate(_epoch_seeds(lifecycle, result.epoch)):
+        ctx = FieldContext(seed, slot, result.epoch, max_epochs, result.val_accuracy, result.train_loss)
+        for f in chosen:
+            value = _field_value(registry, f, ctx)
+            if value is not None and not math.isfinite(value):
+                if log is not None:
+                    info = registry.info(f.lever)
+                    log.warning(
+                        "telemetry.invalid",
+                        field=f.key,
+                        slot=slot,
+                        value=repr(value),
+                        lever=info.name,
+                        distribution=info.distribution,
+                    )
+                value = None
+            out[f.key].append(value)
     return out
 
 
 def _field_value(registry: Registry, f: ComposedField, ctx: FieldContext) -> float | None:
     try:
         v: Any = f.spec.compute(ctx)
+        return None if v is None else float(v)
     except Exception as exc:
         info = registry.info(f.lever)
-        raise PluginError(f"{info.label}: telemetry field {f.key!r} raised {type(exc).__name__}: {exc}") from exc
-    if v is None:
-        return None
-    try:
-        value = float(v)
-    except (TypeError, ValueError) as exc:
-        info = registry.info(f.lever)
-        raise PluginError(f"{info.label}: telemetry field {f.key!r} returned {v!r}, not a number") from exc
-    # A plugin must never turn the run's stream or observation into NaN.
-    return value if math.isfinite(value) else None
+        raise PluginError(
+            f"{info.label}: telemetry field {f.key!r} failed ({type(exc).__name__}: {exc}); "
+            "it must return a number or None"
+        ) from exc
 
 
 def _epoch_seeds(lifecycle: Lifecycle, epoch: int) -> list[Any]:

@@ -193,6 +193,12 @@ def test_nan_lever_field_is_null_and_the_stream_stays_json(bad_plugins_run: list
         assert e["nanny.broken"] == [None, None, None]
         assert e["nanny.huge"] == [None, None, None]
         assert e["nanny.slot_id"] == [0.0, 1.0, 2.0]
+    # Nulled, not swallowed: each bad value is a warning naming the lever's distribution.
+    invalid = [e for e in bad_plugins_run if e["event"] == "telemetry.invalid"]
+    assert {(e["field"], e["slot"]) for e in invalid if e["epoch"] == 0} == {
+        (f"nanny.{name}", slot) for name in ("broken", "huge") for slot in range(3)
+    }
+    assert all(e["lever"] == "nanny" and e["distribution"] == "esper-lever-nanny" for e in invalid)
 
 
 def test_lever_failing_to_load_is_reported_not_fatal(bad_plugins_run: list[dict[str, Any]]) -> None:
