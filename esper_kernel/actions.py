@@ -94,6 +94,37 @@ class ActionSpace:
                 allowed[target.spec.choices.index(c)] = True
             self._conditions.append((h.index, target.index, allowed))
         self.defaults = torch.tensor([h.spec.default_index for h in self.heads], dtype=torch.long)
+        # Conditions are resolved in dependency order, whatever the lever order:
+        # a head is decided after the head it is conditioned on.
+        order: list[int] = []
+        pending = list(range(self.n_heads))
+        while pending:
+            ready = [
+                i
+                for i in pending
+                if self.heads[i].spec.condition is None
+                or self._by_name[self.heads[i].spec.condition.head].index in order  # type: ignore[union-attr]
+            ]
+            if not ready:
+                h = self.heads[pending[0]]
+                raise PluginError(
+                    f"lever {h.lever!r} ({h.distribution}): head conditions form a cycle among "
+                    f"{[self.heads[i].name for i in pending]}"
+                )
+            order += ready
+            pending = [i for i in pending if i not in ready]
+        rank = {head: pos for pos, head in enumerate(order)}
+        self._conditions.sort(key=lambda c: rank[c[0]])
+        #: Per head, in dependency order: (index, name, ops, condition as (cond index, allowed choice indices)).
+        self._plain: list[tuple[int, str, frozenset[Op], tuple[int, frozenset[int]] | None]] = []
+        for i in order:
+            h = self.heads[i]
+            cond = h.spec.condition
+            plain_cond = None
+            if cond is not None:
+                target = self._by_name[cond.head]
+                plain_cond = (target.index, frozenset(target.spec.choices.index(c) for c in cond.choices))
+            self._plain.append((i, h.name, h.spec.ops, plain_cond))
 
     def __contains__(self, name: object) -> bool:
         return name in self._by_name
@@ -129,17 +160,20 @@ class ActionSpace:
         """Turn ``[B, n_heads]`` indices into per-env decisions.
 
         Irrelevant heads report their default, so a recorded seed never holds a
-        choice nobody made.
+        choice nobody made. Plain Python over the rows: per env step, B is small
+        and tensor ops would cost more than the work.
         """
-        rel = self.relevance(actions)
-        rows = torch.where(rel, actions, self.defaults).tolist()
-        rel_rows = rel.tolist()
         out: list[Decision] = []
-        for row, rrow in zip(rows, rel_rows, strict=True):
-            choices = {h.name: h.spec.choices[i] for h, i in zip(self.heads, row, strict=True)}
-            values = {h.name: h.spec.values[i] for h, i in zip(self.heads, row, strict=True)}
-            relevant = dict(zip(self.names, rrow, strict=True))
-            out.append(Decision(Op(row[self.op_index]), choices, values, relevant))
+        heads = self.heads
+        for row in actions.tolist():
+            op = Op(row[self.op_index])
+            rel = [False] * self.n_heads
+            for i, _name, ops, cond in self._plain:
+                rel[i] = op in ops and (cond is None or (rel[cond[0]] and row[cond[0]] in cond[1]))
+            picks = [idx if r else h.spec.default_index for h, idx, r in zip(heads, row, rel, strict=True)]
+            choices = {h.name: h.spec.choices[p] for h, p in zip(heads, picks, strict=True)}
+            values = {h.name: h.spec.values[p] for h, p in zip(heads, picks, strict=True)}
+            out.append(Decision(op, choices, values, dict(zip(self.names, rel, strict=True))))
         return out
 
     def encode(self, choices: Sequence[Mapping[str, str]]) -> torch.Tensor:
@@ -197,6 +231,9 @@ class MaskComposer:
     def __init__(self, space: ActionSpace, sources: Sequence[MaskSource]) -> None:
         self.space = space
         self.sources = tuple(sources)
+        need = space.relevance_by_op.clone()
+        need[:, space.op_index] = True
+        self._need = need
 
     def __call__(self, view: MaskView) -> torch.Tensor:
         space = self.space
@@ -246,12 +283,10 @@ class MaskComposer:
         self, out: torch.Tensor, results: Sequence[tuple[MaskSource, str, torch.Tensor]]
     ) -> None:
         space = self.space
-        op_i = space.op_index
-        op_legal = out[:, int(Op.WAIT), op_i, :N_OPS]
-        any_legal = out.any(dim=-1)
-        need = op_legal[:, :, None] & space.relevance_by_op[None, :, :]
-        need[:, :, op_i] = True
-        bad = need & ~any_legal
+        # One reduction on the happy path: a decision row must be non-empty
+        # wherever its op is legal and the head matters for that op.
+        op_legal = out[:, int(Op.WAIT), space.op_index, :N_OPS]
+        bad = out.any(dim=-1).logical_not_().logical_and_(self._need).logical_and_(op_legal[:, :, None])
         if not bool(bad.any()):
             return
         env, op, head_i = (int(v) for v in bad.nonzero()[0])
