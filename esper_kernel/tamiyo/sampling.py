@@ -76,7 +76,7 @@ def sample(
     # ops, so this beats a second pass), then keep the row of the op drawn.
     # The op row of the mask does not depend on the op (the composer refuses
     # op-conditioned op masks), so every row draws the same op.
-    masked = logits[:, None].masked_fill(~masks, NEG)
+    masked = torch.where(masks, logits[:, None], NEG)
     scores = masked if greedy else masked + _gumbel(logits.shape, generator)[:, None]
     drawn = scores.argmax(-1)
     rows = torch.arange(logits.shape[0])
@@ -93,6 +93,5 @@ def sample(
 
 
 def _gumbel(shape: torch.Size, generator: torch.Generator | None) -> torch.Tensor:
-    # Gumbel-max: one vectorised draw for every head at once.
-    u = torch.rand(shape, generator=generator).clamp_(1e-9, 1.0 - 1e-9)
-    return -torch.log(-torch.log(u))
+    """Gumbel(0, 1) noise for Gumbel-max sampling: ``-log(E)`` with ``E ~ Exp(1)``."""
+    return torch.empty(shape).exponential_(generator=generator).log_().neg_()
