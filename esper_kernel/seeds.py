@@ -66,6 +66,10 @@ class SeedMetrics:
     #: Counterfactual: the run with the opposite isolation setting, when measured.
     coadaptation_delta: list[float | None] = attrs.Factory(list)
 
+    def epochs_in(self, stage: Stage) -> list[int]:
+        """Indices (epochs since germination) at which the seed was in ``stage``."""
+        return [i for i, s in enumerate(self.stage) if s == stage]
+
 
 @attrs.define(eq=False)
 class SeedState:

@@ -66,16 +66,12 @@ def on_enter_stage(seed: SeedState, new: Stage) -> None:
         seed.knobs.dwell_epochs = int(seed.values[HEAD])
 
 
-def _training_epochs(seed: SeedState) -> list[int]:
-    return [i for i, s in enumerate(seed.metrics.stage) if s == Stage.TRAINING]
-
-
 def training_gradient_stability(ctx: FieldContext) -> float | None:
     """Variance of the seed's gradient norm across its TRAINING epochs (low = settled)."""
     seed = ctx.seed
     if seed is None:
         return None
-    norms = [seed.metrics.grad_norm[i] for i in _training_epochs(seed)]
+    norms = [seed.metrics.grad_norm[i] for i in seed.metrics.epochs_in(Stage.TRAINING)]
     # One epoch has no spread to speak of; 0.0 would claim a stability nobody measured.
     if len(norms) < 2:
         return None

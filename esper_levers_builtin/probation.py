@@ -66,16 +66,12 @@ def on_enter_stage(seed: SeedState, new: Stage) -> None:
         seed.knobs.probation_epochs = int(seed.values[HEAD])
 
 
-def _probation_epochs(seed: SeedState) -> list[int]:
-    return [i for i, s in enumerate(seed.metrics.stage) if s == Stage.PROBATIONARY]
-
-
 def probation_epochs_remaining(ctx: FieldContext) -> float | None:
     """Epochs left before a probation timeout, counting from the end of this epoch."""
     seed = ctx.seed
     if seed is None:
         return None
-    served = len(_probation_epochs(seed))
+    served = len(seed.metrics.epochs_in(Stage.PROBATIONARY))
     # A seed culled at this epoch's end by the timeout was still on probation during it.
     on_probation = seed.stage is Stage.PROBATIONARY or (
         bool(seed.metrics.stage) and seed.metrics.stage[-1] == Stage.PROBATIONARY
@@ -90,7 +86,11 @@ def contribution_trend(ctx: FieldContext) -> float | None:
     seed = ctx.seed
     if seed is None:
         return None
-    points = [(float(i), c) for i in _probation_epochs(seed) if (c := seed.metrics.contribution[i]) is not None]
+    points = [
+        (float(i), c)
+        for i in seed.metrics.epochs_in(Stage.PROBATIONARY)
+        if (c := seed.metrics.contribution[i]) is not None
+    ]
     if len(points) < 2:
         return None
     n = len(points)
