@@ -31,7 +31,9 @@ from esper_kernel.tamiyo.train import (
     collect_rollout,
     compute_gae,
     evaluate_policy,
+    group_sizes,
     ppo_update,
+    relative_rewards,
 )
 from esper_kernel.telemetry import Telemetry, read_events
 
@@ -238,6 +240,37 @@ def test_gae_matches_a_hand_computation() -> None:
 
 
 # -- learning ------------------------------------------------------------------------------
+
+
+def test_groups_never_leave_an_env_alone() -> None:
+    assert group_sizes(8, 4) == [4, 4]
+    assert group_sizes(5, 4) == [5]
+    assert group_sizes(3, 4) == [3]
+    assert group_sizes(1, 4) == [1]
+    assert group_sizes(4, 1) == [1, 1, 1, 1]
+
+
+def test_relative_rewards_subtract_the_mean_of_the_other_envs_of_the_group() -> None:
+    rewards = torch.tensor([[1.0, 2.0, 3.0, 5.0, 7.0], [0.5, 0.5, 0.5, 1.0, 1.0]])
+    rel = relative_rewards(rewards, [3, 2])
+    expected = torch.tensor([[1.0 - 2.5, 2.0 - 2.0, 3.0 - 1.5, 5.0 - 7.0, 7.0 - 5.0], [0.0, 0.0, 0.0, 0.0, 0.0]])
+    torch.testing.assert_close(rel, expected)
+    # A group of one has nothing to compare with and keeps its rewards.
+    torch.testing.assert_close(relative_rewards(rewards, [1, 1, 1, 1, 1]), rewards)
+
+
+def test_paired_envs_share_a_host_trajectory_until_decisions_differ() -> None:
+    # The same episode seed on two envs, both waiting: identical rewards, so relative rewards are exactly zero.
+    reg = make_registry()
+    log = Telemetry(None, "test", console=False).log
+    task = load_task(TINY, 0)
+    envs = EnvBatch([MorphoEnv(TINY, reg, task, log, i) for i in range(2)])
+    envs.reset([5, 5])
+    space = reg.space
+    wait = space.encode([{"op": "wait"}, {"op": "wait"}])
+    rewards = torch.tensor([[r.reward for r in envs.step(wait)] for _ in range(TINY.epochs)])
+    assert torch.equal(rewards[:, 0], rewards[:, 1])
+    assert bool((relative_rewards(rewards, [2]) == 0).all())
 
 
 def test_ppo_update_learns_a_bandit() -> None:

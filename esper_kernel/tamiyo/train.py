@@ -1,5 +1,15 @@
 """Training Tamiyo with PPO: one full episode per env per rollout, one update per rollout.
 
+Envs in a rollout train in groups that share one episode seed (task data,
+host initialisation and batch order): under the same seed, two episodes
+differ only by their decisions, because a seed changes nothing the host
+computes until it blends. Each env learns from its reward minus the mean
+reward of the other envs of its group at the same step (a leave-one-out
+baseline over common random numbers). The other envs' actions do not depend
+on this env's, so the baseline leaves the policy gradient unbiased, and it
+cancels the accuracy noise of the shared host trajectory, which otherwise
+swamps decision effects the size of the parameter rent.
+
 The rollout buffer keeps the masks (already selected for the chosen op) and
 the head relevance of every step, and the update replays them exactly: the
 probability ratio is computed under the same legality the action was drawn
@@ -31,20 +41,24 @@ class PPOConfig:
 
     episodes: int = 32
     n_envs: int = 4
-    lr: float = 3e-4
+    lr: float = 3e-3
     gamma: float = 0.99
     gae_lambda: float = 0.95
     clip: float = 0.2
-    update_epochs: int = 4
-    minibatch_size: int = 16
-    entropy_coef: float = 0.01
+    update_epochs: int = 10
+    minibatch_size: int = 8
+    entropy_coef: float = 0.003
     value_coef: float = 0.5
     max_grad_norm: float = 0.5
     hidden: int = 64
     seed: int = 0
+    #: Envs of a rollout that share one episode seed and learn relative to each other; 1 turns pairing off.
+    group_size: int = 4
+    #: Stop an update's passes once the approximate KL over the whole rollout exceeds this; None: never.
+    target_kl: float | None = 0.05
 
     def __attrs_post_init__(self) -> None:
-        for name in ("episodes", "n_envs", "update_epochs", "minibatch_size", "hidden"):
+        for name in ("episodes", "n_envs", "update_epochs", "minibatch_size", "hidden", "group_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"PPOConfig.{name} must be at least 1, got {getattr(self, name)}")
 
@@ -145,6 +159,55 @@ def compute_gae(
     return adv, adv + values
 
 
+def group_sizes(n_envs: int, group_size: int) -> list[int]:
+    """Split ``n_envs`` consecutive envs into groups of ``group_size``; a short last group joins the one before.
+
+    A group of one has nothing to pair with, so it is merged rather than left alone.
+    """
+    sizes = [group_size] * (n_envs // group_size)
+    rest = n_envs - sum(sizes)
+    if rest and sizes:
+        sizes[-1] += rest
+    elif rest:
+        sizes.append(rest)
+    return sizes
+
+
+def relative_rewards(rewards: torch.Tensor, sizes: Sequence[int]) -> torch.Tensor:
+    """``[T, B]`` rewards minus, per env and step, the mean reward of the other envs of its group.
+
+    ``sizes`` partitions the ``B`` envs into consecutive groups; a group of one keeps its rewards.
+    """
+    out = rewards.clone()
+    start = 0
+    for size in sizes:
+        if size > 1:
+            part = rewards[:, start : start + size]
+            others = (part.sum(1, keepdim=True) - part) / (size - 1)
+            out[:, start : start + size] = part - others
+        start += size
+    return out
+
+
+class AdvantageScale:
+    """Running RMS of the advantages of every rollout so far: the unit advantages are divided by.
+
+    Dividing by a running scale instead of each minibatch's own spread keeps a
+    rollout without signal (say, every env of a group doing the same thing,
+    so relative rewards are zero) from being blown up into unit-size noise.
+    """
+
+    def __init__(self) -> None:
+        self.sum_sq = 0.0
+        self.count = 0
+
+    def update(self, adv: torch.Tensor) -> float:
+        """Merge ``adv`` and return the scale, never below a tiny floor."""
+        self.sum_sq += float(adv.double().pow(2).sum())
+        self.count += adv.numel()
+        return max(math.sqrt(self.sum_sq / max(self.count, 1)), 1e-8)
+
+
 @attrs.frozen
 class UpdateStats:
     policy_loss: float
@@ -154,6 +217,8 @@ class UpdateStats:
     entropy: float
     #: Mean entropy of each head over the rows where it was relevant; None where it never was.
     head_entropy: dict[str, float | None]
+    #: Minibatch steps taken (fewer than planned when ``target_kl`` stopped the update early).
+    minibatches: int = 0
 
 
 def head_entropy(policy: PPOPolicy, batch: Batch) -> dict[str, float | None]:
@@ -167,27 +232,45 @@ def head_entropy(policy: PPOPolicy, batch: Batch) -> dict[str, float | None]:
     }
 
 
+def _batch_kl(policy: PPOPolicy, batch: Batch) -> float:
+    """Approximate KL from the rollout's policy to the current one, over the whole batch."""
+    with torch.no_grad():
+        log_prob, _, _ = policy.evaluate(batch.obs, batch.actions, batch.masks, batch.relevance)
+        log_ratio = log_prob - batch.log_probs
+        return float(((log_ratio.exp() - 1) - log_ratio).mean())
+
+
 def ppo_update(
     policy: PPOPolicy,
     optimizer: torch.optim.Optimizer,
     batch: Batch,
     config: PPOConfig,
     generator: torch.Generator | None = None,
+    adv_scale: float | None = None,
 ) -> UpdateStats:
-    """Clipped-surrogate PPO on ``batch`` for ``config.update_epochs`` passes over shuffled minibatches."""
+    """Clipped-surrogate PPO on ``batch`` for ``config.update_epochs`` passes over shuffled minibatches.
+
+    Advantages are centred per minibatch and divided by ``adv_scale`` when
+    given (see :class:`AdvantageScale`), else by the minibatch's own spread.
+    """
     heads = head_entropy(policy, batch)
     n = len(batch)
     mb = min(config.minibatch_size, n)
     totals = {"pg": 0.0, "v": 0.0, "kl": 0.0, "clip": 0.0, "ent": 0.0}
     steps = 0
     for _ in range(config.update_epochs):
+        if config.target_kl is not None and steps > 0 and _batch_kl(policy, batch) > config.target_kl:
+            break
         perm = torch.randperm(n, generator=generator)
         for start in range(0, n, mb):
             part = batch.rows(perm[start : start + mb])
             log_prob, entropy, value = policy.evaluate(part.obs, part.actions, part.masks, part.relevance)
             adv = part.advantages
             if adv.numel() > 1:
-                adv = (adv - adv.mean()) / (adv.std() + 1e-8)
+                adv = adv - adv.mean()
+                adv = adv / (adv_scale if adv_scale is not None else adv.std() + 1e-8)
+            elif adv_scale is not None:
+                adv = adv / adv_scale
             log_ratio = log_prob - part.log_probs
             ratio = log_ratio.exp()
             pg_loss = -torch.min(ratio * adv, ratio.clamp(1 - config.clip, 1 + config.clip) * adv).mean()
@@ -205,13 +288,15 @@ def ppo_update(
                 totals["clip"] += float(((ratio - 1).abs() > config.clip).float().mean())
                 totals["ent"] += float(ent)
             steps += 1
+    div = max(steps, 1)
     return UpdateStats(
-        policy_loss=totals["pg"] / steps,
-        value_loss=totals["v"] / steps,
-        approx_kl=totals["kl"] / steps,
-        clip_fraction=totals["clip"] / steps,
-        entropy=totals["ent"] / steps,
+        policy_loss=totals["pg"] / div,
+        value_loss=totals["v"] / div,
+        approx_kl=totals["kl"] / div,
+        clip_fraction=totals["clip"] / div,
+        entropy=totals["ent"] / div,
         head_entropy=heads,
+        minibatches=steps,
     )
 
 
@@ -286,13 +371,18 @@ def train_ppo(
     updates = math.ceil(cfg.episodes / n_envs)
     returns: list[float] = []
     stats: UpdateStats | None = None
+    scale = AdvantageScale()
     for u in range(updates):
         k = min(n_envs, cfg.episodes - len(returns))
         envs = EnvBatch(all_envs[:k])
         episodes = [len(returns) + i for i in range(k)]
-        buf, ep_returns = collect_rollout(policy, envs, [_episode_seed(cfg.seed, e) for e in episodes], episodes)
+        sizes = group_sizes(k, cfg.group_size)
+        # Every env of a group runs the episode seed of the group's first episode.
+        seeds = [_episode_seed(cfg.seed, episodes[sum(sizes[:g])]) for g, n in enumerate(sizes) for _ in range(n)]
+        buf, ep_returns = collect_rollout(policy, envs, seeds, episodes)
+        buf.rewards = relative_rewards(buf.rewards, sizes)
         batch = buf.batch(torch.zeros(k), cfg.gamma, cfg.gae_lambda)
-        stats = ppo_update(policy, optimizer, batch, cfg, shuffle)
+        stats = ppo_update(policy, optimizer, batch, cfg, shuffle, adv_scale=scale.update(batch.advantages))
         # Normalisation statistics move only after the update, so the update
         # scores actions under exactly the normalisation they were drawn with.
         policy.norm.update(buf.obs)
@@ -308,6 +398,7 @@ def train_ppo(
             clip_fraction=stats.clip_fraction,
             entropy=stats.entropy,
             head_entropy=stats.head_entropy,
+            minibatches=stats.minibatches,
             mean_return=mean_ret,
             episode_returns=ep_returns,
         )
