@@ -465,8 +465,19 @@ def run_command(
 @click.option("--val-size", type=click.IntRange(min=1), default=256, show_default=True, help="Validation examples.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True, help="Host batch size.")
 @click.option("--data-dir", type=click.Path(file_okay=False), default=None, help="Data for tasks that read files.")
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=3e-4, show_default=True, help="PPO lr.")
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=3e-3, show_default=True, help="PPO lr.")
 @click.option("--hidden", type=click.IntRange(min=1), default=64, show_default=True, help="Policy MLP width.")
+@click.option(
+    "--update-epochs", type=click.IntRange(min=1), default=None, help="PPO passes over each rollout (default 10)."
+)
+@click.option("--minibatch-size", type=click.IntRange(min=1), default=None, help="PPO minibatch rows (default 8).")
+@click.option("--entropy-coef", type=click.FloatRange(min=0), default=None, help="Entropy weight (default 0.003).")
+@click.option(
+    "--group-size",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Envs per rollout sharing one episode seed, each learning relative to the others (default 4; 1: off).",
+)
 def train(
     episodes: int,
     n_envs: int,
@@ -482,6 +493,10 @@ def train(
     data_dir: str | None,
     lr: float,
     hidden: int,
+    update_epochs: int | None,
+    minibatch_size: int | None,
+    entropy_coef: float | None,
+    group_size: int | None,
 ) -> None:
     """Train Tamiyo with PPO against the active levers.
 
@@ -513,6 +528,14 @@ def train(
             val_size=val_size,
         )
         ppo_config = PPOConfig(episodes=episodes, n_envs=n_envs, lr=lr, hidden=hidden, seed=seed)
+        if update_epochs is not None:
+            ppo_config = attrs.evolve(ppo_config, update_epochs=update_epochs)
+        if minibatch_size is not None:
+            ppo_config = attrs.evolve(ppo_config, minibatch_size=minibatch_size)
+        if entropy_coef is not None:
+            ppo_config = attrs.evolve(ppo_config, entropy_coef=entropy_coef)
+        if group_size is not None:
+            ppo_config = attrs.evolve(ppo_config, group_size=group_size)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from exc
     selection = Selection.from_env(levers=only)
