@@ -164,6 +164,7 @@ class MorphoEnv:
             compiled=compiled,
         )
         self.acc_history: list[float] = []
+        self.loss_history: list[float] = []
         self.last: EpochResult | None = None
         self.best = 0.0
         self.plateau = 0
@@ -194,6 +195,7 @@ class MorphoEnv:
         self.fields = compute_fields(self.registry, self.lifecycle, result, log=self.log)
         self.last = result
         self.acc_history.append(result.val_accuracy)
+        self.loss_history.append(result.val_loss)
         if result.val_accuracy > self.best + 1e-4:
             self.best = result.val_accuracy
             self.plateau = 0
@@ -247,7 +249,7 @@ class MorphoEnv:
             last.train_accuracy if last else 0.0,
             last.val_accuracy if last else 0.0,
             (last.val_accuracy - prev) if last else 0.0,
-            0.0,
+            (self.loss_history[-1] - self.loss_history[-2]) if len(self.loss_history) >= 2 else 0.0,
             self.plateau / cfg.epochs,
             self.best,
             *[hist[-(i + 1)] if len(hist) > i else 0.0 for i in range(HISTORY)],
@@ -288,6 +290,7 @@ class MorphoEnv:
             "episode": self.episode,
             "epoch": self.epoch,
             "acc_history": list(self.acc_history),
+            "loss_history": list(self.loss_history),
             "best": self.best,
             "plateau": self.plateau,
             "base_params": self.base_params,
@@ -311,6 +314,7 @@ class MorphoEnv:
         self.episode = int(state["episode"])
         self.epoch = int(state["epoch"])
         self.acc_history = list(state["acc_history"])
+        self.loss_history = list(state["loss_history"])
         self.best = float(state["best"])
         self.plateau = int(state["plateau"])
         self.base_params = int(state["base_params"])

@@ -161,3 +161,19 @@ def test_episode_rewards_are_accuracy_deltas_plus_final(task: TaskData) -> None:
     assert sum(rewards) == pytest.approx(accs[-1] - 0.1 + accs[-1])
     with pytest.raises(RuntimeError, match="is over"):
         env.step(wait(reg))
+
+
+def test_base_observation_reports_losses_accuracies_and_their_deltas(task: TaskData) -> None:
+    registry = build_registry(CONFIG, Selection(only=()))
+    names = observation_names(registry, CONFIG.slots)
+    env = make_env(registry, task)
+    env.reset(seed=0)
+    results = [env.step(wait(registry)).epoch for _ in range(3)]
+    obs = dict(zip(names, env.observe().tolist(), strict=True))
+    last, prev = results[-1], results[-2]
+    assert obs["val_loss"] == pytest.approx(last.val_loss)
+    assert obs["val_accuracy"] == pytest.approx(last.val_accuracy)
+    assert obs["delta_val_loss"] == pytest.approx(last.val_loss - prev.val_loss)
+    assert obs["delta_val_accuracy"] == pytest.approx(last.val_accuracy - prev.val_accuracy)
+    assert obs["delta_val_loss"] != 0.0  # a host that trains moves its loss
+    assert obs["epoch_frac"] == pytest.approx(3 / CONFIG.epochs)
