@@ -423,14 +423,22 @@ def run_command(
         TextColumn("{task.fields[status]}"),
         TimeElapsedColumn(),
     )
-    with Progress(*columns, console=console, disable=quiet, transient=False) as progress:
-        bar = progress.add_task("epochs", total=config.env.epochs, status="")
+    progress = Progress(*columns, console=console, disable=quiet, transient=False)
+    bar = progress.add_task("epochs", total=config.env.epochs, status="", start=False)
 
-        def on_epoch(r: EpochReport) -> None:
-            status = f"val acc {r.val_accuracy:.3f}  slots {' '.join(s.lower() for s in r.stages)}"
-            progress.update(bar, completed=r.epoch, total=r.epochs, status=status)
+    def on_start(epochs: int, first: int) -> None:
+        progress.update(bar, total=epochs, completed=first)
+        progress.start_task(bar)
+        progress.start()
 
-        summary = run(config, resume=Path(resume) if resume else None, on_epoch=on_epoch)
+    def on_epoch(r: EpochReport) -> None:
+        status = f"val acc {r.val_accuracy:.3f}  slots {' '.join(s.lower() for s in r.stages)}"
+        progress.update(bar, completed=r.epoch, total=r.epochs, status=status)
+
+    try:
+        summary = run(config, resume=Path(resume) if resume else None, on_epoch=on_epoch, on_start=on_start)
+    finally:
+        progress.stop()
     seeds = summary["seeds"]
     console.print(
         f"done: val acc {summary['final_val_accuracy']:.3f} (best {summary['best_val_accuracy']:.3f}), "

@@ -76,12 +76,15 @@ def run(
     *,
     resume: Path | None = None,
     on_epoch: Callable[[EpochReport], None] | None = None,
+    on_start: Callable[[int, int], None] | None = None,
     stop_after: int | None = None,
     console: bool = False,
 ) -> dict[str, Any]:
     """Run (or resume) one episode; returns the summary also written to ``summary.json``.
 
-    ``stop_after`` ends the run after that many epochs as an interruption
+    ``on_start(epochs, first_epoch)`` is called once everything is loaded
+    and checked, right before the first epoch, so a display never starts for
+    a run that fails to set up. ``stop_after`` ends the run after that many epochs as an interruption
     would (checkpoint written, no summary), for resuming later.
     """
     state: dict[str, Any] | None = None
@@ -129,6 +132,8 @@ def run(
             torch.set_rng_state(state["rng"])
             total = float(state["return"])
             obs = envs.observe()
+        if on_start is not None:
+            on_start(config.env.epochs, env.epoch)
         while not env.done:
             masks = envs.masks()
             with torch.no_grad():

@@ -82,6 +82,72 @@ def test_cli_run_writes_events_summary_and_checkpoint(tmp_path: Path, tiny_toml:
     assert state["run_id"] == summary["run_id"] == events[0]["run_id"]
 
 
+def test_cli_run_drives_with_a_policy_trained_by_esper_train(tmp_path: Path, tiny_toml: Path) -> None:
+    trained = tmp_path / "ppo"
+    result = esper(
+        "train",
+        "--episodes",
+        "2",
+        "--envs",
+        "2",
+        "--epochs",
+        "3",
+        "--train-size",
+        "64",
+        "--val-size",
+        "32",
+        "--out",
+        str(trained),
+    )
+    assert result.exit_code == 0, result.output
+    out = tmp_path / "out"
+    # The run's env must match what the policy saw: the same slots, task and levers (epochs may differ).
+    result = esper(
+        "run", "--epochs", "3", "--out", str(out), "--config", str(tiny_toml), "--policy", str(trained / "policy.pt")
+    )
+    assert result.exit_code == 0, result.output
+    decisions = [e for e in read_events(out / EVENTS) if e["event"] == "decision"]
+    assert len(decisions) == 3
+
+
+def test_cli_run_refuses_a_policy_trained_with_other_levers(tmp_path: Path, tiny_toml: Path) -> None:
+    trained = tmp_path / "ppo"
+    result = esper(
+        "train",
+        "--episodes",
+        "1",
+        "--envs",
+        "1",
+        "--epochs",
+        "2",
+        "--train-size",
+        "64",
+        "--val-size",
+        "32",
+        "--levers",
+        "tempo",
+        "--out",
+        str(trained),
+    )
+    assert result.exit_code == 0, result.output
+    result = esper(
+        "run",
+        "--epochs",
+        "2",
+        "--out",
+        str(tmp_path / "out"),
+        "--config",
+        str(tiny_toml),
+        "--levers",
+        "dwell",
+        "--policy",
+        str(trained / "policy.pt"),
+    )
+    assert result.exit_code == 2
+    line = _one_line_error(result)
+    assert "tempo" in line and "dwell" in line
+
+
 def test_cli_unknown_lever_exits_2_listing_installed_levers(tmp_path: Path) -> None:
     line = _one_line_error(esper("run", "--levers", "tempo,nope", "--out", str(tmp_path / "o"), "--quiet"))
     assert "'nope'" in line
