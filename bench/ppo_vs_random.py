@@ -80,6 +80,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--levers", default=None, help="levers to load (as `esper train --levers`)")
     p.add_argument("--greedy", action="store_true", help="the policy takes its most likely action, not a sample")
     p.add_argument("--random-seed", type=int, default=0, help="seed of RandomPolicy's own generator")
+    p.add_argument(
+        "--random-draws",
+        type=int,
+        default=5,
+        help="random's return per seed is the mean over this many draws (its own luck is larger than a policy's edge)",
+    )
     p.add_argument("--json", dest="json_out", type=Path, default=None, help="also write the numbers here")
     for name, typ in ENV_OPTIONS.items():
         p.add_argument(f"--{name.replace('_', '-')}", dest=name, type=typ, default=None)
@@ -95,12 +101,15 @@ def main(argv: list[str] | None = None) -> int:
 
     t0 = time.monotonic()
     ours = returns_of(learned, config, registry, seeds)
-    base = returns_of(RandomPolicy(args.random_seed), config, registry, seeds)
+    draws = [returns_of(RandomPolicy(args.random_seed + k), config, registry, seeds) for k in range(args.random_draws)]
+    base = [statistics.fmean(per_seed) for per_seed in zip(*draws, strict=True)]
     diffs = [a - b for a, b in zip(ours, base, strict=True)]
     seconds = time.monotonic() - t0
 
     print(f"env: {json.dumps(attrs.asdict(config))}")
-    print(f"policy: {args.policy} ({'greedy' if args.greedy else 'sampled'})  random: RandomPolicy({args.random_seed})")
+    mode = "greedy" if args.greedy else "sampled"
+    last = args.random_seed + args.random_draws - 1
+    print(f"policy: {args.policy} ({mode})  random: mean of RandomPolicy({args.random_seed}..{last})")
     print(f"{'seed':>6} {'policy':>9} {'random':>9} {'diff':>9}")
     for s, a, b, d in zip(seeds, ours, base, diffs, strict=True):
         print(f"{s:>6} {a:>+9.4f} {b:>+9.4f} {d:>+9.4f}")
