@@ -351,10 +351,10 @@ def show_lever(name: str, as_json: bool) -> None:
 )
 def new_lever(name: str, parent: Path) -> None:
     """Create esper-lever-NAME/: a working lever, its pyproject.toml and contract tests."""
-    from esper_kernel.registry import _kernel_version
+    from esper_kernel.registry import kernel_version
     from esper_kernel.scaffold import scaffold
 
-    root = scaffold(name, parent, _kernel_version())
+    root = scaffold(name, parent, kernel_version())
     click.echo(f"created {root}; next: pip install -e {root} && pytest {root / 'tests'}")
 
 
@@ -519,6 +519,7 @@ def train(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from esper_kernel.env import EnvConfig
+    from esper_kernel.run import lever_records
     from esper_kernel.tamiyo.train import PPOConfig, train_ppo
     from esper_kernel.tasks import TASKS, TaskError
     from esper_kernel.telemetry import Telemetry
@@ -558,10 +559,12 @@ def train(
             command="train",
             env_config=attrs.asdict(env_config),
             ppo_config=attrs.asdict(ppo_config),
-            levers=[{"name": lv.name, "distribution": lv.distribution, "version": lv.version} for lv in reg.levers],
-            failures=[f.describe() for f in reg.failures],
+            levers=lever_records(reg),
+            failed_levers=[attrs.asdict(f) for f in reg.failures],
             out=str(out_dir),
         )
+        for failure in reg.failures:
+            tel.log.warning("plugin.failed", **attrs.asdict(failure))
         console = Console(stderr=True)
         for fail in reg.failures:
             console.print(f"[yellow]warning:[/] {fail.describe()}")

@@ -256,7 +256,7 @@ class Registry:
             else tuple(sorted({lv.name for lv in self.levers} | {f.name for f in self.failures}))
         )
         core_info = LeverInfo(
-            CORE_NAME, "esper-kernel", _kernel_version(), "esper_kernel.core", core
+            CORE_NAME, "esper-kernel", kernel_version(), "esper_kernel.core", core
         )
         self._all = (core_info, *self.levers)
         self.pm = pluggy.PluginManager(hookspecs.PROJECT)
@@ -436,7 +436,7 @@ def _ignore_view(fn: Callable[[], Any]) -> Callable[[Any], Any]:
     return lambda _view: fn()
 
 
-def _kernel_version() -> str:
+def kernel_version() -> str:
     try:
         return md.version("esper-kernel")
     except md.PackageNotFoundError:

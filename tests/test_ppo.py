@@ -369,7 +369,7 @@ def test_cli_train_writes_policy_events_and_summary(tmp_path: Path) -> None:
     reg = Registry.open(default_core(), Selection())
     assert [lv["name"] for lv in started["levers"]] == list(reg.names)
     assert all({"distribution", "version"} <= set(lv) for lv in started["levers"])
-    assert started["failures"] == [f.describe() for f in reg.failures]
+    assert [f["name"] for f in started["failed_levers"]] == [f.name for f in reg.failures]
     assert started["env_config"]["epochs"] == 2 and started["ppo_config"]["seed"] == 7
     updates = [e for e in events if e["event"] == "ppo.update"]
     assert [u["episodes_done"] for u in updates] == [2, 3]  # 3 episodes on 2 envs: a short last rollout
