@@ -7,7 +7,6 @@ defaults, so the benchmark measures the configuration ``esper run`` uses.
 from __future__ import annotations
 
 import random
-from typing import Any
 
 import torch
 
@@ -16,22 +15,14 @@ from esper_kernel.env import EnvConfig, build_registry
 from esper_kernel.registry import Registry, Selection
 from esper_kernel.seeds import SeedState
 from esper_kernel.stages import Stage
+from esper_kernel.telemetry import null_log
 
 #: The six built-in levers, named so a third-party lever installed alongside cannot change the figures.
 BUILTIN_LEVERS = ("dwell", "isolation", "lr", "probation", "steepness", "tempo")
 
 
-class NullLog:
-    """A structlog stand-in that drops every event: logging is not what these figures time."""
-
-    def bind(self, **_kw: Any) -> NullLog:
-        return self
-
-    def info(self, *_a: Any, **_kw: Any) -> None:
-        pass
-
-    def warning(self, *_a: Any, **_kw: Any) -> None:
-        pass
+#: Logging is not what these figures time: every event is dropped.
+NullLog = null_log
 
 
 def registry(config: EnvConfig | None = None) -> Registry:

@@ -34,6 +34,7 @@ from esper_kernel.registry import Registry, Selection
 from esper_kernel.tamiyo.policies import Policy, RandomPolicy
 from esper_kernel.tamiyo.ppo import load_policy
 from esper_kernel.tamiyo.train import evaluate_policy
+from esper_kernel.telemetry import null_log
 
 #: EnvConfig fields settable from the command line, with their types.
 ENV_OPTIONS: dict[str, type] = {
@@ -45,14 +46,6 @@ ENV_OPTIONS: dict[str, type] = {
     "val_size": int,
     "param_rent": float,
 }
-
-
-class _NullLog:
-    def bind(self, **_: Any) -> _NullLog:
-        return self
-
-    def info(self, *_: Any, **__: Any) -> None:
-        pass
 
 
 def env_config(policy_path: Path, args: argparse.Namespace) -> EnvConfig:
@@ -70,7 +63,7 @@ def env_config(policy_path: Path, args: argparse.Namespace) -> EnvConfig:
 
 def returns_of(policy: Policy, config: EnvConfig, registry: Registry, seeds: list[int]) -> list[float]:
     # Each seed alone, so the returns do not depend on which other seeds share the batch.
-    return [evaluate_policy(policy, config, registry, [s], _NullLog())[0] for s in seeds]
+    return [evaluate_policy(policy, config, registry, [s], null_log())[0] for s in seeds]
 
 
 def main(argv: list[str] | None = None) -> int:

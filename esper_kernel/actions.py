@@ -55,9 +55,7 @@ class ActionSpace:
         self.names: tuple[str, ...] = tuple(h.name for h in self.heads)
         self._by_name = {h.name: h for h in self.heads}
         if OP_HEAD not in self._by_name:
-            raise PluginError(
-                "the action space has no 'op' head; the kernel's core plugin is missing"
-            )
+            raise PluginError("the action space has no 'op' head; the kernel's core plugin is missing")
         self.sizes: tuple[int, ...] = tuple(h.spec.size for h in self.heads)
         self.n_heads = len(self.heads)
         self.max_choices = max(self.sizes)
@@ -140,9 +138,7 @@ class ActionSpace:
         try:
             return spec.choices.index(choice)
         except ValueError:
-            raise KeyError(
-                f"head {head!r} has no choice {choice!r}; choices are {list(spec.choices)}"
-            ) from None
+            raise KeyError(f"head {head!r} has no choice {choice!r}; choices are {list(spec.choices)}") from None
 
     def relevance(self, actions: torch.Tensor) -> torch.Tensor:
         """``[B, n_heads]`` bool: which heads matter for these actions.
@@ -245,8 +241,7 @@ class MaskComposer:
                 got = src.fn(view)
             except Exception as exc:
                 raise PluginError(
-                    f"lever {src.lever!r} ({src.distribution}): mask() raised "
-                    f"{type(exc).__name__}: {exc}"
+                    f"lever {src.lever!r} ({src.distribution}): mask() raised {type(exc).__name__}: {exc}"
                 ) from exc
             if got is None:
                 continue
@@ -279,9 +274,7 @@ class MaskComposer:
             raise MaskError(f"{where}: shape {tuple(m.shape)} does not match {ok2} or {ok3}")
         return h
 
-    def _check_rows(
-        self, out: torch.Tensor, results: Sequence[tuple[MaskSource, str, torch.Tensor]]
-    ) -> None:
+    def _check_rows(self, out: torch.Tensor, results: Sequence[tuple[MaskSource, str, torch.Tensor]]) -> None:
         space = self.space
         # One reduction on the happy path: a decision row must be non-empty
         # wherever its op is legal and the head matters for that op.
@@ -299,7 +292,4 @@ class MaskComposer:
             if not bool(row.all()):
                 culprits.append(f"{src.lever!r} ({src.distribution})")
         by = ", ".join(culprits) if culprits else "no lever (the kernel's own rules)"
-        raise MaskError(
-            f"head {name!r} has no legal choice in env {env} for op {Op(op).name}; "
-            f"masked out by {by}"
-        )
+        raise MaskError(f"head {name!r} has no legal choice in env {env} for op {Op(op).name}; masked out by {by}")

@@ -156,8 +156,7 @@ def load_levers(
     unknown = [n for n in asked if n not in by_name]
     if unknown:
         raise SelectionError(
-            f"unknown lever(s) {', '.join(map(repr, unknown))}; installed levers: "
-            f"{', '.join(installed) or 'none'}"
+            f"unknown lever(s) {', '.join(map(repr, unknown))}; installed levers: {', '.join(installed) or 'none'}"
         )
     if sel.only is not None:
         wanted = [n for n in installed if n in sel.only]
@@ -174,9 +173,7 @@ def load_levers(
         try:
             plugin = ep.load()
         except Exception as exc:
-            fail = LoadFailure(
-                name, _dist_name(ep), _dist_version(ep), ep.value, f"{type(exc).__name__}: {exc}"
-            )
+            fail = LoadFailure(name, _dist_name(ep), _dist_version(ep), ep.value, f"{type(exc).__name__}: {exc}")
             if sel.strict or (sel.only is not None and name in sel.only):
                 why = "" if not sel.strict else f" ({ENV_STRICT}=1)"
                 raise PluginError(fail.describe() + why) from exc
@@ -202,9 +199,7 @@ def _check_relations(levers: Sequence[LeverInfo]) -> None:
     for lv in levers:
         missing = [r for r in lv.requires if r not in names]
         if missing:
-            raise PluginError(
-                f"{lv.label} requires lever(s) {', '.join(map(repr, missing))}, which are not active"
-            )
+            raise PluginError(f"{lv.label} requires lever(s) {', '.join(map(repr, missing))}, which are not active")
         for other in lv.conflicts_with:
             if other in names:
                 raise PluginError(f"{lv.label} conflicts with active lever {other!r}; select one")
@@ -255,9 +250,7 @@ class Registry:
             if installed is not None
             else tuple(sorted({lv.name for lv in self.levers} | {f.name for f in self.failures}))
         )
-        core_info = LeverInfo(
-            CORE_NAME, "esper-kernel", kernel_version(), "esper_kernel.core", core
-        )
+        core_info = LeverInfo(CORE_NAME, "esper-kernel", kernel_version(), "esper_kernel.core", core)
         self._all = (core_info, *self.levers)
         self.pm = pluggy.PluginManager(hookspecs.PROJECT)
         self.pm.add_hookspecs(hookspecs)
@@ -271,9 +264,7 @@ class Registry:
         except pluggy.PluginValidationError as exc:
             bad = next((i for i in self._all if i.plugin is exc.plugin), None)
             label = bad.label if bad else repr(exc.plugin)
-            raise PluginError(
-                f"{label}: {exc}; the hooks are {', '.join(hookspecs.HOOK_NAMES)}"
-            ) from exc
+            raise PluginError(f"{label}: {exc}; the hooks are {', '.join(hookspecs.HOOK_NAMES)}") from exc
         self.space = ActionSpace(self._compose_heads())
         self.fields: tuple[ComposedField, ...] = self._compose_fields()
         self.safety: dict[str, CompileSafety] = self._compose_safety()
@@ -335,20 +326,14 @@ class Registry:
             got = self._call_once(info, "action_head")
             if got is not None and not isinstance(got, HeadSpec | Iterable):
                 # list(got) would raise a bare TypeError that names no lever.
-                raise PluginError(
-                    f"{info.label}: action_head() must return HeadSpec(s), got {type(got).__name__}"
-                )
+                raise PluginError(f"{info.label}: action_head() must return HeadSpec(s), got {type(got).__name__}")
             specs = [] if got is None else [got] if isinstance(got, HeadSpec) else list(got)
             for spec in specs:
                 if not isinstance(spec, HeadSpec):
-                    raise PluginError(
-                        f"{info.label}: action_head() must return HeadSpec(s), got {type(spec).__name__}"
-                    )
+                    raise PluginError(f"{info.label}: action_head() must return HeadSpec(s), got {type(spec).__name__}")
                 if spec.name in owner:
                     first = owner[spec.name]
-                    raise PluginError(
-                        f"head {spec.name!r} is declared twice: by {first.label} and by {info.label}"
-                    )
+                    raise PluginError(f"head {spec.name!r} is declared twice: by {first.label} and by {info.label}")
                 owner[spec.name] = info
                 heads.append(ComposedHead(spec, len(heads), info.name, info.distribution))
         return heads
@@ -362,15 +347,13 @@ class Registry:
             elif not isinstance(got, Iterable):
                 # Iterating it would raise a bare TypeError that names no lever.
                 raise PluginError(
-                    f"{info.label}: telemetry_fields() must return a list of TelemetryField, "
-                    f"got {type(got).__name__}"
+                    f"{info.label}: telemetry_fields() must return a list of TelemetryField, got {type(got).__name__}"
                 )
             seen: set[str] = set()
             for spec in got:
                 if not isinstance(spec, TelemetryField):
                     raise PluginError(
-                        f"{info.label}: telemetry_fields() must return TelemetryField items, "
-                        f"got {type(spec).__name__}"
+                        f"{info.label}: telemetry_fields() must return TelemetryField items, got {type(spec).__name__}"
                     )
                 if spec.name in seen:
                     raise PluginError(f"{info.label}: telemetry field {spec.name!r} declared twice")
@@ -386,9 +369,7 @@ class Registry:
                 continue
             got = self._call_once(info, "compile_safety")
             if not isinstance(got, CompileSafety):
-                raise PluginError(
-                    f"{info.label}: compile_safety() must return CompileSafety, got {type(got).__name__}"
-                )
+                raise PluginError(f"{info.label}: compile_safety() must return CompileSafety, got {type(got).__name__}")
             out[info.name] = got
         return out
 
@@ -406,9 +387,7 @@ class Registry:
         for info in self._all:
             impl = self._impl(info, "on_enter_stage")
             if impl is not None:
-                out.append(
-                    StageHook(info.name, info.distribution, impl.function, tuple(impl.argnames))
-                )
+                out.append(StageHook(info.name, info.distribution, impl.function, tuple(impl.argnames)))
         return tuple(out)
 
     # -- per-step calls ----------------------------------------------------

@@ -88,13 +88,9 @@ class HeadSpec:
         if len(set(self.choices)) != len(self.choices):
             raise ValueError(f"{where} has duplicate choice names {list(self.choices)}")
         if len(self.values) != len(self.choices):
-            raise ValueError(
-                f"{where} has {len(self.choices)} choices but {len(self.values)} values"
-            )
+            raise ValueError(f"{where} has {len(self.choices)} choices but {len(self.values)} values")
         if self.default not in self.choices:
-            raise ValueError(
-                f"{where} default {self.default!r} is not one of its choices {list(self.choices)}"
-            )
+            raise ValueError(f"{where} default {self.default!r} is not one of its choices {list(self.choices)}")
         if not self.ops:
             raise ValueError(f"{where} applies to no op")
 

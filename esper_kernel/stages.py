@@ -34,9 +34,7 @@ class Op(enum.IntEnum):
 ALL_OPS: frozenset[Op] = frozenset(Op)
 
 #: Stages in which a slot holds a live seed (one that can be culled).
-LIVE_STAGES: frozenset[Stage] = frozenset(
-    {Stage.GERMINATED, Stage.TRAINING, Stage.BLENDING, Stage.PROBATIONARY}
-)
+LIVE_STAGES: frozenset[Stage] = frozenset({Stage.GERMINATED, Stage.TRAINING, Stage.BLENDING, Stage.PROBATIONARY})
 
 TRANSITIONS: dict[Stage, frozenset[Stage]] = {
     Stage.DORMANT: frozenset({Stage.GERMINATED}),
@@ -59,6 +57,4 @@ def check_transition(old: Stage, new: Stage) -> None:
     """Raise :class:`IllegalTransition` unless ``old -> new`` is in the table."""
     if new not in TRANSITIONS[old]:
         allowed = ", ".join(s.name for s in sorted(TRANSITIONS[old])) or "nothing"
-        raise IllegalTransition(
-            f"illegal transition {old.name} -> {new.name}; {old.name} may go to {allowed}"
-        )
+        raise IllegalTransition(f"illegal transition {old.name} -> {new.name}; {old.name} may go to {allowed}")

@@ -95,9 +95,7 @@ class TaskData:
     def n_val(self) -> int:
         return int(self.val_x.shape[0])
 
-    def batches(
-        self, batch_size: int, generator: torch.Generator
-    ) -> Iterator[tuple[Tensor, Tensor]]:
+    def batches(self, batch_size: int, generator: torch.Generator) -> Iterator[tuple[Tensor, Tensor]]:
         """Yield one epoch of training batches in an order shuffled by ``generator``.
 
         Every training example appears exactly once; the last batch is smaller when
@@ -223,8 +221,7 @@ def _render_shapes(labels: Tensor, g: torch.Generator) -> Tensor:
     c1 = torch.rand(n, 3, generator=g)
     theta = _uniform(n, 0.0, 2 * math.pi, g)
     ramp = (
-        (xs_n - size / 2) * torch.cos(theta)[:, None, None]
-        + (ys_n - size / 2) * torch.sin(theta)[:, None, None]
+        (xs_n - size / 2) * torch.cos(theta)[:, None, None] + (ys_n - size / 2) * torch.sin(theta)[:, None, None]
     ) / size + 0.5
     ramp = ramp.clamp(0.0, 1.0)[:, None]
     img = c0[:, :, None, None] * (1 - ramp) + c1[:, :, None, None] * ramp
@@ -331,9 +328,7 @@ def _markov_table(vocab_size: int, g: torch.Generator) -> Tensor:
     return probs / probs.sum(dim=1, keepdim=True)
 
 
-def _generate_sequences(
-    n: int, length: int, vocab_size: int, markov: Tensor, g: torch.Generator
-) -> Tensor:
+def _generate_sequences(n: int, length: int, vocab_size: int, markov: Tensor, g: torch.Generator) -> Tensor:
     """``n`` sequences of ``length`` tokens, each one of three kinds chosen uniformly."""
     t = torch.arange(length)
     kind = torch.randint(0, 3, (n,), generator=g)
@@ -515,8 +510,7 @@ def _read_text(data_dir: Path) -> str:
         files = sorted(data_dir.glob("*.txt"))
         if not files:
             raise TaskError(
-                f"no *.txt files in {data_dir}; place UTF-8 text files there "
-                "(Esper does not download data sets)"
+                f"no *.txt files in {data_dir}; place UTF-8 text files there (Esper does not download data sets)"
             )
     else:
         raise TaskError(f"text data path {data_dir} does not exist")
@@ -660,8 +654,7 @@ def get_task(name: str, *, seed: int, data_dir: Path | None = None, **sizes: Any
     unknown = sorted(set(sizes) - set(spec.size_params))
     if unknown:
         raise TaskError(
-            f"task {name!r} does not accept {', '.join(unknown)}; "
-            f"it accepts: {', '.join(spec.size_params)}"
+            f"task {name!r} does not accept {', '.join(unknown)}; it accepts: {', '.join(spec.size_params)}"
         )
     if spec.requires_data_dir and data_dir is None:
         raise TaskError(f"task {name!r} reads local data: --data-dir is required")

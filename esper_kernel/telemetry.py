@@ -106,6 +106,15 @@ class Telemetry:
         self.close()
 
 
+def _drop(_logger: Any, _method: str, _event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    raise structlog.DropEvent
+
+
+def null_log() -> Any:
+    """A bound logger that drops every event: for tests and tools that check state, not the stream."""
+    return structlog.wrap_logger(structlog.ReturnLogger(), processors=[_drop]).bind()
+
+
 def read_events(path: Path) -> list[dict[str, Any]]:
     """Parse an ``events.jsonl`` file (for tests, notebooks and scripts)."""
     with path.open(encoding="utf-8") as f:

@@ -56,6 +56,7 @@ from esper_kernel.run import check_compile_safety
 from esper_kernel.seeds import SeedState
 from esper_kernel.specs import CompileSafety, FieldContext, HeadSpec, Safety
 from esper_kernel.stages import LIVE_STAGES, TRANSITIONS, Op, Stage
+from esper_kernel.telemetry import null_log
 
 __all__ = [
     "CountingBackend",
@@ -248,18 +249,6 @@ def _random_metrics(seed: SeedState, rng: random.Random, epochs: int) -> None:
 # -- a lifecycle on a tiny host --------------------------------------------------------
 
 
-class _NullLog:
-    """Swallows the lifecycle's events: tests assert on state, not on the stream."""
-
-    def info(self, *_a: Any, **_k: Any) -> None:
-        pass
-
-    warning = info
-
-    def bind(self, **_k: Any) -> _NullLog:
-        return self
-
-
 class Harness:
     """A :class:`~esper_kernel.lifecycle.Lifecycle` on a tiny CNN host, driven by hand.
 
@@ -284,7 +273,7 @@ class Harness:
     ) -> None:
         self.registry = registry if registry is not None else open_registry(levers, n_slots=blocks)
         self.host = host if host is not None else build_host("cnn", CNNHostConfig(width=width, blocks=blocks))
-        self.lifecycle = Lifecycle(self.host, self.registry, LifecycleConfig(max_epochs=max_epochs), log=_NullLog())
+        self.lifecycle = Lifecycle(self.host, self.registry, LifecycleConfig(max_epochs=max_epochs), log=null_log())
         self.epoch = 0
 
     def germinate(
