@@ -11,7 +11,6 @@ from __future__ import annotations
 import importlib.metadata as md
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from types import ModuleType
 from typing import Any, cast
 
 import attrs
@@ -404,9 +403,6 @@ class Registry:
                     f"{new.name}) raised {type(exc).__name__}: {exc}"
                 ) from exc
 
-    def lever_for_head(self, head: str) -> LeverInfo:
-        return self.info(self.space.head(head).lever)
-
     def observed_fields(self) -> tuple[ComposedField, ...]:
         return tuple(f for f in self.fields if f.spec.observed)
 
@@ -420,7 +416,3 @@ def kernel_version() -> str:
         return md.version("esper-kernel")
     except md.PackageNotFoundError:
         return "0+unknown"
-
-
-def plugin_module_name(plugin: object) -> str:
-    return plugin.__name__ if isinstance(plugin, ModuleType) else type(plugin).__qualname__
