@@ -65,6 +65,8 @@ class EpochMeasure:
     val_accuracy: float
     host_grad_norm: float
     slots: Mapping[int, SlotMeasure] = attrs.Factory(dict)
+    #: Relative change of the host's weights over the epoch (norm of the step / norm before).
+    host_weight_change: float = 0.0
 
 
 @attrs.frozen
@@ -233,6 +235,7 @@ class Lifecycle:
         met.exploded.append(m.exploded or not math.isfinite(m.grad_norm) or m.grad_norm > seed.knobs.explode_norm)
         met.weight_norm.append(_norm(self.slots[slot].seed_parameters()))
         met.coadaptation_delta.append(m.coadaptation_delta)
+        met.host_weight_change.append(measure.host_weight_change)
 
     def _advance(self, seed: SeedState, epoch: int) -> None:
         k = seed.knobs

@@ -102,7 +102,6 @@ class EpochRunner:
         correct, count = 0, 0
         host_norm_sum = torch.zeros(())
         seed_norm_sum = {i: torch.zeros(()) for i in live}
-        exploded = dict.fromkeys(live, False)
         batches = list(self.task.batches(self.batch_size, self.generator))
         if self.max_batches is not None:
             batches = batches[: self.max_batches]
@@ -137,7 +136,6 @@ class EpochRunner:
             seed = lc.seeds[i]
             assert seed is not None
             gn = float(seed_norm_sum[i]) / max(n, 1)
-            exploded[i] = not math.isfinite(gn) or gn > seed.knobs.explode_norm
             n_seed = sum(p.numel() for p in seed_params[i])
             seed_rms = gn / math.sqrt(max(n_seed, 1))
             measures[i] = SlotMeasure(
@@ -146,17 +144,14 @@ class EpochRunner:
                 host_grad_via_seed=slots[i].probe_grad_norm,
                 contribution=self._contribution(slots[i], seed.stage, val_acc),
                 alpha_batch_var=slots[i].probe_alpha_var,
-                exploded=exploded[i],
                 coadaptation_delta=self._coadaptation(i, seed, batches[-1])
                 if seed.stage is Stage.BLENDING and seed.blend_epochs == 0
                 else None,
             )
         change = float(torch.linalg.vector_norm(after - before) / (torch.linalg.vector_norm(before) + 1e-12))
-        for i in live:
-            seed = lc.seeds[i]
-            assert seed is not None
-            seed.metrics.host_weight_change.append(change)
-        measure = EpochMeasure(epoch=epoch, val_accuracy=val_acc, host_grad_norm=host_norm, slots=measures)
+        measure = EpochMeasure(
+            epoch=epoch, val_accuracy=val_acc, host_grad_norm=host_norm, slots=measures, host_weight_change=change
+        )
         lc.end_epoch(measure)
         return EpochResult(
             epoch=epoch,
