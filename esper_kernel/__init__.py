@@ -1,11 +1,18 @@
-"""Esper kernel: the lever registry and the seed lifecycle it drives."""
+"""Esper kernel: the lever registry and the seed lifecycle it drives.
+
+Everything a lever module needs is importable from here.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import TypeVar
+
 import pluggy
 
+from esper_kernel.actions import MaskView
 from esper_kernel.errors import EsperError, MaskError, PluginError, SelectionError
-from esper_kernel.seeds import Knobs, SeedState
+from esper_kernel.seeds import Knobs, Point, SeedMetrics, SeedState, Timeline
 from esper_kernel.specs import (
     CompileSafety,
     FieldContext,
@@ -19,6 +26,21 @@ from esper_kernel.stages import Op, Stage
 #: Marker for lever hook implementations: ``@hookimpl def action_head(): ...``
 hookimpl = pluggy.HookimplMarker("esper")
 
+_T = TypeVar("_T")
+
+
+def returning(value: _T) -> Callable[[], _T]:
+    """A hook implementation that always returns ``value``, for the hooks that declare data.
+
+    ``action_head = returning(HeadSpec(...))`` is ``@hookimpl def action_head(): return HeadSpec(...)``,
+    built once: the value is checked when the lever is imported.
+    """
+
+    def hook() -> _T:
+        return value
+
+    return hookimpl(hook)
+
 __version__ = "0.1.0"
 
 __all__ = [
@@ -29,12 +51,17 @@ __all__ = [
     "HeadSpec",
     "Knobs",
     "MaskError",
+    "MaskView",
     "Op",
     "PluginError",
+    "Point",
     "Safety",
+    "SeedMetrics",
     "SeedState",
     "SelectionError",
     "Stage",
     "TelemetryField",
+    "Timeline",
     "hookimpl",
+    "returning",
 ]

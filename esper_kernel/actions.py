@@ -16,6 +16,7 @@ import attrs
 import torch
 
 from esper_kernel.errors import MaskError, PluginError
+from esper_kernel.seeds import TIMING_KNOBS, Knobs, Point, Timeline, initial_knobs
 from esper_kernel.specs import HeadSpec
 from esper_kernel.stages import Op
 
@@ -92,6 +93,12 @@ class ActionSpace:
                 allowed[target.spec.choices.index(c)] = True
             self._conditions.append((h.index, target.index, allowed))
         self.defaults = torch.tensor([h.spec.default_index for h in self.heads], dtype=torch.long)
+        #: For each timing knob some head sets, its smallest choice: what the quickest seed gets.
+        self.quickest: dict[str, Any] = {}
+        for h in self.heads:
+            if h.spec.knob in TIMING_KNOBS:
+                least = min(h.spec.values)
+                self.quickest[h.spec.knob] = min(self.quickest.get(h.spec.knob, least), least)
         # Conditions are resolved in dependency order, whatever the lever order:
         # a head is decided after the head it is conditioned on.
         order: list[int] = []
@@ -190,6 +197,11 @@ class MaskView:
 
     ``slot_stage[e, s]`` is the :class:`~esper_kernel.stages.Stage` of slot
     ``s`` in env ``e``; ``fossilize_ok`` says where gate G5 passes.
+
+    It also answers the lifecycle's timing for a seed germinated now
+    (:meth:`timeline`, :meth:`earliest`, :meth:`left_after`,
+    :meth:`left_after_each`), so a lever masks a choice by whether its effect
+    can still happen, never by re-deriving the lifecycle's rules.
     """
 
     space: ActionSpace
@@ -209,6 +221,57 @@ class MaskView:
     def ones(self, head: str) -> torch.Tensor:
         """An all-legal ``[n_envs, n_choices]`` mask for ``head``."""
         return torch.ones(self.n_envs, self.space.head(head).spec.size, dtype=torch.bool)
+
+    def knobs(self, **overrides: Any) -> Knobs:
+        """The knobs of the quickest seed germinated now, with ``overrides``.
+
+        The kernel's defaults for this episode, each timing knob that a head
+        declares (``HeadSpec.knob``) at that head's smallest choice, then
+        ``overrides`` (knob name -> value).
+        """
+        return attrs.evolve(initial_knobs(self.max_epochs), **{**self.space.quickest, **overrides})
+
+    def timeline(self, **overrides: Any) -> Timeline:
+        """When a seed germinated now reaches each point, in epochs from now (see :class:`Timeline`)."""
+        return Timeline.of(self.knobs(**overrides))
+
+    def earliest(self, point: Point, **overrides: Any) -> torch.Tensor:
+        """``[n_envs]``: the earliest epoch a seed germinated now reaches ``point``."""
+        return self.epoch + self.timeline(**overrides).at(point)
+
+    def left_after(self, point: Point, **overrides: Any) -> torch.Tensor:
+        """``[n_envs]``: episode epochs left after the one in which ``point`` is reached.
+
+        ``>= 0`` where the point is reached within the episode; negative where
+        the episode ends first.
+        """
+        return self.max_epochs - 1 - self.earliest(point, **overrides)
+
+    def left_after_each(self, head: str, point: Point, **overrides: Any) -> torch.Tensor:
+        """``[n_envs, n_choices]``: :meth:`left_after` with ``head``'s knob set to each of its choices.
+
+        For a head that declares no knob (or a knob that is not about timing)
+        every column is the same.
+        """
+        spec = self.space.head(head).spec
+        knob = spec.knob
+        cols = [self.left_after(point, **({**overrides, knob: v} if knob else overrides)) for v in spec.values]
+        return torch.stack(cols, dim=1)
+
+    def reaching_each(self, head: str, point: Point, **overrides: Any) -> torch.Tensor:
+        """``[n_envs, n_choices]`` bool: the choices of ``head`` with which ``point`` falls inside the episode.
+
+        Where none does, the choice that gets there soonest stays legal (the
+        default, among equals), so the row is never empty.
+        """
+        spec = self.space.head(head).spec
+        left = self.left_after_each(head, point, **overrides)
+        legal = left >= 0
+        soonest = left == left.max(dim=1, keepdim=True).values
+        pick = torch.where(soonest[:, spec.default_index], spec.default_index, soonest.to(torch.int8).argmax(dim=1))
+        legal[torch.arange(self.n_envs), pick] = True
+        return legal
+
 
 
 MaskFn = Callable[[MaskView], "Mapping[str, torch.Tensor] | None"]

@@ -1,4 +1,7 @@
-"""The five hooks a lever plugin implements. Each docstring is the reference.
+"""The hooks a lever plugin implements. Each docstring is the reference.
+
+The product card's five, plus ``on_epoch`` for levers whose effect changes
+over a seed's life (a warm-up, a schedule).
 
 A lever is a module (or object) with functions decorated by
 ``esper_kernel.hookimpl``, found through the ``esper.levers`` entry-point
@@ -29,6 +32,7 @@ HOOK_NAMES: tuple[str, ...] = (
     "action_head",
     "mask",
     "on_enter_stage",
+    "on_epoch",
     "telemetry_fields",
     "compile_safety",
 )
@@ -75,6 +79,33 @@ def on_enter_stage(seed: SeedState, old: Stage, new: Stage) -> None:
     probation, gate thresholds, width): the kernel applies knobs after every
     lever has run. Keep per-seed private state in
     ``seed.lever_state[<lever>]``: it is checkpointed under the lever's name.
+
+    A lever whose whole effect is "set knob K from my choice on entering S"
+    needs no implementation: it declares ``HeadSpec(knob=K, on_enter=S)``.
+    A lever writes only knobs it owns: declared by ``HeadSpec.knob`` or
+    listed in its module's ``writes`` attribute; any other write is an error
+    naming the lever and the knob.
+    """
+
+
+@hookspec
+def on_epoch(seed: SeedState, epoch: int) -> None:
+    """Adjust a live seed's knobs for the coming epoch: schedules, warm-ups.
+
+    Called once before every epoch a seed lives through (``epoch`` is that
+    epoch), after the stage changes that open it and after ``on_enter_stage``,
+    for every live seed, in lever order. The kernel applies the knobs right
+    after, through the same path as ``on_enter_stage``: the seed's optimizer
+    param-group lr, its alpha schedule, isolation and gates all follow from
+    ``epoch`` on. ``width_scale`` cannot change once the module is built;
+    writing it here (or a knob the lever does not own) is an error naming the
+    lever. ``seed.stage``, ``seed.epochs_in_stage(epoch)`` and
+    ``seed.earliest(point)`` say where the seed is in its life.
+
+    Compile safety: the hook runs in Python between epochs, so it may only
+    change values (knobs the kernel turns into buffers, the lr and gate
+    thresholds), never module structure; a lever declaring ``NONE`` must not
+    cause a recompile however its knobs move.
     """
 
 

@@ -4,8 +4,10 @@ One :class:`Lifecycle` drives the slots of one host. Tamiyo's ops arrive
 through :meth:`Lifecycle.apply`; everything else advances once per host epoch
 in :meth:`Lifecycle.end_epoch`, from the measurements the epoch produced.
 Every transition goes through the transition table, runs every lever's
-``on_enter_stage`` and then applies the seed's knobs; every gate evaluation
-and transition is an event.
+``on_enter_stage`` and then applies the seed's knobs; before every epoch a
+seed lives through, every lever's ``on_epoch`` runs and the knobs are applied
+again, so a knob written at any time takes effect from the next epoch. Every
+gate evaluation and transition is an event.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import functools
 import math
 import pkgutil
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import attrs
 import cattrs
@@ -25,10 +27,22 @@ from torch import nn
 from esper_kernel.actions import Decision
 from esper_kernel.blueprints import build_seed
 from esper_kernel.errors import EsperError
-from esper_kernel.registry import Registry
-from esper_kernel.seeds import SeedState, default_dwell
+from esper_kernel.seeds import SeedState, initial_knobs
 from esper_kernel.slots import SeedSlot, alpha_at
 from esper_kernel.stages import LIVE_STAGES, Op, Stage, check_transition
+
+if TYPE_CHECKING:
+    from esper_kernel.actions import ActionSpace
+
+
+class LeverHooks(Protocol):
+    """What the lifecycle needs of the composed levers (a :class:`~esper_kernel.registry.Registry`)."""
+
+    space: ActionSpace
+
+    def enter_stage(self, seed: SeedState, old: Stage, new: Stage) -> None: ...
+
+    def on_epoch(self, seed: SeedState, epoch: int) -> None: ...
 
 #: The heads the kernel itself owns; everything else is a lever's choice.
 CORE_HEADS = frozenset({"op", "slot", "blueprint", "blend"})
@@ -87,7 +101,7 @@ class Lifecycle:
     def __init__(
         self,
         host: nn.Module,
-        registry: Registry,
+        registry: LeverHooks,
         config: LifecycleConfig | None = None,
         log: Any = None,
     ) -> None:
@@ -107,6 +121,7 @@ class Lifecycle:
             momentum=self.config.momentum,
         )
         self._counter = 0
+        self._transform_keys: dict[int, tuple[str, str | None, dict[str, float]]] = {}
 
     # -- Tamiyo's ops ------------------------------------------------------
 
@@ -142,8 +157,8 @@ class Lifecycle:
             stage_entered_epoch=epoch,
             choices=dict(lever_heads),
             values={n: decision.values[n] for n in lever_heads},
+            knobs=initial_knobs(self.config.max_epochs),
         )
-        seed.knobs.dwell_epochs = default_dwell(self.config.max_epochs)
         self._check(Stage.DORMANT, Stage.GERMINATED)
         # Levers run before the module is built: a width knob must be set by then.
         self.registry.enter_stage(seed, Stage.DORMANT, Stage.GERMINATED)
@@ -155,6 +170,7 @@ class Lifecycle:
         self.seeds[slot] = seed
         self.stages[slot] = Stage.GERMINATED
         self._apply_knobs(seed)
+        self._before_epoch(seed, epoch)
         self.log.info(
             "seed.stage_changed",
             seed_id=seed.seed_id,
@@ -220,6 +236,14 @@ class Lifecycle:
                 continue
             self._record(seed, measure, slot)
             self._advance(seed, epoch)
+        if epoch + 1 < self.config.max_epochs:
+            for live in self.live_seeds():
+                self._before_epoch(live, epoch + 1)
+
+    def _before_epoch(self, seed: SeedState, epoch: int) -> None:
+        """Every lever's ``on_epoch`` for ``seed``, then its knobs applied for ``epoch``."""
+        self.registry.on_epoch(seed, epoch)
+        self._apply_knobs(seed)
 
     def _record(self, seed: SeedState, measure: EpochMeasure, slot: int) -> None:
         m = measure.slots.get(slot, SlotMeasure())
@@ -338,7 +362,11 @@ class Lifecycle:
         for group in self.optimizer.param_groups:
             if group.get("seed_id") == seed.seed_id:
                 group["lr"] = self.config.host_lr * seed.knobs.lr_scale
-        slot.input_transform = _input_transform(seed)
+        # Reinstalled only when it changes: a compiled graph guards on the function object.
+        wanted = (seed.seed_id, seed.knobs.seed_input_transform, dict(seed.knobs.seed_input_kwargs))
+        if self._transform_keys.get(seed.slot) != wanted:
+            slot.input_transform = _input_transform(seed)
+            self._transform_keys[seed.slot] = wanted
         training = seed.stage in (Stage.GERMINATED, Stage.TRAINING)
         slot.set_incubate(training)
         slot.set_isolation(True if training else seed.isolated_when_blending)

@@ -15,11 +15,14 @@ from typing import Any, cast
 
 import attrs
 import pluggy
+import torch
 
 from esper_kernel import hookspecs
-from esper_kernel.actions import ActionSpace, ComposedHead, MaskComposer, MaskFn, MaskSource
+from esper_kernel.actions import ActionSpace, ComposedHead, MaskComposer, MaskFn, MaskSource, MaskView
 from esper_kernel.errors import PluginError, SelectionError
+from esper_kernel.seeds import BUILD_KNOBS, KNOB_NAMES, SeedState
 from esper_kernel.specs import UNDECLARED_SAFETY, CompileSafety, HeadSpec, TelemetryField
+from esper_kernel.stages import Stage
 
 ENTRY_POINT_GROUP = "esper.levers"
 CORE_NAME = "esper"
@@ -221,10 +224,23 @@ StageFn = Callable[..., object]
 
 @attrs.frozen
 class StageHook:
+    """A lever's ``on_enter_stage`` or ``on_epoch``, resolved once, with the knobs the lever owns."""
+
     lever: str
     distribution: str
     fn: StageFn = attrs.field(repr=False)
     argnames: tuple[str, ...]
+    owns: frozenset[str] = frozenset()
+
+
+@attrs.frozen
+class KnobSetting:
+    """A declarative head: on entering ``stage`` the kernel sets ``knob`` to the head's value."""
+
+    lever: str
+    head: str
+    knob: str
+    stage: Stage
 
 
 class Registry:
@@ -268,7 +284,13 @@ class Registry:
         self.fields: tuple[ComposedField, ...] = self._compose_fields()
         self.safety: dict[str, CompileSafety] = self._compose_safety()
         self.masks = MaskComposer(self.space, self._mask_sources())
-        self.stage_hooks: tuple[StageHook, ...] = self._stage_hooks()
+        #: Knob name -> the levers that own it (write it, by declaration or in a hook).
+        self.knob_owners: dict[str, tuple[str, ...]] = self._compose_knob_owners()
+        self.settings: tuple[KnobSetting, ...] = tuple(
+            KnobSetting(h.lever, h.name, h.spec.knob, h.spec.on_enter) for h in self.space.heads if h.spec.knob
+        )
+        self.stage_hooks: tuple[StageHook, ...] = self._seed_hooks("on_enter_stage")
+        self.epoch_hooks: tuple[StageHook, ...] = self._seed_hooks("on_epoch")
 
     @classmethod
     def open(
@@ -375,36 +397,107 @@ class Registry:
     def _mask_sources(self) -> list[MaskSource]:
         out = []
         for info in self._all:
+            until = {h.name: h.spec.until for h in self.space.heads if h.lever == info.name and h.spec.until}
+            if until:
+                out.append(MaskSource(info.name, info.distribution, _declared_mask(until)))
             impl = self._impl(info, "mask")
             if impl is not None:
                 fn = impl.function if impl.argnames else _ignore_view(impl.function)
                 out.append(MaskSource(info.name, info.distribution, cast(MaskFn, fn)))
         return out
 
-    def _stage_hooks(self) -> tuple[StageHook, ...]:
+    def _knob_list(self, info: LeverInfo, attr: str) -> frozenset[str]:
+        got = getattr(info.plugin, attr, ())
+        names = (got,) if isinstance(got, str) else tuple(got)
+        unknown = [n for n in names if n not in KNOB_NAMES]
+        if unknown:
+            raise PluginError(f"{info.label}: `{attr}` names unknown knob(s) {unknown}; knobs are {sorted(KNOB_NAMES)}")
+        return frozenset(names)
+
+    def owned_knobs(self, lever: str) -> frozenset[str]:
+        """The knobs ``lever`` may write: its heads' ``knob`` and its module's ``writes``."""
+        info = self.info(lever)
+        declared = {h.spec.knob for h in self.space.heads if h.lever == lever and h.spec.knob}
+        return self._knob_list(info, "writes") | frozenset(k for k in declared if k)
+
+    def _compose_knob_owners(self) -> dict[str, tuple[str, ...]]:
+        owners: dict[str, list[LeverInfo]] = {}
+        for info in self._all:
+            for knob in sorted(self.owned_knobs(info.name)):
+                owners.setdefault(knob, []).append(info)
+        for knob, infos in owners.items():
+            sharing = [i for i in infos if knob in self._knob_list(i, "composes")]
+            if len(infos) > 1 and not sharing:
+                # Two plain writers: the later one silently overwrites the earlier's choice.
+                raise PluginError(
+                    f"knob {knob!r} is written by {infos[0].label} and by {infos[1].label}; one would silently "
+                    f"overwrite the other. Drop one, or declare `composes = ({knob!r},)` in the lever that "
+                    "combines its write with the others'"
+                )
+        return {k: tuple(i.name for i in v) for k, v in owners.items()}
+
+    def _seed_hooks(self, hook: str) -> tuple[StageHook, ...]:
         out = []
         for info in self._all:
-            impl = self._impl(info, "on_enter_stage")
+            impl = self._impl(info, hook)
             if impl is not None:
-                out.append(StageHook(info.name, info.distribution, impl.function, tuple(impl.argnames)))
+                owns = self.owned_knobs(info.name)
+                out.append(StageHook(info.name, info.distribution, impl.function, tuple(impl.argnames), owns))
         return tuple(out)
 
     # -- per-step calls ----------------------------------------------------
 
-    def enter_stage(self, seed: Any, old: Any, new: Any) -> None:
-        """Run every lever's ``on_enter_stage`` in lever order, the core first."""
+    def enter_stage(self, seed: SeedState, old: Stage, new: Stage) -> None:
+        """Set the declared knobs for ``new``, then run every ``on_enter_stage`` in lever order."""
+        for setting in self.settings:
+            if setting.stage is new and setting.head in seed.values:
+                setattr(seed.knobs, setting.knob, seed.values[setting.head])
         args = {"seed": seed, "old": old, "new": new}
         for hook in self.stage_hooks:
-            try:
-                hook.fn(**{a: args[a] for a in hook.argnames})
-            except Exception as exc:
-                raise PluginError(
-                    f"lever {hook.lever!r} ({hook.distribution}): on_enter_stage({old.name} -> "
-                    f"{new.name}) raised {type(exc).__name__}: {exc}"
-                ) from exc
+            _run(hook, args, f"on_enter_stage({old.name} -> {new.name})", building=new is Stage.GERMINATED)
+
+    def on_epoch(self, seed: SeedState, epoch: int) -> None:
+        """Run every lever's ``on_epoch`` for a live seed, before ``epoch`` runs."""
+        args = {"seed": seed, "epoch": epoch}
+        for hook in self.epoch_hooks:
+            _run(hook, args, f"on_epoch(epoch {epoch})", building=False)
 
     def observed_fields(self) -> tuple[ComposedField, ...]:
         return tuple(f for f in self.fields if f.spec.observed)
+
+
+def _run(hook: StageHook, args: Mapping[str, Any], where: str, *, building: bool) -> None:
+    """Call a seed hook; a knob it writes without owning it, or too late to matter, is an error."""
+    seed: SeedState = args["seed"]
+    before = attrs.asdict(seed.knobs)
+    label = f"lever {hook.lever!r} ({hook.distribution})"
+    try:
+        hook.fn(**{a: args[a] for a in hook.argnames})
+    except Exception as exc:
+        raise PluginError(f"{label}: {where} raised {type(exc).__name__}: {exc}") from exc
+    after = attrs.asdict(seed.knobs)
+    changed = sorted(k for k, v in before.items() if after[k] != v)
+    stray = [k for k in changed if k not in hook.owns]
+    if stray:
+        raise PluginError(
+            f"{label}: {where} wrote knob(s) {stray} of {seed.seed_id} that it does not own; declare them "
+            "(HeadSpec(knob=...) or the module's `writes = (...)`)"
+        )
+    late = [k for k in changed if k in BUILD_KNOBS and not building]
+    if late:
+        raise PluginError(
+            f"{label}: {where} wrote knob(s) {late} of {seed.seed_id}, which is read only when the seed's module "
+            "is built (on entering GERMINATED): the write would be ignored"
+        )
+
+
+def _declared_mask(until: Mapping[str, Any]) -> MaskFn:
+    """The mask of heads declaring ``HeadSpec.until``: choices whose seed reaches that point in the episode."""
+
+    def mask(view: MaskView) -> dict[str, torch.Tensor]:
+        return {head: view.reaching_each(head, point) for head, point in until.items()}
+
+    return mask
 
 
 def _ignore_view(fn: Callable[[], Any]) -> Callable[[Any], Any]:

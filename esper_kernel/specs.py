@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from esper_kernel.stages import ALL_OPS, Op
+from esper_kernel.seeds import KNOB_NAMES, Point, Timeline
+from esper_kernel.stages import ALL_OPS, LIVE_STAGES, Op, Stage
 
 if TYPE_CHECKING:
     from esper_kernel.seeds import SeedState
@@ -71,6 +72,17 @@ class HeadSpec:
     multipliers, ...). ``ops`` are the lifecycle ops for which the head is
     relevant: for any other op the head is not sampled into the log-prob and
     its default is recorded.
+
+    ``knob`` makes the lever declarative: on entering ``on_enter`` the kernel
+    sets ``seed.knobs.<knob>`` to the chosen value, and the lever needs no
+    ``on_enter_stage`` for it. It also declares the lever the knob's owner
+    (see ``composes``), and lets the kernel's timing (``MaskView.timeline``)
+    count on the quickest choice for a timing knob.
+
+    ``until`` declares the head's mask: a choice is legal while a seed
+    germinated now with it still reaches that point of its life (a
+    :data:`~esper_kernel.seeds.Point`) within the episode; where no choice
+    does, only the one that gets there soonest (the default, among equals).
     """
 
     name: str = attrs.field(validator=_identifier("head"))
@@ -80,9 +92,18 @@ class HeadSpec:
     ops: frozenset[Op] = attrs.field(default=ALL_OPS, converter=_to_ops)
     condition: HeadCondition | None = None
     description: str = ""
+    knob: str | None = None
+    on_enter: Stage = attrs.field(default=Stage.GERMINATED, converter=Stage)
+    until: Point | None = None
 
     def __attrs_post_init__(self) -> None:
         where = f"head {self.name!r}"
+        if self.knob is not None and self.knob not in KNOB_NAMES:
+            raise ValueError(f"{where} sets knob {self.knob!r}, which does not exist; knobs are {sorted(KNOB_NAMES)}")
+        if self.until is not None:
+            Timeline(0, 0, 0, 0, 0).at(self.until)  # raises on a point no seed reaches
+        if self.on_enter not in LIVE_STAGES:
+            raise ValueError(f"{where} sets its knob on entering {self.on_enter.name}, which is not a live stage")
         if len(self.choices) < 2:
             raise ValueError(f"{where} needs at least 2 choices, got {list(self.choices)}")
         if len(set(self.choices)) != len(self.choices):
@@ -116,6 +137,11 @@ class FieldContext:
     max_epochs: int
     val_accuracy: float
     train_loss: float
+
+    def latest(self, metric: str) -> float | None:
+        """The seed's most recent measured ``metrics.<metric>`` (None: no seed, or nothing measured yet)."""
+        values: list[Any] = getattr(self.seed.metrics, metric) if self.seed is not None else []
+        return next((float(v) for v in reversed(values) if v is not None), None)
 
 
 FieldFn = Callable[[FieldContext], "float | None"]

@@ -1,123 +1,57 @@
 """Dwell: how many epochs a seed trains invisibly before gate G2 is tried.
 
-Choice at GERMINATE; effect on entering TRAINING (``knobs.dwell_epochs``):
-the seed spends exactly that many epochs in TRAINING before G2 (is the seed
-learning?) is first evaluated. A short dwell blends sooner but judges the
-seed on little evidence; a long one costs epochs. A dwell that leaves no time
-to finish blending before the episode ends is masked out.
+Choice at GERMINATE; the kernel sets ``knobs.dwell_epochs`` on entering
+TRAINING (declared on the head): the seed spends exactly that many epochs in
+TRAINING before G2 (is the seed learning?) is first evaluated. A short dwell
+blends sooner but judges the seed on little evidence; a long one costs epochs.
+A dwell that leaves no time to finish blending (by the kernel's timeline) is masked.
 
-Compile safety: the dwell is read only by the lifecycle engine in Python,
-between epochs; the compiled forward pass never sees it.
+Compile safety: read only by the Python lifecycle, between epochs.
 """
 
 from __future__ import annotations
 
-import torch
-
-from esper_kernel import (
-    CompileSafety,
-    FieldContext,
-    HeadSpec,
-    Knobs,
-    Op,
-    Safety,
-    SeedState,
-    Stage,
-    TelemetryField,
-    hookimpl,
-)
-from esper_kernel.actions import MaskView
+import esper_kernel as ek
 
 HEAD = "dwell"
-CHOICES = ("MINIMAL", "SHORT", "STANDARD", "EXTENDED")
-EPOCHS = (1, 2, 3, 5)
-#: The germination epoch itself: G1 runs at its end, TRAINING starts the epoch after.
-_GERMINATED_EPOCHS = 1
+EPOCHS = {"MINIMAL": 1, "SHORT": 2, "STANDARD": 3, "EXTENDED": 5}
+WHAT = "epochs a seed trains before gate G2 may move it to blending"
+SAFETY = ek.CompileSafety(ek.Safety.NONE, "read only when the lifecycle evaluates G2, between epochs")
+
+# Masked by when the ramp could end, with the quickest tempo any active lever offers: both are chosen together.
+action_head = ek.returning(ek.HeadSpec(HEAD, tuple(EPOCHS), tuple(EPOCHS.values()), "STANDARD", {ek.Op.GERMINATE},
+                                       None, WHAT, "dwell_epochs", ek.Stage.TRAINING, "blended"))  # fmt: skip
+compile_safety = ek.returning(SAFETY)
 
 
-@hookimpl
-def action_head() -> HeadSpec:
-    return HeadSpec(
-        name=HEAD,
-        choices=CHOICES,
-        values=EPOCHS,
-        default="STANDARD",
-        ops={Op.GERMINATE},
-        description="epochs a seed trains before gate G2 may move it to blending",
-    )
-
-
-@hookimpl
-def mask(view: MaskView) -> dict[str, torch.Tensor]:
-    # G3 cannot pass before the kernel's minimum blending epochs, so a dwell
-    # that leaves fewer than that many epochs after training can never get the
-    # seed blended in: it only burns the slot. The shortest dwell stays legal
-    # so the row is never empty.
-    min_blend = Knobs().min_blend_epochs
-    need = _GERMINATED_EPOCHS + torch.tensor(EPOCHS) + min_blend
-    m = need[None, :] <= view.epochs_left[:, None]
-    m[:, 0] = True
-    return {HEAD: m}
-
-
-@hookimpl
-def on_enter_stage(seed: SeedState, new: Stage) -> None:
-    if new is Stage.TRAINING and HEAD in seed.values:
-        seed.knobs.dwell_epochs = int(seed.values[HEAD])
-
-
-def training_gradient_stability(ctx: FieldContext) -> float | None:
+def training_gradient_stability(ctx: ek.FieldContext) -> float | None:
     """Variance of the seed's gradient norm across its TRAINING epochs (low = settled)."""
-    seed = ctx.seed
-    if seed is None:
-        return None
-    norms = [seed.metrics.grad_norm[i] for i in seed.metrics.epochs_in(Stage.TRAINING)]
-    # One epoch has no spread to speak of; 0.0 would claim a stability nobody measured.
-    if len(norms) < 2:
-        return None
-    # Plain float arithmetic: statistics.pvariance works in exact Fractions,
-    # which made this one field a third of all per-epoch lever work.
-    mean = sum(norms) / len(norms)
-    return sum((n - mean) ** 2 for n in norms) / len(norms)
+    m = ctx.seed.metrics if ctx.seed else None
+    norms = [m.grad_norm[i] for i in m.epochs_in(ek.Stage.TRAINING)] if m else []
+    # One epoch has no spread; plain floats, as statistics.pvariance works in slow exact Fractions.
+    mean = sum(norms) / max(len(norms), 1)
+    return sum((n - mean) ** 2 for n in norms) / len(norms) if len(norms) >= 2 else None
 
 
-def g2_headroom(ctx: FieldContext) -> float | None:
-    """Last gradient ratio minus the G2 threshold: > 0 means G2 would pass now."""
+def g2_headroom(ctx: ek.FieldContext) -> float | None:
+    """Last gradient ratio minus the G2 threshold, while G2 still applies: > 0 means it would pass now."""
     seed = ctx.seed
-    if seed is None or not seed.metrics.grad_ratio:
-        return None
-    # After G2 the gate no longer applies; reporting a margin then would mislead.
-    if seed.metrics.stage[-1] not in (Stage.GERMINATED, Stage.TRAINING):
+    if seed is None or not seed.metrics.grad_ratio or seed.metrics.stage[-1] > ek.Stage.TRAINING:
         return None
     return seed.metrics.grad_ratio[-1] - seed.knobs.g2_threshold
 
 
-def early_accuracy_signal(ctx: FieldContext) -> float | None:
-    """Validation accuracy now minus at the end of the germination epoch.
-
-    During that first epoch the seed's alpha is 0, so it is the host's own
-    accuracy: the difference is what has happened since the seed arrived.
-    """
-    seed = ctx.seed
-    if seed is None or not seed.metrics.val_accuracy:
-        return None
-    return seed.metrics.val_accuracy[-1] - seed.metrics.val_accuracy[0]
+def early_accuracy_signal(ctx: ek.FieldContext) -> float | None:
+    """Validation accuracy now minus at the end of the germination epoch (alpha 0: the host's own)."""
+    acc = ctx.seed.metrics.val_accuracy if ctx.seed else []
+    return acc[-1] - acc[0] if acc else None
 
 
-@hookimpl
-def telemetry_fields() -> list[TelemetryField]:
-    return [
-        TelemetryField(
-            "training_gradient_stability",
-            "variance of the seed gradient norm across its TRAINING epochs",
-            training_gradient_stability,
-            observed=True,
-        ),
-        TelemetryField("g2_headroom", "seed/host gradient ratio minus the G2 threshold", g2_headroom, observed=True),
-        TelemetryField("early_accuracy_signal", "validation accuracy change since germination", early_accuracy_signal),
+stability = "variance of the seed gradient norm across its TRAINING epochs"
+telemetry_fields = ek.returning(
+    [
+        ek.TelemetryField("training_gradient_stability", stability, training_gradient_stability, observed=True),
+        ek.TelemetryField("g2_headroom", "seed/host gradient ratio minus the G2 threshold", g2_headroom, observed=True),
+        ek.TelemetryField("early_accuracy_signal", "val accuracy change since germination", early_accuracy_signal),
     ]
-
-
-@hookimpl
-def compile_safety() -> CompileSafety:
-    return CompileSafety(Safety.NONE, "only changes when the Python lifecycle evaluates G2, never the forward pass")
+)

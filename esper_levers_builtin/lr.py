@@ -1,10 +1,10 @@
 """Lr: the seed's learning rate as a multiple of the host's.
 
-Choice at GERMINATE; effect from the very first epoch (``knobs.lr_scale``,
-set on GERMINATED, which the kernel applies to the seed's optimizer param
-group when it creates it). A fast rate lets a seed catch up with a host that
-has trained for a while; it also risks exploding gradients, which G5 holds
-against the seed for good.
+Choice at GERMINATE; the kernel sets ``knobs.lr_scale`` on entering
+GERMINATED (declared on the head) and applies it to the seed's optimizer
+param group when it creates it, so it acts from the very first epoch. A fast
+rate lets a seed catch up with a host that has trained for a while; it also
+risks exploding gradients, which G5 holds against the seed for good.
 
 Compile safety: the rate lives in the optimizer's param group, outside the
 forward pass entirely.
@@ -14,85 +14,41 @@ from __future__ import annotations
 
 import torch
 
-from esper_kernel import (
-    CompileSafety,
-    FieldContext,
-    HeadSpec,
-    Op,
-    Safety,
-    SeedState,
-    Stage,
-    TelemetryField,
-    hookimpl,
-)
-from esper_kernel.actions import MaskView
+import esper_kernel as ek
 
 HEAD = "lr"
 CHOICES = ("CAUTIOUS", "STANDARD", "AGGRESSIVE")
 SCALES = (0.5, 1.0, 2.0)
 
-
-@hookimpl
-def action_head() -> HeadSpec:
-    return HeadSpec(
-        name=HEAD,
-        choices=CHOICES,
-        values=SCALES,
-        default="STANDARD",
-        ops={Op.GERMINATE},
-        description="seed learning rate as a multiple of the host learning rate",
-    )
+action_head = ek.returning(
+    ek.HeadSpec(HEAD, CHOICES, SCALES, default="STANDARD", ops={ek.Op.GERMINATE}, knob="lr_scale",
+                description="seed learning rate as a multiple of the host learning rate")
+)  # fmt: skip
+compile_safety = ek.returning(ek.CompileSafety(ek.Safety.NONE, "only the seed's param-group lr, outside the graph"))
 
 
-@hookimpl
-def mask(view: MaskView) -> dict[str, torch.Tensor]:
+@ek.hookimpl
+def mask(view: ek.MaskView) -> dict[str, torch.Tensor]:
     # No restriction, deliberately: the rate acts from the germination epoch
-    # itself (the seed trains through the incubator path while invisible), so
-    # every choice takes effect whenever germinating is legal at all, and the
-    # view holds nothing (no gradient history exists for an unborn seed) that
-    # says one rate is unsafe. Declared so the lever's legality is explicit.
+    # itself, so every choice takes effect whenever germinating is legal, and
+    # nothing known before the seed exists says one rate is unsafe.
     return {HEAD: view.ones(HEAD)}
 
 
-@hookimpl
-def on_enter_stage(seed: SeedState, new: Stage) -> None:
-    if new is Stage.GERMINATED and HEAD in seed.values:
-        seed.knobs.lr_scale = float(seed.values[HEAD])
-
-
-def seed_loss_gradient(ctx: FieldContext) -> float | None:
-    """Mean norm of the seed's loss gradient over the last epoch."""
-    if ctx.seed is None or not ctx.seed.metrics.grad_norm:
-        return None
-    return ctx.seed.metrics.grad_norm[-1]
-
-
-def seed_weight_magnitude(ctx: FieldContext) -> float | None:
-    """Norm of all the seed's weights at the end of the last epoch."""
-    if ctx.seed is None or not ctx.seed.metrics.weight_norm:
-        return None
-    return ctx.seed.metrics.weight_norm[-1]
-
-
-def lr_stability_ratio(ctx: FieldContext) -> float | None:
+def lr_stability_ratio(ctx: ek.FieldContext) -> float | None:
     """Fraction of the seed's epochs without a gradient explosion (1.0 = never exploded)."""
-    if ctx.seed is None or not ctx.seed.metrics.exploded:
-        return None
-    flags = ctx.seed.metrics.exploded
-    return 1.0 - sum(flags) / len(flags)
+    flags = ctx.seed.metrics.exploded if ctx.seed else []
+    return 1.0 - sum(flags) / len(flags) if flags else None
 
 
-@hookimpl
-def telemetry_fields() -> list[TelemetryField]:
-    return [
-        TelemetryField("seed_loss_gradient", "seed gradient norm over the epoch", seed_loss_gradient, observed=True),
-        TelemetryField("seed_weight_magnitude", "norm of the seed's weights", seed_weight_magnitude),
-        TelemetryField(
+telemetry_fields = ek.returning(
+    [
+        ek.TelemetryField(
+            "seed_loss_gradient", "seed gradient norm over the epoch", lambda c: c.latest("grad_norm"), observed=True
+        ),
+        ek.TelemetryField("seed_weight_magnitude", "norm of the seed's weights", lambda c: c.latest("weight_norm")),
+        ek.TelemetryField(
             "lr_stability_ratio", "fraction of the seed's epochs without a gradient explosion", lr_stability_ratio
         ),
     ]
-
-
-@hookimpl
-def compile_safety() -> CompileSafety:
-    return CompileSafety(Safety.NONE, "only changes the seed's optimizer param-group lr, outside the forward pass")
+)

@@ -1,123 +1,68 @@
 """Probation: how long a fully blended seed may wait to be fossilized.
 
-Choice at GERMINATE; effect on entering PROBATIONARY
-(``knobs.probation_epochs``): if Tamiyo has not fossilized the seed after that
-many epochs in PROBATIONARY, the kernel culls it with reason
-``probation_timeout``. Short patience frees slots from undecided seeds; long
-patience gives a slow-to-pay-off seed time to show a positive contribution.
+Choice at GERMINATE; the kernel sets ``knobs.probation_epochs`` on entering
+PROBATIONARY (declared on the head): if Tamiyo has not fossilized the seed
+after that many epochs there, the kernel culls it (``probation_timeout``).
+Short patience frees slots from undecided seeds; long patience gives a
+slow-to-pay-off seed time to show a positive contribution.
 
-Compile safety: the patience is counted by the Python lifecycle between
-epochs; the forward pass never sees it.
+Compile safety: counted by the Python lifecycle; the forward pass never sees it.
 """
 
 from __future__ import annotations
 
 import torch
 
-from esper_kernel import (
-    CompileSafety,
-    FieldContext,
-    HeadSpec,
-    Knobs,
-    Op,
-    Safety,
-    SeedState,
-    Stage,
-    TelemetryField,
-    hookimpl,
-)
-from esper_kernel.actions import MaskView
+import esper_kernel as ek
 
 HEAD = "probation"
 CHOICES = ("SHORT", "STANDARD", "LONG")
 EPOCHS = (3, 5, 8)
+PATIENCE = "epochs a blended seed may wait in probation before it is culled"
+
+action_head = ek.returning(
+    ek.HeadSpec(HEAD, CHOICES, EPOCHS, "STANDARD", {ek.Op.GERMINATE}, None, PATIENCE, "probation_epochs",
+                ek.Stage.PROBATIONARY)
+)  # fmt: skip
+compile_safety = ek.returning(ek.CompileSafety(ek.Safety.NONE, "only read by the Python lifecycle when it culls"))
 
 
-@hookimpl
-def action_head() -> HeadSpec:
-    return HeadSpec(
-        name=HEAD,
-        choices=CHOICES,
-        values=EPOCHS,
-        default="STANDARD",
-        ops={Op.GERMINATE},
-        description="epochs a blended seed may wait in probation before it is culled",
-    )
-
-
-@hookimpl
-def mask(view: MaskView) -> dict[str, torch.Tensor]:
-    # Patience that cannot run out before the episode ends means "never time
-    # out", and every such choice means exactly that: keep the shortest of
-    # them and mask the rest, so the policy does not spread its probability
-    # over identical outcomes. Choices that do time out stay legal. The
-    # earliest probation epoch: one GERMINATED, one TRAINING, and the kernel's
-    # minimum blending epochs.
-    earliest = 2 + Knobs().min_blend_epochs
-    times_out = (earliest + torch.tensor(EPOCHS))[None, :] <= view.epochs_left[:, None]
+@ek.hookimpl
+def mask(view: ek.MaskView) -> dict[str, torch.Tensor]:
+    # Patience that cannot run out in the episode means "never time out", and
+    # all such choices mean exactly that: the shortest stays, the rest are
+    # masked, so the policy does not spread its probability over one outcome.
+    times_out = view.left_after_each(HEAD, "timeout") >= 0
     # EPOCHS ascend, so times_out is a prefix: legal = that prefix plus the next choice.
-    n_times_out = times_out.sum(dim=1, keepdim=True)
-    return {HEAD: torch.arange(len(EPOCHS))[None, :] <= n_times_out}
+    return {HEAD: torch.arange(len(EPOCHS))[None, :] <= times_out.sum(dim=1, keepdim=True)}
 
 
-@hookimpl
-def on_enter_stage(seed: SeedState, new: Stage) -> None:
-    if new is Stage.PROBATIONARY and HEAD in seed.values:
-        seed.knobs.probation_epochs = int(seed.values[HEAD])
-
-
-def probation_epochs_remaining(ctx: FieldContext) -> float | None:
+def probation_epochs_remaining(ctx: ek.FieldContext) -> float | None:
     """Epochs left before a probation timeout, counting from the end of this epoch."""
     seed = ctx.seed
-    if seed is None:
-        return None
-    served = len(seed.metrics.epochs_in(Stage.PROBATIONARY))
     # A seed culled at this epoch's end by the timeout was still on probation during it.
-    on_probation = seed.stage is Stage.PROBATIONARY or (
-        bool(seed.metrics.stage) and seed.metrics.stage[-1] == Stage.PROBATIONARY
-    )
-    if not on_probation:
+    if seed is None or ek.Stage.PROBATIONARY not in (seed.stage, *seed.metrics.stage[-1:]):
         return None
-    return float(max(0, seed.knobs.probation_epochs - served))
+    return float(max(0, seed.knobs.probation_epochs - len(seed.metrics.epochs_in(ek.Stage.PROBATIONARY))))
 
 
-def contribution_trend(ctx: FieldContext) -> float | None:
+def contribution_trend(ctx: ek.FieldContext) -> float | None:
     """Least-squares slope of the counterfactual contribution per probation epoch."""
-    seed = ctx.seed
-    if seed is None:
-        return None
-    points = [
-        (float(i), c)
-        for i in seed.metrics.epochs_in(Stage.PROBATIONARY)
-        if (c := seed.metrics.contribution[i]) is not None
-    ]
+    m = ctx.seed.metrics if ctx.seed else None
+    on_probation = m.epochs_in(ek.Stage.PROBATIONARY) if m else []
+    points = [(float(i), c) for i in on_probation if m and (c := m.contribution[i]) is not None]
     if len(points) < 2:
         return None
-    n = len(points)
-    mx = sum(x for x, _ in points) / n
-    my = sum(y for _, y in points) / n
-    sxx = sum((x - mx) ** 2 for x, _ in points)
-    sxy = sum((x - mx) * (y - my) for x, y in points)
-    return sxy / sxx
+    mx, my = (sum(v) / len(points) for v in zip(*points, strict=True))
+    slope: float = sum((x - mx) * (y - my) for x, y in points) / sum((x - mx) ** 2 for x, _ in points)
+    return slope
 
 
-@hookimpl
-def telemetry_fields() -> list[TelemetryField]:
-    return [
-        TelemetryField(
-            "probation_epochs_remaining",
-            "epochs left before the seed is culled for a probation timeout",
-            probation_epochs_remaining,
-            observed=True,
-        ),
-        TelemetryField(
-            "contribution_trend",
-            "least-squares slope of the counterfactual contribution over the probation epochs",
-            contribution_trend,
-        ),
+remaining = "epochs left before the seed is culled for a probation timeout"
+trend = "least-squares slope of the counterfactual contribution over the probation epochs"
+telemetry_fields = ek.returning(
+    [
+        ek.TelemetryField("probation_epochs_remaining", remaining, probation_epochs_remaining, observed=True),
+        ek.TelemetryField("contribution_trend", trend, contribution_trend),
     ]
-
-
-@hookimpl
-def compile_safety() -> CompileSafety:
-    return CompileSafety(Safety.NONE, "only changes when the Python lifecycle culls, never the forward pass")
+)

@@ -1,104 +1,48 @@
 """Steepness: how sharply a sigmoid blend ramps in around its midpoint.
 
 Choice at GERMINATE, relevant only when the ``blend`` head chose ``sigmoid``
-(``alpha_sigmoid`` is the only schedule that reads it); effect on entering
-BLENDING (``knobs.steepness``). GENTLE is close to the linear ramp; SHARP
-keeps alpha near 0 for longer, then switches the seed in quickly. With any
-other blend the head is not sampled and the knob stays at the kernel's 1.0.
+(``alpha_sigmoid`` is the only schedule that reads it); the kernel sets
+``knobs.steepness`` on entering BLENDING (declared on the head). GENTLE is
+close to the linear ramp; SHARP keeps alpha near 0 for longer, then switches
+the seed in quickly. A seed that cannot reach BLENDING in the episode gets NORMAL only.
 
-Compile safety: the schedule is computed in Python between epochs and lands
-in the slot's 0-d ``alpha`` buffer.
+Compile safety: the schedule lands in the slot's 0-d ``alpha`` buffer.
 """
 
 from __future__ import annotations
 
-import torch
-
-from esper_kernel import (
-    CompileSafety,
-    FieldContext,
-    HeadCondition,
-    HeadSpec,
-    Op,
-    Safety,
-    SeedState,
-    Stage,
-    TelemetryField,
-    hookimpl,
-)
-from esper_kernel.actions import MaskView
+import esper_kernel as ek
 
 HEAD = "steepness"
-CHOICES = ("GENTLE", "NORMAL", "SHARP")
-VALUES = (0.5, 1.0, 2.0)
-#: Epochs before the earliest possible BLENDING epoch: one GERMINATED, at least one TRAINING.
-_EPOCHS_BEFORE_BLENDING = 2
-#: The alpha at which a seed's contribution is first taken as a signal.
-EARLY_ALPHA = 0.3
+EARLY_ALPHA = 0.3  # the alpha at which a seed's contribution is first taken as a signal
+SIGMOID = ek.HeadCondition("blend", ("sigmoid",))
+action_head = ek.returning(
+    ek.HeadSpec(HEAD, ("GENTLE", "NORMAL", "SHARP"), (0.5, 1.0, 2.0), "NORMAL", {ek.Op.GERMINATE}, SIGMOID,
+                "sigmoid blend steepness: how abruptly alpha rises mid-ramp", "steepness", ek.Stage.BLENDING,
+                until=ek.Stage.BLENDING)
+)  # fmt: skip
+compile_safety = ek.returning(ek.CompileSafety(ek.Safety.NONE, "only the alpha schedule, which lives in a 0-d buffer"))
 
 
-@hookimpl
-def action_head() -> HeadSpec:
-    return HeadSpec(
-        name=HEAD,
-        choices=CHOICES,
-        values=VALUES,
-        default="NORMAL",
-        ops={Op.GERMINATE},
-        condition=HeadCondition("blend", ("sigmoid",)),
-        description="sigmoid blend steepness: how abruptly alpha rises mid-ramp",
-    )
+def alpha_variance(ctx: ek.FieldContext) -> float | None:
+    """Variance of the per-sample alpha over the last probe batch: only a gated blend varies it."""
+    return ctx.latest("alpha_batch_var") if ctx.seed and ctx.seed.blend == "gated" else None
 
 
-@hookimpl
-def mask(view: MaskView) -> dict[str, torch.Tensor]:
-    # The curve's shape shows only in blending epochs; a seed germinated too
-    # late never blends, so only NORMAL (the kernel's own curve) stays legal.
-    m = view.ones(HEAD)
-    can_blend = view.epochs_left > _EPOCHS_BEFORE_BLENDING
-    m[:, 0] &= can_blend
-    m[:, 2] &= can_blend
-    return {HEAD: m}
-
-
-@hookimpl
-def on_enter_stage(seed: SeedState, new: Stage) -> None:
-    if new is Stage.BLENDING and HEAD in seed.values:
-        seed.knobs.steepness = float(seed.values[HEAD])
-
-
-def alpha_variance(ctx: FieldContext) -> float | None:
-    """Variance of the per-sample alpha over the last epoch's probe batch (gated blends only)."""
-    seed = ctx.seed
-    # Only the gated blend varies alpha per sample; elsewhere the variance is 0 by construction.
-    if seed is None or seed.blend != "gated" or not seed.metrics.alpha_batch_var:
-        return None
-    return seed.metrics.alpha_batch_var[-1]
-
-
-def early_contribution_signal(ctx: FieldContext) -> float | None:
+def early_contribution_signal(ctx: ek.FieldContext) -> float | None:
     """Counterfactual contribution at the first epoch whose alpha reached 0.3."""
-    seed = ctx.seed
-    if seed is None:
-        return None
-    for alpha, contrib in zip(seed.metrics.alpha, seed.metrics.contribution, strict=True):
-        if alpha >= EARLY_ALPHA:
-            return contrib
-    return None
+    m = ctx.seed.metrics if ctx.seed else None
+    pairs = zip(m.alpha, m.contribution, strict=True) if m else iter(())
+    return next((contrib for alpha, contrib in pairs if alpha >= EARLY_ALPHA), None)
 
 
-@hookimpl
-def telemetry_fields() -> list[TelemetryField]:
-    return [
-        TelemetryField("alpha_variance", "per-sample alpha variance of a gated blend", alpha_variance),
-        TelemetryField(
+telemetry_fields = ek.returning(
+    [
+        ek.TelemetryField("alpha_variance", "per-sample alpha variance of a gated blend", alpha_variance),
+        ek.TelemetryField(
             "early_contribution_signal",
             f"counterfactual contribution at the first epoch with alpha >= {EARLY_ALPHA}",
             early_contribution_signal,
         ),
     ]
-
-
-@hookimpl
-def compile_safety() -> CompileSafety:
-    return CompileSafety(Safety.NONE, "only changes the alpha schedule, which lives in a 0-d buffer")
+)

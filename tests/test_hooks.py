@@ -14,8 +14,11 @@ import torch
 from conftest import LeverDists, make_seed, make_view
 
 from esper_kernel import hookspecs
+from esper_kernel.errors import PluginError
+from esper_kernel.registry import Selection
 from esper_kernel.specs import UNDECLARED_SAFETY, FieldContext, Safety
 from esper_kernel.stages import Op, Stage
+from esper_kernel.testing import Harness
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "hooks.md"
 
@@ -135,6 +138,9 @@ def test_hook_on_enter_stage(lever_dist: LeverDists) -> None:
         "second",
         IMPORTS
         + """
+writes = ("blend_steps",)
+composes = ("blend_steps",)  # it multiplies what "first" set, so two writers are intended
+
 @hookimpl
 def on_enter_stage(new, seed):  # a subset of the spec's arguments, in another order
     seed.lever_state.setdefault("log", {"calls": []})["calls"].append(("second", new))
@@ -145,6 +151,8 @@ def on_enter_stage(new, seed):  # a subset of the spec's arguments, in another o
         "first",
         IMPORTS
         + """
+writes = ("blend_steps",)
+
 @hookimpl
 def action_head():
     return HeadSpec(name="tempo", choices=("fast", "slow"), values=(3, 8), default="fast", ops={Op.GERMINATE})
@@ -172,6 +180,84 @@ def on_enter_stage(seed, old, new):
         ("first", "seed-0", Stage.GERMINATED, Stage.TRAINING),
         ("second", Stage.TRAINING),
     ]
+
+
+WARMUP = """
+writes = ("lr_scale",)
+
+@hookimpl
+def action_head():
+    return HeadSpec(name="warm", choices=("off", "on"), values=(0, 4), default="on", ops={Op.GERMINATE})
+
+@hookimpl
+def on_epoch(seed, epoch):
+    seed.lever_state.setdefault("warm", {"epochs": []})["epochs"].append(epoch)
+    span = seed.value("warm", 0)
+    if span:
+        seed.knobs.lr_scale = min(1.0, (epoch - seed.germinated_epoch + 1) / span)
+"""
+
+
+def test_hook_on_epoch(lever_dist: LeverDists) -> None:
+    lever_dist("warm", IMPORTS + WARMUP)
+    h = Harness(registry=lever_dist.registry(), blocks=3, max_epochs=8)
+    h.epoch = 1
+    seed = h.germinate(0, warm="on")
+    group_lr = [h.lifecycle.seed_group_lr(0)]
+    while h.epoch < 7:
+        h.end_epoch()
+        group_lr.append(h.lifecycle.seed_group_lr(0))
+    # Called once before every epoch the seed lives through (1..7), never for the epoch after the run.
+    assert seed.lever_state["warm"]["epochs"] == [1, 2, 3, 4, 5, 6, 7]
+    host_lr = h.lifecycle.config.host_lr
+    # The write takes effect from the epoch it was made for, through the seed's param group.
+    assert group_lr == pytest.approx([host_lr * s for s in (0.25, 0.5, 0.75, 1.0, 1.0, 1.0, 1.0)])
+    off = h.germinate(1, warm="off")
+    assert off.knobs.lr_scale == 1.0
+
+
+def test_knob_writes_are_owned(lever_dist: LeverDists) -> None:
+    lever_dist("sneaky", IMPORTS + "\n@hookimpl\ndef on_epoch(seed):\n    seed.knobs.steepness = 3.0\n")
+    reg = lever_dist.registry()
+    with pytest.raises(PluginError, match=r"'sneaky'.*wrote knob\(s\) \['steepness'\].*does not own"):
+        reg.on_epoch(make_seed(reg), 3)
+
+
+def test_a_build_knob_written_after_germination_is_refused(lever_dist: LeverDists) -> None:
+    code = 'writes = ("width_scale",)\n@hookimpl\ndef on_epoch(seed):\n    seed.knobs.width_scale = 2.0\n'
+    lever_dist("grow", IMPORTS + code)
+    reg = lever_dist.registry()
+    with pytest.raises(PluginError, match=r"'grow'.*\['width_scale'\].*would be ignored"):
+        reg.on_epoch(make_seed(reg), 3)
+
+
+def test_two_writers_of_one_knob_are_an_error_naming_both(lever_dist: LeverDists) -> None:
+    lever_dist(
+        "lr",
+        IMPORTS + 'HEAD = HeadSpec("lr", ("CAUTIOUS", "FAST"), (0.5, 2.0), "CAUTIOUS", knob="lr_scale")\n'
+        "@hookimpl\ndef action_head():\n    return HEAD\n",
+    )
+    boost = 'writes = ("lr_scale",)\n@hookimpl\ndef on_epoch(seed):\n    seed.knobs.lr_scale = 10.0\n'
+    lever_dist("boost", IMPORTS + boost)
+    with pytest.raises(PluginError, match=r"knob 'lr_scale' is written by lever 'boost'.* and by lever 'lr'"):
+        lever_dist.registry()
+    # Declaring that it composes (it scales the other's choice rather than replacing it) is allowed.
+    lever_dist("scaler", IMPORTS + boost + 'composes = ("lr_scale",)\n')
+    reg = lever_dist.registry(Selection(only=("lr", "scaler")))
+    assert reg.knob_owners["lr_scale"] == ("lr", "scaler")
+
+
+def test_declared_knob_is_set_on_entering_its_stage(lever_dist: LeverDists) -> None:
+    spec = 'HeadSpec("ramp", ("a", "b"), (2, 9), "a", knob="blend_steps", on_enter=Stage.BLENDING, until="blended")'
+    lever_dist("ramp", IMPORTS + f"@hookimpl\ndef action_head():\n    return {spec}\n")
+    reg = lever_dist.registry()
+    seed = make_seed(reg, ramp="b")
+    reg.enter_stage(seed, Stage.TRAINING, Stage.BLENDING)
+    assert seed.knobs.blend_steps == 9
+    assert reg.hooks_of("ramp") == ("action_head",)  # no hook wrote it
+    # Its mask is declared too: at epoch 12 of 20 only the quick ramp can still end in the episode.
+    row = reg.masks(make_view(reg, n_envs=1, epoch=12))[0, int(Op.GERMINATE), reg.space.head("ramp").index, :2]
+    assert row.tolist() == [True, False]
 
 
 def test_hook_telemetry_fields(lever_dist: LeverDists) -> None:
@@ -271,6 +357,7 @@ def test_docs_example_runs(lever_dist: LeverDists, where: str, code: str) -> Non
     seed = make_seed(reg)
     for old, new in [(Stage.DORMANT, Stage.GERMINATED), (Stage.GERMINATED, Stage.TRAINING)]:
         reg.enter_stage(seed, old, new)
+        reg.on_epoch(seed, seed.germinated_epoch + int(new))
     ctx = FieldContext(seed=seed, slot=0, epoch=5, max_epochs=20, val_accuracy=0.5, train_loss=1.0)
     for field in reg.fields:
         assert isinstance(field.spec.compute(ctx), float | None)

@@ -263,7 +263,13 @@ def _legal(reg: Registry, epoch: int, head: str) -> list[str]:
         ("probation", 12, ["SHORT", "STANDARD", "LONG"]),
         ("probation", 9, ["SHORT", "STANDARD"]),
         ("probation", 7, ["SHORT"]),
-        ("tempo", 5, ["FAST", "STANDARD"]),
+        # The ramp's last epoch must fall inside the episode: 1 germinated epoch + the
+        # quickest dwell (MINIMAL, 1) + the ramp must fit (the fixed bug: dwell was ignored).
+        ("tempo", 14, ["FAST", "STANDARD", "SLOW", "GLACIAL"]),
+        ("tempo", 13, ["FAST", "STANDARD", "SLOW"]),
+        ("tempo", 7, ["FAST", "STANDARD"]),
+        ("tempo", 6, ["FAST"]),
+        ("tempo", 5, ["FAST"]),
         ("tempo", 1, ["FAST"]),
     ],
 )
