@@ -60,7 +60,8 @@ _MODULE = Template('''\
 
 Head: a learning-rate multiplier for the seed, chosen at GERMINATE.
 Mask: FASTER is illegal in the last $late epochs.
-Effect: ``knobs.lr_scale`` on entering GERMINATED.
+Effect: multiplies ``knobs.lr_scale`` on entering GERMINATED; it declares
+that it composes, so it scales whatever another lever (``lr``) chose.
 Telemetry: ``$name.lr_scale`` (observed).
 Compile safety: NONE, the lr lives in the optimizer, never in the graph.
 """
@@ -69,63 +70,41 @@ from __future__ import annotations
 
 import torch
 
-from esper_kernel import (
-    CompileSafety,
-    FieldContext,
-    HeadSpec,
-    Op,
-    Safety,
-    SeedState,
-    Stage,
-    TelemetryField,
-    hookimpl,
-)
-from esper_kernel.actions import MaskView
+import esper_kernel as ek
 
 HEAD = "$name"
 CHOICES = ("SLOWER", "SAME", "FASTER")
 VALUES = (0.5, 1.0, 2.0)
 LATE_EPOCHS = $late
+#: The knobs this lever's hooks write, and those it combines with other levers' writes.
+writes = ("lr_scale",)
+composes = ("lr_scale",)
+
+action_head = ek.returning(
+    ek.HeadSpec(HEAD, CHOICES, VALUES, default="SAME", ops={ek.Op.GERMINATE}, description="seed learning-rate multiplier")
+)
+compile_safety = ek.returning(ek.CompileSafety(ek.Safety.NONE, "only changes an optimizer param group's lr"))
 
 
-@hookimpl
-def action_head() -> HeadSpec:
-    return HeadSpec(
-        name=HEAD,
-        choices=CHOICES,
-        values=VALUES,
-        default="SAME",
-        ops={Op.GERMINATE},
-        description="seed learning-rate multiplier",
-    )
-
-
-@hookimpl
-def mask(view: MaskView) -> dict[str, torch.Tensor]:
+@ek.hookimpl
+def mask(view: ek.MaskView) -> dict[str, torch.Tensor]:
     m = view.ones(HEAD)
     m[:, CHOICES.index("FASTER")] = view.epochs_left > LATE_EPOCHS
     return {HEAD: m}
 
 
-@hookimpl
-def on_enter_stage(seed: SeedState, new: Stage) -> None:
-    if new is Stage.GERMINATED and HEAD in seed.values:
-        seed.knobs.lr_scale = float(seed.values[HEAD])
+@ek.hookimpl
+def on_enter_stage(seed: ek.SeedState, new: ek.Stage) -> None:
+    if new is ek.Stage.GERMINATED:
+        seed.knobs.lr_scale *= float(seed.value(HEAD, 1.0))
 
 
-def lr_scale(ctx: FieldContext) -> float | None:
+def lr_scale(ctx: ek.FieldContext) -> float | None:
     """The learning-rate multiplier of the seed in this slot."""
     return None if ctx.seed is None else ctx.seed.knobs.lr_scale
 
 
-@hookimpl
-def telemetry_fields() -> list[TelemetryField]:
-    return [TelemetryField("lr_scale", "seed learning-rate multiplier", lr_scale, observed=True)]
-
-
-@hookimpl
-def compile_safety() -> CompileSafety:
-    return CompileSafety(Safety.NONE, "only changes an optimizer param group's lr")
+telemetry_fields = ek.returning([ek.TelemetryField("lr_scale", "seed learning-rate multiplier", lr_scale, observed=True)])
 ''')
 
 _TEST = Template('''\

@@ -68,6 +68,8 @@ def _lever(lever_dist, name: str, extra: str = "", *, field: str = "0.0") -> str
 
 def test_none_lever_that_changes_structure_is_caught(lever_dist) -> None:
     extra = """
+writes = ("width_scale",)
+
 @hookimpl
 def on_enter_stage(seed, new):
     if new is Stage.GERMINATED:

@@ -79,6 +79,7 @@ class StageLever:
     def __init__(self, **knobs: Any) -> None:
         self.calls: list[tuple[str, Stage, Stage]] = []
         self.knobs = knobs
+        self.writes = tuple(knobs)  # the knobs this lever owns
 
     @hookimpl
     def on_enter_stage(self, seed: SeedState, old: Stage, new: Stage) -> None:
