@@ -7,8 +7,9 @@ the kernel's default) or LARGE (2.0). The choice is written to
 builds the seed module, so the seed is born at that width. (Blueprints with
 no hidden width, such as ``norm``, build the same module at every scale.)
 
-A large seed needs epochs to pay for its parameters, so LARGE is masked out
-late in an episode.
+A large seed needs epochs to pay for its parameters, so LARGE is legal only
+while a seed germinated now could still finish blending into the host before
+the episode ends (the kernel's timeline, ``view.left_after("blended")``).
 
 Compile safety SPECIALIZES, honestly: the width changes the seed module's
 parameter shapes, so a compiled host compiles one graph per variant in use.
@@ -18,24 +19,11 @@ from __future__ import annotations
 
 import torch
 
-from esper_kernel import (
-    CompileSafety,
-    FieldContext,
-    HeadSpec,
-    Op,
-    Safety,
-    SeedState,
-    Stage,
-    TelemetryField,
-    hookimpl,
-)
-from esper_kernel.actions import MaskView
+from esper_kernel import CompileSafety, FieldContext, HeadSpec, MaskView, Op, Safety, TelemetryField, hookimpl
 
 HEAD = "blueprint_variant"
 CHOICES = ("SMALL", "MEDIUM", "LARGE")
 WIDTH_SCALES = (0.5, 1.0, 2.0)
-#: Below this many epochs left, LARGE is illegal: too little time to train the extra width.
-LARGE_MIN_EPOCHS_LEFT = 8
 
 
 @hookimpl
@@ -47,21 +35,16 @@ def action_head() -> HeadSpec:
         default="MEDIUM",
         ops={Op.GERMINATE},
         description="seed width: hidden widths of the germinated blueprint x0.5, x1 or x2",
+        # Set on entering GERMINATED, before the module is built: the only moment the width can be set.
+        knob="width_scale",
     )
 
 
 @hookimpl
 def mask(view: MaskView) -> dict[str, torch.Tensor]:
     m = view.ones(HEAD)
-    m[:, CHOICES.index("LARGE")] = view.epochs_left >= LARGE_MIN_EPOCHS_LEFT
+    m[:, CHOICES.index("LARGE")] = view.left_after("blended") >= 0
     return {HEAD: m}
-
-
-@hookimpl
-def on_enter_stage(seed: SeedState, old: Stage, new: Stage) -> None:
-    # GERMINATED runs before the module is built: the only moment the width can be set.
-    if old is Stage.DORMANT and new is Stage.GERMINATED and HEAD in seed.values:
-        seed.knobs.width_scale = float(seed.values[HEAD])
 
 
 def width_scale(ctx: FieldContext) -> float | None:

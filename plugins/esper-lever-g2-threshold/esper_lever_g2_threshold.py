@@ -8,8 +8,9 @@ early, STRICT (0.20) holds back all but clearly learning seeds, DEFAULT
 GERMINATED, so it holds for every G2 evaluation of the seed's life.
 
 A strict threshold can keep a seed training for many epochs; near the end of
-an episode it can only burn the slot, so it is masked out when too few epochs
-remain to pass G2 and still blend.
+an episode it can only burn the slot, so STRICT is legal only while a seed
+germinated now could still pass G2 and finish blending before the episode
+ends (the kernel's timeline, ``view.left_after("blended")``).
 
 Compile safety NONE: the threshold is read only by the Python lifecycle
 between epochs; the forward pass never sees it.
@@ -19,24 +20,11 @@ from __future__ import annotations
 
 import torch
 
-from esper_kernel import (
-    CompileSafety,
-    FieldContext,
-    HeadSpec,
-    Op,
-    Safety,
-    SeedState,
-    Stage,
-    TelemetryField,
-    hookimpl,
-)
-from esper_kernel.actions import MaskView
+from esper_kernel import CompileSafety, FieldContext, HeadSpec, MaskView, Op, Safety, Stage, TelemetryField, hookimpl
 
 HEAD = "g2_threshold"
 CHOICES = ("LENIENT", "DEFAULT", "STRICT")
 THRESHOLDS = (0.05, 0.10, 0.20)
-#: Below this many epochs left, STRICT is illegal: G2 plus the minimum blend would not fit.
-STRICT_MIN_EPOCHS_LEFT = 6
 
 
 @hookimpl
@@ -48,21 +36,15 @@ def action_head() -> HeadSpec:
         default="DEFAULT",
         ops={Op.GERMINATE},
         description="gate G2 threshold: seed/host gradient ratio a seed needs before blending",
+        knob="g2_threshold",  # set on entering GERMINATED: it holds for every G2 evaluation
     )
 
 
 @hookimpl
 def mask(view: MaskView) -> dict[str, torch.Tensor]:
     m = view.ones(HEAD)
-    m[:, CHOICES.index("STRICT")] = view.epochs_left >= STRICT_MIN_EPOCHS_LEFT
+    m[:, CHOICES.index("STRICT")] = view.left_after("blended") >= 0
     return {HEAD: m}
-
-
-@hookimpl
-def on_enter_stage(seed: SeedState, new: Stage) -> None:
-    if new is Stage.GERMINATED and HEAD in seed.values:
-        seed.knobs.g2_threshold = float(seed.values[HEAD])
-        seed.lever_state[HEAD] = {"threshold": seed.knobs.g2_threshold}
 
 
 def g2_margin(ctx: FieldContext) -> float | None:

@@ -30,6 +30,7 @@ from esper_kernel import (
     CompileSafety,
     FieldContext,
     HeadSpec,
+    MaskView,
     Op,
     Safety,
     SeedState,
@@ -37,14 +38,13 @@ from esper_kernel import (
     TelemetryField,
     hookimpl,
 )
-from esper_kernel.actions import MaskView
 
 HEAD = "isolation_strength"
 CHOICES = ("NONE", "HALF", "MOST")
 STRENGTHS = (0.0, 0.5, 0.9)
 TRANSFORM = f"{__name__}:scale_gradient"
-#: Epochs before the earliest possible BLENDING epoch: one GERMINATED, at least one TRAINING.
-_EPOCHS_BEFORE_BLENDING = 2
+#: The knobs this lever's hook writes (it installs a transform, not just a value).
+writes = ("seed_input_transform", "seed_input_kwargs")
 
 
 class _ScaleGradient(torch.autograd.Function):
@@ -87,7 +87,7 @@ def action_head() -> HeadSpec:
 def mask(view: MaskView) -> dict[str, torch.Tensor]:
     # The path only opens from BLENDING on; a seed that cannot get there has nothing to attenuate.
     m = view.ones(HEAD)
-    m[:, 1:] &= (view.epochs_left > _EPOCHS_BEFORE_BLENDING)[:, None]
+    m[:, 1:] &= (view.left_after(Stage.BLENDING) >= 0)[:, None]
     return {HEAD: m}
 
 

@@ -33,7 +33,9 @@ def test_strict_seed_needs_a_higher_grad_ratio_than_lenient() -> None:
 
 def test_strict_is_masked_out_late_in_the_episode() -> None:
     reg = open_registry(["g2_threshold"])
-    view = attrs.evolve(random_view(reg, random.Random(0)), n_envs=3, epoch=torch.tensor([0, 14, 15]))
+    # 20 epochs, kernel defaults: germinated 1 + dwell 2 + a 5-epoch ramp, so a seed germinated
+    # at epoch 12 blends through epochs 15-19 and one germinated at 13 would not finish.
+    view = attrs.evolve(random_view(reg, random.Random(0)), n_envs=3, epoch=torch.tensor([0, 12, 13]))
     view = attrs.evolve(
         view, slot_stage=torch.zeros(3, 2, dtype=torch.long), fossilize_ok=torch.zeros(3, 2, dtype=torch.bool)
     )
