@@ -81,7 +81,7 @@ writes = ("lr_scale",)
 composes = ("lr_scale",)
 
 action_head = ek.returning(
-    ek.HeadSpec(HEAD, CHOICES, VALUES, default="SAME", ops={ek.Op.GERMINATE}, description="seed learning-rate multiplier")
+    ek.HeadSpec(HEAD, CHOICES, VALUES, default="SAME", ops={ek.Op.GERMINATE}, description="seed lr multiplier")
 )
 compile_safety = ek.returning(ek.CompileSafety(ek.Safety.NONE, "only changes an optimizer param group's lr"))
 
@@ -104,7 +104,7 @@ def lr_scale(ctx: ek.FieldContext) -> float | None:
     return None if ctx.seed is None else ctx.seed.knobs.lr_scale
 
 
-telemetry_fields = ek.returning([ek.TelemetryField("lr_scale", "seed learning-rate multiplier", lr_scale, observed=True)])
+telemetry_fields = ek.returning([ek.TelemetryField("lr_scale", "seed lr multiplier", lr_scale, observed=True)])
 ''')
 
 _TEST = Template('''\

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from esper_kernel import MaskView, Op, SeedState, Stage
-from esper_kernel.testing import Harness, open_registry
+from esper_kernel.testing import Harness
 
 BUILTINS = ("dwell", "isolation", "lr", "probation", "steepness", "tempo")
 QUICK = {"dwell": "MINIMAL", "tempo": "FAST"}
