@@ -21,7 +21,7 @@ from esper_kernel import hookspecs
 from esper_kernel.actions import ActionSpace, ComposedHead, MaskComposer, MaskFn, MaskSource, MaskView
 from esper_kernel.errors import PluginError, SelectionError
 from esper_kernel.seeds import BUILD_KNOBS, KNOB_NAMES, SeedState
-from esper_kernel.specs import UNDECLARED_SAFETY, CompileSafety, HeadSpec, TelemetryField
+from esper_kernel.specs import UNDECLARED_SAFETY, CompileSafety, HeadSpec, Safety, TelemetryField
 from esper_kernel.stages import Stage
 
 ENTRY_POINT_GROUP = "esper.levers"
@@ -502,6 +502,17 @@ def _declared_mask(until: Mapping[str, Any]) -> MaskFn:
 
 def _ignore_view(fn: Callable[[], Any]) -> Callable[[Any], Any]:
     return lambda _view: fn()
+
+
+def check_compile_safety(registry: Registry, allow_graph_breaks: bool) -> None:
+    """With compile on, refuse levers that declare BREAKS_GRAPH unless the user allows them."""
+    breaking = [(name, s) for name, s in registry.safety.items() if s.level is Safety.BREAKS_GRAPH]
+    if breaking and not allow_graph_breaks:
+        detail = "; ".join(f"{registry.info(n).label}: {s.reason or 'no reason given'}" for n, s in breaking)
+        raise PluginError(
+            f"--compile refuses levers that break the graph ({detail}). Pass --allow-graph-breaks to run them "
+            "anyway (the host then compiles in pieces), or deselect them with --levers / ESPER_DISABLED_LEVERS"
+        )
 
 
 def kernel_version() -> str:

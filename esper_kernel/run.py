@@ -22,9 +22,8 @@ from esper_kernel import checkpoint
 from esper_kernel.checkpoint import CheckpointError
 from esper_kernel.config import RunConfig, structure_config, unstructure_config
 from esper_kernel.env import EnvBatch, MorphoEnv, build_registry, load_task
-from esper_kernel.errors import EsperError, PluginError, SelectionError
-from esper_kernel.registry import Registry, Selection, installed_entry_points
-from esper_kernel.specs import Safety
+from esper_kernel.errors import EsperError, SelectionError
+from esper_kernel.registry import Registry, Selection, check_compile_safety, installed_entry_points
 from esper_kernel.tamiyo.policies import HeuristicPolicy, Policy, RandomPolicy
 from esper_kernel.telemetry import Telemetry
 
@@ -45,17 +44,6 @@ class EpochReport:
 
 def lever_records(registry: Registry) -> list[dict[str, str]]:
     return [{"name": lv.name, "distribution": lv.distribution, "version": lv.version} for lv in registry.levers]
-
-
-def check_compile_safety(registry: Registry, allow_graph_breaks: bool) -> None:
-    """With compile on, refuse levers that declare BREAKS_GRAPH unless the user allows them."""
-    breaking = [(name, s) for name, s in registry.safety.items() if s.level is Safety.BREAKS_GRAPH]
-    if breaking and not allow_graph_breaks:
-        detail = "; ".join(f"{registry.info(n).label}: {s.reason or 'no reason given'}" for n, s in breaking)
-        raise PluginError(
-            f"--compile refuses levers that break the graph ({detail}). Pass --allow-graph-breaks to run them "
-            "anyway (the host then compiles in pieces), or deselect them with --levers / ESPER_DISABLED_LEVERS"
-        )
 
 
 def make_policy(spec: str, registry: Registry, obs_dim: int, seed: int) -> Policy:

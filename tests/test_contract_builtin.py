@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from esper_kernel import Stage
+from esper_kernel import PluginError, Stage
 from esper_kernel.testing import Harness, LeverContract, LeverUnderTest, compile_graph_counts, open_registry
 
 torch.set_num_threads(1)
@@ -119,3 +119,29 @@ def test_harness_drives_gates_from_fabricated_measures() -> None:
     assert h.run_until(Stage.BLENDING, 0, grad_ratio=1.0)
     seed = h.seed(0)
     assert seed is not None and seed.knobs.blend_steps == 3
+
+
+def test_a_second_writer_of_a_declared_knob_is_caught(lever_dist) -> None:
+    # lr=CAUTIOUS must not be silently overwritten to lr_scale 10.0 by another lever.
+    boost = """
+writes = ("lr_scale",)
+
+@hookimpl
+def on_enter_stage(seed, new):
+    if new is Stage.GERMINATED:
+        seed.knobs.lr_scale = 10.0
+"""
+    name = _lever(lever_dist, "boost", boost)
+    with pytest.raises(AssertionError, match=r"'boost' and installed lever 'lr'.*knob 'lr_scale'"):
+        LeverContract().test_knob_ownership_with_installed_levers(LeverUnderTest(name, open_registry([name])))
+
+
+def test_an_undeclared_knob_write_is_caught(lever_dist) -> None:
+    sneaky = """
+@hookimpl
+def on_epoch(seed):
+    seed.knobs.lr_scale = 10.0
+"""
+    name = _lever(lever_dist, "sneaky", sneaky)
+    with pytest.raises(PluginError, match=r"'sneaky'.*\['lr_scale'\].*does not own"):
+        LeverContract().test_on_epoch_every_stage(LeverUnderTest(name, open_registry([name])))

@@ -60,7 +60,7 @@ def test_scaffolded_lever_is_listed_and_passes_its_contract(tmp_path: Path) -> N
         timeout=300,
     )
     assert tests.returncode == 0, tests.stdout + tests.stderr
-    assert "8 passed" in tests.stdout, tests.stdout
+    assert "10 passed" in tests.stdout, tests.stdout
 
 
 def test_scaffold_refuses_bad_names_and_existing_directories(tmp_path: Path) -> None:
