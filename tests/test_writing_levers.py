@@ -1,0 +1,97 @@
+"""docs/writing-levers.md: its per-epoch lever, installed as a user would, passes
+the contract and ramps a seed's learning rate every epoch."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from conftest import LeverDists, make_view
+
+from esper_kernel import Op
+from esper_kernel.registry import Selection
+from esper_kernel.testing import Harness, LeverContract, LeverUnderTest, open_registry
+
+DOC = Path(__file__).resolve().parent.parent / "docs" / "writing-levers.md"
+
+
+def _per_epoch_example() -> str:
+    section = DOC.read_text().split("## 3. A per-epoch lever", 1)[1].split("\n## ", 1)[0]
+    blocks = re.findall(r"```python\n(.*?)```", section, flags=re.DOTALL)
+    assert len(blocks) == 1, "section 3 of docs/writing-levers.md should hold exactly one python example"
+    return blocks[0]
+
+
+@pytest.fixture
+def warmup(lever_dist: LeverDists) -> LeverDists:
+    lever_dist("warmup", _per_epoch_example(), dist="esper-lever-warmup")
+    return lever_dist
+
+
+def _lr_per_epoch(h: Harness, epochs: int) -> list[float]:
+    out = [h.lifecycle.seed_group_lr(0)]
+    for _ in range(epochs - 1):
+        h.end_epoch(grad_ratio=1.0)
+        out.append(h.lifecycle.seed_group_lr(0))
+    return out
+
+
+@pytest.mark.usefixtures("warmup")
+def test_docs_warmup_ramps_the_param_group_lr_every_epoch() -> None:
+    h = Harness(["warmup"])
+    host_lr = h.lifecycle.config.host_lr
+    h.germinate(0, warmup="SHORT")
+    assert _lr_per_epoch(h, 5) == pytest.approx([host_lr * f for f in (1 / 3, 2 / 3, 1.0, 1.0, 1.0)])
+    long = Harness(["warmup"])
+    long.germinate(0, warmup="LONG")
+    lrs = _lr_per_epoch(long, 7)
+    assert all(b > a for a, b in zip(lrs[:6], lrs[1:6], strict=False)), lrs  # rises every epoch of the ramp
+    assert lrs[5:] == pytest.approx([host_lr, host_lr])
+
+
+@pytest.mark.usefixtures("warmup")
+def test_docs_warmup_composes_with_the_lr_lever() -> None:
+    h = Harness(["lr", "warmup"])
+    h.germinate(0, lr="CAUTIOUS", warmup="SHORT")
+    half = 0.5 * h.lifecycle.config.host_lr
+    assert _lr_per_epoch(h, 4) == pytest.approx([half / 3, 2 * half / 3, half, half])
+
+
+def test_docs_warmup_masks_ramps_that_cannot_finish(warmup: LeverDists) -> None:
+    reg = warmup.registry()
+    assert reg.knob_owners["lr_scale"] == ("warmup",)
+    head = reg.space.head("warmup").index
+    legal = {
+        epoch: reg.masks(make_view(reg, n_envs=1, epoch=epoch))[0, int(Op.GERMINATE), head, :3].tolist()
+        for epoch in (14, 15, 17, 18)
+    }
+    # 20 epochs: a seed germinated at epoch e trains in 20 - e of them; a ramp of s must fit.
+    assert legal == {
+        14: [True, True, True],
+        15: [True, True, False],
+        17: [True, True, False],
+        18: [True, False, False],
+    }
+
+
+@pytest.mark.parametrize(
+    "check",
+    [
+        "test_hook_conformance",
+        "test_head_specs",
+        "test_masks_over_random_states",
+        "test_telemetry",
+        "test_on_enter_stage_every_transition",
+        "test_on_epoch_every_stage",
+        "test_knob_ownership_with_installed_levers",
+        "test_compile_safety",
+    ],
+)
+@pytest.mark.usefixtures("warmup")
+def test_docs_warmup_passes_the_contract(check: str) -> None:
+    getattr(LeverContract(), check)(LeverUnderTest("warmup", open_registry(["warmup"])))
+
+
+def test_docs_warmup_is_selectable_by_name(warmup: LeverDists) -> None:
+    assert warmup.registry(Selection(only=("warmup",))).names == ("warmup",)
