@@ -3,6 +3,7 @@ the contract and ramps a seed's learning rate every epoch."""
 
 from __future__ import annotations
 
+import itertools
 import re
 from pathlib import Path
 
@@ -46,7 +47,7 @@ def test_docs_warmup_ramps_the_param_group_lr_every_epoch() -> None:
     long = Harness(["warmup"])
     long.germinate(0, warmup="LONG")
     lrs = _lr_per_epoch(long, 7)
-    assert all(b > a for a, b in zip(lrs[:6], lrs[1:6], strict=False)), lrs  # rises every epoch of the ramp
+    assert all(b > a for a, b in itertools.pairwise(lrs[:6])), lrs  # rises every epoch of the ramp
     assert lrs[5:] == pytest.approx([host_lr, host_lr])
 
 
