@@ -1,8 +1,9 @@
-"""Run configuration: attrs classes, structured from TOML by cattrs.
+"""The kernel's configuration classes (attrs), and run configs structured from TOML by cattrs.
 
 A config file mirrors the classes: top-level run keys plus an ``[env]``
 table. Unknown keys and wrong types are errors naming the key path, e.g.
-``env.epochs: expected int, got str 'ten'``.
+``env.epochs: expected int, got str 'ten'``. This module depends on no other
+kernel layer above ``tasks``: everything that runs imports its config from here.
 """
 
 from __future__ import annotations
@@ -14,12 +15,43 @@ from typing import Any
 import attrs
 import cattrs
 
-from esper_kernel.env import EnvConfig
 from esper_kernel.errors import EsperError
+from esper_kernel.tasks import TASKS
 
 
 class ConfigError(EsperError):
     """A config file or value that cannot be used, with the key path that is wrong."""
+
+
+@attrs.define
+class LifecycleConfig:
+    max_epochs: int = 20
+    host_lr: float = 0.01
+    momentum: float = 0.9
+    embargo_epochs: int = 1
+
+
+@attrs.frozen
+class EnvConfig:
+    """What one episode is: the task, the host and how long it trains."""
+
+    task: str = "shapes"
+    data_dir: str | None = None
+    epochs: int = 20
+    slots: int = 3
+    batch_size: int = 64
+    train_size: int = 1024
+    val_size: int = 256
+    width: int = 16
+    host_lr: float = 0.01
+    #: Reward lost per epoch for each 100% of parameters grown over the base host.
+    param_rent: float = 0.01
+    #: Run the host under torch.compile (recompiles only when live seed modules change).
+    compile: bool = False
+
+    @property
+    def topology(self) -> str:
+        return TASKS[self.task].topology if self.task in TASKS else "cnn"
 
 
 @attrs.frozen

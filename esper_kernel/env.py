@@ -17,42 +17,21 @@ import torch
 
 from esper_kernel.actions import MaskView
 from esper_kernel.blueprints import blueprint_names
+from esper_kernel.config import EnvConfig as EnvConfig  # re-exported: callers have always found it here
+from esper_kernel.config import LifecycleConfig
 from esper_kernel.core import CoreHeads
 from esper_kernel.errors import EsperError
 from esper_kernel.hosts import CNNHostConfig, Host, TransformerHostConfig, build_host
-from esper_kernel.lifecycle import EpochMeasure, Lifecycle, LifecycleConfig
+from esper_kernel.lifecycle import EpochMeasure, Lifecycle
 from esper_kernel.registry import Registry, Selection
 from esper_kernel.stages import Stage
-from esper_kernel.tasks import TASKS, TaskData, TaskError, get_task
+from esper_kernel.tasks import TaskData, TaskError, get_task
 from esper_kernel.training import EpochResult, EpochRunner, compute_fields
 
 N_STAGES = len(Stage)
 #: What a checkpoint keeps of the last epoch: what the observation reads.
 _LAST_KEYS = ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "host_grad_norm")
 HISTORY = 3
-
-
-@attrs.frozen
-class EnvConfig:
-    """What one episode is: the task, the host and how long it trains."""
-
-    task: str = "shapes"
-    data_dir: str | None = None
-    epochs: int = 20
-    slots: int = 3
-    batch_size: int = 64
-    train_size: int = 1024
-    val_size: int = 256
-    width: int = 16
-    host_lr: float = 0.01
-    #: Reward lost per epoch for each 100% of parameters grown over the base host.
-    param_rent: float = 0.01
-    #: Run the host under torch.compile (recompiles only when live seed modules change).
-    compile: bool = False
-
-    @property
-    def topology(self) -> str:
-        return TASKS[self.task].topology if self.task in TASKS else "cnn"
 
 
 def load_task(config: EnvConfig, seed: int) -> TaskData:

@@ -26,6 +26,7 @@ from torch import nn
 
 from esper_kernel.actions import Decision
 from esper_kernel.blueprints import build_seed
+from esper_kernel.config import LifecycleConfig as LifecycleConfig  # re-exported: its old home
 from esper_kernel.errors import EsperError
 from esper_kernel.seeds import SeedState, initial_knobs
 from esper_kernel.slots import SeedSlot, alpha_at
@@ -46,14 +47,6 @@ class LeverHooks(Protocol):
 
 #: The heads the kernel itself owns; everything else is a lever's choice.
 CORE_HEADS = frozenset({"op", "slot", "blueprint", "blend"})
-
-
-@attrs.define
-class LifecycleConfig:
-    max_epochs: int = 20
-    host_lr: float = 0.01
-    momentum: float = 0.9
-    embargo_epochs: int = 1
 
 
 @attrs.frozen
