@@ -84,6 +84,20 @@ def observation_names(registry: Registry, n_slots: int) -> tuple[str, ...]:
     return tuple(out)
 
 
+@attrs.frozen
+class DecisionView:
+    """What a policy may read of one env besides its observation and masks: plain values, no live objects."""
+
+    epoch: int
+    epochs: int
+    #: Epochs since validation accuracy last improved.
+    plateau: int
+    stages: tuple[Stage, ...]
+    #: Per slot, the measured counterfactual contributions of its live seed, oldest first (empty: none).
+    contributions: tuple[tuple[float, ...], ...]
+    blueprints: tuple[str, ...]
+
+
 @attrs.define
 class StepResult:
     obs: torch.Tensor
@@ -306,6 +320,19 @@ class MorphoEnv:
         self.lifecycle.load_state_dict(state["lifecycle"])
         self.log = self.base_log.bind(episode=self.episode, epoch=self.epoch)
         self.lifecycle.log = self.log
+
+    def decision_view(self) -> DecisionView:
+        seeds = self.lifecycle.seeds
+        return DecisionView(
+            epoch=self.epoch,
+            epochs=self.config.epochs,
+            plateau=self.plateau,
+            stages=tuple(self.lifecycle.stages),
+            contributions=tuple(
+                () if s is None else tuple(c for c in s.metrics.contribution if c is not None) for s in seeds
+            ),
+            blueprints=self.blueprints,
+        )
 
     def mask_state(self) -> tuple[int, list[int], list[bool]]:
         return self.epoch, [int(s) for s in self.lifecycle.stages], self.lifecycle.fossilize_ok()

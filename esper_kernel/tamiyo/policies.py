@@ -94,32 +94,28 @@ class HeuristicPolicy:
     def _choose(self, env: MorphoEnv, mask: torch.Tensor) -> dict[str, str]:
         space = env.registry.space
         op_legal = mask[0, space.op_index]
-        lc = env.lifecycle
+        view = env.decision_view()
         if op_legal[Op.FOSSILIZE]:
-            for seed in lc.live_seeds():
-                contrib = _last_contribution(seed.metrics.contribution)
-                if seed.stage is Stage.PROBATIONARY and contrib is not None and contrib > 0:
-                    return {"op": "fossilize", "slot": f"s{seed.slot}"}
+            for slot, (stage, contribs) in enumerate(zip(view.stages, view.contributions, strict=True)):
+                if stage is Stage.PROBATIONARY and contribs and contribs[-1] > 0:
+                    return {"op": "fossilize", "slot": f"s{slot}"}
         if op_legal[Op.CULL]:
-            for seed in lc.live_seeds():
-                recent = [c for c in seed.metrics.contribution if c is not None][-self.patience :]
+            for slot, contribs in enumerate(view.contributions):
+                recent = contribs[-self.patience :]
                 if len(recent) == self.patience and all(c < 0 for c in recent):
-                    return {"op": "cull", "slot": f"s{seed.slot}"}
-        left = env.config.epochs - env.epoch
+                    return {"op": "cull", "slot": f"s{slot}"}
+        left = view.epochs - view.epoch
         if (
             op_legal[Op.GERMINATE]
-            and env.epoch >= self.warmup
-            and env.plateau >= self.plateau
+            and view.epoch >= self.warmup
+            and view.plateau >= self.plateau
             and left >= self.min_left
         ):
-            slot = next(i for i, s in enumerate(lc.stages) if s is Stage.DORMANT)
-            names = env.blueprints
+            slot = next(i for i, s in enumerate(view.stages) if s is Stage.DORMANT)
+            names = view.blueprints
             blueprint = names[self._next_blueprint % len(names)]
             self._next_blueprint += 1
             blend = self.blend if self.blend in space.head("blend").spec.choices else "linear"
             return {"op": "germinate", "slot": f"s{slot}", "blueprint": blueprint, "blend": blend}
         return {"op": "wait"}
 
-
-def _last_contribution(history: list[float | None]) -> float | None:
-    return next((c for c in reversed(history) if c is not None), None)
