@@ -8,14 +8,13 @@ mid-write leaves the previous checkpoint intact, never a torn file.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from esper_kernel.errors import EsperError
+from esper_kernel.files import write_atomic
 
 FORMAT = "esper.checkpoint/1"
 
@@ -26,17 +25,7 @@ class CheckpointError(EsperError):
 
 def save_atomic(obj: Any, path: Path) -> None:
     """``torch.save`` ``obj`` to ``path`` so that ``path`` is always a whole file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(path, lambda f: torch.save(obj, f))
 
 
 def load(path: Path) -> dict[str, Any]:

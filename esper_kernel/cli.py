@@ -601,7 +601,9 @@ def train(
         "levers": [lv.name for lv in reg.levers],
         **summary.to_dict(),
     }
-    (out_dir / "train_summary.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    from esper_kernel.files import write_text_atomic
+
+    write_text_atomic(out_dir / "train_summary.json", json.dumps(record, indent=2) + "\n")
     console.print(f"trained {summary.episodes} episodes in {summary.seconds:.1f}s; policy saved to {policy_path}")
 
 

@@ -23,6 +23,7 @@ from esper_kernel.checkpoint import CheckpointError
 from esper_kernel.config import RunConfig, structure_config, unstructure_config
 from esper_kernel.env import EnvBatch, MorphoEnv, build_registry, load_task
 from esper_kernel.errors import EsperError, SelectionError
+from esper_kernel.files import write_text_atomic
 from esper_kernel.registry import Registry, Selection, check_compile_safety, installed_entry_points
 from esper_kernel.tamiyo.policies import HeuristicPolicy, Policy, RandomPolicy
 from esper_kernel.telemetry import Telemetry
@@ -137,7 +138,7 @@ def run(
                 tel.log.info("run.interrupted", at_epoch=env.epoch)
                 return {"interrupted_at": env.epoch}
         summary = _summary(run_id, config, env, registry, total, time.perf_counter() - started, out)
-        (out / SUMMARY).write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+        write_text_atomic(out / SUMMARY, json.dumps(summary, indent=2) + "\n")
         tel.log.info("run.finished", **{k: v for k, v in summary.items() if k != "config"})
     return summary
 

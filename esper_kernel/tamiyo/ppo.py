@@ -11,8 +11,6 @@ naming the difference instead of silently steering the wrong heads.
 from __future__ import annotations
 
 import math
-import os
-import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -23,6 +21,7 @@ from torch import nn
 
 from esper_kernel.actions import ActionSpace
 from esper_kernel.errors import EsperError
+from esper_kernel.files import write_atomic
 from esper_kernel.registry import Registry
 from esper_kernel.tamiyo.sampling import Sampled, sample, score
 
@@ -233,20 +232,8 @@ def policy_record(policy: PPOPolicy) -> dict[str, Any]:
 
 def save_policy(policy: PPOPolicy, path: Path | str) -> Path:
     """Write the policy atomically: a crash mid-write never leaves a truncated file at ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Not mkstemp: its 0600 mode would survive the rename; open() honours the umask like any file.
-    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp"
-    try:
-        with tmp.open("xb") as f:
-            torch.save(policy_record(policy), f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
+    record = policy_record(policy)
+    return write_atomic(path, lambda f: torch.save(record, f))
 
 
 def _describe_levers(levers: Sequence[LeverStamp]) -> str:
