@@ -63,35 +63,14 @@ class ActionSpace:
         self.op_index = self.names.index(OP_HEAD)
         # Static relevance by op, then the head conditions applied per action.
         rel = torch.zeros(N_OPS, self.n_heads, dtype=torch.bool)
+        valid = torch.zeros(self.n_heads, self.max_choices, dtype=torch.bool)
         for h in self.heads:
             for op in h.spec.ops:
                 rel[int(op), h.index] = True
-        self.relevance_by_op = rel
-        valid = torch.zeros(self.n_heads, self.max_choices, dtype=torch.bool)
-        for h in self.heads:
             valid[h.index, : h.spec.size] = True
+        self.relevance_by_op = rel
         #: ``[n_heads, max_choices]``: True where a choice exists (padding is False).
         self.valid_choices = valid
-        self._conditions: list[tuple[int, int, torch.Tensor]] = []
-        for h in self.heads:
-            cond = h.spec.condition
-            if cond is None:
-                continue
-            target = self._by_name.get(cond.head)
-            if target is None:
-                raise PluginError(
-                    f"lever {h.lever!r} ({h.distribution}): head {h.name!r} is conditioned on "
-                    f"head {cond.head!r}, which no installed lever declares"
-                )
-            allowed = torch.zeros(self.max_choices, dtype=torch.bool)
-            for c in cond.choices:
-                if c not in target.spec.choices:
-                    raise PluginError(
-                        f"lever {h.lever!r} ({h.distribution}): head {h.name!r} is conditioned on "
-                        f"{cond.head}={c!r}, but {cond.head!r} has choices {list(target.spec.choices)}"
-                    )
-                allowed[target.spec.choices.index(c)] = True
-            self._conditions.append((h.index, target.index, allowed))
         self.defaults = torch.tensor([h.spec.default_index for h in self.heads], dtype=torch.long)
         #: For each timing knob some head sets, its smallest choice: what the quickest seed gets.
         self.quickest: dict[str, Any] = {}
@@ -99,8 +78,43 @@ class ActionSpace:
             if h.spec.knob in TIMING_KNOBS:
                 least = min(h.spec.values)
                 self.quickest[h.spec.knob] = min(self.quickest.get(h.spec.knob, least), least)
-        # Conditions are resolved in dependency order, whatever the lever order:
-        # a head is decided after the head it is conditioned on.
+        conditions = self._condition_masks()  # first: it names a missing or bad condition head
+        order = self._dependency_order()
+        rank = {head: pos for pos, head in enumerate(order)}
+        self._conditions = sorted(conditions, key=lambda c: rank[c[0]])
+        #: Per head, in dependency order: (index, name, ops, condition as (cond index, allowed choice indices)).
+        self._plain: list[tuple[int, str, frozenset[Op], tuple[int, frozenset[int]] | None]] = []
+        for i in order:
+            h = self.heads[i]
+            cond = h.spec.condition
+            plain_cond = None
+            if cond is not None:
+                target = self._by_name[cond.head]
+                plain_cond = (target.index, frozenset(target.spec.choices.index(c) for c in cond.choices))
+            self._plain.append((i, h.name, h.spec.ops, plain_cond))
+
+    def _condition_masks(self) -> list[tuple[int, int, torch.Tensor]]:
+        """Per conditioned head: (its index, the conditioning head's index, its allowed choices as a mask)."""
+        out: list[tuple[int, int, torch.Tensor]] = []
+        for h in self.heads:
+            cond = h.spec.condition
+            if cond is None:
+                continue
+            where = f"lever {h.lever!r} ({h.distribution}): head {h.name!r} is conditioned on"
+            target = self._by_name.get(cond.head)
+            if target is None:
+                raise PluginError(f"{where} head {cond.head!r}, which no installed lever declares")
+            allowed = torch.zeros(self.max_choices, dtype=torch.bool)
+            for c in cond.choices:
+                if c not in target.spec.choices:
+                    choices = list(target.spec.choices)
+                    raise PluginError(f"{where} {cond.head}={c!r}, but {cond.head!r} has choices {choices}")
+                allowed[target.spec.choices.index(c)] = True
+            out.append((h.index, target.index, allowed))
+        return out
+
+    def _dependency_order(self) -> list[int]:
+        """Head indices such that a head comes after the head it is conditioned on, whatever the lever order."""
         order: list[int] = []
         pending = list(range(self.n_heads))
         while pending:
@@ -118,18 +132,7 @@ class ActionSpace:
                 )
             order += ready
             pending = [i for i in pending if i not in ready]
-        rank = {head: pos for pos, head in enumerate(order)}
-        self._conditions.sort(key=lambda c: rank[c[0]])
-        #: Per head, in dependency order: (index, name, ops, condition as (cond index, allowed choice indices)).
-        self._plain: list[tuple[int, str, frozenset[Op], tuple[int, frozenset[int]] | None]] = []
-        for i in order:
-            h = self.heads[i]
-            cond = h.spec.condition
-            plain_cond = None
-            if cond is not None:
-                target = self._by_name[cond.head]
-                plain_cond = (target.index, frozenset(target.spec.choices.index(c) for c in cond.choices))
-            self._plain.append((i, h.name, h.spec.ops, plain_cond))
+        return order
 
     def __contains__(self, name: object) -> bool:
         return name in self._by_name

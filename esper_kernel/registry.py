@@ -168,32 +168,32 @@ def load_levers(
         wanted = []
     wanted = [n for n in wanted if n not in sel.disabled]
 
-    levers: list[LeverInfo] = []
-    failures: list[LoadFailure] = []
-    for name in wanted:
-        ep = by_name[name]
-        try:
-            plugin = ep.load()
-        except Exception as exc:
-            fail = LoadFailure(name, _dist_name(ep), _dist_version(ep), ep.value, f"{type(exc).__name__}: {exc}")
-            if sel.strict or (sel.only is not None and name in sel.only):
-                why = "" if not sel.strict else f" ({ENV_STRICT}=1)"
-                raise PluginError(fail.describe() + why) from exc
-            failures.append(fail)
-            continue
-        levers.append(
-            LeverInfo(
-                name=name,
-                distribution=_dist_name(ep),
-                version=_dist_version(ep),
-                entry_point=ep.value,
-                plugin=plugin,
-                requires=tuple(getattr(plugin, "requires", ())),
-                conflicts_with=tuple(getattr(plugin, "conflicts_with", ())),
-            )
-        )
+    loaded = [_load_one(name, by_name[name], sel) for name in wanted]
+    levers = [lv for lv in loaded if isinstance(lv, LeverInfo)]
     _check_relations(levers)
-    return LoadResult(tuple(levers), tuple(failures), installed)
+    failures = tuple(f for f in loaded if isinstance(f, LoadFailure))
+    return LoadResult(tuple(levers), failures, installed)
+
+
+def _load_one(name: str, ep: md.EntryPoint, sel: Selection) -> LeverInfo | LoadFailure:
+    """Import one lever; a failure is an error if the user named it or the selection is strict."""
+    try:
+        plugin = ep.load()
+    except Exception as exc:
+        fail = LoadFailure(name, _dist_name(ep), _dist_version(ep), ep.value, f"{type(exc).__name__}: {exc}")
+        if sel.strict or (sel.only is not None and name in sel.only):
+            why = "" if not sel.strict else f" ({ENV_STRICT}=1)"
+            raise PluginError(fail.describe() + why) from exc
+        return fail
+    return LeverInfo(
+        name=name,
+        distribution=_dist_name(ep),
+        version=_dist_version(ep),
+        entry_point=ep.value,
+        plugin=plugin,
+        requires=tuple(getattr(plugin, "requires", ())),
+        conflicts_with=tuple(getattr(plugin, "conflicts_with", ())),
+    )
 
 
 def _check_relations(levers: Sequence[LeverInfo]) -> None:

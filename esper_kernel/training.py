@@ -130,24 +130,9 @@ class EpochRunner:
         val_loss, val_acc = evaluate(self.model, self.task, self.batch_size)
         host_norm = float(host_norm_sum) / max(n, 1)
         host_rms = host_norm / math.sqrt(max(sum(p.numel() for p in host_params), 1))
-        measures: dict[int, SlotMeasure] = {}
+        seed_norms = {i: float(seed_norm_sum[i]) / max(n, 1) for i in live}
+        measures = self._slot_measures(seed_norms, seed_params, host_rms, val_acc, batches[-1] if batches else None)
         after = _flat(host_params)
-        for i in live:
-            seed = lc.seeds[i]
-            assert seed is not None
-            gn = float(seed_norm_sum[i]) / max(n, 1)
-            n_seed = sum(p.numel() for p in seed_params[i])
-            seed_rms = gn / math.sqrt(max(n_seed, 1))
-            measures[i] = SlotMeasure(
-                grad_norm=gn,
-                grad_ratio=seed_rms / host_rms if host_rms > 0 else 0.0,
-                host_grad_via_seed=slots[i].probe_grad_norm,
-                contribution=self._contribution(slots[i], seed.stage, val_acc),
-                alpha_batch_var=slots[i].probe_alpha_var,
-                coadaptation_delta=self._coadaptation(i, seed, batches[-1])
-                if seed.stage is Stage.BLENDING and seed.blend_epochs == 0
-                else None,
-            )
         change = float(torch.linalg.vector_norm(after - before) / (torch.linalg.vector_norm(before) + 1e-12))
         measure = EpochMeasure(
             epoch=epoch, val_accuracy=val_acc, host_grad_norm=host_norm, slots=measures, host_weight_change=change
@@ -162,6 +147,32 @@ class EpochRunner:
             host_grad_norm=host_norm,
             measure=measure,
         )
+
+    def _slot_measures(
+        self,
+        seed_norms: dict[int, float],
+        seed_params: dict[int, list[nn.Parameter]],
+        host_rms: float,
+        val_acc: float,
+        last_batch: tuple[torch.Tensor, torch.Tensor] | None,
+    ) -> dict[int, SlotMeasure]:
+        """What the gates need of each live slot, from the epoch's mean seed gradient norms."""
+        lc = self.lifecycle
+        out: dict[int, SlotMeasure] = {}
+        for i, gn in seed_norms.items():
+            seed, slot = lc.seeds[i], lc.slots[i]
+            assert seed is not None
+            seed_rms = gn / math.sqrt(max(sum(p.numel() for p in seed_params[i]), 1))
+            first_blend = seed.stage is Stage.BLENDING and seed.blend_epochs == 0 and last_batch is not None
+            out[i] = SlotMeasure(
+                grad_norm=gn,
+                grad_ratio=seed_rms / host_rms if host_rms > 0 else 0.0,
+                host_grad_via_seed=slot.probe_grad_norm,
+                contribution=self._contribution(slot, seed.stage, val_acc),
+                alpha_batch_var=slot.probe_alpha_var,
+                coadaptation_delta=self._coadaptation(i, seed, last_batch) if first_blend and last_batch else None,
+            )
+        return out
 
     def _coadaptation(self, slot_index: int, seed: Any, batch: tuple[torch.Tensor, torch.Tensor]) -> float:
         """Counterfactual for isolation, measured once, in a seed's first blending epoch.
