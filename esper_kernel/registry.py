@@ -317,7 +317,7 @@ class Registry:
         return None
 
     def hooks_of(self, name: str) -> tuple[str, ...]:
-        """Which of the five hooks the named lever implements."""
+        """Which of the hooks the named lever implements."""
         info = self.info(name)
         return tuple(h for h in hookspecs.HOOK_NAMES if self._impl(info, h) is not None)
 

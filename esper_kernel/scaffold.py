@@ -1,7 +1,7 @@
 """``esper levers new NAME``: a new lever distribution that works and passes its contract.
 
 The generated project has a ``pyproject.toml`` declaring the entry point, a
-README, one lever module implementing all five hooks (a head, a mask, an
+README, one lever module implementing five of the hooks (a head, a mask, an
 ``on_enter_stage`` effect, a telemetry field, compile safety NONE) and
 ``tests/test_contract.py`` running :class:`esper_kernel.testing.LeverContract`.
 """
