@@ -35,15 +35,16 @@ class LifecycleConfig:
 class EnvConfig:
     """What one episode is: the task, the host and how long it trains."""
 
-    task: str = "shapes"
+    task: str = "pairs"
     data_dir: str | None = None
-    epochs: int = 20
+    epochs: int = 40
     slots: int = 3
     batch_size: int = 64
     train_size: int = 1024
-    val_size: int = 256
-    width: int = 16
-    host_lr: float = 0.01
+    val_size: int = 512
+    #: Channels of the CNN host's first block; None takes the task's own (pairs 8, others 16).
+    width: int | None = None
+    host_lr: float = 0.05
     #: Reward lost per epoch for each 100% of parameters grown over the base host.
     param_rent: float = 0.01
     #: Run the host under torch.compile (recompiles only when live seed modules change).

@@ -25,7 +25,7 @@ from esper_kernel.hosts import CNNHostConfig, Host, TransformerHostConfig, build
 from esper_kernel.lifecycle import EpochMeasure, Lifecycle
 from esper_kernel.registry import Registry, Selection
 from esper_kernel.stages import Stage
-from esper_kernel.tasks import TaskData, TaskError, get_task
+from esper_kernel.tasks import TASKS, TaskData, TaskError, get_task
 from esper_kernel.training import EpochResult, EpochRunner, compute_fields
 
 N_STAGES = len(Stage)
@@ -34,9 +34,17 @@ _LAST_KEYS = ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy
 HISTORY = 3
 
 
+def cnn_host_config(config: EnvConfig, num_classes: int) -> CNNHostConfig:
+    """The CNN host for ``config``: the task's own host shape, with the user's width if given."""
+    shape = dict(TASKS[config.task].cnn_host) if config.task in TASKS else {}
+    if config.width is not None:
+        shape["width"] = config.width
+    return CNNHostConfig(num_classes=num_classes, blocks=config.slots, **shape)
+
+
 def load_task(config: EnvConfig, seed: int) -> TaskData:
     sizes: dict[str, Any] = {}
-    if config.task in ("shapes", "sequences"):
+    if config.task in ("pairs", "shapes", "sequences"):
         sizes = {"n_train": config.train_size, "n_val": config.val_size}
     data_dir = Path(config.data_dir) if config.data_dir else None
     try:
@@ -136,9 +144,7 @@ class MorphoEnv:
         self.log = self.base_log.bind(episode=episode, epoch=0)
         cfg = self.config
         if cfg.topology == "cnn":
-            self.host = build_host(
-                "cnn", CNNHostConfig(num_classes=self.task.num_classes, width=cfg.width, blocks=cfg.slots)
-            )
+            self.host = build_host("cnn", cnn_host_config(cfg, self.task.num_classes))
         else:
             seq = self.task.seq_len or 32
             self.host = build_host(
