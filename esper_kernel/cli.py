@@ -626,7 +626,7 @@ if __name__ == "__main__":
 @click.option("--force", "forces", multiple=True, metavar="HEAD=CHOICE", help="Force a head in every policy.")
 @click.option("--seeds", default="0-9", show_default=True, help="Seeds, paired across policies: 0-9 or 1,4,7.")
 @click.option("--reference", default="wait", show_default=True, help="The policy every other is paired against.")
-@click.option("--effects", is_flag=True, help="Add every lever head forced to each of its choices (lever effects).")
+@click.option("--effects", is_flag=True, help="Add the heuristic with each lever head forced to each extreme choice.")
 @click.option("--task", default=None, help="Task (default: pairs, the growth task).")
 @click.option("--data-dir", default=None, type=click.Path(), help="Directory for cifar10 / text data.")
 @click.option("--levers", default=None, metavar="A,B", help="Levers to activate (default: every installed one).")
@@ -683,13 +683,15 @@ def eval_command(
     doc = ev.evaluate(
         config.env, specs, seed_list, levers=config.levers, reference=reference, workers=n_workers, on_done=on_done
     )
-    json_path, md_path = ev.write_outputs(doc, Path(out))
+    paths = ev.write_outputs(doc, Path(out), effects=effects)
     click.echo(ev.render_markdown(doc))
-    console.print(f"wrote {json_path} and {md_path}")
+    if effects:
+        click.echo(ev.render_effects(doc))
+    console.print(f"wrote {', '.join(map(str, paths))} in {doc['wall_seconds']} s")
 
 
 def _effect_specs(config: Any) -> list[Any]:
-    """``heuristic`` with each lever head forced to each of its choices."""
+    """``heuristic``, and ``heuristic`` with each lever head forced to its first and its last choice."""
     from esper_kernel.env import build_registry
     from esper_kernel.evaluate import PolicySpec
     from esper_kernel.lifecycle import CORE_HEADS
@@ -699,5 +701,6 @@ def _effect_specs(config: Any) -> list[Any]:
     for name in reg.space.names:
         if name in CORE_HEADS:
             continue
-        specs += [PolicySpec("heuristic", ((name, c),)) for c in reg.space.head(name).spec.choices]
+        choices = reg.space.head(name).spec.choices
+        specs += [PolicySpec("heuristic", ((name, c),)) for c in (choices[0], choices[-1])]
     return specs

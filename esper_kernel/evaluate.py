@@ -25,7 +25,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -236,15 +236,17 @@ def _init_worker() -> None:
     torch.set_num_threads(1)
 
 
-def _map(fn: Callable[[EvalJob], EpisodeResult], jobs: Sequence[EvalJob], workers: int) -> list[EpisodeResult]:
+def _map(fn: Callable[[EvalJob], EpisodeResult], jobs: Sequence[EvalJob], workers: int) -> Iterator[EpisodeResult]:
+    """Results in job order, each as soon as it and those before it are done."""
     if workers <= 1 or len(jobs) <= 1:
-        return [fn(job) for job in jobs]
+        yield from map(fn, jobs)
+        return
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
     ctx = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=ctx, initializer=_init_worker) as ex:
-        return list(ex.map(fn, jobs))
+        yield from ex.map(fn, jobs)
 
 
 def default_workers() -> int:
@@ -430,12 +432,86 @@ def render_markdown(doc: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_outputs(doc: dict[str, Any], out: Path) -> tuple[Path, Path]:
-    """``eval.json`` and ``eval.md`` in ``out``, each written atomically."""
+def lever_effects(doc: dict[str, Any], baseline: str = "heuristic") -> list[dict[str, Any]]:
+    """Per forced head: the paired effect of its extreme choices, from an ``--effects`` eval.
+
+    For each head forced to two or more choices in ``doc``: the paired
+    difference of final accuracy last-vs-first choice, and each extreme
+    against ``baseline`` (the unforced policy, which takes every default),
+    with how often each choice was legal at a GERMINATE decision.
+    """
+    rows = {p["name"]: p for p in doc["policies"]}
+    if baseline not in rows:
+        raise EsperError(f"lever effects need the unforced {baseline!r} policy in the eval")
+
+    def accs(name: str) -> list[float]:
+        return [r["final_val_accuracy"] for r in rows[name]["per_seed"]]
+
+    forced: dict[str, list[str]] = {}
+    for p in doc["policies"]:
+        if p["policy"] == baseline and len(p["forced"]) == 1:
+            ((head, choice),) = p["forced"].items()
+            forced.setdefault(head, []).append(choice)
+    legal = rows[baseline]["legal"]["heads"]
+    out = []
+    for head, choices in forced.items():
+        if len(choices) < 2:
+            continue
+        first, last = f"{baseline}+{head}={choices[0]}", f"{baseline}+{head}={choices[-1]}"
+        effect = paired_difference(accs(last), accs(first))
+        out.append(
+            {
+                "head": head,
+                "first": choices[0],
+                "last": choices[-1],
+                "last_vs_first": effect.as_dict(),
+                "significant_2se": abs(effect.mean) > 2 * effect.se,
+                "first_vs_default": paired_difference(accs(first), accs(baseline)).as_dict(),
+                "last_vs_default": paired_difference(accs(last), accs(baseline)).as_dict(),
+                "fallbacks": {c: rows[f"{baseline}+{head}={c}"]["fallbacks"] for c in (choices[0], choices[-1])},
+                "multi_legal_share": legal.get(head, {}).get("multi_legal_share"),
+                "choice_legal_share": legal.get(head, {}).get("choice_legal_share", {}),
+            }
+        )
+    return out
+
+
+def render_effects(doc: dict[str, Any], baseline: str = "heuristic") -> str:
+    """The lever-effect table (``effects.md``): extreme vs extreme, and each extreme vs the default."""
+    effects = lever_effects(doc, baseline)
+    lines = [
+        f"# Lever effects on {doc['task']} ({doc['epochs']} epochs), {len(doc['seeds'])} paired seeds",
+        "",
+        f"Policy `{baseline}` with one lever head forced to an extreme choice; final validation accuracy, "
+        "paired by seed: mean difference ± standard error [95% CI]. `|Δ| > 2 SE` marks an effect larger than "
+        "twice its standard error. Legal shares are over the unforced policy's GERMINATE decisions.",
+        "",
+        "| lever | last − first | \\|Δ\\| > 2 SE | first − default | last − default | fallbacks (first/last) "
+        "| >1 legal | legal share per choice |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for e in effects:
+        d = e["last_vs_first"]
+        shares = ", ".join(f"{c} {v:.0%}" for c, v in e["choice_legal_share"].items() if v is not None)
+        multi = e["multi_legal_share"]
+        lines.append(
+            f"| {e['head']} ({e['last']} vs {e['first']}) | {d['mean']:+.3f} ± {d['se']:.3f} "
+            f"[{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}] | {'yes' if e['significant_2se'] else 'no'} "
+            f"| {_fmt_diff(e['first_vs_default'])} | {_fmt_diff(e['last_vs_default'])} "
+            f"| {e['fallbacks'][e['first']]}/{e['fallbacks'][e['last']]} "
+            f"| {'—' if multi is None else f'{multi:.0%}'} | {shares} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def write_outputs(doc: dict[str, Any], out: Path, effects: bool = False) -> list[Path]:
+    """``eval.json`` and ``eval.md`` (and ``effects.md``) in ``out``, each written atomically."""
     out.mkdir(parents=True, exist_ok=True)
-    paths = (out / "eval.json", out / "eval.md")
-    for path, text in zip(paths, (json.dumps(doc, indent=2) + "\n", render_markdown(doc)), strict=True):
+    files = {out / "eval.json": json.dumps(doc, indent=2) + "\n", out / "eval.md": render_markdown(doc)}
+    if effects:
+        files[out / "effects.md"] = render_effects(doc)
+    for path, text in files.items():
         tmp = path.with_name(path.name + ".tmp")
         tmp.write_text(text, encoding="utf-8")
         tmp.replace(path)
-    return paths
+    return list(files)
