@@ -21,8 +21,8 @@ import torch
 
 from bench import fixtures
 from esper_kernel.actions import N_OPS, Decision, MaskView
-from esper_kernel.env import EnvConfig
-from esper_kernel.hosts import CNNHostConfig, build_host
+from esper_kernel.env import EnvConfig, cnn_host_config
+from esper_kernel.hosts import build_host
 from esper_kernel.lifecycle import EpochMeasure, Lifecycle, LifecycleConfig
 from esper_kernel.registry import Registry
 from esper_kernel.seeds import SeedState
@@ -54,7 +54,7 @@ class Step:
 def make_step(config: EnvConfig | None = None) -> Step:
     cfg = config or EnvConfig()
     reg = fixtures.registry(cfg)
-    host = build_host("cnn", CNNHostConfig(num_classes=10, width=cfg.width, blocks=cfg.slots))
+    host = build_host("cnn", cnn_host_config(cfg, num_classes=10))
     lc = Lifecycle(host, reg, LifecycleConfig(max_epochs=cfg.epochs, host_lr=cfg.host_lr), log=fixtures.NullLog())
     stages = (Stage.TRAINING, Stage.BLENDING, Stage.PROBATIONARY)
     seeds = [fixtures.seed_with_history(i, stages[i], EPOCH, cfg.epochs) for i in range(cfg.slots)]
@@ -111,11 +111,15 @@ class HandWired:
         for i, size in enumerate(self.sizes):
             valid[i, :size] = True
         self.valid = valid
+        lever_specs = [m.action_head() for m in LEVERS]
+        # Declared masks (HeadSpec.until) and declared knobs (HeadSpec.knob) wired by hand, as the registry does.
         self.mask_fns: list[Callable[[MaskView], dict[str, torch.Tensor]]] = [
             self.core.mask,
-            *(m.mask for m in LEVERS),
+            *(_declared_mask(s.name, s.until) for s in lever_specs if s.until is not None),
+            *(m.mask for m in LEVERS if hasattr(m, "mask")),
         ]
-        self.stage_fns = [m.on_enter_stage for m in LEVERS]
+        self.knob_settings = [(s.name, s.knob, s.on_enter) for s in lever_specs if s.knob is not None]
+        self.stage_fns = [m.on_enter_stage for m in LEVERS if hasattr(m, "on_enter_stage")]
         self.fields: list[tuple[str, Callable[[FieldContext], float | None]]] = [
             (f"{m.__name__.rsplit('.', 1)[-1]}.{f.name}", f.compute) for m in LEVERS for f in m.telemetry_fields()
         ]
@@ -152,6 +156,9 @@ class HandWired:
         return out
 
     def enter_stage(self, seed: SeedState, new: Stage) -> None:
+        for head, knob, stage in self.knob_settings:
+            if stage is new and head in seed.values:
+                setattr(seed.knobs, knob, seed.values[head])
         for fn in self.stage_fns:
             fn(seed=seed, new=new)
 
@@ -174,6 +181,10 @@ class HandWired:
         for seed in step.seeds:
             self.enter_stage(seed, TRANSITION[1])
         return masks, decisions, self.compute_fields(step)
+
+
+def _declared_mask(head: str, point: Any) -> Callable[[MaskView], dict[str, torch.Tensor]]:
+    return lambda view: {head: view.reaching_each(head, point)}
 
 
 def check_equal(a: Sequence[Any], b: Sequence[Any]) -> None:

@@ -61,6 +61,8 @@ class ActionSpace:
         self.n_heads = len(self.heads)
         self.max_choices = max(self.sizes)
         self.op_index = self.names.index(OP_HEAD)
+        self._timelines: dict[tuple[Any, ...], Timeline] = {}
+        self._offsets: dict[tuple[Any, ...], torch.Tensor] = {}
         # Static relevance by op, then the head conditions applied per action.
         rel = torch.zeros(N_OPS, self.n_heads, dtype=torch.bool)
         valid = torch.zeros(self.n_heads, self.max_choices, dtype=torch.bool)
@@ -136,6 +138,35 @@ class ActionSpace:
 
     def __contains__(self, name: object) -> bool:
         return name in self._by_name
+
+    def timeline(self, max_epochs: int, overrides: Mapping[str, Any]) -> Timeline:
+        """The quickest seed's :class:`Timeline` in an episode of ``max_epochs``, with knob ``overrides``.
+
+        Masks ask this every step with the same few arguments, so answers are kept.
+        """
+        key = (max_epochs, tuple(sorted(overrides.items())))
+        got = self._timelines.get(key)
+        if got is None:
+            knobs = attrs.evolve(initial_knobs(max_epochs), **{**self.quickest, **overrides})
+            got = self._timelines[key] = Timeline.of(knobs)
+        return got
+
+    def soonest_choice(self, head: str, point: Point, max_epochs: int, overrides: Mapping[str, Any]) -> int:
+        """The choice of ``head`` with which ``point`` comes soonest (the default, among equals)."""
+        offsets = self.choice_offsets(head, point, max_epochs, overrides).tolist()
+        default = self.head(head).spec.default_index
+        return default if offsets[default] == min(offsets) else offsets.index(min(offsets))
+
+    def choice_offsets(self, head: str, point: Point, max_epochs: int, overrides: Mapping[str, Any]) -> torch.Tensor:
+        """``[n_choices]``: epochs from germination to ``point`` with ``head``'s knob at each choice."""
+        key = (head, point, max_epochs, tuple(sorted(overrides.items())))
+        got = self._offsets.get(key)
+        if got is None:
+            spec = self.head(head).spec
+            knob = spec.knob
+            per = [self.timeline(max_epochs, {**overrides, knob: v} if knob else overrides) for v in spec.values]
+            got = self._offsets[key] = torch.tensor([t.at(point) for t in per])
+        return got
 
     def head(self, name: str) -> ComposedHead:
         try:
@@ -236,7 +267,7 @@ class MaskView:
 
     def timeline(self, **overrides: Any) -> Timeline:
         """When a seed germinated now reaches each point, in epochs from now (see :class:`Timeline`)."""
-        return Timeline.of(self.knobs(**overrides))
+        return self.space.timeline(self.max_epochs, overrides)
 
     def earliest(self, point: Point, **overrides: Any) -> torch.Tensor:
         """``[n_envs]``: the earliest epoch a seed germinated now reaches ``point``."""
@@ -256,10 +287,8 @@ class MaskView:
         For a head that declares no knob (or a knob that is not about timing)
         every column is the same.
         """
-        spec = self.space.head(head).spec
-        knob = spec.knob
-        cols = [self.left_after(point, **({**overrides, knob: v} if knob else overrides)) for v in spec.values]
-        return torch.stack(cols, dim=1)
+        offsets = self.space.choice_offsets(head, point, self.max_epochs, overrides)
+        return (self.max_epochs - 1 - self.epoch)[:, None] - offsets[None, :]
 
     def reaching_each(self, head: str, point: Point, **overrides: Any) -> torch.Tensor:
         """``[n_envs, n_choices]`` bool: the choices of ``head`` with which ``point`` falls inside the episode.
@@ -267,12 +296,8 @@ class MaskView:
         Where none does, the choice that gets there soonest stays legal (the
         default, among equals), so the row is never empty.
         """
-        spec = self.space.head(head).spec
-        left = self.left_after_each(head, point, **overrides)
-        legal = left >= 0
-        soonest = left == left.max(dim=1, keepdim=True).values
-        pick = torch.where(soonest[:, spec.default_index], spec.default_index, soonest.to(torch.int8).argmax(dim=1))
-        legal[torch.arange(self.n_envs), pick] = True
+        legal = self.left_after_each(head, point, **overrides) >= 0
+        legal[:, self.space.soonest_choice(head, point, self.max_epochs, overrides)] = True
         return legal
 
 
