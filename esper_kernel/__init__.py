@@ -41,6 +41,7 @@ def returning(value: _T) -> Callable[[], _T]:
 
     return hookimpl(hook)
 
+
 __version__ = "0.1.0"
 
 __all__ = [

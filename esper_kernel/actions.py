@@ -301,7 +301,6 @@ class MaskView:
         return legal
 
 
-
 MaskFn = Callable[[MaskView], "Mapping[str, torch.Tensor] | None"]
 
 

@@ -45,6 +45,7 @@ class LeverHooks(Protocol):
 
     def on_epoch(self, seed: SeedState, epoch: int) -> None: ...
 
+
 #: The heads the kernel itself owns; everything else is a lever's choice.
 CORE_HEADS = frozenset({"op", "slot", "blueprint", "blend"})
 

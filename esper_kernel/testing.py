@@ -36,7 +36,6 @@ The building blocks (:class:`Harness`, :func:`open_registry`,
 here for a lever's own effect tests.
 """
 
-
 from __future__ import annotations
 
 import math
