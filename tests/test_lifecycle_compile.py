@@ -59,6 +59,8 @@ class CountingBackend:
 class ScriptLever:
     """Knobs for a short, deterministic script: isolation by blend, fast ramps, long probation."""
 
+    writes = ("isolate_blending", "g2_threshold", "blend_steps", "probation_epochs")
+
     @hookimpl
     def on_enter_stage(self, seed: SeedState, old: Stage, new: Stage) -> None:
         k = seed.knobs
