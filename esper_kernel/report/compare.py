@@ -22,6 +22,7 @@ from esper_kernel.stats import paired_difference
 
 COMPARE_SCHEMA = "esper.compare/1"
 METRICS = ("final_val_accuracy", "best_val_accuracy", "return", "params")
+_SHORT = {"final_val_accuracy": "final acc", "best_val_accuracy": "best acc"}
 #: Keys that differ between runs of one arm.
 _PER_RUN = frozenset({"seed", "out", "checkpoint_every"})
 
@@ -110,6 +111,7 @@ def _fates(seeds: Any) -> dict[str, int]:
     counts: dict[str, int] = {}
     for s in seeds if isinstance(seeds, list) else ():
         stage = str(s.get("final_stage", "?")) if isinstance(s, dict) else "?"
+        stage = "CULLED" if stage == "EMBARGOED" else stage
         counts[stage] = counts.get(stage, 0) + 1
     return counts
 
@@ -272,16 +274,23 @@ def render(comp: Comparison) -> Any:
     from rich.table import Table
     from rich.text import Text
 
+    lever_sets = {r.levers for r in comp.runs}
+    same_levers = len(lever_sets) == 1
     runs = Table(title="runs", title_justify="left")
-    for col in ("run", "arm", "seed", "final acc", "best acc", "params", "return", "seeds' fates", "levers"):
+    cols = ["run", "arm", "seed", "final acc", "best acc", "params", "return", "seeds fossil/cull/live"]
+    for col in cols if same_levers else [*cols, "levers"]:
         runs.add_column(col, overflow="fold")
     for r in comp.runs:
-        fates = ", ".join(f"{n} {k.lower()}" for k, n in sorted(r.fates.items())) or "-"
-        runs.add_row(
+        live = sum(n for k, n in r.fates.items() if k not in ("FOSSILIZED", "CULLED"))
+        fates = f"{r.fates.get('FOSSILIZED', 0)}/{r.fates.get('CULLED', 0)}/{live}" if r.kind == "run" else "-"
+        row = [
             r.dir, r.arm, str(r.seed), _f(r.final_val_accuracy), _f(r.best_val_accuracy),
-            "-" if r.params is None else f"{r.params:,}", _f(r.return_, "+.3f"), fates, ",".join(r.levers) or "-",
-        )  # fmt: skip
+            "-" if r.params is None else f"{r.params:,}", _f(r.return_, "+.3f"), fates,
+        ]  # fmt: skip
+        runs.add_row(*row if same_levers else [*row, ",".join(r.levers) or "-"])
     parts: list[Any] = [runs]
+    if same_levers:
+        parts.append(Text(f"levers (every run): {', '.join(next(iter(lever_sets))) or 'none'}", style="dim"))
     if comp.paired:
         title = f"paired differences: arm minus reference ({comp.reference}), same seeds"
         table = Table(title=title, title_justify="left")
@@ -294,7 +303,8 @@ def render(comp: Comparison) -> Any:
             else:
                 style = "green" if p.lo > 0 else "red" if p.hi < 0 else ""
                 ci = Text(f"[{p.lo:{spec}}, {p.hi:{spec}}]", style=style)
-            table.add_row(p.arm, p.metric, format(p.mean, spec), ci, format(p.se, spec.lstrip("+")), str(p.n))
+            se = format(p.se, spec.lstrip("+"))
+            table.add_row(p.arm, _SHORT.get(p.metric, p.metric), format(p.mean, spec), ci, se, str(p.n))
         parts.append(table)
         parts.append(
             Text(

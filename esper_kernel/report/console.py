@@ -24,13 +24,20 @@ def _fmt_choices(choices: Mapping[str, Any] | None) -> str:
     return " ".join(f"{k}={v}" for k, v in (choices or {}).items()) or "-"
 
 
+def final_stage(seed: Mapping[str, Any]) -> str:
+    """A seed's fate: an embargoed seed was culled (the embargo is its slot's wait, not the seed's)."""
+    stage = str(seed.get("final_stage", "?"))
+    return "CULLED" if stage == "EMBARGOED" else stage
+
+
 def seeds_table(seeds: Sequence[Mapping[str, Any]]) -> Table:
     table = Table(title="seeds", title_justify="left", show_edge=False, pad_edge=False)
-    for col in ("seed", "slot", "blueprint", "blend", "germinated", "fate", "lever choices"):
-        table.add_column(col, overflow="fold")
+    for col in ("seed", "slot", "blueprint", "blend", "germinated", "fate"):
+        table.add_column(col, no_wrap=True)
     colours = {"FOSSILIZED": "green", "CULLED": "red"}
     for s in seeds:
-        fate = str(s.get("final_stage", "?"))
+        stage = final_stage(s)
+        fate = stage
         if s.get("cull_reason"):
             fate += f" ({s['cull_reason']})"
         table.add_row(
@@ -38,11 +45,19 @@ def seeds_table(seeds: Sequence[Mapping[str, Any]]) -> Table:
             str(s.get("slot")),
             str(s.get("blueprint")),
             str(s.get("blend")),
-            f"epoch {s.get('germinated_epoch')}",
-            Text(fate.lower(), style=colours.get(str(s.get("final_stage")), "yellow")),
-            _fmt_choices(s.get("choices")),
+            str(s.get("germinated_epoch")),
+            Text(fate.lower(), style=colours.get(stage, "yellow")),
         )
     return table
+
+
+def choices_text(seeds: Sequence[Mapping[str, Any]]) -> Text:
+    """Each seed's lever choices on a line of its own: too wide for a table column on a terminal."""
+    text = Text("lever choices at germination\n", style="bold")
+    for s in seeds:
+        text.append(f"  {s.get('seed_id')}: ", style="cyan")
+        text.append(_fmt_choices(s.get("choices")) + "\n")
+    return text
 
 
 def run_summary(summary: Mapping[str, Any]) -> RenderableType:
@@ -80,11 +95,12 @@ def run_summary(summary: Mapping[str, Any]) -> RenderableType:
     parts: list[RenderableType] = [lines]
     if seeds:
         parts.append(seeds_table(seeds))
+        parts.append(choices_text(seeds))
     else:
         parts.append(Text("no seed germinated: the host trained alone"))
     out = str(summary.get("out", "."))
     wall = summary.get("wall_seconds")
-    footer = Text(f"\nwrote {out}/events.jsonl, summary.json, checkpoint.pt")
+    footer = Text(f"wrote {out}/events.jsonl, summary.json, checkpoint.pt")
     if wall is not None:
         footer.append(f" in {wall}s")
     footer.append("\nplots and timeline: ")

@@ -275,6 +275,7 @@ class RunData:
         final: dict[str, str] = {}
         if isinstance(seeds, list):
             final = {str(s.get("seed_id")): str(s.get("final_stage")) for s in seeds if isinstance(s, dict)}
+            final = {k: "CULLED" if v == "EMBARGOED" else v for k, v in final.items()}
         else:
             for c in self.changes:
                 final[c.seed_id] = "CULLED" if c.new == "EMBARGOED" else c.new

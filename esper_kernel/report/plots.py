@@ -16,6 +16,7 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
+from matplotlib.ticker import MaxNLocator
 
 from esper_kernel.report.events import (
     END_STAGES,
@@ -190,6 +191,7 @@ def returns_figure(train: TrainData) -> Figure:
     )  # fmt: skip
     ax.plot(xs, [sum(u.episode_returns) / len(u.episode_returns) for u in ups], "o-", color="#08519c", label="mean")
     ax.set_xlabel("PPO update")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("episode return")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
@@ -214,6 +216,7 @@ def entropy_figure(train: TrainData) -> Figure:
             ax.axhline(top, color="#969696", ls="--", lw=1, gid="max-entropy")
             ax.set_ylim(-0.05 * top - 0.01, top * 1.1 + 0.01)
         ax.set_title(head if top is None else f"{head} (max {top:.2f})", fontsize=9)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
         ax.tick_params(labelsize=8)
     for j in range(len(heads), rows_n * cols):
@@ -250,6 +253,7 @@ def ppo_figure(train: TrainData) -> Figure:
             ax.legend(fontsize=7)
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("PPO update", fontsize=9)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.grid(alpha=0.3)
     return fig
 
@@ -269,13 +273,11 @@ def emerged_figure(train: TrainData) -> Figure:
             for bucket in counts.values():
                 choices += [c for c in bucket if c not in choices]
             groups = sorted({g for g, _ in counts})
-            labels: list[str] = []
             bottoms: list[float] = []
             positions: list[float] = []
-            for gi, group in enumerate(groups):
-                for pi, phase in enumerate(("early", "late")):
+            for gi in range(len(groups)):
+                for pi in range(2):
                     positions.append(gi * 2.6 + pi)
-                    labels.append(f"{group}\n{phase}")
                     bottoms.append(0.0)
             for ci, choice in enumerate(choices):
                 heights = []
@@ -286,12 +288,14 @@ def emerged_figure(train: TrainData) -> Figure:
                         heights.append(bucket.get(choice, 0) / total if total else 0.0)
                 if not any(heights):
                     continue
-                ax.bar(
+                bars = ax.bar(
                     positions, heights, bottom=bottoms, width=0.9, label=choice, color=f"C{ci % 10}",
                     gid=f"choice-{head}-{by}",
                 )  # fmt: skip
+                for bar in bars[1::2]:
+                    bar.set_hatch("///")
                 bottoms = [b + h for b, h in zip(bottoms, heights, strict=True)]
-            ax.set_xticks(positions, labels, fontsize=7)
+            ax.set_xticks([gi * 2.6 + 0.5 for gi in range(len(groups))], groups, fontsize=7, rotation=20)
             ax.set_ylim(0, 1.05)
             ax.set_ylabel("share of germinations", fontsize=8)
             ax.set_title(f"{head} by {by}", fontsize=9)
@@ -299,7 +303,11 @@ def emerged_figure(train: TrainData) -> Figure:
                 ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     if not heads:
         axes[0][0].text(0.5, 0.5, "no seed germinated", ha="center", va="center")
-    fig.suptitle(f"What emerged: lever choices at germination (early: episodes < {split}, late: the rest)", fontsize=11)
+    fig.suptitle(
+        f"What emerged: lever choices at germination; per group, left bar: early (episodes < {split}), "
+        "right, hatched: late",
+        fontsize=11,
+    )
     return fig
 
 
