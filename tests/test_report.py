@@ -382,3 +382,75 @@ def test_summary_remarks_a_final_accuracy_well_below_the_best() -> None:
     console = Console(width=120, record=True)
     console.print(run_summary({**base, "final_val_accuracy": 0.45}))
     assert "below the best" not in console.export_text()
+
+
+# -- the page in a real browser ------------------------------------------------------
+
+CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--disable-sync", "--no-first-run", "--hide-scrollbars")  # fmt: skip
+
+
+def _chromium() -> str:
+    import os
+    import shutil
+
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        path = shutil.which(name)
+        if path:
+            return path
+    if os.environ.get("CI"):
+        pytest.fail("chromium is not installed; .ci/run installs Debian's chromium package")
+    pytest.skip("chromium is not installed (apt-get install chromium)")
+
+
+def _browse(page: Path, tmp: Path, *args: str) -> str:
+    import subprocess
+
+    profile = tmp / f"profile-{len(list(tmp.glob('profile-*')))}"
+    proc = subprocess.run(
+        [_chromium(), *CHROMIUM_FLAGS, f"--user-data-dir={profile}", *args, page.resolve().as_uri()],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc.stdout
+
+
+@pytest.mark.parametrize(
+    ("which", "sections"),
+    [
+        ("heuristic", ("summary", "accuracy", "timeline", "levers", "config")),
+        ("train", ("summary", "returns", "entropy", "ppo", "emerged", "config")),
+        ("eval", ("summary", "eval", "table")),
+    ],
+)
+def test_report_renders_in_headless_chromium_with_every_section_and_image(
+    runs: dict[str, Path], tmp_path: Path, which: str, sections: tuple[str, ...]
+) -> None:
+    from PIL import Image
+
+    if which == "eval":
+        src = tmp_path / "eval"
+        src.mkdir()
+        (src / "eval.json").write_text(json.dumps(EVAL), encoding="utf-8")
+    else:
+        src = runs[which]
+    out = tmp_path / "out"
+    ok(esper("report", str(src), "--out", str(out)))
+    page = out / "report.html"
+    dom = _browse(page, tmp_path, "--virtual-time-budget=5000", "--dump-dom")
+    n_images = len(list(out.glob("*.png")))
+    # The page's own script counts the images that decoded once the page loaded.
+    assert f'data-images-loaded="{n_images}/{n_images}"' in dom
+    for section in sections:
+        assert f'<section id="{section}">' in dom
+    # The same page with its images taken out: what text and tables alone darken.
+    bare = out / "bare.html"
+    bare.write_text(re.sub(r"<img [^>]*>", "", page.read_text(encoding="utf-8")), encoding="utf-8")
+    ink = {}
+    for name, html_file in (("page", page), ("bare", bare)):
+        shot = tmp_path / f"{name}.png"
+        _browse(html_file, tmp_path, "--window-size=1280,2400", f"--screenshot={shot}")
+        img = Image.open(shot).convert("L")
+        ink[name] = sum(img.histogram()[:200]) / (img.width * img.height)
+    assert ink["bare"] > 0.001, "the page shows no text"
+    assert ink["page"] > 1.5 * ink["bare"], f"the images add little to the page: {ink}"

@@ -164,6 +164,7 @@ def lever_figure(run: RunData, lever: str, keys: Sequence[str]) -> Figure:
                 continue
             ax.plot(xs, [math.nan if y is None else y for y in ys], ".-", label=f"slot {slot}")
         ax.set_title(key, fontsize=9)
+        ax.set_xlim(0, max(run.total_epochs, 1) + 0.5)
         ax.grid(alpha=0.3)
         ax.tick_params(labelsize=8)
         if ax.lines:
