@@ -9,10 +9,15 @@ drew them, read independently of the report code.
 from __future__ import annotations
 
 import base64
+import importlib.util
 import io
 import json
 import math
+import os
 import re
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -202,10 +207,19 @@ EVAL = {
             "policy": name.split("+")[0],
             "forced": {},
             "per_seed": [
-                {"seed": s, "final_val_accuracy": 0.5 + d + 0.01 * s, "best_val_accuracy": 0.6, "params": 1000,
-                 "mean_params": 900, "return": 0.3 + d, "fallbacks": 0, "fossilized": 1, "culled": 0}
+                {
+                    "seed": s,
+                    "final_val_accuracy": 0.5 + d + 0.01 * s,
+                    "best_val_accuracy": 0.6,
+                    "params": 1000,
+                    "mean_params": 900,
+                    "return": 0.3 + d,
+                    "fallbacks": 0,
+                    "fossilized": 1,
+                    "culled": 0,
+                }
                 for s in range(3)
-            ],  # fmt: skip
+            ],
             "mean": {"final_val_accuracy": 0.51 + d, "params": 1000, "mean_params": 900, "return": 0.3 + d},
             "vs_reference": {
                 "final_val_accuracy": {"mean": d, "se": 0.01, "ci95": [d - 0.03, d + 0.03], "n": 3},
@@ -331,7 +345,7 @@ def test_compare_of_a_directory_without_a_summary_is_one_line(tmp_path: Path) ->
 
 
 def test_tensorboard_stream_holds_the_runs_scalars(runs: dict[str, Path]) -> None:
-    pytest.importorskip("tensorboard")
+    _needs("tensorboard", "the tensorboard extra is not installed (pip install -e '.[tensorboard]')")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     acc = EventAccumulator(str(runs["tb"]))
@@ -349,8 +363,6 @@ def test_tensorboard_stream_holds_the_runs_scalars(runs: dict[str, Path]) -> Non
 
 
 def test_tensorboard_without_the_package_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import sys
-
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)
     result = esper("run", "--tensorboard", str(tmp_path / "tb"), "--out", str(tmp_path / "o"), "--quiet")
     assert result.exit_code == 2
@@ -390,22 +402,28 @@ CHROMIUM_FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-back
                   "--disable-component-update", "--disable-sync", "--no-first-run", "--hide-scrollbars")  # fmt: skip
 
 
-def _chromium() -> str:
-    import os
-    import shutil
+def _missing(why: str) -> None:
+    """Skip on a developer's machine; fail in CI, which .ci/run equips with everything these tests need."""
+    if os.environ.get("CI"):
+        pytest.fail(f"{why}; .ci/run should have installed it")
+    pytest.skip(why)
 
+
+def _needs(module: str, why: str) -> None:
+    if importlib.util.find_spec(module) is None:
+        _missing(why)
+
+
+def _chromium() -> str:
     for name in ("chromium", "chromium-browser", "google-chrome"):
         path = shutil.which(name)
         if path:
             return path
-    if os.environ.get("CI"):
-        pytest.fail("chromium is not installed; .ci/run installs Debian's chromium package")
-    pytest.skip("chromium is not installed (apt-get install chromium)")
+    _missing("chromium is not installed (apt-get install chromium)")
+    raise AssertionError("unreachable")
 
 
 def _browse(page: Path, tmp: Path, *args: str) -> str:
-    import subprocess
-
     profile = tmp / f"profile-{len(list(tmp.glob('profile-*')))}"
     proc = subprocess.run(
         [_chromium(), *CHROMIUM_FLAGS, f"--user-data-dir={profile}", *args, page.resolve().as_uri()],
