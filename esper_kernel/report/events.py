@@ -146,11 +146,12 @@ class Span:
 
 @attrs.frozen
 class SeedLabel:
-    """What the timeline writes beside a seed: its blueprint, blend and lever choices."""
+    """What the timeline writes under a seed, within the epochs it occupied (``x`` to ``end``)."""
 
     slot: int
     seed_id: str
     x: float
+    end: float
     blueprint: str
     choices: Mapping[str, str]
 
@@ -254,8 +255,13 @@ class RunData:
         return [c for c in self.changes if c.new in END_STAGES]
 
     def labels(self) -> list[SeedLabel]:
+        ends: dict[str, float] = {}
+        for s in self.spans():
+            ends[s.seed_id] = max(ends.get(s.seed_id, s.end), s.end)
+        for c in self.ends():
+            ends[c.seed_id] = max(ends.get(c.seed_id, c.x), c.x)
         return [
-            SeedLabel(c.slot, c.seed_id, c.x, c.blueprint or "?", c.choices)
+            SeedLabel(c.slot, c.seed_id, c.x, ends.get(c.seed_id, c.x), c.blueprint or "?", c.choices)
             for c in self.changes
             if c.new == "GERMINATED"
         ]

@@ -15,7 +15,7 @@ from matplotlib.artist import Artist
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
-from matplotlib.patches import Patch
+from matplotlib.patches import Patch, Rectangle
 from matplotlib.ticker import MaxNLocator
 
 from esper_kernel.report.events import (
@@ -129,11 +129,15 @@ def timeline_figure(run: RunData) -> Figure:
                 color=STAGE_COLOURS[stage], zorder=5, edgecolors="white", gid=f"end-{stage}",
             )  # fmt: skip
     for label in run.labels():
-        lever_choices = {k: v for k, v in label.choices.items()}
-        ax.annotate(
-            f"{label.seed_id}: {label.blueprint}\n{_choice_text(lever_choices)}",
-            (label.x, label.slot + 0.2), fontsize=7, va="top", ha="left", annotation_clip=False,
+        text = ax.text(
+            label.x + 0.05, label.slot + 0.2, f"{label.seed_id}: {label.blueprint}\n{_choice_text(label.choices)}",
+            fontsize=7, va="top", ha="left", clip_on=True,
         )  # fmt: skip
+        # Each label stays within the epochs its seed occupied, so neighbours never overprint;
+        # the report's seed table has every choice in full.
+        box = Rectangle((label.x, label.slot - 0.4), max(label.end - label.x, 0.5), 1.0, transform=ax.transData)
+        text.set_clip_path(box)
+        text.set_in_layout(False)
     ax.set_yticks(range(n), [f"slot {i}" for i in range(n)])
     ax.set_ylim(n - 0.2, -0.55)
     ax.set_xlim(0, max(run.total_epochs, 1) + 0.5)
