@@ -70,7 +70,10 @@ def accuracy_figure(run: RunData) -> Figure:
         acc_ax.plot([t[0] for t in train], [t[1] for t in train], "--", color="#9ecae1", label="train accuracy")
     if run.chance is not None:
         acc_ax.axhline(run.chance, color="#969696", lw=1, ls=":", label=f"chance (1/{run.num_classes})")
-    pr = [(r.epoch + 1.0, float(r.params)) for r in run.epochs if r.params is not None]
+    # The parameters counted after epoch e are those epoch e trained with: drawn over [e, e + 1).
+    pr = [(r.epoch + 0.0, float(r.params)) for r in run.epochs if r.params is not None]
+    if pr:
+        pr.append((pr[-1][0] + 1.0, pr[-1][1]))
     par_ax.step([p[0] for p in pr], [p[1] for p in pr], where="post", color="#525252", label="parameters")
     base = (run.summary or {}).get("base_params")
     if isinstance(base, int):
@@ -95,6 +98,7 @@ def accuracy_figure(run: RunData) -> Figure:
     acc_ax.set_title("Accuracy and parameters; markers: seeds germinated, blending, fossilized, culled")
     par_ax.set_ylabel("parameters")
     par_ax.set_xlabel("epochs trained")
+    par_ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     par_ax.grid(alpha=0.3)
     par_ax.legend(loc="upper left", fontsize=8)
     par_ax.set_xlim(0, max(run.total_epochs, 1) + 0.5)
@@ -142,6 +146,7 @@ def timeline_figure(run: RunData) -> Figure:
     ax.set_ylim(n - 0.2, -0.55)
     ax.set_xlim(0, max(run.total_epochs, 1) + 0.5)
     ax.set_xlabel("epochs trained")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.grid(axis="x", alpha=0.3)
     handles: list[Artist] = [Patch(color=STAGE_COLOURS[s], label=s.lower()) for s in SPAN_STAGES]
     handles += [
