@@ -253,7 +253,7 @@ def ppo_figure(train: TrainData) -> Figure:
     series = (
         ("approx KL", [u.approx_kl for u in train.updates], "#d94801"),
         ("clip fraction", [u.clip_fraction for u in train.updates], "#8c2d04"),
-        ("env steps / s", [u.steps_per_second for u in train.updates], "#238b45"),
+        ("env steps (host epochs) / s", [u.steps_per_second for u in train.updates], "#238b45"),
     )
     for ax, (title, ys, colour) in zip(axes, series, strict=True):
         ax.plot(xs, [math.nan if y is None else y for y in ys], "o-", color=colour, ms=3)
