@@ -362,12 +362,13 @@ def new_lever(name: str, parent: Path) -> None:
 
 
 @main.command("run")
-@click.option("--task", default=None, help="Task: shapes (default), sequences, cifar10, text.")
+@click.option("--task", default=None, help="Task: pairs (default, the growth task), shapes, sequences, cifar10, text.")
 @click.option("--data-dir", default=None, type=click.Path(file_okay=True), help="Directory for cifar10 / text data.")
 @click.option("--policy", default=None, help="heuristic (default), random, or a policy file from `esper train`.")
 @click.option("--levers", default=None, metavar="A,B", help="Levers to activate (default: every installed one).")
-@click.option("--epochs", type=int, default=None, help="Host epochs in the episode (default 20).")
+@click.option("--epochs", type=int, default=None, help="Host epochs in the episode (default 40).")
 @click.option("--slots", type=int, default=None, help="Seed slots in the host (default 3).")
+@click.option("--width", type=int, default=None, help="CNN host width (default: the task's own, pairs 8).")
 @click.option("--seed", type=int, default=None, help="Random seed (default 0).")
 @click.option("--out", default=None, type=click.Path(file_okay=False), help="Output directory (default runs/latest).")
 @click.option("--config", "config_file", default=None, type=click.Path(dir_okay=False), help="TOML run config.")
@@ -382,6 +383,7 @@ def run_command(
     levers: str | None,
     epochs: int | None,
     slots: int | None,
+    width: int | None,
     seed: int | None,
     out: str | None,
     config_file: str | None,
@@ -413,6 +415,7 @@ def run_command(
         env__data_dir=data_dir,
         env__epochs=epochs,
         env__slots=slots,
+        env__width=width,
         env__compile=compile_,
     )
     console = Console(stderr=True)
@@ -456,9 +459,9 @@ def run_command(
     "--episodes", type=click.IntRange(min=1), default=32, show_default=True, help="Episodes in all, over all envs."
 )
 @click.option("--envs", "n_envs", type=click.IntRange(min=1), default=4, show_default=True, help="Envs per rollout.")
-@click.option("--task", default="shapes", show_default=True, help="Task the hosts train on.")
+@click.option("--task", default="pairs", show_default=True, help="Task the hosts train on.")
 @click.option("--levers", "only", metavar="A,B", default=None, help="Load only these levers (overrides ESPER_LEVERS).")
-@click.option("--epochs", type=click.IntRange(min=1), default=20, show_default=True, help="Epochs (steps) per episode.")
+@click.option("--epochs", type=click.IntRange(min=1), default=40, show_default=True, help="Epochs (steps) per episode.")
 @click.option("--slots", type=click.IntRange(min=2), default=3, show_default=True, help="Seed slots per host.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option(
@@ -470,7 +473,7 @@ def run_command(
     help="Writes policy.pt, events.jsonl and train_summary.json here.",
 )
 @click.option("--train-size", type=click.IntRange(min=1), default=1024, show_default=True, help="Training examples.")
-@click.option("--val-size", type=click.IntRange(min=1), default=256, show_default=True, help="Validation examples.")
+@click.option("--val-size", type=click.IntRange(min=1), default=512, show_default=True, help="Validation examples.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True, help="Host batch size.")
 @click.option("--data-dir", type=click.Path(file_okay=False), default=None, help="Data for tasks that read files.")
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=3e-3, show_default=True, help="PPO lr.")
@@ -605,10 +608,6 @@ def train(
     console.print(f"trained {summary.episodes} episodes in {summary.seconds:.1f}s; policy saved to {policy_path}")
 
 
-if __name__ == "__main__":
-    main()
-
-
 # -- esper eval --------------------------------------------------------------
 
 
@@ -702,3 +701,7 @@ def _effect_specs(config: Any) -> list[Any]:
         choices = reg.space.head(name).spec.choices
         specs += [PolicySpec("heuristic", ((name, c),)) for c in (choices[0], choices[-1])]
     return specs
+
+
+if __name__ == "__main__":
+    main()

@@ -154,6 +154,8 @@ class EpisodeResult:
     #: Per lever head and choice: at how many GERMINATE decisions that choice was legal.
     legal_counts: dict[str, dict[str, int]]
     wall_seconds: float
+    #: Validation accuracy after every epoch.
+    curve: tuple[float, ...] = ()
 
     def outcome(self, metric: str) -> float:
         return self.ret if metric == "return" else float(getattr(self, metric))
@@ -224,6 +226,7 @@ def play_episode(job: EvalJob) -> EpisodeResult:
         multi_legal=multi,
         legal_counts=legal,
         wall_seconds=round(time.perf_counter() - started, 2),
+        curve=tuple(env.acc_history),
     )
 
 
@@ -357,6 +360,7 @@ def _document(
                 },
                 "fallbacks": sum(r.fallbacks for r in rs),
                 "legal": _legal_summary(rs),
+                "last_third_change": _last_third_change(rs),
             }
         )
     return {
@@ -385,7 +389,26 @@ def _seed_row(r: EpisodeResult) -> dict[str, Any]:
         "culled": r.culled,
         "germinate_decisions": r.germinate_decisions,
         "wall_seconds": r.wall_seconds,
+        "val_accuracy_curve": list(r.curve),
     }
+
+
+def _last_third_change(rs: Sequence[EpisodeResult]) -> dict[str, float] | None:
+    """How far validation accuracy moves over the last third of the episode (the plateau test).
+
+    Per seed: the mean of the last three epochs minus the mean of the three
+    epochs ending where the last third starts; then the mean over seeds and
+    its standard error. Three-epoch means keep one noisy epoch from deciding it.
+    """
+    changes = []
+    for r in rs:
+        n = len(r.curve)
+        start = n - n // 3
+        if n < 6 or start < 3:
+            return None
+        changes.append(sum(r.curve[-3:]) / 3 - sum(r.curve[start - 3 : start]) / 3)
+    mean, se = mean_se(changes)
+    return {"mean": mean, "se": se}
 
 
 def _legal_summary(rs: Sequence[EpisodeResult]) -> dict[str, Any]:
