@@ -336,7 +336,8 @@ def eval_figure(ev: EvalData, metric: str = "final_val_accuracy") -> Figure:
     colours = ["#238b45" if (iv.lo or 0) > 0 else "#cb181d" if (iv.hi or 0) < 0 else "#969696" for _, iv in rows]
     ax.barh(ys, means, xerr=[lo, hi], color=colours, capsize=4, gid="eval-bars")
     ax.axvline(0, color="black", lw=0.8)
-    ax.set_yticks(ys, [f"{name} (n={iv.n})" for name, iv in rows], fontsize=8)
+    names = [f"{name} (reference)" if name == ev.reference else f"{name} (n={iv.n})" for name, iv in rows]
+    ax.set_yticks(ys, names, fontsize=8)
     ax.invert_yaxis()
     ax.set_xlabel(f"{metric} minus {ev.reference}'s, same seeds (mean, 95% CI)")
     ax.grid(axis="x", alpha=0.3)
