@@ -362,6 +362,31 @@ def test_tensorboard_stream_holds_the_runs_scalars(runs: dict[str, Path]) -> Non
     assert any(t.startswith(f"lever/{key}/slot") for t in acc.Tags()["scalars"])
 
 
+def test_tensorboard_scalars_show_while_the_run_is_still_going(tmp_path: Path) -> None:
+    _needs("tensorboard", "the tensorboard extra is not installed (pip install -e '.[tensorboard]')")
+    import time
+
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from esper_kernel.telemetry import Telemetry
+    from esper_kernel.tensorboard import TensorBoardSink
+
+    sink = TensorBoardSink(tmp_path / "tb", flush_secs=1)
+    with Telemetry(tmp_path / "events.jsonl", "live", console=False, sinks=[sink]) as tel:
+        tel.log.info("run.started", config={"env": {"epochs": 5}})
+        tel.log.bind(env=0, episode=0, epoch=0).info("epoch.completed", val_accuracy=0.25, params=10)
+        deadline = time.monotonic() + 10
+        seen: list[float] = []
+        while not seen and time.monotonic() < deadline:
+            time.sleep(0.5)
+            acc = EventAccumulator(str(tmp_path / "tb"))
+            acc.Reload()
+            if "host/val_accuracy" in acc.Tags()["scalars"]:
+                seen = [s.value for s in acc.Scalars("host/val_accuracy")]
+        # Read back before the run's telemetry closes: TensorBoard sees a live run.
+        assert seen == [0.25]
+
+
 def test_tensorboard_without_the_package_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)
     result = esper("run", "--tensorboard", str(tmp_path / "tb"), "--out", str(tmp_path / "o"), "--quiet")
