@@ -751,6 +751,9 @@ def eval_command(
 ) -> None:
     """Run several policies on the same seeds, paired, and write OUT/eval.json and OUT/eval.md.
 
+    Each finished episode is appended to OUT/episodes.jsonl at once; running
+    the same command again plays only the episodes still missing.
+
     Every policy is compared seed by seed with the reference (the no-growth
     `wait` control by default): mean difference and 95% confidence interval
     of final accuracy, return and parameters. Schema in docs/eval.md.
@@ -782,7 +785,14 @@ def eval_command(
         console.print(f"  {name} seed {r.seed}: acc {r.final_val_accuracy:.3f} params {r.params:,} ({r.wall_seconds}s)")
 
     doc = ev.evaluate(
-        config.env, specs, seed_list, levers=config.levers, reference=reference, workers=n_workers, on_done=on_done
+        config.env,
+        specs,
+        seed_list,
+        levers=config.levers,
+        reference=reference,
+        workers=n_workers,
+        on_done=on_done,
+        journal=Path(out) / "episodes.jsonl",
     )
     paths = ev.write_outputs(doc, Path(out), effects=effects)
     click.echo(ev.render_markdown(doc))
