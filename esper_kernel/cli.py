@@ -21,7 +21,7 @@ import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import click
@@ -30,11 +30,14 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from esper_kernel.blueprints import blueprint_names
-from esper_kernel.core import CoreHeads
 from esper_kernel.errors import EsperError, PluginError, SelectionError
-from esper_kernel.registry import ENV_NO_AUTOLOAD, LeverInfo, LoadFailure, Registry, Selection
 from esper_kernel.stages import Op
+
+if TYPE_CHECKING:
+    # The registry composes heads with torch; importing it here would make
+    # `esper --help` and `esper report` pay for torch (seconds) on every start.
+    from esper_kernel.core import CoreHeads
+    from esper_kernel.registry import LeverInfo, LoadFailure, Registry, Selection
 
 LEVERS_SCHEMA = "esper.levers/1"
 
@@ -45,6 +48,9 @@ DEFAULT_SLOTS = 3
 
 def default_core(topology: str = DEFAULT_TOPOLOGY, n_slots: int = DEFAULT_SLOTS) -> CoreHeads:
     """The kernel's own heads for ``topology``, with every blueprint it has."""
+    from esper_kernel.blueprints import blueprint_names
+    from esper_kernel.core import CoreHeads
+
     return CoreHeads(n_slots=n_slots, blueprints=blueprint_names(topology), topology=topology)
 
 
@@ -257,6 +263,8 @@ def failures_panel(failures: Sequence[FailureRecord]) -> Panel:
 def render(report: LeversReport, selection: Selection) -> Group:
     parts: list[Any] = [lever_panel(lv) for lv in report.levers]
     if not report.levers:
+        from esper_kernel.registry import ENV_NO_AUTOLOAD
+
         hint = ""
         if not selection.autoload and selection.only is None:
             hint = f" ({ENV_NO_AUTOLOAD} is set: name levers with --levers or ESPER_LEVERS)"
@@ -317,6 +325,8 @@ def list_levers(as_json: bool, only: str | None) -> None:
     For each lever: its distribution, entry point, heads, telemetry fields,
     compile safety, hooks and relations to other levers.
     """
+    from esper_kernel.registry import Registry, Selection
+
     selection = Selection.from_env(levers=only)
     reg = Registry.open(default_core(), selection)
     _emit(levers_report(reg), selection, as_json)
@@ -327,6 +337,8 @@ def list_levers(as_json: bool, only: str | None) -> None:
 @click.option("--json", "as_json", is_flag=True, help=_JSON_HELP)
 def show_lever(name: str, as_json: bool) -> None:
     """Show one active lever in full."""
+    from esper_kernel.registry import Registry, Selection
+
     selection = Selection.from_env()
     reg = Registry.open(default_core(), selection)
     if name not in reg.names:
@@ -362,12 +374,13 @@ def new_lever(name: str, parent: Path) -> None:
 
 
 @main.command("run")
-@click.option("--task", default=None, help="Task: shapes (default), sequences, cifar10, text.")
+@click.option("--task", default=None, help="Task: pairs (default, the growth task), shapes, sequences, cifar10, text.")
 @click.option("--data-dir", default=None, type=click.Path(file_okay=True), help="Directory for cifar10 / text data.")
 @click.option("--policy", default=None, help="heuristic (default), random, or a policy file from `esper train`.")
 @click.option("--levers", default=None, metavar="A,B", help="Levers to activate (default: every installed one).")
-@click.option("--epochs", type=int, default=None, help="Host epochs in the episode (default 20).")
+@click.option("--epochs", type=int, default=None, help="Host epochs in the episode (default 40).")
 @click.option("--slots", type=int, default=None, help="Seed slots in the host (default 3).")
+@click.option("--width", type=int, default=None, help="CNN host width (default: the task's own, pairs 8).")
 @click.option("--seed", type=int, default=None, help="Random seed (default 0).")
 @click.option("--out", default=None, type=click.Path(file_okay=False), help="Output directory (default runs/latest).")
 @click.option("--config", "config_file", default=None, type=click.Path(dir_okay=False), help="TOML run config.")
@@ -375,6 +388,13 @@ def new_lever(name: str, parent: Path) -> None:
 @click.option("--compile", "compile_", is_flag=True, default=None, help="Run the host under torch.compile.")
 @click.option("--allow-graph-breaks", is_flag=True, default=None, help="With --compile, allow BREAKS_GRAPH levers.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option(
+    "--tensorboard",
+    "tensorboard_dir",
+    default=None,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Also stream scalars to a TensorBoard log in this directory (needs the tensorboard extra).",
+)
 def run_command(
     task: str | None,
     data_dir: str | None,
@@ -382,6 +402,7 @@ def run_command(
     levers: str | None,
     epochs: int | None,
     slots: int | None,
+    width: int | None,
     seed: int | None,
     out: str | None,
     config_file: str | None,
@@ -389,16 +410,17 @@ def run_command(
     compile_: bool | None,
     allow_graph_breaks: bool | None,
     quiet: bool,
+    tensorboard_dir: Path | None,
 ) -> None:
     """Train a host on a task with every active lever on and Tamiyo deciding.
 
-    Writes OUT/events.jsonl, OUT/summary.json and OUT/checkpoint.pt.
+    Writes OUT/events.jsonl, OUT/summary.json and OUT/checkpoint.pt;
+    `esper report OUT` draws them.
     """
-    from pathlib import Path
-
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from esper_kernel.config import RunConfig, load_config, with_overrides
+    from esper_kernel.report.console import run_summary
     from esper_kernel.run import EpochReport, run
 
     base = load_config(Path(config_file)) if config_file else RunConfig()
@@ -413,6 +435,7 @@ def run_command(
         env__data_dir=data_dir,
         env__epochs=epochs,
         env__slots=slots,
+        env__width=width,
         env__compile=compile_,
     )
     console = Console(stderr=True)
@@ -435,17 +458,35 @@ def run_command(
         status = f"val acc {r.val_accuracy:.3f}  slots {' '.join(s.lower() for s in r.stages)}"
         progress.update(bar, completed=r.epoch, total=r.epochs, status=status)
 
+    def on_failures(failures: Sequence[LoadFailure]) -> None:
+        console.print(failures_panel([failure_record(f) for f in failures]))
+        console.print("[yellow]the run goes on without them[/] (ESPER_STRICT_PLUGINS=1 makes this an error)")
+
+    sinks = _tensorboard_sinks(tensorboard_dir)
     try:
-        summary = run(config, resume=Path(resume) if resume else None, on_epoch=on_epoch, on_start=on_start)
+        summary = run(
+            config,
+            resume=Path(resume) if resume else None,
+            on_epoch=on_epoch,
+            on_start=on_start,
+            on_failures=on_failures,
+            sinks=sinks,
+        )
     finally:
         progress.stop()
-    seeds = summary["seeds"]
-    console.print(
-        f"done: val acc {summary['final_val_accuracy']:.3f} (best {summary['best_val_accuracy']:.3f}), "
-        f"{len(seeds)} seed(s): "
-        + (", ".join(f"{s['blueprint']}@s{s['slot']} {s['final_stage'].lower()}" for s in seeds) or "none")
-        + f"; wrote {summary['out']}/events.jsonl, summary.json, checkpoint.pt in {summary['wall_seconds']}s"
-    )
+        for sink in sinks:
+            sink.close()
+    console.print(run_summary(summary))
+    if tensorboard_dir is not None:
+        console.print(f"TensorBoard: tensorboard --logdir {tensorboard_dir}")
+
+
+def _tensorboard_sinks(logdir: Path | None) -> list[Any]:
+    if logdir is None:
+        return []
+    from esper_kernel.tensorboard import TensorBoardSink
+
+    return [TensorBoardSink(logdir)]
 
 
 # -- esper train -------------------------------------------------------------
@@ -456,9 +497,9 @@ def run_command(
     "--episodes", type=click.IntRange(min=1), default=32, show_default=True, help="Episodes in all, over all envs."
 )
 @click.option("--envs", "n_envs", type=click.IntRange(min=1), default=4, show_default=True, help="Envs per rollout.")
-@click.option("--task", default="shapes", show_default=True, help="Task the hosts train on.")
+@click.option("--task", default="pairs", show_default=True, help="Task the hosts train on.")
 @click.option("--levers", "only", metavar="A,B", default=None, help="Load only these levers (overrides ESPER_LEVERS).")
-@click.option("--epochs", type=click.IntRange(min=1), default=20, show_default=True, help="Epochs (steps) per episode.")
+@click.option("--epochs", type=click.IntRange(min=1), default=40, show_default=True, help="Epochs (steps) per episode.")
 @click.option("--slots", type=click.IntRange(min=2), default=3, show_default=True, help="Seed slots per host.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option(
@@ -470,7 +511,7 @@ def run_command(
     help="Writes policy.pt, events.jsonl and train_summary.json here.",
 )
 @click.option("--train-size", type=click.IntRange(min=1), default=1024, show_default=True, help="Training examples.")
-@click.option("--val-size", type=click.IntRange(min=1), default=256, show_default=True, help="Validation examples.")
+@click.option("--val-size", type=click.IntRange(min=1), default=512, show_default=True, help="Validation examples.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True, help="Host batch size.")
 @click.option("--data-dir", type=click.Path(file_okay=False), default=None, help="Data for tasks that read files.")
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=3e-3, show_default=True, help="PPO lr.")
@@ -485,6 +526,13 @@ def run_command(
     type=click.IntRange(min=1),
     default=None,
     help="Envs per rollout sharing one episode seed, each learning relative to the others (default 4; 1: off).",
+)
+@click.option(
+    "--tensorboard",
+    "tensorboard_dir",
+    default=None,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Also stream scalars to a TensorBoard log in this directory (needs the tensorboard extra).",
 )
 def train(
     episodes: int,
@@ -505,6 +553,7 @@ def train(
     minibatch_size: int | None,
     entropy_coef: float | None,
     group_size: int | None,
+    tensorboard_dir: Path | None,
 ) -> None:
     """Train Tamiyo with PPO against the active levers.
 
@@ -519,7 +568,8 @@ def train(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from esper_kernel.env import EnvConfig
-    from esper_kernel.run import lever_records
+    from esper_kernel.registry import Registry, Selection
+    from esper_kernel.run import head_choices, lever_records
     from esper_kernel.tamiyo.train import PPOConfig, train_ppo
     from esper_kernel.tasks import TASKS, TaskError
     from esper_kernel.telemetry import Telemetry
@@ -553,7 +603,8 @@ def train(
     run_id = f"train-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
     policy_path = out_dir / "policy.pt"
     # The progress bar owns the terminal; the full event stream goes to the file.
-    with Telemetry(out_dir / "events.jsonl", run_id, console=False) as tel:
+    sinks = _tensorboard_sinks(tensorboard_dir)
+    with Telemetry(out_dir / "events.jsonl", run_id, console=False, sinks=sinks) as tel:
         tel.log.info(
             "run.started",
             command="train",
@@ -561,6 +612,7 @@ def train(
             ppo_config=attrs.asdict(ppo_config),
             levers=lever_records(reg),
             failed_levers=[attrs.asdict(f) for f in reg.failures],
+            head_choices=head_choices(reg),
             out=str(out_dir),
         )
         for failure in reg.failures:
@@ -605,10 +657,61 @@ def train(
 
     write_text_atomic(out_dir / "train_summary.json", json.dumps(record, indent=2) + "\n")
     console.print(f"trained {summary.episodes} episodes in {summary.seconds:.1f}s; policy saved to {policy_path}")
+    console.print(f"learning curves and what emerged: [bold green]esper report {out_dir}[/]")
 
 
-if __name__ == "__main__":
-    main()
+# -- esper report / compare ------------------------------------------------------
+
+
+@main.command("report")
+@click.argument("run_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Where to write report.html and the PNGs (default: RUN_DIR).",
+)
+def report_command(run_dir: Path, out_dir: Path | None) -> None:
+    """Write RUN_DIR/report.html (self-contained) and its plots as PNGs.
+
+    RUN_DIR is the output of `esper run` (accuracy, parameters, seed timeline,
+    lever telemetry), of `esper train` (returns, entropies, KL, what emerged)
+    or of `esper eval` (paired differences). See docs/report.md.
+    """
+    from esper_kernel.report.html import write_report
+
+    rep = write_report(run_dir, out_dir)
+    click.echo(f"wrote {rep.html} ({rep.kind}: {', '.join(rep.sections)}) and {len(rep.pngs)} PNG(s) beside it")
+
+
+@main.command("compare")
+@click.argument("dirs", nargs=-1, required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (schema esper.compare/1, see docs/report.md).")
+@click.option(
+    "--reference",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="A directory of the reference arm (default: the first directory's).",
+)
+@click.option("--plot", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Also write a PNG here.")
+def compare_command(dirs: tuple[Path, ...], as_json: bool, reference: Path | None, plot: Path | None) -> None:
+    """One table across runs; paired differences with 95% CIs where runs share seeds.
+
+    Runs with the same configuration except seed and output directory form an
+    arm; every other arm is compared with the reference arm seed by seed.
+    """
+    from esper_kernel.report.compare import compare, render, write_plot
+
+    comp = compare(list(dirs), reference)
+    if plot is not None:
+        write_plot(comp, plot)
+    if as_json:
+        click.echo(comp.to_json())
+    else:
+        Console().print(render(comp))
+        if plot is not None:
+            click.echo(f"wrote {plot}")
 
 
 # -- esper eval --------------------------------------------------------------
@@ -650,6 +753,9 @@ def eval_command(
 ) -> None:
     """Run several policies on the same seeds, paired, and write OUT/eval.json and OUT/eval.md.
 
+    Each finished episode is appended to OUT/episodes.jsonl at once; running
+    the same command again plays only the episodes still missing.
+
     Every policy is compared seed by seed with the reference (the no-growth
     `wait` control by default): mean difference and 95% confidence interval
     of final accuracy, return and parameters. Schema in docs/eval.md.
@@ -681,7 +787,14 @@ def eval_command(
         console.print(f"  {name} seed {r.seed}: acc {r.final_val_accuracy:.3f} params {r.params:,} ({r.wall_seconds}s)")
 
     doc = ev.evaluate(
-        config.env, specs, seed_list, levers=config.levers, reference=reference, workers=n_workers, on_done=on_done
+        config.env,
+        specs,
+        seed_list,
+        levers=config.levers,
+        reference=reference,
+        workers=n_workers,
+        on_done=on_done,
+        journal=Path(out) / "episodes.jsonl",
     )
     paths = ev.write_outputs(doc, Path(out), effects=effects)
     click.echo(ev.render_markdown(doc))
@@ -704,3 +817,7 @@ def _effect_specs(config: Any) -> list[Any]:
         choices = reg.space.head(name).spec.choices
         specs += [PolicySpec("heuristic", ((name, c),)) for c in (choices[0], choices[-1])]
     return specs
+
+
+if __name__ == "__main__":
+    main()
