@@ -6,11 +6,10 @@ Everything a lever module needs is importable from here.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import pluggy
 
-from esper_kernel.actions import MaskView
 from esper_kernel.errors import EsperError, MaskError, PluginError, SelectionError
 from esper_kernel.seeds import Knobs, Point, SeedMetrics, SeedState, Timeline
 from esper_kernel.specs import (
@@ -22,6 +21,18 @@ from esper_kernel.specs import (
     TelemetryField,
 )
 from esper_kernel.stages import Op, Stage
+
+if TYPE_CHECKING:
+    from esper_kernel.actions import MaskView
+
+
+def __getattr__(name: str) -> Any:
+    # MaskView holds tensors, so importing it imports torch; `esper --help` must not pay for that.
+    if name == "MaskView":
+        from esper_kernel.actions import MaskView
+
+        return MaskView
+    raise AttributeError(f"module 'esper_kernel' has no attribute {name!r}")
 
 #: Marker for lever hook implementations: ``@hookimpl def action_head(): ...``
 hookimpl = pluggy.HookimplMarker("esper")
