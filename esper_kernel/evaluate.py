@@ -368,7 +368,8 @@ def _run(
     on_done: Callable[[str, EpisodeResult], None] | None,
     widths: dict[str, int] | None = None,
 ) -> dict[str, list[EpisodeResult]]:
-    jobs = [EvalJob(data, spec, seed, levers, (widths or {}).get(spec.name)) for spec in specs for seed in seeds]
+    # Seed-major: an eval stopped early has every policy on its first seeds, which still pair.
+    jobs = [EvalJob(data, spec, seed, levers, (widths or {}).get(spec.name)) for seed in seeds for spec in specs]
     todo = [j for j in jobs if (j.policy.name, j.seed, j.static_width) not in journal.done]
     for job, res in zip(todo, _map(play_episode, todo, workers), strict=True):
         journal.add(job, res)
