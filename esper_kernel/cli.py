@@ -33,7 +33,7 @@ from rich.text import Text
 from esper_kernel.blueprints import blueprint_names
 from esper_kernel.core import CoreHeads
 from esper_kernel.errors import EsperError, PluginError, SelectionError
-from esper_kernel.registry import ENV_NO_AUTOLOAD, LeverInfo, LoadFailure, Registry, Selection
+from esper_kernel.registry import ENV_NO_AUTOLOAD, ENV_STRICT, LeverInfo, LoadFailure, Registry, Selection
 from esper_kernel.stages import Op
 
 LEVERS_SCHEMA = "esper.levers/1"
@@ -286,6 +286,14 @@ class EsperGroup(click.Group):
             # Plugin messages may span lines; the contract is one line per error.
             click.echo(f"esper: error: {' '.join(str(exc).split())}", err=True)
             ctx.exit(2)
+        except OSError as exc:
+            # The disk, not Esper: a full disk or a permission is the user's to fix, in one line.
+            where = f" ({exc.filename})" if exc.filename else ""
+            click.echo(f"esper: error: {exc.strerror or exc}{where}", err=True)
+            ctx.exit(2)
+        except MemoryError:
+            click.echo("esper: error: out of memory; use fewer --slots, a smaller width or batch size", err=True)
+            ctx.exit(2)
 
 
 @click.group(cls=EsperGroup)
@@ -318,8 +326,16 @@ def list_levers(as_json: bool, only: str | None) -> None:
     compile safety, hooks and relations to other levers.
     """
     selection = Selection.from_env(levers=only)
-    reg = Registry.open(default_core(), selection)
+    # The listing is how a user finds what is broken, so it always lists; strict mode then fails it.
+    reg = Registry.open(default_core(), selection, listing=True)
     _emit(levers_report(reg), selection, as_json)
+    _strict_failures(reg, selection)
+
+
+def _strict_failures(reg: Registry, selection: Selection) -> None:
+    if selection.strict and reg.failures:
+        names = ", ".join(f"{f.name!r} ({f.distribution})" for f in reg.failures)
+        raise PluginError(f"{len(reg.failures)} lever(s) failed to load: {names} ({ENV_STRICT}=1)")
 
 
 @levers.command("show")
@@ -328,11 +344,17 @@ def list_levers(as_json: bool, only: str | None) -> None:
 def show_lever(name: str, as_json: bool) -> None:
     """Show one active lever in full."""
     selection = Selection.from_env()
-    reg = Registry.open(default_core(), selection)
+    reg = Registry.open(default_core(), selection, listing=True)
     if name not in reg.names:
         failed = next((f for f in reg.failures if f.name == name), None)
         if failed is not None:
-            raise PluginError(failed.describe())
+            report = LeversReport(schema=LEVERS_SCHEMA, levers=(), failures=(failure_record(failed),))
+            if as_json:
+                click.echo(report.to_json())
+            else:
+                Console().print(failures_panel(report.failures))
+            _strict_failures(reg, selection)
+            return
         if name in reg.installed:
             raise SelectionError(f"lever {name!r} is installed but not selected; active levers: {_dash(reg.names)}")
         raise SelectionError(f"unknown lever {name!r}; installed levers: {_dash(reg.installed)}")
@@ -374,6 +396,14 @@ def new_lever(name: str, parent: Path) -> None:
 @click.option("--resume", default=None, type=click.Path(file_okay=False), help="Continue the run in this directory.")
 @click.option("--compile", "compile_", is_flag=True, default=None, help="Run the host under torch.compile.")
 @click.option("--allow-graph-breaks", is_flag=True, default=None, help="With --compile, allow BREAKS_GRAPH levers.")
+@click.option("--overwrite", is_flag=True, help="Replace the run already in --out (refused otherwise).")
+@click.option(
+    "--on-lever-error",
+    type=click.Choice(["stop", "quarantine"]),
+    default=None,
+    help="A lever failing at run time stops the run (default), or is quarantined: its heads frozen at their "
+    "defaults, its hooks skipped, the run goes on.",
+)
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def run_command(
     task: str | None,
@@ -388,11 +418,14 @@ def run_command(
     resume: str | None,
     compile_: bool | None,
     allow_graph_breaks: bool | None,
+    overwrite: bool,
+    on_lever_error: str | None,
     quiet: bool,
 ) -> None:
     """Train a host on a task with every active lever on and Tamiyo deciding.
 
-    Writes OUT/events.jsonl, OUT/summary.json and OUT/checkpoint.pt.
+    Writes OUT/events.jsonl, OUT/summary.json and OUT/checkpoint.pt. An OUT
+    that already holds a run is refused unless --overwrite (or --resume OUT).
     """
     from pathlib import Path
 
@@ -401,6 +434,28 @@ def run_command(
     from esper_kernel.config import RunConfig, load_config, with_overrides
     from esper_kernel.run import EpochReport, run
 
+    if resume is not None:
+        # A resumed run is the run in its checkpoint; a flag that changes it would be silently ignored.
+        given = {
+            "--task": task,
+            "--data-dir": data_dir,
+            "--policy": policy,
+            "--levers": levers,
+            "--epochs": epochs,
+            "--slots": slots,
+            "--seed": seed,
+            "--out": out,
+            "--config": config_file,
+            "--compile": compile_,
+            "--allow-graph-breaks": allow_graph_breaks,
+            "--on-lever-error": on_lever_error,
+            "--overwrite": overwrite or None,
+        }
+        extra = [flag for flag, value in given.items() if value is not None]
+        if extra:
+            raise click.UsageError(
+                f"--resume continues the run as its checkpoint configured it; drop {', '.join(extra)}"
+            )
     base = load_config(Path(config_file)) if config_file else RunConfig()
     config = with_overrides(
         base,
@@ -414,6 +469,7 @@ def run_command(
         env__epochs=epochs,
         env__slots=slots,
         env__compile=compile_,
+        on_lever_error=on_lever_error,
     )
     console = Console(stderr=True)
     columns = (
@@ -435,8 +491,18 @@ def run_command(
         status = f"val acc {r.val_accuracy:.3f}  slots {' '.join(s.lower() for s in r.stages)}"
         progress.update(bar, completed=r.epoch, total=r.epochs, status=status)
 
+    def on_warning(line: str) -> None:
+        progress.console.print(f"[yellow]esper:[/] {line}", highlight=False, markup=True)
+
     try:
-        summary = run(config, resume=Path(resume) if resume else None, on_epoch=on_epoch, on_start=on_start)
+        summary = run(
+            config,
+            resume=Path(resume) if resume else None,
+            overwrite=overwrite,
+            on_epoch=on_epoch,
+            on_start=on_start,
+            on_warning=on_warning,
+        )
     finally:
         progress.stop()
     seeds = summary["seeds"]
