@@ -286,6 +286,11 @@ class EsperGroup(click.Group):
             # Plugin messages may span lines; the contract is one line per error.
             click.echo(f"esper: error: {' '.join(str(exc).split())}", err=True)
             ctx.exit(2)
+        except click.UsageError as exc:
+            # A mistyped flag value is one line like every other bad value, not a usage screen.
+            hint = f" (see esper {exc.ctx.command_path.partition(' ')[2]} --help)" if exc.ctx else ""
+            click.echo(f"esper: error: {' '.join(exc.format_message().split())}{hint}", err=True)
+            ctx.exit(2)
         except OSError as exc:
             # The disk, not Esper: a full disk or a permission is the user's to fix, in one line.
             where = f" ({exc.filename})" if exc.filename else ""
