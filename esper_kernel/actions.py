@@ -338,15 +338,24 @@ class MaskComposer:
     def _empty_row(
         self, results: Sequence[tuple[MaskSource, str, torch.Tensor]], name: str, env: int, op: int | None
     ) -> None:
-        culprits: list[MaskSource] = []
+        rows: list[tuple[MaskSource, torch.Tensor]] = []
         for src, hname, m in results:
             if hname != name:
                 continue
             row = m[env] if m.dim() == 2 or op is None else m[env, op]
-            if row.dim() == 2:
-                row = row[0]
-            if not bool(row.all()) and src not in culprits:
+            rows.append((src, row[0] if row.dim() == 2 else row))
+        # Blame the sources without which the row would not be empty; if no single
+        # one is decisive (several levers together), every source that masked anything.
+        culprits: list[MaskSource] = []
+        for i, (src, _row) in enumerate(rows):
+            others = torch.ones_like(_row)
+            for j, (_src, other) in enumerate(rows):
+                if j != i:
+                    others &= other
+            if bool(others.any()) and src not in culprits:
                 culprits.append(src)
+        if not culprits:
+            culprits = list(dict.fromkeys(src for src, row in rows if not bool(row.all())))
         by = ", ".join(f"{c.lever!r} ({c.distribution})" for c in culprits) or "no lever (the kernel's own rules)"
         for_op = "" if op is None else f" for op {Op(op).name}"
         err = MaskError(f"head {name!r} has no legal choice in env {env}{for_op}; masked out by {by}")

@@ -230,12 +230,13 @@ def run(
             tel.log.warning("plugin.failed", **attrs.asdict(failure))
             warn(f"dropped {failure.describe()}")
 
+        env = MorphoEnv(config.env, registry, task, tel.log, index=0)
+
         def quarantined(q: Quarantine) -> None:
-            tel.log.warning("lever.quarantined", **attrs.asdict(q))
+            env.log.warning("lever.quarantined", **attrs.asdict(q))  # bound to the epoch it happened in
             warn(f"quarantined {q.describe()}")
 
         registry.on_quarantine = quarantined
-        env = MorphoEnv(config.env, registry, task, tel.log, index=0)
         envs = EnvBatch([env])
         obs = envs.reset([config.seed])
         total = 0.0
