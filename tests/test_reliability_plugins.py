@@ -194,3 +194,16 @@ def _host(started: dict[str, Any]) -> torch.nn.Module:
 
     env = EnvConfig(**started["config"]["env"])
     return make_host(env, get_task(env.task, seed=0, n_train=2, n_val=2))
+
+
+def test_contract_suite_accepts_a_lever_without_telemetry_fields(lever_dist: LeverDists, tmp_path: Path) -> None:
+    from esper_kernel.testing import LeverContract, LeverUnderTest, open_registry
+
+    safety = "\n@hookimpl\ndef compile_safety():\n    return CompileSafety('none', 'a knob read at germination')\n"
+    lever_dist("hush", HEAD.format(head="hush") + safety)
+    lut = LeverUnderTest("hush", open_registry(["hush"]))
+    contract = LeverContract()
+    contract.test_hook_conformance(lut)
+    contract.test_head_specs(lut)
+    contract.test_telemetry(lut)
+    contract.test_checkpoint_round_trip(lut, tmp_path)
