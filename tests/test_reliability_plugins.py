@@ -207,3 +207,33 @@ def test_contract_suite_accepts_a_lever_without_telemetry_fields(lever_dist: Lev
     contract.test_head_specs(lut)
     contract.test_telemetry(lut)
     contract.test_checkpoint_round_trip(lut, tmp_path)
+
+
+def test_compile_watch_names_levers_whose_none_declaration_a_graph_break_contradicts(lever_dist: LeverDists) -> None:
+    from torch._dynamo.utils import counters
+
+    from esper_kernel.watch import CompileWatch
+
+    safety = "\n@hookimpl\ndef compile_safety():\n    return CompileSafety('none', 'claims nothing changes')\n"
+    lever_dist("liar", HEAD.format(head="speed") + safety, dist="acme-liar")
+    reg = lever_dist.registry()
+    events: list[tuple[str, dict[str, Any]]] = []
+
+    class Log:
+        def info(self, event: str, **kw: Any) -> None:
+            events.append((event, kw))
+
+        warning = info
+
+    warnings: list[str] = []
+    watch = CompileWatch(reg, Log(), warnings.append)
+    assert watch.episode_ended()["graph_breaks"] == 0 and not warnings  # a clean episode says nothing
+
+    counters["stats"]["unique_graphs"] += 3
+    counters["graph_break"]["call_function print"] += 2
+    stats = watch.episode_ended()
+    assert (stats["graphs"], stats["graph_breaks"]) == (3, 2)
+    (contradiction,) = [kw for name, kw in events if name == "compile.contradiction"]
+    assert contradiction["levers"] == ["liar"] and contradiction["break_reasons"] == ["call_function print"]
+    assert "lever 'liar' (acme-liar 1.0)" in warnings[0]
+    counters.clear()
