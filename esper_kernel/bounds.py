@@ -86,19 +86,31 @@ _ENV_CHECKS: dict[str, Callable[[Any], str | None]] = {
 }
 
 
-def config_problems(config: RunConfig) -> list[str]:
-    """Every out-of-range value in ``config``, as ``key: what is wrong`` (empty if none)."""
+def env_problems(env: EnvConfig, prefix: str = "env.") -> list[str]:
+    """Every out-of-range value of an episode's config, as ``env.key: what is wrong``."""
     from esper_kernel.tasks import TASKS
 
     problems: list[str] = []
-    env: EnvConfig = config.env
     for key, check in _ENV_CHECKS.items():
         if hasattr(env, key) and (msg := check(getattr(env, key))) is not None:
-            problems.append(f"env.{key}: {msg}")
+            problems.append(f"{prefix}{key}: {msg}")
     if env.task not in TASKS:
-        problems.append(f"env.task: unknown task {env.task!r}; known tasks: {', '.join(sorted(TASKS))}")
+        problems.append(f"{prefix}task: unknown task {env.task!r}; known tasks: {', '.join(sorted(TASKS))}")
     if env.data_dir is not None and not env.data_dir.strip():
-        problems.append("env.data_dir: is empty; leave it out for the generated tasks")
+        problems.append(f"{prefix}data_dir: is empty; leave it out for the generated tasks")
+    return problems
+
+
+def finite_problems(**values: float | None) -> list[str]:
+    """``name: must be a finite number`` for every NaN or infinite value given (None is skipped)."""
+    return [
+        f"{k}: must be a finite number, got {v}" for k, v in values.items() if v is not None and not math.isfinite(v)
+    ]
+
+
+def config_problems(config: RunConfig) -> list[str]:
+    """Every out-of-range value in ``config``, as ``key: what is wrong`` (empty if none)."""
+    problems = env_problems(config.env)
     if (msg := _int_range(1, MAX_CHECKPOINT_EVERY)(config.checkpoint_every)) is not None:
         problems.append(f"checkpoint_every: {msg}")
     if (msg := _int_range(0, MAX_SEED)(config.seed)) is not None:

@@ -618,6 +618,13 @@ def train(
             ppo_config = attrs.evolve(ppo_config, group_size=group_size)
     except ValueError as exc:
         raise click.UsageError(str(exc)) from exc
+    from esper_kernel.bounds import env_problems, finite_problems
+
+    problems = env_problems(env_config, prefix="--") + finite_problems(**{"--lr": lr, "--entropy-coef": entropy_coef})
+    if only is not None and not any(x.strip() for x in only.split(",")):
+        problems.append("--levers: names no lever; leave it out for every installed lever")
+    if problems:
+        raise click.UsageError("; ".join(p.replace("_", "-") for p in problems))
     selection = Selection.from_env(levers=only)
     reg = Registry.open(default_core(env_config.topology, slots), selection)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -27,7 +27,7 @@ from hypothesis import strategies as st
 from esper_kernel.cli import main
 from esper_kernel.run import EVENTS
 
-HOSTILE = '''
+HOSTILE = """
 import math
 import os
 import time
@@ -113,7 +113,7 @@ def telemetry_fields():
     if SPEC["telemetry"] == "none":
         return []
     return [TelemetryField("x", "generated", _value, observed=SPEC["observed"])]
-'''
+"""
 
 SPECS = st.fixed_dictionaries(
     {

@@ -273,3 +273,20 @@ def test_crafted_cifar_batch_runs_nothing_and_is_one_line(tmp_path: Path) -> Non
     one_line_error(result, "data_batch_1", "refused to load", "open")
     assert not marker.exists()
     assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "names"),
+    [
+        (["--lr", "nan"], ["--lr", "nan"]),
+        (["--entropy-coef", "inf"], ["--entropy-coef", "inf"]),
+        (["--slots", "100"], ["--slots", "got 100"]),
+        (["--epochs", "1000000000000"], ["--epochs", "1000000000000"]),
+        (["--train-size", "1000000000"], ["--train-size", "1000000000"]),
+        (["--levers", ""], ["--levers", "names no lever"]),
+    ],
+)
+def test_bad_train_value_is_one_line_and_writes_nothing(tmp_path: Path, args: list[str], names: list[str]) -> None:
+    out = tmp_path / "train"
+    one_line_error(esper("train", "--episodes", "1", "--envs", "1", "--out", str(out), *args), *names)
+    assert not out.exists()

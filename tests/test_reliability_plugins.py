@@ -145,7 +145,7 @@ def test_lever_raising_at_run_time_stops_with_run_failed_or_is_quarantined(
 ) -> None:
     lever_dist("fragile", RAISING_STAGE, dist="acme-fragile")
     stopped = tmp_path / "stop"
-    with pytest.raises(PluginError, match="'fragile' .*on_enter_stage"):
+    with pytest.raises(PluginError, match=r"'fragile' .*on_enter_stage"):
         run(tiny(stopped, ("fragile",), epochs=3))
     last = read_events(stopped / EVENTS)[-1]
     assert last["event"] == "run.failed" and "'fragile' (acme-fragile)" in last["error"]
