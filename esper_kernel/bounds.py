@@ -92,7 +92,8 @@ def env_problems(env: EnvConfig, prefix: str = "env.") -> list[str]:
 
     problems: list[str] = []
     for key, check in _ENV_CHECKS.items():
-        if hasattr(env, key) and (msg := check(getattr(env, key))) is not None:
+        value = getattr(env, key, None)
+        if value is not None and (msg := check(value)) is not None:
             problems.append(f"{prefix}{key}: {msg}")
     if env.task not in TASKS:
         problems.append(f"{prefix}task: unknown task {env.task!r}; known tasks: {', '.join(sorted(TASKS))}")

@@ -97,9 +97,7 @@ def test_shapes_train_and_val_images_differ(shapes: TaskData) -> None:
 
 def _tiny_cnn(width: int = 16) -> nn.Module:
     def block(c_in: int, c_out: int) -> nn.Module:
-        return nn.Sequential(
-            nn.Conv2d(c_in, c_out, 3, padding=1), nn.BatchNorm2d(c_out), nn.ReLU(), nn.MaxPool2d(2)
-        )
+        return nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1), nn.BatchNorm2d(c_out), nn.ReLU(), nn.MaxPool2d(2))
 
     return nn.Sequential(
         block(3, width),
@@ -304,9 +302,7 @@ def test_cifar10_roundtrips_values_labels_and_normalisation(tmp_path: Path) -> N
     assert task.val_y.tolist() == written["test_batch"][1]
     # A pixel equal to 255 * mean must normalise to 0; 0 to -mean/std.
     raw = written["test_batch"][0][0, 0, 0, 0].item()
-    assert task.val_x[0, 0, 0, 0].item() == pytest.approx(
-        (raw / 255 - CIFAR10_MEAN[0]) / CIFAR10_STD[0], abs=1e-5
-    )
+    assert task.val_x[0, 0, 0, 0].item() == pytest.approx((raw / 255 - CIFAR10_MEAN[0]) / CIFAR10_STD[0], abs=1e-5)
 
 
 def test_cifar10_reads_flat_directory_partial_batches_and_limits(tmp_path: Path) -> None:
@@ -405,9 +401,10 @@ def test_text_errors_name_the_path(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------------------
 
 
-def test_registry_lists_the_four_tasks() -> None:
-    assert set(TASKS) == {"shapes", "sequences", "cifar10", "text"}
+def test_registry_lists_the_five_tasks() -> None:
+    assert set(TASKS) == {"pairs", "shapes", "sequences", "cifar10", "text"}
     assert {name: spec.topology for name, spec in TASKS.items()} == {
+        "pairs": "cnn",
         "shapes": "cnn",
         "sequences": "transformer",
         "cifar10": "cnn",
@@ -429,11 +426,10 @@ def test_get_task_reads_local_data(tmp_path: Path) -> None:
 
 
 def test_get_task_errors() -> None:
-    with pytest.raises(ValueError, match="unknown task 'mnist'; known tasks: cifar10, sequences"):
+    with pytest.raises(ValueError, match="unknown task 'mnist'; known tasks: cifar10, pairs, sequences"):
         get_task("mnist", seed=0)
     for name in ("cifar10", "text"):
         with pytest.raises(TaskError, match="--data-dir is required"):
             get_task(name, seed=0)
     with pytest.raises(TaskError, match="does not accept seq_len; it accepts: n_train, n_val"):
         get_task("shapes", seed=0, seq_len=3)
-
