@@ -389,12 +389,13 @@ def new_lever(name: str, parent: Path) -> None:
 
 
 @main.command("run")
-@click.option("--task", default=None, help="Task: shapes (default), sequences, cifar10, text.")
+@click.option("--task", default=None, help="Task: pairs (default, the growth task), shapes, sequences, cifar10, text.")
 @click.option("--data-dir", default=None, type=click.Path(file_okay=True), help="Directory for cifar10 / text data.")
 @click.option("--policy", default=None, help="heuristic (default), random, or a policy file from `esper train`.")
 @click.option("--levers", default=None, metavar="A,B", help="Levers to activate (default: every installed one).")
-@click.option("--epochs", type=int, default=None, help="Host epochs in the episode (default 20).")
+@click.option("--epochs", type=int, default=None, help="Host epochs in the episode (default 40).")
 @click.option("--slots", type=int, default=None, help="Seed slots in the host (default 3).")
+@click.option("--width", type=int, default=None, help="CNN host width (default: the task's own, pairs 8).")
 @click.option("--seed", type=int, default=None, help="Random seed (default 0).")
 @click.option("--out", default=None, type=click.Path(file_okay=False), help="Output directory (default runs/latest).")
 @click.option("--config", "config_file", default=None, type=click.Path(dir_okay=False), help="TOML run config.")
@@ -417,6 +418,7 @@ def run_command(
     levers: str | None,
     epochs: int | None,
     slots: int | None,
+    width: int | None,
     seed: int | None,
     out: str | None,
     config_file: str | None,
@@ -473,6 +475,7 @@ def run_command(
         env__data_dir=data_dir,
         env__epochs=epochs,
         env__slots=slots,
+        env__width=width,
         env__compile=compile_,
         on_lever_error=on_lever_error,
     )
@@ -527,9 +530,9 @@ def run_command(
     "--episodes", type=click.IntRange(min=1), default=32, show_default=True, help="Episodes in all, over all envs."
 )
 @click.option("--envs", "n_envs", type=click.IntRange(min=1), default=4, show_default=True, help="Envs per rollout.")
-@click.option("--task", default="shapes", show_default=True, help="Task the hosts train on.")
+@click.option("--task", default="pairs", show_default=True, help="Task the hosts train on.")
 @click.option("--levers", "only", metavar="A,B", default=None, help="Load only these levers (overrides ESPER_LEVERS).")
-@click.option("--epochs", type=click.IntRange(min=1), default=20, show_default=True, help="Epochs (steps) per episode.")
+@click.option("--epochs", type=click.IntRange(min=1), default=40, show_default=True, help="Epochs (steps) per episode.")
 @click.option("--slots", type=click.IntRange(min=2), default=3, show_default=True, help="Seed slots per host.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option(
@@ -541,7 +544,7 @@ def run_command(
     help="Writes policy.pt, events.jsonl and train_summary.json here.",
 )
 @click.option("--train-size", type=click.IntRange(min=1), default=1024, show_default=True, help="Training examples.")
-@click.option("--val-size", type=click.IntRange(min=1), default=256, show_default=True, help="Validation examples.")
+@click.option("--val-size", type=click.IntRange(min=1), default=512, show_default=True, help="Validation examples.")
 @click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True, help="Host batch size.")
 @click.option("--data-dir", type=click.Path(file_okay=False), default=None, help="Data for tasks that read files.")
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=3e-3, show_default=True, help="PPO lr.")
@@ -683,10 +686,6 @@ def train(
     console.print(f"trained {summary.episodes} episodes in {summary.seconds:.1f}s; policy saved to {policy_path}")
 
 
-if __name__ == "__main__":
-    main()
-
-
 # -- esper eval --------------------------------------------------------------
 
 
@@ -726,6 +725,9 @@ def eval_command(
 ) -> None:
     """Run several policies on the same seeds, paired, and write OUT/eval.json and OUT/eval.md.
 
+    Each finished episode is appended to OUT/episodes.jsonl at once; running
+    the same command again plays only the episodes still missing.
+
     Every policy is compared seed by seed with the reference (the no-growth
     `wait` control by default): mean difference and 95% confidence interval
     of final accuracy, return and parameters. Schema in docs/eval.md.
@@ -757,7 +759,14 @@ def eval_command(
         console.print(f"  {name} seed {r.seed}: acc {r.final_val_accuracy:.3f} params {r.params:,} ({r.wall_seconds}s)")
 
     doc = ev.evaluate(
-        config.env, specs, seed_list, levers=config.levers, reference=reference, workers=n_workers, on_done=on_done
+        config.env,
+        specs,
+        seed_list,
+        levers=config.levers,
+        reference=reference,
+        workers=n_workers,
+        on_done=on_done,
+        journal=Path(out) / "episodes.jsonl",
     )
     paths = ev.write_outputs(doc, Path(out), effects=effects)
     click.echo(ev.render_markdown(doc))
@@ -780,3 +789,7 @@ def _effect_specs(config: Any) -> list[Any]:
         choices = reg.space.head(name).spec.choices
         specs += [PolicySpec("heuristic", ((name, c),)) for c in (choices[0], choices[-1])]
     return specs
+
+
+if __name__ == "__main__":
+    main()

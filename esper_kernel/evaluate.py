@@ -154,6 +154,8 @@ class EpisodeResult:
     #: Per lever head and choice: at how many GERMINATE decisions that choice was legal.
     legal_counts: dict[str, dict[str, int]]
     wall_seconds: float
+    #: Validation accuracy after every epoch.
+    curve: tuple[float, ...] = ()
 
     def outcome(self, metric: str) -> float:
         return self.ret if metric == "return" else float(getattr(self, metric))
@@ -224,6 +226,7 @@ def play_episode(job: EvalJob) -> EpisodeResult:
         multi_legal=multi,
         legal_counts=legal,
         wall_seconds=round(time.perf_counter() - started, 2),
+        curve=tuple(env.acc_history),
     )
 
 
@@ -276,8 +279,13 @@ def evaluate(
     reference: str = "wait",
     workers: int = 1,
     on_done: Callable[[str, EpisodeResult], None] | None = None,
+    journal: Path | None = None,
 ) -> dict[str, Any]:
-    """Run every policy on every seed and return the ``esper.eval/1`` document."""
+    """Run every policy on every seed and return the ``esper.eval/1`` document.
+
+    With ``journal`` (a path), finished episodes are appended there as they
+    finish and episodes already there are not played again (see :class:`Journal`).
+    """
     names = [p.name for p in policies]
     if len(set(names)) != len(names):
         raise EsperError(f"--policies names a policy twice: {', '.join(names)}")
@@ -287,10 +295,10 @@ def evaluate(
         raise EsperError(f"a static-host control needs a CNN task; {env.task!r} is {env.topology}")
     started = time.perf_counter()
     data = converter.unstructure(env)
-    results: dict[str, list[EpisodeResult]] = {}
+    book = Journal(journal, {"schema": EVAL_SCHEMA, "env": data, "levers": list(levers) if levers else levers})
     growing = [p for p in policies if not p.static]
     statics = [p for p in policies if p.static]
-    _run(growing, data, seeds, levers, workers, results, on_done)
+    results = _run(growing, data, seeds, levers, workers, book, on_done)
     if statics:
         num_classes = load_task(attrs.evolve(env, train_size=1, val_size=1), seeds[0]).num_classes
         target = _static_target(growing, results)
@@ -300,7 +308,7 @@ def evaluate(
             if params is None:
                 raise EsperError("'static' matches the first growing policy's parameter count: list one before it")
             jobs_for[p.name] = static_width(env, num_classes, params)
-        _run(statics, data, seeds, levers, workers, results, on_done, widths=jobs_for)
+        results |= _run(statics, data, seeds, levers, workers, book, on_done, widths=jobs_for)
     return _document(env, policies, seeds, levers, reference, results, time.perf_counter() - started)
 
 
@@ -312,21 +320,66 @@ def _static_target(growing: Sequence[PolicySpec], results: dict[str, list[Episod
     return None
 
 
+class Journal:
+    """``episodes.jsonl``: every finished episode, appended as it finishes.
+
+    An eval that stops (a kill, a crash, a full disk) keeps what it had; the
+    same command run again plays only the episodes still missing. The first
+    line records the env config and lever selection, so episodes of a
+    different configuration are never mixed in.
+    """
+
+    def __init__(self, path: Path | None, header: dict[str, Any]) -> None:
+        self.path = path
+        self.done: dict[tuple[str, int, int | None], EpisodeResult] = {}
+        if path is None:
+            return
+        if path.exists():
+            lines = path.read_text(encoding="utf-8").splitlines()
+            if lines and json.loads(lines[0]) != header:
+                raise EsperError(
+                    f"{path} holds episodes of another configuration; pass another --out or delete the file"
+                )
+            for line in lines[1:]:
+                try:
+                    rec = json.loads(line)
+                except json.JSONDecodeError:
+                    break  # a line torn by a kill: that episode is simply played again
+                self.done[(rec["policy"], rec["seed"], rec["width"])] = converter.structure(
+                    rec["result"], EpisodeResult
+                )
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(header) + "\n", encoding="utf-8")
+
+    def add(self, job: EvalJob, result: EpisodeResult) -> None:
+        self.done[(job.policy.name, job.seed, job.static_width)] = result
+        if self.path is not None:
+            rec = {"policy": job.policy.name, "seed": job.seed, "width": job.static_width}
+            with self.path.open("a", encoding="utf-8") as f:
+                f.write(json.dumps({**rec, "result": converter.unstructure(result)}) + "\n")
+
+
 def _run(
     specs: Sequence[PolicySpec],
     data: dict[str, Any],
     seeds: Sequence[int],
     levers: tuple[str, ...] | None,
     workers: int,
-    results: dict[str, list[EpisodeResult]],
+    journal: Journal,
     on_done: Callable[[str, EpisodeResult], None] | None,
     widths: dict[str, int] | None = None,
-) -> None:
+) -> dict[str, list[EpisodeResult]]:
     jobs = [EvalJob(data, spec, seed, levers, (widths or {}).get(spec.name)) for spec in specs for seed in seeds]
-    for job, res in zip(jobs, _map(play_episode, jobs, workers), strict=True):
-        results.setdefault(job.policy.name, []).append(res)
+    todo = [j for j in jobs if (j.policy.name, j.seed, j.static_width) not in journal.done]
+    for job, res in zip(todo, _map(play_episode, todo, workers), strict=True):
+        journal.add(job, res)
         if on_done is not None:
             on_done(job.policy.name, res)
+    results: dict[str, list[EpisodeResult]] = {}
+    for job in jobs:
+        results.setdefault(job.policy.name, []).append(journal.done[(job.policy.name, job.seed, job.static_width)])
+    return results
 
 
 def _document(
@@ -357,6 +410,7 @@ def _document(
                 },
                 "fallbacks": sum(r.fallbacks for r in rs),
                 "legal": _legal_summary(rs),
+                "last_third_change": _last_third_change(rs),
             }
         )
     return {
@@ -385,7 +439,26 @@ def _seed_row(r: EpisodeResult) -> dict[str, Any]:
         "culled": r.culled,
         "germinate_decisions": r.germinate_decisions,
         "wall_seconds": r.wall_seconds,
+        "val_accuracy_curve": list(r.curve),
     }
+
+
+def _last_third_change(rs: Sequence[EpisodeResult]) -> dict[str, float] | None:
+    """How far validation accuracy moves over the last third of the episode (the plateau test).
+
+    Per seed: the mean of the last three epochs minus the mean of the three
+    epochs ending where the last third starts; then the mean over seeds and
+    its standard error. Three-epoch means keep one noisy epoch from deciding it.
+    """
+    changes = []
+    for r in rs:
+        n = len(r.curve)
+        start = n - n // 3
+        if n < 6 or start < 3:
+            return None
+        changes.append(sum(r.curve[-3:]) / 3 - sum(r.curve[start - 3 : start]) / 3)
+    mean, se = mean_se(changes)
+    return {"mean": mean, "se": se}
 
 
 def _legal_summary(rs: Sequence[EpisodeResult]) -> dict[str, Any]:

@@ -174,3 +174,36 @@ def test_lever_effect_table_pairs_extremes_and_reports_legality() -> None:
     assert "| lr (AGGRESSIVE vs CAUTIOUS) |" in render_effects(doc)
     with pytest.raises(EsperError, match="unforced 'heuristic'"):
         lever_effects({**doc, "policies": doc["policies"][1:]})
+
+
+def test_an_interrupted_eval_keeps_its_episodes_and_resumes_where_it_stopped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import esper_kernel.evaluate as ev
+
+    journal = tmp_path / "episodes.jsonl"
+    specs = [PolicySpec("wait"), PolicySpec("random")]
+    full = evaluate(TINY, specs, [0, 1], journal=journal)
+    lines = journal.read_text().splitlines()
+    assert len(lines) == 1 + 4
+    # A kill after three episodes, mid-write of the fourth.
+    journal.write_text("\n".join(lines[:4]) + "\n" + lines[4][:20])
+    played: list[tuple[str, int]] = []
+    real = ev.play_episode
+
+    def counting(job: EvalJob) -> ev.EpisodeResult:
+        played.append((job.policy.name, job.seed))
+        return real(job)
+
+    monkeypatch.setattr(ev, "play_episode", counting)
+    again = evaluate(TINY, specs, [0, 1], journal=journal)
+    assert played == [("random", 1)]
+
+    def outcomes(doc: dict[str, object]) -> list[list[float]]:
+        rows = doc["policies"]
+        assert isinstance(rows, list)
+        return [[r[m] for r in p["per_seed"] for m in ("final_val_accuracy", "params", "return")] for p in rows]
+
+    assert outcomes(again) == outcomes(full)
+    with pytest.raises(EsperError, match="another configuration"):
+        evaluate(attrs.evolve(TINY, epochs=3), specs, [0], journal=journal)
