@@ -50,6 +50,7 @@ FLAGS = {
     "env.data_dir": "--data-dir",
     "env.epochs": "--epochs",
     "env.slots": "--slots",
+    "env.width": "--width",
     "on_lever_error": "--on-lever-error",
 }
 

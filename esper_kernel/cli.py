@@ -297,7 +297,13 @@ class EsperGroup(click.Group):
             click.echo(f"esper: error: {exc.strerror or exc}{where}", err=True)
             ctx.exit(2)
         except MemoryError:
-            click.echo("esper: error: out of memory; use fewer --slots, a smaller width or batch size", err=True)
+            click.echo("esper: error: out of memory; use fewer --slots, a smaller --width or batch size", err=True)
+            ctx.exit(2)
+        except RuntimeError as exc:
+            # torch reports a failed allocation as a RuntimeError; anything else is a bug worth its traceback.
+            if "allocate" not in str(exc) and "out of memory" not in str(exc):
+                raise
+            click.echo(f"esper: error: out of memory ({' '.join(str(exc).split())[:200]})", err=True)
             ctx.exit(2)
 
 
@@ -450,6 +456,7 @@ def run_command(
             "--levers": levers,
             "--epochs": epochs,
             "--slots": slots,
+            "--width": width,
             "--seed": seed,
             "--out": out,
             "--config": config_file,
