@@ -160,29 +160,61 @@ def _human_bytes(n: int) -> str:
     raise AssertionError("unreachable")
 
 
-def measure_host(host_factory: Callable[[], Any], example: Any, batch_size: int) -> HostSize:
-    """Size a host without allocating it: build and run it once on torch's meta device."""
+def measure_host(
+    host_factory: Callable[[], Any], example: Any, batch_size: int, max_params: int | None = None
+) -> HostSize:
+    """Size a host: parameters counted on torch's meta device (nothing allocated), then, if
+    within ``max_params``, activations from one forward pass of a batch of one.
+
+    Above ``max_params`` the activations are not measured (0), so a host too big to build is
+    never built. The global RNG is left as it was: sizing must not change the run.
+    """
     import torch
 
-    with torch.device("meta"):
+    with torch.device("meta"), _skip_in_place():
+        params = sum(p.numel() for p in host_factory().parameters())
+    if max_params is not None and params > max_params:
+        return HostSize(params, 0, 4 * 4 * params)
+    acts = 0
+
+    def count(_m: Any, _inp: Any, out: Any) -> None:
+        nonlocal acts
+        if isinstance(out, torch.Tensor):
+            acts += out.numel()
+
+    # A forward on meta tensors would need no memory but imports torch's decompositions
+    # (seconds on every start); a batch of one on the real, bounded host costs milliseconds.
+    with torch.random.fork_rng(devices=[]), torch.no_grad():
         host = host_factory()
         host.eval()  # batch norm refuses a batch of one in training mode
-        params = sum(p.numel() for p in host.parameters())
-        acts = 0
-
-        def count(_m: Any, _inp: Any, out: Any) -> None:
-            nonlocal acts
-            if isinstance(out, torch.Tensor):
-                acts += out.numel()
-
         leaves = [m for m in host.modules() if not list(m.children())]
         handles = [m.register_forward_hook(count) for m in leaves]
         try:
-            with torch.no_grad():
-                host(example.to("meta"))
+            host(example)
         finally:
             for h in handles:
                 h.remove()
     # ``example`` is a batch of one, so ``acts`` is per example.
     memory = 4 * (4 * params + 2 * acts * batch_size)
     return HostSize(params, acts, memory)
+
+
+def _skip_in_place() -> Any:
+    """A torch function mode in which in-place ops on meta tensors do nothing."""
+    from torch.overrides import TorchFunctionMode
+
+    class SkipInPlace(TorchFunctionMode):
+        """Makes in-place ops (weight init) no-ops: on meta tensors they change no shape, and
+        ``normal_`` on meta imports torch's decompositions, seconds on every start."""
+
+        def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+            kwargs = kwargs or {}
+            name = getattr(func, "__name__", "")
+            if name.endswith("_") and not name.startswith("_"):
+                # nn.init passes the tensor by keyword, Tensor methods positionally.
+                target = args[0] if args else kwargs.get("tensor")
+                if getattr(target, "is_meta", False):
+                    return target
+            return func(*args, **kwargs)
+
+    return SkipInPlace()

@@ -201,7 +201,9 @@ def run(
         check_compile_safety(registry, config.allow_graph_breaks)
     registry.fault_policy = config.on_lever_error
     task = load_task(config.env, config.seed)
-    size = measure_host(lambda: make_host(config.env, task), task.train_x[:1], config.env.batch_size)
+    size = measure_host(
+        lambda: make_host(config.env, task), task.train_x[:1], config.env.batch_size, max_params=MAX_HOST_PARAMS
+    )
     if size.params > MAX_HOST_PARAMS:
         raise EsperError(
             f"env.slots={config.env.slots}, env.width={config.env.width}: the host would have {size.params:,} "

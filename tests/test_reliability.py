@@ -92,6 +92,8 @@ def tiny_config(out: Path, **overrides: Any) -> RunConfig:
         (["--slots", "0"], ["env.slots", "--slots", "got 0"]),
         (["--slots", "100"], ["env.slots", "--slots", "between 1 and 8", "got 100"]),
         (["--seed", "-1"], ["seed", "--seed"]),
+        (["--task", "shapes", "--width", "1024", "--slots", "8"], ["env.width=1024", "parameters", "maximum"]),
+        (["--width", "0"], ["env.width", "--width", "got 0"]),
         (["--levers", ""], ["--levers", "names no lever"]),
         (["--levers", ","], ["--levers", "names no lever"]),
         (["--task", "shapez"], ["--task", "'shapez'", "shapes"]),

@@ -237,3 +237,28 @@ def test_compile_watch_names_levers_whose_none_declaration_a_graph_break_contrad
     assert contradiction["levers"] == ["liar"] and contradiction["break_reasons"] == ["call_function print"]
     assert "lever 'liar' (acme-liar 1.0)" in warnings[0]
     counters.clear()
+
+
+def test_host_sizing_counts_exactly_and_never_builds_an_oversized_host() -> None:
+    from esper_kernel.bounds import MAX_HOST_PARAMS, measure_host
+    from esper_kernel.env import EnvConfig, make_host
+    from esper_kernel.tasks import get_task
+
+    task = get_task("shapes", seed=0, n_train=2, n_val=2)
+    for slots in (1, 8):
+        env = EnvConfig(task="shapes", slots=slots)
+        rng = torch.get_rng_state()
+        size = measure_host(lambda env=env: make_host(env, task), task.train_x[:1], 64, MAX_HOST_PARAMS)
+        assert torch.equal(rng, torch.get_rng_state()), "sizing the host must not move the run's RNG"
+        assert size.params == sum(p.numel() for p in make_host(env, task).parameters())
+        assert size.activations > 0 and size.memory_bytes > 4 * 4 * size.params
+
+    built: list[int] = []
+
+    def huge() -> torch.nn.Module:
+        built.append(1)
+        return make_host(EnvConfig(task="shapes", slots=8, width=1024), task)
+
+    size = measure_host(huge, task.train_x[:1], 64, MAX_HOST_PARAMS)
+    assert size.params > MAX_HOST_PARAMS and size.activations == 0
+    assert built == [1]  # once, on the meta device: 858M parameters were never allocated
