@@ -21,7 +21,7 @@ import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import click
@@ -30,11 +30,14 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from esper_kernel.blueprints import blueprint_names
-from esper_kernel.core import CoreHeads
 from esper_kernel.errors import EsperError, PluginError, SelectionError
-from esper_kernel.registry import ENV_NO_AUTOLOAD, ENV_STRICT, LeverInfo, LoadFailure, Registry, Selection
 from esper_kernel.stages import Op
+
+if TYPE_CHECKING:
+    # The registry composes heads with torch; importing it here would make
+    # `esper --help` and `esper report` pay for torch (seconds) on every start.
+    from esper_kernel.core import CoreHeads
+    from esper_kernel.registry import LeverInfo, LoadFailure, Registry, Selection
 
 LEVERS_SCHEMA = "esper.levers/1"
 
@@ -45,6 +48,9 @@ DEFAULT_SLOTS = 3
 
 def default_core(topology: str = DEFAULT_TOPOLOGY, n_slots: int = DEFAULT_SLOTS) -> CoreHeads:
     """The kernel's own heads for ``topology``, with every blueprint it has."""
+    from esper_kernel.blueprints import blueprint_names
+    from esper_kernel.core import CoreHeads
+
     return CoreHeads(n_slots=n_slots, blueprints=blueprint_names(topology), topology=topology)
 
 
@@ -257,6 +263,8 @@ def failures_panel(failures: Sequence[FailureRecord]) -> Panel:
 def render(report: LeversReport, selection: Selection) -> Group:
     parts: list[Any] = [lever_panel(lv) for lv in report.levers]
     if not report.levers:
+        from esper_kernel.registry import ENV_NO_AUTOLOAD
+
         hint = ""
         if not selection.autoload and selection.only is None:
             hint = f" ({ENV_NO_AUTOLOAD} is set: name levers with --levers or ESPER_LEVERS)"
@@ -336,6 +344,8 @@ def list_levers(as_json: bool, only: str | None) -> None:
     For each lever: its distribution, entry point, heads, telemetry fields,
     compile safety, hooks and relations to other levers.
     """
+    from esper_kernel.registry import Registry, Selection
+
     selection = Selection.from_env(levers=only)
     # The listing is how a user finds what is broken, so it always lists; strict mode then fails it.
     reg = Registry.open(default_core(), selection, listing=True)
@@ -344,6 +354,8 @@ def list_levers(as_json: bool, only: str | None) -> None:
 
 
 def _strict_failures(reg: Registry, selection: Selection) -> None:
+    from esper_kernel.registry import ENV_STRICT
+
     if selection.strict and reg.failures:
         names = ", ".join(f"{f.name!r} ({f.distribution})" for f in reg.failures)
         raise PluginError(f"{len(reg.failures)} lever(s) failed to load: {names} ({ENV_STRICT}=1)")
@@ -354,6 +366,8 @@ def _strict_failures(reg: Registry, selection: Selection) -> None:
 @click.option("--json", "as_json", is_flag=True, help=_JSON_HELP)
 def show_lever(name: str, as_json: bool) -> None:
     """Show one active lever in full."""
+    from esper_kernel.registry import Registry, Selection
+
     selection = Selection.from_env()
     reg = Registry.open(default_core(), selection, listing=True)
     if name not in reg.names:
@@ -417,6 +431,13 @@ def new_lever(name: str, parent: Path) -> None:
     "defaults, its hooks skipped, the run goes on.",
 )
 @click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option(
+    "--tensorboard",
+    "tensorboard_dir",
+    default=None,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Also stream scalars to a TensorBoard log in this directory (needs the tensorboard extra).",
+)
 def run_command(
     task: str | None,
     data_dir: str | None,
@@ -434,17 +455,18 @@ def run_command(
     overwrite: bool,
     on_lever_error: str | None,
     quiet: bool,
+    tensorboard_dir: Path | None,
 ) -> None:
     """Train a host on a task with every active lever on and Tamiyo deciding.
 
-    Writes OUT/events.jsonl, OUT/summary.json and OUT/checkpoint.pt. An OUT
-    that already holds a run is refused unless --overwrite (or --resume OUT).
+    Writes OUT/events.jsonl, OUT/summary.json and OUT/checkpoint.pt;
+    `esper report OUT` draws them. An OUT that already holds a run is refused
+    unless --overwrite (or --resume OUT).
     """
-    from pathlib import Path
-
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from esper_kernel.config import RunConfig, load_config, with_overrides
+    from esper_kernel.report.console import run_summary
     from esper_kernel.run import EpochReport, run
 
     if resume is not None:
@@ -509,6 +531,11 @@ def run_command(
     def on_warning(line: str) -> None:
         progress.console.print(f"[yellow]esper:[/] {line}", highlight=False, markup=True)
 
+    def on_failures(failures: Sequence[LoadFailure]) -> None:
+        console.print(failures_panel([failure_record(f) for f in failures]))
+        console.print("[yellow]the run goes on without them[/] (ESPER_STRICT_PLUGINS=1 makes this an error)")
+
+    sinks = _tensorboard_sinks(tensorboard_dir)
     try:
         summary = run(
             config,
@@ -517,16 +544,24 @@ def run_command(
             on_epoch=on_epoch,
             on_start=on_start,
             on_warning=on_warning,
+            on_failures=on_failures,
+            sinks=sinks,
         )
     finally:
         progress.stop()
-    seeds = summary["seeds"]
-    console.print(
-        f"done: val acc {summary['final_val_accuracy']:.3f} (best {summary['best_val_accuracy']:.3f}), "
-        f"{len(seeds)} seed(s): "
-        + (", ".join(f"{s['blueprint']}@s{s['slot']} {s['final_stage'].lower()}" for s in seeds) or "none")
-        + f"; wrote {summary['out']}/events.jsonl, summary.json, checkpoint.pt in {summary['wall_seconds']}s"
-    )
+        for sink in sinks:
+            sink.close()
+    console.print(run_summary(summary))
+    if tensorboard_dir is not None:
+        console.print(f"TensorBoard: tensorboard --logdir {tensorboard_dir}")
+
+
+def _tensorboard_sinks(logdir: Path | None) -> list[Any]:
+    if logdir is None:
+        return []
+    from esper_kernel.tensorboard import TensorBoardSink
+
+    return [TensorBoardSink(logdir)]
 
 
 # -- esper train -------------------------------------------------------------
@@ -567,6 +602,13 @@ def run_command(
     default=None,
     help="Envs per rollout sharing one episode seed, each learning relative to the others (default 4; 1: off).",
 )
+@click.option(
+    "--tensorboard",
+    "tensorboard_dir",
+    default=None,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Also stream scalars to a TensorBoard log in this directory (needs the tensorboard extra).",
+)
 def train(
     episodes: int,
     n_envs: int,
@@ -586,6 +628,7 @@ def train(
     minibatch_size: int | None,
     entropy_coef: float | None,
     group_size: int | None,
+    tensorboard_dir: Path | None,
 ) -> None:
     """Train Tamiyo with PPO against the active levers.
 
@@ -600,7 +643,8 @@ def train(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from esper_kernel.env import EnvConfig
-    from esper_kernel.run import lever_records
+    from esper_kernel.registry import Registry, Selection
+    from esper_kernel.run import head_choices, lever_records
     from esper_kernel.tamiyo.train import PPOConfig, train_ppo
     from esper_kernel.tasks import TASKS, TaskError
     from esper_kernel.telemetry import Telemetry
@@ -641,7 +685,8 @@ def train(
     run_id = f"train-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
     policy_path = out_dir / "policy.pt"
     # The progress bar owns the terminal; the full event stream goes to the file.
-    with Telemetry(out_dir / "events.jsonl", run_id, console=False) as tel:
+    sinks = _tensorboard_sinks(tensorboard_dir)
+    with Telemetry(out_dir / "events.jsonl", run_id, console=False, sinks=sinks) as tel:
         tel.log.info(
             "run.started",
             command="train",
@@ -649,6 +694,7 @@ def train(
             ppo_config=attrs.asdict(ppo_config),
             levers=lever_records(reg),
             failed_levers=[attrs.asdict(f) for f in reg.failures],
+            head_choices=head_choices(reg),
             out=str(out_dir),
         )
         for failure in reg.failures:
@@ -691,6 +737,61 @@ def train(
     }
     (out_dir / "train_summary.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
     console.print(f"trained {summary.episodes} episodes in {summary.seconds:.1f}s; policy saved to {policy_path}")
+    console.print(f"learning curves and what emerged: [bold green]esper report {out_dir}[/]")
+
+
+# -- esper report / compare ------------------------------------------------------
+
+
+@main.command("report")
+@click.argument("run_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Where to write report.html and the PNGs (default: RUN_DIR).",
+)
+def report_command(run_dir: Path, out_dir: Path | None) -> None:
+    """Write RUN_DIR/report.html (self-contained) and its plots as PNGs.
+
+    RUN_DIR is the output of `esper run` (accuracy, parameters, seed timeline,
+    lever telemetry), of `esper train` (returns, entropies, KL, what emerged)
+    or of `esper eval` (paired differences). See docs/report.md.
+    """
+    from esper_kernel.report.html import write_report
+
+    rep = write_report(run_dir, out_dir)
+    click.echo(f"wrote {rep.html} ({rep.kind}: {', '.join(rep.sections)}) and {len(rep.pngs)} PNG(s) beside it")
+
+
+@main.command("compare")
+@click.argument("dirs", nargs=-1, required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (schema esper.compare/1, see docs/report.md).")
+@click.option(
+    "--reference",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="A directory of the reference arm (default: the first directory's).",
+)
+@click.option("--plot", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Also write a PNG here.")
+def compare_command(dirs: tuple[Path, ...], as_json: bool, reference: Path | None, plot: Path | None) -> None:
+    """One table across runs; paired differences with 95% CIs where runs share seeds.
+
+    Runs with the same configuration except seed and output directory form an
+    arm; every other arm is compared with the reference arm seed by seed.
+    """
+    from esper_kernel.report.compare import compare, render, write_plot
+
+    comp = compare(list(dirs), reference)
+    if plot is not None:
+        write_plot(comp, plot)
+    if as_json:
+        click.echo(comp.to_json())
+    else:
+        Console().print(render(comp))
+        if plot is not None:
+            click.echo(f"wrote {plot}")
 
 
 # -- esper eval --------------------------------------------------------------

@@ -36,6 +36,7 @@ from esper_kernel.config import converter
 from esper_kernel.env import EnvBatch, EnvConfig, MorphoEnv, build_registry, cnn_host_config, load_task
 from esper_kernel.errors import EsperError
 from esper_kernel.hosts import CNNHost
+from esper_kernel.lifecycle import CORE_HEADS
 from esper_kernel.registry import Registry, Selection
 from esper_kernel.stages import Op, Stage
 from esper_kernel.stats import mean_se, paired_difference
@@ -189,7 +190,7 @@ def play_episode(job: EvalJob) -> EpisodeResult:
     obs = envs.reset([job.seed])
     policy = _make_policy(job.policy, registry, env.obs_dim, job.seed)
     space = registry.space
-    levers = [n for n in space.names if Op.GERMINATE in space.head(n).spec.ops and n not in _CORE_HEADS]
+    levers = [n for n in space.names if Op.GERMINATE in space.head(n).spec.ops and n not in CORE_HEADS]
     multi = dict.fromkeys(levers, 0)
     legal: dict[str, dict[str, int]] = {n: dict.fromkeys(space.head(n).spec.choices, 0) for n in levers}
     germinations = 0
@@ -228,9 +229,6 @@ def play_episode(job: EvalJob) -> EpisodeResult:
         wall_seconds=round(time.perf_counter() - started, 2),
         curve=tuple(env.acc_history),
     )
-
-
-_CORE_HEADS = frozenset({"op", "slot", "blueprint", "blend"})
 
 
 def _init_worker() -> None:
@@ -370,7 +368,8 @@ def _run(
     on_done: Callable[[str, EpisodeResult], None] | None,
     widths: dict[str, int] | None = None,
 ) -> dict[str, list[EpisodeResult]]:
-    jobs = [EvalJob(data, spec, seed, levers, (widths or {}).get(spec.name)) for spec in specs for seed in seeds]
+    # Seed-major: an eval stopped early has every policy on its first seeds, which still pair.
+    jobs = [EvalJob(data, spec, seed, levers, (widths or {}).get(spec.name)) for seed in seeds for spec in specs]
     todo = [j for j in jobs if (j.policy.name, j.seed, j.static_width) not in journal.done]
     for job, res in zip(todo, _map(play_episode, todo, workers), strict=True):
         journal.add(job, res)

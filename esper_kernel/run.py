@@ -12,7 +12,7 @@ import json
 import tempfile
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +25,7 @@ from esper_kernel.checkpoint import CheckpointError
 from esper_kernel.config import RunConfig, structure_config, unstructure_config
 from esper_kernel.env import EnvBatch, MorphoEnv, build_registry, load_task, make_host, observation_names
 from esper_kernel.errors import EsperError, PluginError, SelectionError
-from esper_kernel.registry import Quarantine, Registry, Selection, installed_entry_points
+from esper_kernel.registry import LoadFailure, Quarantine, Registry, Selection, installed_entry_points
 from esper_kernel.specs import Safety
 from esper_kernel.tamiyo.policies import HeuristicPolicy, Policy, RandomPolicy
 from esper_kernel.telemetry import Telemetry
@@ -50,6 +50,11 @@ class EpochReport:
 
 def lever_records(registry: Registry) -> list[dict[str, str]]:
     return [{"name": lv.name, "distribution": lv.distribution, "version": lv.version} for lv in registry.levers]
+
+
+def head_choices(registry: Registry) -> dict[str, list[str]]:
+    """Every head's choice names, in order: what a report needs to read decisions and entropies."""
+    return {h.name: list(h.spec.choices) for h in registry.space.heads}
 
 
 def check_compile_safety(registry: Registry, allow_graph_breaks: bool) -> None:
@@ -158,8 +163,10 @@ def run(
     on_epoch: Callable[[EpochReport], None] | None = None,
     on_start: Callable[[int, int], None] | None = None,
     on_warning: Callable[[str], None] | None = None,
+    on_failures: Callable[[Sequence[LoadFailure]], None] | None = None,
     stop_after: int | None = None,
     console: bool = False,
+    sinks: Sequence[Any] = (),
 ) -> dict[str, Any]:
     """Run (or resume) one episode; returns the summary also written to ``summary.json``.
 
@@ -168,11 +175,14 @@ def run(
     directory is touched, so a mistake never costs an earlier run its files.
     Once the event stream is open, a run that stops on an error ends it with
     ``run.failed``. ``on_start(epochs, first_epoch)`` is called right before
-    the first epoch, so a display never starts for a run that fails to set up;
-    ``on_warning`` gets the lines a person should see (levers dropped or
+    the first epoch, so a display never starts for a run that fails to set up.
+    ``on_failures`` is told the levers that failed to load, right after they
+    are written to the stream (without it, each is an ``on_warning`` line);
+    ``on_warning`` gets the other lines a person should see (levers
     quarantined, slow hooks, the host's size). ``stop_after`` ends the run
     after that many epochs as an interruption would (checkpoint written, no
-    summary), for resuming later.
+    summary), for resuming later. ``sinks`` are extra structlog processors
+    fed every event (``--tensorboard``).
     """
     warn = on_warning or (lambda _msg: None)
     state: dict[str, Any] | None = None
@@ -215,7 +225,7 @@ def run(
     started = time.perf_counter()
     # -- everything is checked: from here on the run writes to ``out``.
     superseded = _prepare_out(out, state)
-    with Telemetry(out / EVENTS, run_id, console=console, append=state is not None) as tel:
+    with Telemetry(out / EVENTS, run_id, console=console, append=state is not None, sinks=sinks) as tel:
         tel.log.info(
             "run.started",
             config=unstructure_config(config),
@@ -226,12 +236,16 @@ def run(
             heads=list(registry.space.names),
             host_params=size.params,
             host_memory_bytes=size.memory_bytes,
+            head_choices=head_choices(registry),
         )
         warn(size.describe())
         for failure in registry.failures:
             tel.log.warning("plugin.failed", **attrs.asdict(failure))
-            warn(f"dropped {failure.describe()}")
-
+        if registry.failures and on_failures is not None:
+            on_failures(registry.failures)
+        else:
+            for failure in registry.failures:
+                warn(f"dropped {failure.describe()}")
         env = MorphoEnv(config.env, registry, task, tel.log, index=0)
 
         def quarantined(q: Quarantine) -> None:
@@ -367,6 +381,7 @@ def _summary(
         "run_id": run_id,
         "out": str(out),
         "epochs": env.epoch,
+        "num_classes": env.task.num_classes,
         "final_val_accuracy": env.acc_history[-1] if env.acc_history else None,
         "best_val_accuracy": env.best,
         "return": total,
