@@ -13,7 +13,7 @@ from esper_kernel.training import task_loss
 def default_host(seed: int = 0) -> CNNHost:
     cfg = EnvConfig()
     torch.manual_seed(seed)
-    return CNNHost(cnn_host_config(cfg, num_classes=10))
+    return CNNHost(cnn_host_config(cfg, 10))
 
 
 def batch(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

@@ -54,7 +54,7 @@ class Step:
 def make_step(config: EnvConfig | None = None) -> Step:
     cfg = config or EnvConfig()
     reg = fixtures.registry(cfg)
-    host = build_host("cnn", cnn_host_config(cfg, num_classes=10))
+    host = build_host("cnn", cnn_host_config(cfg, 10))
     lc = Lifecycle(host, reg, LifecycleConfig(max_epochs=cfg.epochs, host_lr=cfg.host_lr), log=fixtures.NullLog())
     stages = (Stage.TRAINING, Stage.BLENDING, Stage.PROBATIONARY)
     seeds = [fixtures.seed_with_history(i, stages[i], EPOCH, cfg.epochs) for i in range(cfg.slots)]

@@ -14,7 +14,8 @@ from typing import Any
 import torch
 
 from esper_kernel.errors import EsperError
-from esper_kernel.files import write_atomic
+from esper_kernel.files import TEMP_SUFFIX as TEMP_SUFFIX
+from esper_kernel.files import write_atomic as _write_atomic
 
 FORMAT = "esper.checkpoint/1"
 
@@ -25,7 +26,26 @@ class CheckpointError(EsperError):
 
 def save_atomic(obj: Any, path: Path) -> None:
     """``torch.save`` ``obj`` to ``path`` so that ``path`` is always a whole file."""
-    write_atomic(path, lambda f: torch.save(obj, f))
+    _write_atomic(path, lambda f: torch.save(obj, f))
+
+
+def write_atomic(data: bytes, path: Path) -> None:
+    """Write ``data`` to ``path`` so that ``path`` is always a whole file (old or new)."""
+    _write_atomic(path, lambda f: f.write(data))
+
+
+def remove_stale_temps(directory: Path) -> list[Path]:
+    """Delete temporary files a killed write left in ``directory``; returns what was removed.
+
+    ``kill -9`` during a write skips the cleanup in :func:`save_atomic`; the
+    temporary file is never the real one, so removing it loses nothing.
+    """
+    removed = []
+    for tmp in directory.glob(f".*{TEMP_SUFFIX}"):
+        if tmp.is_file():
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+    return removed
 
 
 def load(path: Path) -> dict[str, Any]:

@@ -15,6 +15,7 @@ from typing import Any
 import attrs
 import cattrs
 
+from esper_kernel.bounds import FLAGS, config_problems
 from esper_kernel.errors import EsperError
 from esper_kernel.tasks import TASKS
 
@@ -66,6 +67,8 @@ class RunConfig:
     out: str = "runs/latest"
     allow_graph_breaks: bool = False
     checkpoint_every: int = 1
+    #: What a lever that fails at run time does to the run: "stop" it, or "quarantine" the lever and go on.
+    on_lever_error: str = "stop"
 
 
 converter = cattrs.Converter(forbid_extra_keys=True)
@@ -115,7 +118,7 @@ def structure_config(data: dict[str, Any], where: str = "config") -> RunConfig:
     Each problem names its key path, e.g. ``env.epoch: unknown key``.
     """
     try:
-        return converter.structure(data, RunConfig)
+        config = converter.structure(data, RunConfig)
     except cattrs.BaseValidationError as exc:
         problems: list[str] = []
         for line in cattrs.transform_error(exc, path="$", format_exception=_format_exception):
@@ -126,6 +129,17 @@ def structure_config(data: dict[str, Any], where: str = "config") -> RunConfig:
             else:
                 problems.append(f"{key or '(top level)'}: {msg}")
         raise ConfigError(f"invalid config ({where}): {'; '.join(problems)}") from None
+    # Types are right; now the ranges, so a bad value never reaches training.
+    bad = config_problems(config)
+    if bad:
+        raise ConfigError(f"invalid config ({where}): {'; '.join(_with_flag(p) for p in bad)}")
+    return config
+
+
+def _with_flag(problem: str) -> str:
+    key, _, msg = problem.partition(": ")
+    flag = FLAGS.get(key)
+    return f"{key} ({flag}): {msg}" if flag else problem
 
 
 def load_config(path: Path) -> RunConfig:

@@ -15,14 +15,17 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import BinaryIO
 
-__all__ = ["write_atomic", "write_text_atomic"]
+__all__ = ["TEMP_SUFFIX", "write_atomic", "write_text_atomic"]
+
+#: Suffix of the temporary files atomic writes rename into place (a killed write may leave one).
+TEMP_SUFFIX = ".tmp"
 
 
 def write_atomic(path: Path | str, write: Callable[[BinaryIO], object]) -> Path:
     """Call ``write(file)`` on a temporary file, then rename it to ``path``; returns ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex}.tmp"
+    tmp = path.parent / f".{path.name}.{uuid.uuid4().hex}{TEMP_SUFFIX}"
     try:
         with tmp.open("xb") as f:
             write(f)

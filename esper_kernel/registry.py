@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.metadata as md
 import os
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, cast
 
@@ -65,6 +66,26 @@ class LoadFailure:
             f"lever {self.name!r} from {self.distribution} {self.version} "
             f"(entry point {self.name} = {self.entry_point}) failed to load: {self.error}"
         )
+
+
+@attrs.frozen
+class Quarantine:
+    """A lever taken out of a run after one of its hooks failed (``--on-lever-error quarantine``)."""
+
+    lever: str
+    distribution: str
+    hook: str
+    error: str
+
+    def describe(self) -> str:
+        return (
+            f"lever {self.lever!r} ({self.distribution}): {self.hook} failed ({self.error}); "
+            "its heads stay at their defaults and its hooks are skipped for the rest of the run"
+        )
+
+
+#: Hook time per lever: ``{lever: {hook: seconds}}``.
+Timings = dict[str, dict[str, float]]
 
 
 def _split(value: str | Sequence[str] | None) -> tuple[str, ...] | None:
@@ -136,11 +157,16 @@ def _dist_version(ep: md.EntryPoint) -> str:
 def load_levers(
     selection: Selection | None = None,
     entry_points: Iterable[md.EntryPoint] | None = None,
+    *,
+    listing: bool = False,
 ) -> LoadResult:
     """Load the selected levers, each on its own, in name order.
 
     A lever that fails to import is recorded as a :class:`LoadFailure`; it is
-    an error if the user named it, or if the selection is strict.
+    an error if the user named it, or if the selection is strict. ``listing``
+    (``esper levers list/show``) never raises for a lever that fails: a listing
+    tool must show what is broken. Relations between levers (``requires``,
+    ``conflicts_with``) are the selection's to satisfy and stay errors.
     """
     sel = selection or Selection.from_env()
     eps = list(entry_points) if entry_points is not None else installed_entry_points()
@@ -168,20 +194,20 @@ def load_levers(
         wanted = []
     wanted = [n for n in wanted if n not in sel.disabled]
 
-    loaded = [_load_one(name, by_name[name], sel) for name in wanted]
+    loaded = [_load_one(name, by_name[name], sel, listing) for name in wanted]
     levers = [lv for lv in loaded if isinstance(lv, LeverInfo)]
     _check_relations(levers)
     failures = tuple(f for f in loaded if isinstance(f, LoadFailure))
     return LoadResult(tuple(levers), failures, installed)
 
 
-def _load_one(name: str, ep: md.EntryPoint, sel: Selection) -> LeverInfo | LoadFailure:
-    """Import one lever; a failure is an error if the user named it or the selection is strict."""
+def _load_one(name: str, ep: md.EntryPoint, sel: Selection, listing: bool) -> LeverInfo | LoadFailure:
+    """Import one lever; a failure is an error if the user named it or the selection is strict (unless listing)."""
     try:
         plugin = ep.load()
     except Exception as exc:
         fail = LoadFailure(name, _dist_name(ep), _dist_version(ep), ep.value, f"{type(exc).__name__}: {exc}")
-        if sel.strict or (sel.only is not None and name in sel.only):
+        if not listing and (sel.strict or (sel.only is not None and name in sel.only)):
             why = "" if not sel.strict else f" ({ENV_STRICT}=1)"
             raise PluginError(fail.describe() + why) from exc
         return fail
@@ -291,6 +317,14 @@ class Registry:
         )
         self.stage_hooks: tuple[StageHook, ...] = self._seed_hooks("on_enter_stage")
         self.epoch_hooks: tuple[StageHook, ...] = self._seed_hooks("on_epoch")
+        #: "stop": a lever failing at run time stops the run; "quarantine": the lever is frozen and the run goes on.
+        self.fault_policy = "stop"
+        self.quarantined: dict[str, Quarantine] = {}
+        #: Told of every quarantine as it happens (the run logs and shows it).
+        self.on_quarantine: Callable[[Quarantine], None] | None = None
+        #: Seconds spent in each lever's run-time hooks, ``{lever: {hook: s}}``.
+        self.timings: Timings = self.masks.timings
+        self.masks.on_fault = self.quarantine
 
     @classmethod
     def open(
@@ -298,14 +332,39 @@ class Registry:
         core: object,
         selection: Selection | None = None,
         entry_points: Iterable[md.EntryPoint] | None = None,
+        *,
+        listing: bool = False,
     ) -> Registry:
         """Load the selected levers and compose them with ``core``.
 
         What every command does first. Failures that the selection tolerates
-        are kept on :attr:`failures` for the caller to report.
+        are kept on :attr:`failures` for the caller to report; with
+        ``listing`` every failure is tolerated (see :func:`load_levers`).
         """
-        result = load_levers(selection, entry_points)
-        return cls(core, result.levers, result.failures, installed=result.installed)
+        sel = selection or Selection.from_env()
+        result = load_levers(sel, entry_points, listing=listing)
+        levers = list(result.levers)
+        failures = list(result.failures)
+        named = set(sel.only or ())
+        while True:
+            try:
+                return cls(core, levers, failures, installed=result.installed)
+            except PluginError as exc:
+                # Tolerant means tolerant: a lever whose declarations are invalid is
+                # dropped and reported like one that fails to import, unless the
+                # user named it or asked for strictness. Every message names the
+                # lever at fault; the last one named is the one that clashed.
+                culprit = next((lv for lv in reversed(levers) if f"lever {lv.name!r}" in str(exc)), None)
+                if culprit is None or (not listing and (sel.strict or culprit.name in named)):
+                    if sel.strict and culprit is not None:
+                        raise PluginError(f"{exc} ({ENV_STRICT}=1)") from exc
+                    raise
+                levers.remove(culprit)
+                failures.append(
+                    LoadFailure(
+                        culprit.name, culprit.distribution, culprit.version, culprit.entry_point, _one_line(exc)
+                    )
+                )
 
     # -- resolution ------------------------------------------------------
 
@@ -450,17 +509,51 @@ class Registry:
     def enter_stage(self, seed: SeedState, old: Stage, new: Stage) -> None:
         """Set the declared knobs for ``new``, then run every ``on_enter_stage`` in lever order."""
         for setting in self.settings:
-            if setting.stage is new and setting.head in seed.values:
+            if setting.stage is new and setting.head in seed.values and setting.lever not in self.quarantined:
                 setattr(seed.knobs, setting.knob, seed.values[setting.head])
         args = {"seed": seed, "old": old, "new": new}
         for hook in self.stage_hooks:
-            _run(hook, args, f"on_enter_stage({old.name} -> {new.name})", building=new is Stage.GERMINATED)
+            self._call(hook, "on_enter_stage", args, f"on_enter_stage({old.name} -> {new.name})", new)
 
     def on_epoch(self, seed: SeedState, epoch: int) -> None:
         """Run every lever's ``on_epoch`` for a live seed, before ``epoch`` runs."""
         args = {"seed": seed, "epoch": epoch}
         for hook in self.epoch_hooks:
-            _run(hook, args, f"on_epoch(epoch {epoch})", building=False)
+            self._call(hook, "on_epoch", args, f"on_epoch(epoch {epoch})", None)
+
+    def _call(self, hook: StageHook, name: str, args: Mapping[str, Any], where: str, new: Stage | None) -> None:
+        """One lever's seed hook, timed; a failure (or a knob write it may not make) stops the run or quarantines it."""
+        if hook.lever in self.quarantined:
+            return
+        started = time.perf_counter()
+        try:
+            _run(hook, args, where, building=new is Stage.GERMINATED)
+        except PluginError as err:
+            if not self.quarantine(hook.lever, name, err):
+                raise
+        finally:
+            self.add_time(hook.lever, name, time.perf_counter() - started)
+
+    def add_time(self, lever: str, hook: str, seconds: float) -> None:
+        per = self.timings.setdefault(lever, {})
+        per[hook] = per.get(hook, 0.0) + seconds
+
+    def quarantine(self, lever: str, hook: str, error: BaseException) -> bool:
+        """Take ``lever`` out of the run if the fault policy allows; True if it did (or had).
+
+        The kernel's own plugin is never quarantined: without it there is no run.
+        """
+        if lever in self.quarantined:
+            return True
+        if self.fault_policy != "quarantine" or lever == CORE_NAME:
+            return False
+        info = self.info(lever)
+        q = Quarantine(lever, info.distribution, hook, _one_line(error))
+        self.quarantined[lever] = q
+        self.masks.frozen.add(lever)
+        if self.on_quarantine is not None:
+            self.on_quarantine(q)
+        return True
 
     def observed_fields(self) -> tuple[ComposedField, ...]:
         return tuple(f for f in self.fields if f.spec.observed)
@@ -498,6 +591,10 @@ def _declared_mask(until: Mapping[str, Any]) -> MaskFn:
         return {head: view.reaching_each(head, point) for head, point in until.items()}
 
     return mask
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 def _ignore_view(fn: Callable[[], Any]) -> Callable[[Any], Any]:
