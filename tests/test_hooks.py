@@ -240,7 +240,10 @@ def test_two_writers_of_one_knob_are_an_error_naming_both(lever_dist: LeverDists
     boost = 'writes = ("lr_scale",)\n@hookimpl\ndef on_epoch(seed):\n    seed.knobs.lr_scale = 10.0\n'
     lever_dist("boost", IMPORTS + boost)
     with pytest.raises(PluginError, match=r"knob 'lr_scale' is written by lever 'boost'.* and by lever 'lr'"):
-        lever_dist.registry()
+        lever_dist.registry(Selection(only=("boost", "lr")))
+    # Without naming them, the tolerant default drops one and reports it, never composing both.
+    tolerant = lever_dist.registry()
+    assert len(tolerant.levers) == 1 and "knob 'lr_scale' is written by" in tolerant.failures[0].error
     # Declaring that it composes (it scales the other's choice rather than replacing it) is allowed.
     lever_dist("scaler", IMPORTS + boost + 'composes = ("lr_scale",)\n')
     reg = lever_dist.registry(Selection(only=("lr", "scaler")))
