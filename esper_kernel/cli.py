@@ -358,6 +358,22 @@ def new_lever(name: str, parent: Path) -> None:
     click.echo(f"created {root}; next: pip install -e {root} && pytest {root / 'tests'}")
 
 
+# -- options every training command shares ---------------------------------------
+
+threads_option = click.option(
+    "--threads",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Torch intra-op threads per process (default: OMP_NUM_THREADS if set, else 1; 0: torch's own choice).",
+)
+
+
+def _setup_threads(threads: int | None) -> int:
+    from esper_kernel.workers import configure_threads
+
+    return configure_threads(threads)
+
+
 # -- esper run ----------------------------------------------------------------
 
 
@@ -375,6 +391,7 @@ def new_lever(name: str, parent: Path) -> None:
 @click.option("--compile", "compile_", is_flag=True, default=None, help="Run the host under torch.compile.")
 @click.option("--allow-graph-breaks", is_flag=True, default=None, help="With --compile, allow BREAKS_GRAPH levers.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
+@threads_option
 def run_command(
     task: str | None,
     data_dir: str | None,
@@ -389,11 +406,13 @@ def run_command(
     compile_: bool | None,
     allow_graph_breaks: bool | None,
     quiet: bool,
+    threads: int | None,
 ) -> None:
     """Train a host on a task with every active lever on and Tamiyo deciding.
 
     Writes OUT/events.jsonl, OUT/summary.json and OUT/checkpoint.pt.
     """
+    _setup_threads(threads)
     from pathlib import Path
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
