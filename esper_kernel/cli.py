@@ -472,28 +472,27 @@ def run_command(
 
 @main.command("train")
 @click.option(
-    "--episodes", type=click.IntRange(min=1), default=32, show_default=True, help="Episodes in all, over all envs."
+    "--episodes", type=click.IntRange(min=1), default=None, help="Episodes in all, over all envs (default 32)."
 )
-@click.option("--envs", "n_envs", type=click.IntRange(min=1), default=4, show_default=True, help="Envs per rollout.")
-@click.option("--task", default="shapes", show_default=True, help="Task the hosts train on.")
+@click.option("--envs", "n_envs", type=click.IntRange(min=1), default=None, help="Envs per rollout (default 4).")
+@click.option("--task", default=None, help="Task the hosts train on (default shapes).")
 @click.option("--levers", "only", metavar="A,B", default=None, help="Load only these levers (overrides ESPER_LEVERS).")
-@click.option("--epochs", type=click.IntRange(min=1), default=20, show_default=True, help="Epochs (steps) per episode.")
-@click.option("--slots", type=click.IntRange(min=2), default=3, show_default=True, help="Seed slots per host.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--epochs", type=click.IntRange(min=1), default=None, help="Epochs (steps) per episode (default 20).")
+@click.option("--slots", type=click.IntRange(min=2), default=None, help="Seed slots per host (default 3).")
+@click.option("--seed", type=int, default=None, help="Random seed (default 0).")
 @click.option(
     "--out",
     "out_dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=Path("runs/train"),
-    show_default=True,
-    help="Writes policy.pt, events.jsonl and train_summary.json here.",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Writes policy.pt, best_policy.pt, train_state.pt, events.jsonl and train_summary.json (default runs/train).",
 )
-@click.option("--train-size", type=click.IntRange(min=1), default=1024, show_default=True, help="Training examples.")
-@click.option("--val-size", type=click.IntRange(min=1), default=256, show_default=True, help="Validation examples.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True, help="Host batch size.")
+@click.option("--train-size", type=click.IntRange(min=1), default=None, help="Training examples (default 1024).")
+@click.option("--val-size", type=click.IntRange(min=1), default=None, help="Validation examples (default 256).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Host batch size (default 64).")
 @click.option("--data-dir", type=click.Path(file_okay=False), default=None, help="Data for tasks that read files.")
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=3e-3, show_default=True, help="PPO lr.")
-@click.option("--hidden", type=click.IntRange(min=1), default=64, show_default=True, help="Policy MLP width.")
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None, help="PPO lr (default 3e-3).")
+@click.option("--hidden", type=click.IntRange(min=1), default=None, help="Policy MLP width (default 64).")
 @click.option(
     "--update-epochs", type=click.IntRange(min=1), default=None, help="PPO passes over each rollout (default 10)."
 )
@@ -505,31 +504,69 @@ def run_command(
     default=None,
     help="Envs per rollout sharing one episode seed, each learning relative to the others (default 4; 1: off).",
 )
+@click.option(
+    "--workers",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Env worker processes, one intra-op thread each (default 0: one per usable core; 1: in this process).",
+)
+@click.option(
+    "--eval-every",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Evaluate on the held-out seeds every N updates and after the last, keeping best_policy.pt (default 5).",
+)
+@click.option("--eval-seeds", metavar="A,B", default=None, help="Held-out episode seeds to evaluate on (default 0,1).")
+@click.option("--config", "config_file", default=None, type=click.Path(dir_okay=False), help="TOML train config.")
+@click.option(
+    "--resume",
+    default=None,
+    type=click.Path(file_okay=False),
+    help="Continue the training run in this directory (its own config) to the result it would have reached.",
+)
+@click.option(
+    "--ray",
+    "ray_address",
+    default=None,
+    is_flag=False,
+    flag_value="",
+    metavar="[ADDRESS]",
+    help='Env workers as Ray actors at ADDRESS (default: RAY_ADDRESS, else a local Ray); needs "esper-kernel[ray]".',
+)
+@threads_option
 def train(
-    episodes: int,
-    n_envs: int,
-    task: str,
+    episodes: int | None,
+    n_envs: int | None,
+    task: str | None,
     only: str | None,
-    epochs: int,
-    slots: int,
-    seed: int,
-    out_dir: Path,
-    train_size: int,
-    val_size: int,
-    batch_size: int,
+    epochs: int | None,
+    slots: int | None,
+    seed: int | None,
+    out_dir: str | None,
+    train_size: int | None,
+    val_size: int | None,
+    batch_size: int | None,
     data_dir: str | None,
-    lr: float,
-    hidden: int,
+    lr: float | None,
+    hidden: int | None,
     update_epochs: int | None,
     minibatch_size: int | None,
     entropy_coef: float | None,
     group_size: int | None,
+    workers: int | None,
+    eval_every: int | None,
+    eval_seeds: str | None,
+    config_file: str | None,
+    resume: str | None,
+    ray_address: str | None,
+    threads: int | None,
 ) -> None:
     """Train Tamiyo with PPO against the active levers.
 
-    Writes OUT/policy.pt (for ``esper run --policy``), OUT/events.jsonl and
+    Writes OUT/policy.pt (for ``esper run --policy``), OUT/best_policy.pt (best
+    held-out return), OUT/train_state.pt (for --resume), OUT/events.jsonl and
     OUT/train_summary.json. Small --epochs/--train-size/--val-size make a
-    quick run.
+    quick run. Flags override a --config file's values.
     """
     # Imported here so ``esper levers`` does not pay for the training stack.
     import time
@@ -537,50 +574,105 @@ def train(
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from esper_kernel.env import EnvConfig
+    from esper_kernel.config import load_config_as, structure_as, unstructure_config, with_overrides
     from esper_kernel.run import lever_records
-    from esper_kernel.tamiyo.train import PPOConfig, train_ppo
+    from esper_kernel.tamiyo.train import STATE_FILE, TrainConfig, TrainOptions, load_train_state, train_ppo
     from esper_kernel.tasks import TASKS, TaskError
     from esper_kernel.telemetry import Telemetry
+    from esper_kernel.workers import usable_cores
 
-    if task not in TASKS:
-        raise click.BadParameter(f"unknown task {task!r}; known tasks: {', '.join(sorted(TASKS))}", param_hint="--task")
-    try:
-        env_config = EnvConfig(
-            task=task,
-            data_dir=data_dir,
-            epochs=epochs,
-            slots=slots,
-            batch_size=batch_size,
-            train_size=train_size,
-            val_size=val_size,
+    _setup_threads(threads)
+    seeds_list: list[int] | None = None
+    if eval_seeds is not None:
+        try:
+            seeds_list = [int(x) for x in eval_seeds.split(",") if x.strip()]
+        except ValueError:
+            raise click.BadParameter(
+                f"expected whole numbers like 0,1,2, got {eval_seeds!r}", param_hint="--eval-seeds"
+            ) from None
+    state = None
+    if resume is not None:
+        state = load_train_state(Path(resume) / STATE_FILE)
+        config = structure_as(state["meta"]["config"], TrainConfig, where=f"{Path(resume) / STATE_FILE} config")
+        given = [
+            name
+            for name, value in (
+                ("--config", config_file),
+                ("--levers", only),
+                ("--episodes", episodes),
+                ("--seed", seed),
+            )
+            if value is not None
+        ]
+        if given:
+            raise click.UsageError(f"--resume continues a run with its own settings; drop {', '.join(given)}")
+        config = with_overrides(config, out=resume, workers=workers)
+        run_id = str(state["meta"]["run_id"])
+    else:
+        base = load_config_as(Path(config_file), TrainConfig) if config_file else TrainConfig()
+        config = with_overrides(
+            base,
+            levers=tuple(x for x in only.split(",") if x) if only is not None else None,
+            out=out_dir,
+            workers=workers,
+            eval_every=eval_every,
+            eval_seeds=seeds_list,
+            env__task=task,
+            env__data_dir=data_dir,
+            env__epochs=epochs,
+            env__slots=slots,
+            env__batch_size=batch_size,
+            env__train_size=train_size,
+            env__val_size=val_size,
+            ppo__episodes=episodes,
+            ppo__n_envs=n_envs,
+            ppo__lr=lr,
+            ppo__hidden=hidden,
+            ppo__seed=seed,
+            ppo__update_epochs=update_epochs,
+            ppo__minibatch_size=minibatch_size,
+            ppo__entropy_coef=entropy_coef,
+            ppo__group_size=group_size,
         )
-        ppo_config = PPOConfig(episodes=episodes, n_envs=n_envs, lr=lr, hidden=hidden, seed=seed)
-        if update_epochs is not None:
-            ppo_config = attrs.evolve(ppo_config, update_epochs=update_epochs)
-        if minibatch_size is not None:
-            ppo_config = attrs.evolve(ppo_config, minibatch_size=minibatch_size)
-        if entropy_coef is not None:
-            ppo_config = attrs.evolve(ppo_config, entropy_coef=entropy_coef)
-        if group_size is not None:
-            ppo_config = attrs.evolve(ppo_config, group_size=group_size)
-    except ValueError as exc:
-        raise click.UsageError(str(exc)) from exc
-    selection = Selection.from_env(levers=only)
-    reg = Registry.open(default_core(env_config.topology, slots), selection)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    run_id = f"train-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
-    policy_path = out_dir / "policy.pt"
+        run_id = f"train-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+    env_config, ppo_config = config.env, config.ppo
+    if env_config.task not in TASKS:
+        raise click.BadParameter(
+            f"unknown task {env_config.task!r}; known tasks: {', '.join(sorted(TASKS))}", param_hint="--task"
+        )
+    selection = Selection.from_env(levers=config.levers)
+    reg = Registry.open(default_core(env_config.topology, env_config.slots), selection)
+    if state is not None and list(state["levers"]) != list(reg.names):
+        raise click.UsageError(
+            f"{resume} was trained with levers {', '.join(state['levers'])}; active now: {', '.join(reg.names)}"
+        )
+    n_workers = config.workers or usable_cores()
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    policy_path = out / "policy.pt"
+    options = TrainOptions(
+        workers=n_workers,
+        selection=selection,
+        eval_every=config.eval_every,
+        eval_seeds=config.eval_seeds,
+        resume=out / STATE_FILE if state is not None else None,
+        ray=ray_address,
+        meta={"config": unstructure_config(config), "run_id": run_id},
+    )
     # The progress bar owns the terminal; the full event stream goes to the file.
-    with Telemetry(out_dir / "events.jsonl", run_id, console=False) as tel:
+    with Telemetry(out / "events.jsonl", run_id, console=False, append=state is not None) as tel:
         tel.log.info(
             "run.started",
             command="train",
+            config=unstructure_config(config),
             env_config=attrs.asdict(env_config),
             ppo_config=attrs.asdict(ppo_config),
             levers=lever_records(reg),
             failed_levers=[attrs.asdict(f) for f in reg.failures],
-            out=str(out_dir),
+            out=str(out),
+            workers=n_workers,
+            ray=ray_address,
+            resumed=state is not None,
         )
         for failure in reg.failures:
             tel.log.warning("plugin.failed", **attrs.asdict(failure))
@@ -595,13 +687,13 @@ def train(
             TimeElapsedColumn(),
         )
         with Progress(*columns, console=console, transient=False) as bar:
-            job = bar.add_task("train", total=episodes, ret="-")
+            job = bar.add_task("train", total=ppo_config.episodes, ret="-")
 
             def advance(done: int, _total: int, mean_return: float) -> None:
                 bar.update(job, completed=done, ret=f"{mean_return:+.3f}")
 
             try:
-                summary = train_ppo(env_config, reg, ppo_config, tel.log, policy_path, progress=advance)
+                summary = train_ppo(env_config, reg, ppo_config, tel.log, policy_path, advance, options)
             except TaskError as exc:
                 raise click.UsageError(str(exc)) from exc
         rets = summary.episode_returns
@@ -612,15 +704,17 @@ def train(
             seconds=summary.seconds,
             mean_return=sum(rets) / len(rets),
             policy=str(policy_path),
+            best_eval_return=summary.best_eval_return,
         )
     record = {
         "run_id": run_id,
         "env_config": attrs.asdict(env_config),
         "ppo_config": attrs.asdict(ppo_config),
         "levers": [lv.name for lv in reg.levers],
+        "workers": n_workers,
         **summary.to_dict(),
     }
-    (out_dir / "train_summary.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    (out / "train_summary.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
     console.print(f"trained {summary.episodes} episodes in {summary.seconds:.1f}s; policy saved to {policy_path}")
 
 

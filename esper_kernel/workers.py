@@ -227,10 +227,14 @@ class ProcessActor:
             raise WorkerError(f"{self.name} failed: {value}")
         return value
 
-    def send(self, method: str, *args: Any) -> None:
+    def wait_ready(self) -> None:
+        """Block until the worker has built its object (raising what the factory raised)."""
         if self._pending:
             self._pending = False
             self._answer()
+
+    def send(self, method: str, *args: Any) -> None:
+        self.wait_ready()
         self._conn.send((method, args))
 
     def recv(self) -> Any:

@@ -115,14 +115,10 @@ def test_non_esper_files_are_clear_errors(tmp_path: Path) -> None:
 
 
 def _tiny(out: Path, **kw: Any) -> RunConfig:
-    return with_overrides(
-        RunConfig(), out=str(out), env__epochs=3, env__train_size=64, env__val_size=32, **kw
-    )
+    return with_overrides(RunConfig(), out=str(out), env__epochs=3, env__train_size=64, env__val_size=32, **kw)
 
 
-def test_resume_without_a_lever_the_checkpoint_needs_names_it(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_resume_without_a_lever_the_checkpoint_needs_names_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("ESPER_LEVERS", "tempo,dwell")
     assert run(_tiny(tmp_path), stop_after=1) == {"interrupted_at": 1}
     assert sorted(load(tmp_path / CHECKPOINT)["levers"]) == ["dwell", "tempo"]

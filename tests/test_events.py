@@ -177,9 +177,7 @@ raise ImportError("needs libfoo >= 2")
 
 
 @pytest.fixture
-def bad_plugins_run(
-    lever_dist: LeverDists, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
-) -> list[dict[str, Any]]:
+def bad_plugins_run(lever_dist: LeverDists, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> list[dict[str, Any]]:
     lever_dist("nanny", NAN_LEVER)
     lever_dist("shaky", BROKEN, dist="acme-shaky", version="0.4")
     monkeypatch.setenv("ESPER_DISABLED_LEVERS", "dwell,isolation,lr,probation,steepness")

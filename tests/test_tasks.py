@@ -97,9 +97,7 @@ def test_shapes_train_and_val_images_differ(shapes: TaskData) -> None:
 
 def _tiny_cnn(width: int = 16) -> nn.Module:
     def block(c_in: int, c_out: int) -> nn.Module:
-        return nn.Sequential(
-            nn.Conv2d(c_in, c_out, 3, padding=1), nn.BatchNorm2d(c_out), nn.ReLU(), nn.MaxPool2d(2)
-        )
+        return nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1), nn.BatchNorm2d(c_out), nn.ReLU(), nn.MaxPool2d(2))
 
     return nn.Sequential(
         block(3, width),
@@ -304,9 +302,7 @@ def test_cifar10_roundtrips_values_labels_and_normalisation(tmp_path: Path) -> N
     assert task.val_y.tolist() == written["test_batch"][1]
     # A pixel equal to 255 * mean must normalise to 0; 0 to -mean/std.
     raw = written["test_batch"][0][0, 0, 0, 0].item()
-    assert task.val_x[0, 0, 0, 0].item() == pytest.approx(
-        (raw / 255 - CIFAR10_MEAN[0]) / CIFAR10_STD[0], abs=1e-5
-    )
+    assert task.val_x[0, 0, 0, 0].item() == pytest.approx((raw / 255 - CIFAR10_MEAN[0]) / CIFAR10_STD[0], abs=1e-5)
 
 
 def test_cifar10_reads_flat_directory_partial_batches_and_limits(tmp_path: Path) -> None:
@@ -436,4 +432,3 @@ def test_get_task_errors() -> None:
             get_task(name, seed=0)
     with pytest.raises(TaskError, match="does not accept seq_len; it accepts: n_train, n_val"):
         get_task("shapes", seed=0, seq_len=3)
-
