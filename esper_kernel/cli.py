@@ -368,6 +368,17 @@ threads_option = click.option(
 )
 
 
+device_option = click.option(
+    "--device",
+    type=click.Choice(["cpu", "cuda", "auto"]),
+    default=None,
+    help="Where the host, batches and accumulators live (default cpu; auto: CUDA when present).",
+)
+amp_option = click.option(
+    "--amp", is_flag=True, default=None, help="bf16 autocast for the host's forward pass (fastest on a GPU)."
+)
+
+
 def _setup_threads(threads: int | None) -> int:
     from esper_kernel.workers import configure_threads
 
@@ -392,6 +403,8 @@ def _setup_threads(threads: int | None) -> int:
 @click.option("--allow-graph-breaks", is_flag=True, default=None, help="With --compile, allow BREAKS_GRAPH levers.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @threads_option
+@device_option
+@amp_option
 def run_command(
     task: str | None,
     data_dir: str | None,
@@ -407,6 +420,8 @@ def run_command(
     allow_graph_breaks: bool | None,
     quiet: bool,
     threads: int | None,
+    device: str | None,
+    amp: bool | None,
 ) -> None:
     """Train a host on a task with every active lever on and Tamiyo deciding.
 
@@ -418,6 +433,7 @@ def run_command(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from esper_kernel.config import RunConfig, load_config, with_overrides
+    from esper_kernel.devices import resolve_device
     from esper_kernel.run import EpochReport, run
 
     base = load_config(Path(config_file)) if config_file else RunConfig()
@@ -433,7 +449,10 @@ def run_command(
         env__epochs=epochs,
         env__slots=slots,
         env__compile=compile_,
+        env__device=device,
+        env__amp=amp,
     )
+    resolve_device(config.env.device)  # no CUDA where CUDA is asked for: one line before anything is written
     console = Console(stderr=True)
     columns = (
         TextColumn("[bold]esper run"),
@@ -534,6 +553,8 @@ def run_command(
     help='Env workers as Ray actors at ADDRESS (default: RAY_ADDRESS, else a local Ray); needs "esper-kernel[ray]".',
 )
 @threads_option
+@device_option
+@amp_option
 def train(
     episodes: int | None,
     n_envs: int | None,
@@ -560,6 +581,8 @@ def train(
     resume: str | None,
     ray_address: str | None,
     threads: int | None,
+    device: str | None,
+    amp: bool | None,
 ) -> None:
     """Train Tamiyo with PPO against the active levers.
 
@@ -575,6 +598,7 @@ def train(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from esper_kernel.config import load_config_as, structure_as, unstructure_config, with_overrides
+    from esper_kernel.devices import resolve_device
     from esper_kernel.run import lever_records
     from esper_kernel.tamiyo.train import STATE_FILE, TrainConfig, TrainOptions, load_train_state, train_ppo
     from esper_kernel.tasks import TASKS, TaskError
@@ -624,6 +648,8 @@ def train(
             env__batch_size=batch_size,
             env__train_size=train_size,
             env__val_size=val_size,
+            env__device=device,
+            env__amp=amp,
             ppo__episodes=episodes,
             ppo__n_envs=n_envs,
             ppo__lr=lr,
@@ -636,6 +662,7 @@ def train(
         )
         run_id = f"train-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
     env_config, ppo_config = config.env, config.ppo
+    resolve_device(env_config.device)  # no CUDA where CUDA is asked for: one line before anything is written
     if env_config.task not in TASKS:
         raise click.BadParameter(
             f"unknown task {env_config.task!r}; known tasks: {', '.join(sorted(TASKS))}", param_hint="--task"

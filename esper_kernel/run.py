@@ -21,6 +21,7 @@ import torch
 from esper_kernel import checkpoint
 from esper_kernel.checkpoint import CheckpointError
 from esper_kernel.config import RunConfig, structure_config, unstructure_config
+from esper_kernel.devices import rng_states, set_rng_states
 from esper_kernel.env import EnvBatch, MorphoEnv, build_registry, load_task
 from esper_kernel.errors import EsperError, PluginError, SelectionError
 from esper_kernel.registry import Registry, Selection, installed_entry_points
@@ -129,7 +130,7 @@ def run(
         if state is not None:
             env.load_state_dict(state["env"])
             _load_policy_state(policy, state["policy"])
-            torch.set_rng_state(state["rng"])
+            set_rng_states({"cpu": state["rng"], **({"cuda": state["cuda_rng"]} if state.get("cuda_rng") else {})})
             total = float(state["return"])
             obs = envs.observe()
         if on_start is not None:
@@ -187,6 +188,7 @@ def _save(
             "env": env.state_dict(),
             "policy": _policy_state(policy),
             "rng": torch.get_rng_state(),
+            "cuda_rng": rng_states().get("cuda"),
             "return": total,
             "levers": levers,
         },

@@ -27,6 +27,7 @@ import attrs
 import structlog
 import torch
 
+from esper_kernel.devices import rng_states, set_rng_states
 from esper_kernel.env import EnvBatch, EnvConfig, MorphoEnv, build_registry, load_task
 from esper_kernel.errors import EsperError
 from esper_kernel.registry import Registry, Selection
@@ -69,7 +70,7 @@ class EnvShard:
         self.envs = list(envs)
         self.recorder = recorder
         self.active: list[MorphoEnv] = []
-        self.rng: list[torch.Tensor] = []
+        self.rng: list[dict[str, Any]] = []
 
     @classmethod
     def build(
@@ -116,22 +117,22 @@ class EnvShard:
         obs, self.rng = [], []
         for env, seed, episode in zip(self.active, seeds, episodes, strict=True):
             obs.append(env.reset(seed, episode))
-            self.rng.append(torch.get_rng_state())
+            self.rng.append(rng_states())
         return self._answer(obs)
 
     def step(self, actions: torch.Tensor) -> ShardStep:
         obs, rewards, dones = [], [], []
-        outer = torch.get_rng_state()
+        outer = rng_states()
         try:
             for i, env in enumerate(self.active):
-                torch.set_rng_state(self.rng[i])
+                set_rng_states(self.rng[i])
                 result = env.step(actions[i])
-                self.rng[i] = torch.get_rng_state()
+                self.rng[i] = rng_states()
                 obs.append(result.obs)
                 rewards.append(result.reward)
                 dones.append(result.done)
         finally:
-            torch.set_rng_state(outer)
+            set_rng_states(outer)
         return self._answer(obs, tuple(rewards), tuple(dones))
 
 
