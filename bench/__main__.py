@@ -25,6 +25,7 @@ FIGURES: dict[str, str] = {
     "compile": "bench.compile_graphs",
     "env": "bench.env_steps",
     "threads": "bench.threads",
+    "seed_epoch": "bench.seed_epoch",
 }
 
 
