@@ -745,5 +745,106 @@ def train(
     console.print(f"trained {summary.episodes} episodes in {summary.seconds:.1f}s; policy saved to {policy_path}")
 
 
+# -- esper sweep -------------------------------------------------------------
+
+
+@main.command("sweep")
+@click.option(
+    "--lever-set",
+    "lever_sets",
+    multiple=True,
+    metavar="A,B",
+    help="A lever set to sweep (repeat for several; 'all': every installed lever, the default; 'none').",
+)
+@click.option("--policies", default="heuristic", show_default=True, metavar="P,Q", help="Policies, as in esper eval.")
+@click.option(
+    "--force",
+    "forces",
+    multiple=True,
+    metavar="HEAD=CHOICE",
+    help="One grid value of forced choices (repeat: tempo=GLACIAL, tempo=FAST; several heads: tempo=FAST+lr=BOLD).",
+)
+@click.option("--seeds", default="0-2", show_default=True, help="Seeds, paired across cells: 0-9 or 1,4,7.")
+@click.option("--task", default=None, help="Task (default: the env default).")
+@click.option("--data-dir", default=None, type=click.Path(), help="Directory for cifar10 / text data.")
+@click.option("--epochs", type=click.IntRange(min=1), default=None, help="Host epochs per episode.")
+@click.option("--train-size", type=click.IntRange(min=1), default=None, help="Training examples.")
+@click.option("--val-size", type=click.IntRange(min=1), default=None, help="Validation examples.")
+@click.option("--config", "config_file", default=None, type=click.Path(dir_okay=False), help="TOML run config.")
+@click.option("--workers", type=click.IntRange(min=1), default=None, help="Trials at once (default: usable cores).")
+@click.option(
+    "--ray",
+    "ray_address",
+    default=None,
+    is_flag=False,
+    flag_value="",
+    metavar="[ADDRESS]",
+    help='Run the trials with Ray Tune at ADDRESS (default: RAY_ADDRESS, else a local Ray); needs "esper-kernel[ray]".',
+)
+@click.option("--out", default="runs/sweep", show_default=True, type=click.Path(file_okay=False))
+@threads_option
+@device_option
+def sweep_command(
+    lever_sets: tuple[str, ...],
+    policies: str,
+    forces: tuple[str, ...],
+    seeds: str,
+    task: str | None,
+    data_dir: str | None,
+    epochs: int | None,
+    train_size: int | None,
+    val_size: int | None,
+    config_file: str | None,
+    workers: int | None,
+    ray_address: str | None,
+    out: str,
+    threads: int | None,
+    device: str | None,
+) -> None:
+    """A grid of eval cells (lever sets x forced choices x policies x seeds), one table at the end.
+
+    Each trial is one eval cell played on one seed and gets its own directory
+    (OUT/trials/CELL/seed-N/trial.json). Every cell is paired with its lever
+    set's `wait` control; OUT/sweep.json (schema esper.eval/1) and OUT/sweep.md
+    hold the table `esper eval` prints.
+    """
+    from esper_kernel import evaluate as ev
+    from esper_kernel.config import RunConfig, load_config, with_overrides
+    from esper_kernel.devices import resolve_device
+    from esper_kernel.sweep import build_grid, parse_lever_set
+    from esper_kernel.sweep import sweep as run_sweep
+    from esper_kernel.workers import usable_cores
+
+    _setup_threads(threads)
+    base = load_config(Path(config_file)) if config_file else RunConfig()
+    config = with_overrides(
+        base,
+        env__task=task,
+        env__data_dir=data_dir,
+        env__epochs=epochs,
+        env__train_size=train_size,
+        env__val_size=val_size,
+        env__device=device,
+    )
+    resolve_device(config.env.device)
+    sets = [parse_lever_set(s) for s in lever_sets] or [config.levers]
+    cells = build_grid(sets, [p.strip() for p in policies.split(",") if p.strip()], forces)
+    seed_list = ev.parse_seeds(seeds)
+    n_workers = workers or usable_cores()
+    console = Console(stderr=True)
+    engine = "Ray Tune" if ray_address is not None else f"{n_workers} worker process(es)"
+    console.print(
+        f"esper sweep: {len(cells)} cells x {len(seed_list)} seeds = {len(cells) * len(seed_list)} trials "
+        f"on {config.env.task} ({config.env.epochs} epochs), {engine}"
+    )
+
+    def on_done(name: str, r: ev.EpisodeResult) -> None:
+        console.print(f"  {name} seed {r.seed}: acc {r.final_val_accuracy:.3f} params {r.params:,}")
+
+    doc = run_sweep(config.env, cells, seed_list, Path(out), workers=n_workers, ray=ray_address, on_done=on_done)
+    click.echo(ev.render_markdown(doc))
+    console.print(f"wrote {out}/sweep.json, {out}/sweep.md and {doc['sweep']['trials']} trial directories")
+
+
 if __name__ == "__main__":
     main()

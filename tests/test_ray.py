@@ -68,3 +68,14 @@ def test_missing_ray_is_one_line_naming_the_extra(monkeypatch: pytest.MonkeyPatc
     with pytest.raises(EsperError) as info:
         raypool.require_ray()
     assert str(info.value) == 'Ray is not installed; install the extra with: pip install "esper-kernel[ray]"'
+
+
+def test_sweep_on_ray_tune_gives_the_local_pools_table(local_ray: Any, tmp_path: Path) -> None:
+    from test_sweep import check_sweep, run_sweep
+
+    on_ray = run_sweep(tmp_path / "ray", "--ray")
+    assert on_ray["sweep"]["engine"] == "ray-tune"
+    check_sweep(on_ray, tmp_path / "ray")
+    local = run_sweep(tmp_path / "local", "--workers", "2")
+    for a, b in zip(on_ray["policies"], local["policies"], strict=True):
+        assert [s["return"] for s in a["per_seed"]] == [s["return"] for s in b["per_seed"]]
