@@ -135,7 +135,8 @@ def _run_tune(
     )
     grid = tuner.fit()
     found: dict[int, ev.EpisodeResult] = {}
-    for res in grid:
+    for i in range(len(grid)):
+        res = grid[i]
         index = int(res.config["trial"])
         if res.error is not None or "episode" not in (res.metrics or {}):
             cause = " ".join(str(res.error).split())[:300] if res.error is not None else "no result reported"
