@@ -137,11 +137,12 @@ def _run_tune(
     found: dict[int, ev.EpisodeResult] = {}
     for i in range(len(grid)):
         res = grid[i]
-        index = int(res.config["trial"])
-        if res.error is not None or "episode" not in (res.metrics or {}):
+        index = int((res.config or {})["trial"])
+        metrics = res.metrics or {}
+        if res.error is not None or "episode" not in metrics:
             cause = " ".join(str(res.error).split())[:300] if res.error is not None else "no result reported"
             raise EsperError(f"sweep trial {names[index]} failed: {cause}")
-        found[index] = _episode_from_json(res.metrics["episode"])
+        found[index] = _episode_from_json(metrics["episode"])
     return [found[i] for i in range(len(jobs))]
 
 
