@@ -848,3 +848,95 @@ def sweep_command(
 
 if __name__ == "__main__":
     main()
+
+
+# -- esper eval --------------------------------------------------------------
+
+
+@main.command("eval")
+@click.option(
+    "--policies",
+    default="heuristic,random,wait",
+    show_default=True,
+    metavar="P,Q",
+    help="Policies: heuristic, random, wait, static[:N], a policy file; HEAD=CHOICE forces a head "
+    "(heuristic+tempo=GLACIAL).",
+)
+@click.option("--force", "forces", multiple=True, metavar="HEAD=CHOICE", help="Force a head in every policy.")
+@click.option("--seeds", default="0-9", show_default=True, help="Seeds, paired across policies: 0-9 or 1,4,7.")
+@click.option("--reference", default="wait", show_default=True, help="The policy every other is paired against.")
+@click.option("--effects", is_flag=True, help="Add every lever head forced to each of its choices (lever effects).")
+@click.option("--task", default=None, help="Task (default: pairs, the growth task).")
+@click.option("--data-dir", default=None, type=click.Path(), help="Directory for cifar10 / text data.")
+@click.option("--levers", default=None, metavar="A,B", help="Levers to activate (default: every installed one).")
+@click.option("--epochs", type=click.IntRange(min=1), default=None, help="Host epochs per episode.")
+@click.option("--config", "config_file", default=None, type=click.Path(dir_okay=False), help="TOML run config.")
+@click.option("--workers", type=click.IntRange(min=1), default=None, help="Worker processes (default: usable cores).")
+@click.option("--out", default="runs/eval", show_default=True, type=click.Path(file_okay=False))
+def eval_command(
+    policies: str,
+    forces: tuple[str, ...],
+    seeds: str,
+    reference: str,
+    effects: bool,
+    task: str | None,
+    data_dir: str | None,
+    levers: str | None,
+    epochs: int | None,
+    config_file: str | None,
+    workers: int | None,
+    out: str,
+) -> None:
+    """Run several policies on the same seeds, paired, and write OUT/eval.json and OUT/eval.md.
+
+    Every policy is compared seed by seed with the reference (the no-growth
+    `wait` control by default): mean difference and 95% confidence interval
+    of final accuracy, return and parameters. Schema in docs/eval.md.
+    """
+    from esper_kernel import evaluate as ev
+    from esper_kernel.config import RunConfig, load_config, with_overrides
+
+    base = load_config(Path(config_file)) if config_file else RunConfig()
+    config = with_overrides(
+        base,
+        levers=tuple(x for x in levers.split(",") if x) if levers is not None else None,
+        env__task=task,
+        env__data_dir=data_dir,
+        env__epochs=epochs,
+    )
+    forced = [ev.parse_force(f) for f in forces]
+    specs = [ev.parse_policy(p, forced) for p in policies.split(",") if p.strip()]
+    if effects:
+        specs += [s for s in _effect_specs(config) if s.name not in {x.name for x in specs}]
+    seed_list = ev.parse_seeds(seeds)
+    n_workers = workers or ev.default_workers()
+    console = Console(stderr=True)
+    console.print(
+        f"esper eval: {len(specs)} policies x {len(seed_list)} seeds on {config.env.task} "
+        f"({config.env.epochs} epochs), {n_workers} worker(s)"
+    )
+
+    def on_done(name: str, r: ev.EpisodeResult) -> None:
+        console.print(f"  {name} seed {r.seed}: acc {r.final_val_accuracy:.3f} params {r.params:,} ({r.wall_seconds}s)")
+
+    doc = ev.evaluate(
+        config.env, specs, seed_list, levers=config.levers, reference=reference, workers=n_workers, on_done=on_done
+    )
+    json_path, md_path = ev.write_outputs(doc, Path(out))
+    click.echo(ev.render_markdown(doc))
+    console.print(f"wrote {json_path} and {md_path}")
+
+
+def _effect_specs(config: Any) -> list[Any]:
+    """``heuristic`` with each lever head forced to each of its choices."""
+    from esper_kernel.env import build_registry
+    from esper_kernel.evaluate import PolicySpec
+    from esper_kernel.lifecycle import CORE_HEADS
+
+    reg = build_registry(config.env, Selection.from_env(levers=config.levers))
+    specs = [PolicySpec("heuristic")]
+    for name in reg.space.names:
+        if name in CORE_HEADS:
+            continue
+        specs += [PolicySpec("heuristic", ((name, c),)) for c in reg.space.head(name).spec.choices]
+    return specs

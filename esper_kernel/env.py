@@ -37,15 +37,16 @@ HISTORY = 3
 class EnvConfig:
     """What one episode is: the task, the host and how long it trains."""
 
-    task: str = "shapes"
+    task: str = "pairs"
     data_dir: str | None = None
-    epochs: int = 20
+    epochs: int = 40
     slots: int = 3
     batch_size: int = 64
     train_size: int = 1024
-    val_size: int = 256
-    width: int = 16
-    host_lr: float = 0.01
+    val_size: int = 512
+    #: Channels of the CNN host's first block; None takes the task's own (pairs 8, others 16).
+    width: int | None = None
+    host_lr: float = 0.05
     #: Reward lost per epoch for each 100% of parameters grown over the base host.
     param_rent: float = 0.01
     #: Run the host under torch.compile (recompiles only when live seed modules change).
@@ -60,9 +61,17 @@ class EnvConfig:
         return TASKS[self.task].topology if self.task in TASKS else "cnn"
 
 
+def cnn_host_config(config: EnvConfig, num_classes: int) -> CNNHostConfig:
+    """The CNN host for ``config``: the task's own host shape, with the user's width if given."""
+    shape = dict(TASKS[config.task].cnn_host) if config.task in TASKS else {}
+    if config.width is not None:
+        shape["width"] = config.width
+    return CNNHostConfig(num_classes=num_classes, blocks=config.slots, **shape)
+
+
 def load_task(config: EnvConfig, seed: int) -> TaskData:
     sizes: dict[str, Any] = {}
-    if config.task in ("shapes", "sequences"):
+    if config.task in ("pairs", "shapes", "sequences"):
         sizes = {"n_train": config.train_size, "n_val": config.val_size}
     data_dir = Path(config.data_dir) if config.data_dir else None
     try:
@@ -161,9 +170,7 @@ class MorphoEnv:
         self.log = self.base_log.bind(episode=episode, epoch=0)
         cfg = self.config
         if cfg.topology == "cnn":
-            self.host = build_host(
-                "cnn", CNNHostConfig(num_classes=self.task.num_classes, width=cfg.width, blocks=cfg.slots)
-            )
+            self.host = build_host("cnn", cnn_host_config(cfg, self.task.num_classes))
         else:
             seq = self.task.seq_len or 32
             self.host = build_host(

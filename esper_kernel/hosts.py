@@ -23,6 +23,7 @@ from torch import nn
 from esper_kernel.slots import SeedSlot
 
 __all__ = [
+    "MAX_WIDTH_FACTOR",
     "CNNHost",
     "CNNHostConfig",
     "Host",
@@ -45,14 +46,25 @@ class CNNHostConfig:
     Attributes:
         in_channels: Image channels.
         num_classes: Output logits.
-        width: Channels of the stem and first block; each later block doubles it.
+        width: Channels of the stem and first block; each later block doubles it, up to
+            ``MAX_WIDTH_FACTOR * width`` so that adding slots never multiplies the host's size.
         blocks: Number of conv blocks, each followed by one seed slot.
+        block_kernel: Kernel size of the blocks' convolutions (odd). 1 keeps the host's
+            receptive field at the stem's 3x3, which the growth task relies on.
+        downsample: Whether later blocks halve the resolution and double the channels; without
+            it every block keeps the stem's width and resolution.
     """
 
     in_channels: int = attrs.field(default=3, validator=_positive)
     num_classes: int = attrs.field(default=10, validator=_positive)
     width: int = attrs.field(default=16, validator=_positive)
     blocks: int = attrs.field(default=3, validator=_positive)
+    block_kernel: int = attrs.field(default=3, validator=_positive)
+    downsample: bool = True
+
+    def __attrs_post_init__(self) -> None:
+        if self.block_kernel % 2 == 0:
+            raise ValueError(f"block_kernel must be odd, got {self.block_kernel}")
 
 
 @attrs.frozen
@@ -79,6 +91,10 @@ class TransformerHostConfig:
 
 
 HostConfig: TypeAlias = CNNHostConfig | TransformerHostConfig
+
+
+#: The widest CNN block, as a multiple of the configured width.
+MAX_WIDTH_FACTOR = 4
 
 
 class _SlottedHost(nn.Module):
@@ -128,10 +144,14 @@ class CNNHost(_SlottedHost):
         blocks: list[nn.Module] = []
         cin = cfg.width
         for i in range(cfg.blocks):
-            cout, stride = (cin, 1) if i == 0 else (2 * cin, 2)
+            # Doubling stops at MAX_WIDTH_FACTOR x width: without a cap, every extra slot
+            # doubled the widest block, and --slots 8 grew the host to 100M+ parameters.
+            grow = i > 0 and cfg.downsample
+            cout, stride = (min(2 * cin, MAX_WIDTH_FACTOR * cfg.width), 2) if grow else (cin, 1)
+            k = cfg.block_kernel
             blocks.append(
                 nn.Sequential(
-                    nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False),
+                    nn.Conv2d(cin, cout, k, stride=stride, padding=k // 2, bias=False),
                     nn.BatchNorm2d(cout),
                     nn.ReLU(),
                 )

@@ -1,7 +1,10 @@
 """Training tasks for Esper: generated benchmarks and loaders for local data sets.
 
-Four tasks are registered in :data:`TASKS`:
+Five tasks are registered in :data:`TASKS`:
 
+* ``pairs`` -- the default growth task: generated 10-class 3x12x12 images of dot or bar pairs
+  at fixed offsets (:func:`make_pairs`), paired with a host whose receptive field is too small
+  to see a pair whole; ``docs/tasks.md`` says why it is built that way.
 * ``shapes`` -- a generated 10-class 3x32x32 image classification task (:func:`make_shapes`).
 * ``sequences`` -- generated token sequences for a causal language model
   (:func:`make_sequences`).
@@ -34,6 +37,7 @@ __all__ = [
     "get_task",
     "load_cifar10",
     "load_text",
+    "make_pairs",
     "make_sequences",
     "make_shapes",
 ]
@@ -314,6 +318,79 @@ def make_shapes(seed: int, n_train: int = 2048, n_val: int = 512) -> TaskData:
 
 
 # --------------------------------------------------------------------------------------
+# pairs: the default growth task
+# --------------------------------------------------------------------------------------
+
+_PAIRS_SIZE = 12
+#: The (dy, dx) offset between the two marks of a pair, one per class within each kind.
+PAIR_OFFSETS: tuple[tuple[int, int], ...] = ((0, 4), (4, 0), (4, 4), (4, -4), (2, 4))
+_PAIR_CLASSES = 2 * len(PAIR_OFFSETS)
+_PAIR_SPAN = 4
+
+
+def _render_pairs(labels: Tensor, noise: float, n_pairs: int, g: torch.Generator) -> Tensor:
+    n = labels.shape[0]
+    size = _PAIRS_SIZE
+    img = torch.randn(n, 3, size, size, generator=g) * noise
+    offsets = torch.tensor(PAIR_OFFSETS)[labels % len(PAIR_OFFSETS)]
+    bar = (labels >= len(PAIR_OFFSETS)).float()[:, None]
+    rows = torch.arange(n)
+
+    def mark(y: Tensor, x: Tensor, colour: Tensor) -> None:
+        # A dot is one pixel; a bar adds the pixel below it (clipped at the border).
+        img[rows, :, y, x] += colour
+        img[rows, :, (y + 1).clamp(max=size - 1), x] += colour * bar
+
+    for _ in range(n_pairs):
+        y0 = torch.randint(0, size - _PAIR_SPAN, (n,), generator=g)
+        x0 = torch.randint(_PAIR_SPAN, size - _PAIR_SPAN, (n,), generator=g)
+        colour = torch.rand(n, 3, generator=g) * 0.8 + 0.6
+        mark(y0, x0, colour)
+        mark(y0 + offsets[:, 0], x0 + offsets[:, 1], colour)
+    return img
+
+
+def make_pairs(seed: int, n_train: int = 1024, n_val: int = 512, noise: float = 0.2, n_pairs: int = 3) -> TaskData:
+    """Generate the ``pairs`` growth task.
+
+    Each 3x12x12 image holds ``n_pairs`` pairs of marks of one class, each pair in its own
+    random colour and place, over Gaussian pixel noise of standard deviation ``noise``. A mark
+    is a dot (one pixel) for classes 0-4 and a short bar (two pixels) for classes 5-9; within
+    each kind the class is the pair's offset, one of :data:`PAIR_OFFSETS`, all four pixels
+    apart along some axis. Classes are balanced.
+
+    Every 3x3 window holds at most one mark of a pair, and every mark looks alike, so a
+    network that sees 3x3 windows can tell dots from bars (20%) and nothing more: the offset
+    needs a receptive field of at least 5x5. That gap is what growth fills (docs/tasks.md).
+
+    Pure function of ``(seed, n_train)`` for the training split and of ``(seed, n_val)`` for
+    the validation split, given the other arguments. Pixels are normalised per channel with
+    the training split's mean and standard deviation.
+    """
+    _check_sizes(n_train=n_train, n_val=n_val, n_pairs=n_pairs)
+    if not (math.isfinite(noise) and noise >= 0):
+        raise TaskError(f"noise must be a finite number >= 0, got {noise}")
+    splits: list[tuple[Tensor, Tensor]] = []
+    for stream, n in ((0, n_train), (1, n_val)):
+        g = _split_generator(seed, stream)
+        labels = _balanced_labels(n, _PAIR_CLASSES, g)
+        splits.append((_render_pairs(labels, noise, n_pairs, g), labels))
+    (train_x, train_y), (val_x, val_y) = splits
+    mean = train_x.mean(dim=(0, 2, 3), keepdim=True)
+    std = train_x.std(dim=(0, 2, 3), keepdim=True).clamp_min(1e-6)
+    return TaskData(
+        name="pairs",
+        topology="cnn",
+        train_x=((train_x - mean) / std).contiguous(),
+        train_y=train_y,
+        val_x=((val_x - mean) / std).contiguous(),
+        val_y=val_y,
+        num_classes=_PAIR_CLASSES,
+        seq_len=None,
+    )
+
+
+# --------------------------------------------------------------------------------------
 # sequences
 # --------------------------------------------------------------------------------------
 
@@ -581,6 +658,12 @@ class TaskSpec:
     requires_data_dir: bool
     size_params: tuple[str, ...]
     build: Callable[..., TaskData]
+    #: The CNN host this task is meant for (``CNNHostConfig`` fields), unless the user overrides.
+    cnn_host: Mapping[str, Any] = attrs.field(factory=lambda: {"width": 16})
+
+
+def _build_pairs(seed: int, data_dir: Path | None, **sizes: Any) -> TaskData:
+    return make_pairs(seed, **sizes)
 
 
 def _build_shapes(seed: int, data_dir: Path | None, **sizes: Any) -> TaskData:
@@ -604,6 +687,17 @@ def _build_text(seed: int, data_dir: Path | None, **sizes: Any) -> TaskData:
 TASKS: dict[str, TaskSpec] = {
     spec.name: spec
     for spec in (
+        TaskSpec(
+            "pairs",
+            "cnn",
+            "generated 10-class 3x12x12 dot/bar pairs at fixed offsets: the growth task (docs/tasks.md)",
+            False,
+            ("n_train", "n_val"),
+            _build_pairs,
+            # 3x3 stem, then 1x1 blocks at full resolution: a 3x3 receptive field, too small for
+            # any pair, so the host alone stalls at 20% and every spatial seed widens its view.
+            {"width": 8, "block_kernel": 1, "downsample": False},
+        ),
         TaskSpec(
             "shapes",
             "cnn",

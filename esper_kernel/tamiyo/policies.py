@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Protocol
 
+import attrs
 import torch
 
 from esper_kernel.stages import Op, Stage
@@ -39,6 +40,52 @@ class RandomPolicy:
         space = envs.registry.space
         logits = torch.zeros(obs.shape[0], space.n_heads, space.max_choices)
         return sample(space, logits, masks, self.generator)
+
+
+class WaitPolicy:
+    """Never grows: WAIT at every step. The control every growth result is paired against."""
+
+    def act(self, obs: torch.Tensor, masks: torch.Tensor, envs: EnvBatch) -> Sampled:
+        space = envs.registry.space
+        rows: list[dict[str, str]] = [{"op": "wait"} for _ in envs.envs]
+        actions = space.encode(rows)
+        relevance = space.relevance(actions)
+        actions = torch.where(relevance, actions, space.defaults)
+        sel = select_masks(space, masks, actions[:, space.op_index])
+        logits = torch.zeros(actions.shape[0], space.n_heads, space.max_choices)
+        log_prob, entropy = score(space, logits, sel, actions, relevance)
+        return Sampled(actions, sel, relevance, log_prob, entropy)
+
+
+class ForcedPolicy:
+    """Another policy with some lever heads pinned to one choice (``esper eval --force``).
+
+    Where the forced choice is illegal in a state, the nearest legal choice of
+    that head (by position in its choice list, the lower on a tie) is taken
+    instead and counted in :attr:`fallbacks`, so an eval can say how often
+    "forced" was not quite forced.
+    """
+
+    def __init__(self, base: Policy, forced: dict[str, str]) -> None:
+        self.base = base
+        self.forced = forced
+        self.fallbacks = 0
+
+    def act(self, obs: torch.Tensor, masks: torch.Tensor, envs: EnvBatch) -> Sampled:
+        out = self.base.act(obs, masks, envs)
+        space = envs.registry.space
+        actions = out.actions.clone()
+        for head, choice in self.forced.items():
+            h = space.names.index(head)
+            want = space.choice_index(head, choice)
+            for row in range(actions.shape[0]):
+                if not bool(out.relevance[row, h]):
+                    continue
+                legal = out.masks[row, h].nonzero().flatten().tolist()
+                pick = min(legal, key=lambda c: (abs(c - want), c))
+                self.fallbacks += pick != want
+                actions[row, h] = pick
+        return attrs.evolve(out, actions=actions)
 
 
 class HeuristicPolicy:

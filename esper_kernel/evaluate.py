@@ -1,0 +1,441 @@
+"""``esper eval``: several policies on the same seeds, paired, with confidence intervals.
+
+A seed fixes the task data, the host's initial weights and the batch order, so
+two policies run on the same seed differ only by their decisions. Every
+policy's per-seed outcome is paired against a reference policy's (``wait``,
+the no-growth control, by default) and summarised as the mean difference,
+its standard error and a 95% t-interval (:mod:`esper_kernel.stats`).
+
+Policy specs:
+
+* ``heuristic``, ``random``, ``wait`` or a policy file from ``esper train``;
+* any of them with lever heads forced: ``heuristic+tempo=GLACIAL+lr=CAUTIOUS``.
+  A forced choice that is illegal in a state falls back to the nearest legal
+  choice of that head (by position in the head's choice list) and is counted;
+* ``static`` (the starting host widened to the final parameter count of the
+  first growing policy in the list, never growing) or ``static:N`` (widened to
+  about ``N`` parameters).
+
+The output (``eval.json``, schema ``esper.eval/1``, and ``eval.md``) is
+documented in ``docs/eval.md``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import attrs
+import torch
+
+from esper_kernel.config import converter
+from esper_kernel.env import EnvBatch, EnvConfig, MorphoEnv, build_registry, cnn_host_config, load_task
+from esper_kernel.errors import EsperError
+from esper_kernel.hosts import CNNHost
+from esper_kernel.registry import Registry, Selection
+from esper_kernel.stages import Op, Stage
+from esper_kernel.stats import mean_se, paired_difference
+from esper_kernel.tamiyo.policies import ForcedPolicy, Policy, WaitPolicy
+from esper_kernel.telemetry import null_log
+
+__all__ = [
+    "EVAL_SCHEMA",
+    "EpisodeResult",
+    "EvalJob",
+    "PolicySpec",
+    "evaluate",
+    "parse_policy",
+    "parse_seeds",
+    "play_episode",
+    "render_markdown",
+]
+
+EVAL_SCHEMA = "esper.eval/1"
+#: The outcomes every policy is compared on, seed by seed.
+METRICS = ("final_val_accuracy", "return", "params", "mean_params")
+
+
+@attrs.frozen
+class PolicySpec:
+    """One row of an eval: a policy, lever heads it is forced to, or a static-host control."""
+
+    policy: str
+    forced: tuple[tuple[str, str], ...] = ()
+    #: For ``static``: the parameter count to widen the host to (None: match a growing policy).
+    static_params: int | None = None
+    static: bool = False
+
+    @property
+    def name(self) -> str:
+        if self.static:
+            return "static" if self.static_params is None else f"static:{self.static_params}"
+        return "+".join([self.policy, *(f"{h}={c}" for h, c in self.forced)])
+
+
+def parse_policy(text: str, extra_forced: Sequence[tuple[str, str]] = ()) -> PolicySpec:
+    """``heuristic+tempo=GLACIAL`` -> PolicySpec; ``extra_forced`` (``--force``) applies unless static/wait."""
+    parts = [p.strip() for p in text.split("+")]
+    head, rest = parts[0], parts[1:]
+    if not head:
+        raise EsperError(f"--policies: empty policy name in {text!r}")
+    if head == "static" or head.startswith("static:"):
+        if rest:
+            raise EsperError(f"--policies: {text!r}: a static host makes no decisions, so nothing can be forced")
+        if head == "static":
+            return PolicySpec("wait", static=True)
+        n = head.removeprefix("static:")
+        if not n.isdigit() or int(n) < 1:
+            raise EsperError(f"--policies: {text!r}: expected static:N with N a positive parameter count")
+        return PolicySpec("wait", static=True, static_params=int(n))
+    forced = [_parse_force(p, where=f"--policies {text!r}") for p in rest]
+    if head != "wait":
+        forced += [f for f in extra_forced if f[0] not in {h for h, _ in forced}]
+    return PolicySpec(head, tuple(forced))
+
+
+def _parse_force(text: str, where: str) -> tuple[str, str]:
+    head, sep, choice = text.partition("=")
+    if not sep or not head or not choice:
+        raise EsperError(f"{where}: expected HEAD=CHOICE, got {text!r}")
+    return head.strip(), choice.strip()
+
+
+def parse_force(text: str) -> tuple[str, str]:
+    """``tempo=GLACIAL`` -> ``("tempo", "GLACIAL")`` (the ``--force`` option)."""
+    return _parse_force(text, where="--force")
+
+
+def parse_seeds(text: str) -> tuple[int, ...]:
+    """``0-9`` or ``3,5,8`` or ``0-4,10`` -> seeds, in order, without repeats."""
+    out: list[int] = []
+    for part in (p.strip() for p in text.split(",")):
+        lo, sep, hi = part.partition("-")
+        try:
+            seeds = range(int(lo), int(hi) + 1) if sep else [int(part)]
+        except ValueError:
+            raise EsperError(f"--seeds: {part!r} is not a seed or a range like 0-9") from None
+        out += [s for s in seeds if s not in out]
+    if not out:
+        raise EsperError(f"--seeds: {text!r} names no seed")
+    return tuple(out)
+
+
+@attrs.frozen
+class EvalJob:
+    """Everything one worker needs to play one (policy, seed) episode; picklable."""
+
+    env: dict[str, Any]
+    policy: PolicySpec
+    seed: int
+    levers: tuple[str, ...] | None
+    #: Width of the host for a static-host control (None: the task's own width).
+    static_width: int | None = None
+
+
+@attrs.frozen
+class EpisodeResult:
+    seed: int
+    final_val_accuracy: float
+    best_val_accuracy: float
+    params: int
+    mean_params: float
+    #: The env's reward summed over the episode (docs/telemetry.md defines it).
+    ret: float
+    fallbacks: int
+    fossilized: int
+    culled: int
+    #: Per lever head: GERMINATE decisions seen, and how many had more than one legal choice.
+    germinate_decisions: int
+    multi_legal: dict[str, int]
+    #: Per lever head and choice: at how many GERMINATE decisions that choice was legal.
+    legal_counts: dict[str, dict[str, int]]
+    wall_seconds: float
+
+    def outcome(self, metric: str) -> float:
+        return self.ret if metric == "return" else float(getattr(self, metric))
+
+
+def _make_policy(spec: PolicySpec, registry: Registry, obs_dim: int, seed: int) -> Policy:
+    from esper_kernel.run import make_policy
+
+    base: Policy = WaitPolicy() if spec.policy == "wait" else make_policy(spec.policy, registry, obs_dim, seed)
+    if not spec.forced:
+        return base
+    for head, choice in spec.forced:
+        if head not in registry.space or head in ("op", "slot"):
+            levers = ", ".join(n for n in registry.space.names if n not in ("op", "slot"))
+            raise EsperError(f"--force {head}={choice}: no head {head!r} to force; heads: {levers}")
+        if choice not in registry.space.head(head).spec.choices:
+            known = ", ".join(registry.space.head(head).spec.choices)
+            raise EsperError(f"--force {head}={choice}: head {head!r} has no choice {choice!r}; choices: {known}")
+    return ForcedPolicy(base, dict(spec.forced))
+
+
+def play_episode(job: EvalJob) -> EpisodeResult:
+    """Play one episode of ``job.policy`` on ``job.seed``; no files written."""
+    cfg = converter.structure(job.env, EnvConfig)
+    if job.static_width is not None:
+        cfg = attrs.evolve(cfg, width=job.static_width)
+    registry = build_registry(cfg, Selection.from_env(levers=job.levers))
+    task = load_task(cfg, job.seed)
+    env = MorphoEnv(cfg, registry, task, null_log(), index=0)
+    envs = EnvBatch([env])
+    obs = envs.reset([job.seed])
+    policy = _make_policy(job.policy, registry, env.obs_dim, job.seed)
+    space = registry.space
+    levers = [n for n in space.names if Op.GERMINATE in space.head(n).spec.ops and n not in _CORE_HEADS]
+    multi = dict.fromkeys(levers, 0)
+    legal: dict[str, dict[str, int]] = {n: dict.fromkeys(space.head(n).spec.choices, 0) for n in levers}
+    germinations = 0
+    total = 0.0
+    params: list[int] = []
+    started = time.perf_counter()
+    while not env.done:
+        masks = envs.masks()
+        with torch.no_grad():
+            sampled = policy.act(obs, masks, envs)
+        if int(sampled.actions[0, space.op_index]) == Op.GERMINATE:
+            germinations += 1
+            for name in levers:
+                row = masks[0, Op.GERMINATE, space.names.index(name), : len(legal[name])]
+                multi[name] += int(row.sum()) > 1
+                for choice, ok in zip(legal[name], row.tolist(), strict=True):
+                    legal[name][choice] += bool(ok)
+        result = envs.step(sampled.actions)[0]
+        total += result.reward
+        params.append(env.param_count())
+        obs = result.obs[None]
+    fates = [s.stage for s in env.lifecycle.history]
+    return EpisodeResult(
+        seed=job.seed,
+        final_val_accuracy=env.acc_history[-1],
+        best_val_accuracy=env.best,
+        params=env.param_count(),
+        mean_params=sum(params) / len(params),
+        ret=total,
+        fallbacks=policy.fallbacks if isinstance(policy, ForcedPolicy) else 0,
+        fossilized=sum(s is Stage.FOSSILIZED for s in fates),
+        culled=sum(s is not Stage.FOSSILIZED for s in fates),
+        germinate_decisions=germinations,
+        multi_legal=multi,
+        legal_counts=legal,
+        wall_seconds=round(time.perf_counter() - started, 2),
+    )
+
+
+_CORE_HEADS = frozenset({"op", "slot", "blueprint", "blend"})
+
+
+def _init_worker() -> None:
+    # Parallelism is across episodes: one intra-op thread each keeps two
+    # workers on two cores from fighting over them.
+    torch.set_num_threads(1)
+
+
+def _map(fn: Callable[[EvalJob], EpisodeResult], jobs: Sequence[EvalJob], workers: int) -> list[EpisodeResult]:
+    if workers <= 1 or len(jobs) <= 1:
+        return [fn(job) for job in jobs]
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    ctx = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=ctx, initializer=_init_worker) as ex:
+        return list(ex.map(fn, jobs))
+
+
+def default_workers() -> int:
+    """Usable cores (the affinity mask, not the machine's total)."""
+    return max(1, len(os.sched_getaffinity(0)))
+
+
+def static_width(env: EnvConfig, num_classes: int, params: float) -> int:
+    """The smallest host width whose parameter count reaches ``params`` (the static-host control)."""
+    width = 1
+    while _host_params(env, num_classes, width) < params and width < 4096:
+        width += 1
+    return width
+
+
+def _host_params(env: EnvConfig, num_classes: int, width: int) -> int:
+    host = CNNHost(cnn_host_config(attrs.evolve(env, width=width), num_classes))
+    return sum(p.numel() for p in host.parameters())
+
+
+def evaluate(
+    env: EnvConfig,
+    policies: Sequence[PolicySpec],
+    seeds: Sequence[int],
+    *,
+    levers: tuple[str, ...] | None = None,
+    reference: str = "wait",
+    workers: int = 1,
+    on_done: Callable[[str, EpisodeResult], None] | None = None,
+) -> dict[str, Any]:
+    """Run every policy on every seed and return the ``esper.eval/1`` document."""
+    names = [p.name for p in policies]
+    if len(set(names)) != len(names):
+        raise EsperError(f"--policies names a policy twice: {', '.join(names)}")
+    if reference not in names:
+        raise EsperError(f"--reference {reference!r} is not among the policies: {', '.join(names)}")
+    if any(p.static for p in policies) and env.topology != "cnn":
+        raise EsperError(f"a static-host control needs a CNN task; {env.task!r} is {env.topology}")
+    started = time.perf_counter()
+    data = converter.unstructure(env)
+    results: dict[str, list[EpisodeResult]] = {}
+    growing = [p for p in policies if not p.static]
+    statics = [p for p in policies if p.static]
+    _run(growing, data, seeds, levers, workers, results, on_done)
+    if statics:
+        num_classes = load_task(attrs.evolve(env, train_size=1, val_size=1), seeds[0]).num_classes
+        target = _static_target(growing, results)
+        jobs_for = {}
+        for p in statics:
+            params = p.static_params if p.static_params is not None else target
+            if params is None:
+                raise EsperError("'static' matches the first growing policy's parameter count: list one before it")
+            jobs_for[p.name] = static_width(env, num_classes, params)
+        _run(statics, data, seeds, levers, workers, results, on_done, widths=jobs_for)
+    return _document(env, policies, seeds, levers, reference, results, time.perf_counter() - started)
+
+
+def _static_target(growing: Sequence[PolicySpec], results: dict[str, list[EpisodeResult]]) -> float | None:
+    for p in growing:
+        if p.policy != "wait":
+            rs = results[p.name]
+            return sum(r.params for r in rs) / len(rs)
+    return None
+
+
+def _run(
+    specs: Sequence[PolicySpec],
+    data: dict[str, Any],
+    seeds: Sequence[int],
+    levers: tuple[str, ...] | None,
+    workers: int,
+    results: dict[str, list[EpisodeResult]],
+    on_done: Callable[[str, EpisodeResult], None] | None,
+    widths: dict[str, int] | None = None,
+) -> None:
+    jobs = [EvalJob(data, spec, seed, levers, (widths or {}).get(spec.name)) for spec in specs for seed in seeds]
+    for job, res in zip(jobs, _map(play_episode, jobs, workers), strict=True):
+        results.setdefault(job.policy.name, []).append(res)
+        if on_done is not None:
+            on_done(job.policy.name, res)
+
+
+def _document(
+    env: EnvConfig,
+    policies: Sequence[PolicySpec],
+    seeds: Sequence[int],
+    levers: tuple[str, ...] | None,
+    reference: str,
+    results: dict[str, list[EpisodeResult]],
+    wall: float,
+) -> dict[str, Any]:
+    ref = results[reference]
+    rows = []
+    for spec in policies:
+        rs = results[spec.name]
+        per_seed = [_seed_row(r) for r in rs]
+        rows.append(
+            {
+                "name": spec.name,
+                "policy": "static" if spec.static else spec.policy,
+                "forced": dict(spec.forced),
+                "per_seed": per_seed,
+                "mean": {m: mean_se([r.outcome(m) for r in rs])[0] for m in METRICS},
+                "se": {m: mean_se([r.outcome(m) for r in rs])[1] for m in METRICS},
+                "vs_reference": {
+                    m: paired_difference([r.outcome(m) for r in rs], [r.outcome(m) for r in ref]).as_dict()
+                    for m in METRICS
+                },
+                "fallbacks": sum(r.fallbacks for r in rs),
+                "legal": _legal_summary(rs),
+            }
+        )
+    return {
+        "schema": EVAL_SCHEMA,
+        "task": env.task,
+        "epochs": env.epochs,
+        "env": converter.unstructure(env),
+        "levers": list(levers) if levers is not None else None,
+        "seeds": list(seeds),
+        "reference": reference,
+        "policies": rows,
+        "wall_seconds": round(wall, 1),
+    }
+
+
+def _seed_row(r: EpisodeResult) -> dict[str, Any]:
+    return {
+        "seed": r.seed,
+        "final_val_accuracy": r.final_val_accuracy,
+        "best_val_accuracy": r.best_val_accuracy,
+        "params": r.params,
+        "mean_params": r.mean_params,
+        "return": r.ret,
+        "fallbacks": r.fallbacks,
+        "fossilized": r.fossilized,
+        "culled": r.culled,
+        "germinate_decisions": r.germinate_decisions,
+        "wall_seconds": r.wall_seconds,
+    }
+
+
+def _legal_summary(rs: Sequence[EpisodeResult]) -> dict[str, Any]:
+    decisions = sum(r.germinate_decisions for r in rs)
+    out: dict[str, Any] = {"germinate_decisions": decisions, "heads": {}}
+    heads = rs[0].multi_legal.keys() if rs else []
+    for head in heads:
+        multi = sum(r.multi_legal[head] for r in rs)
+        choices = {c: sum(r.legal_counts[head][c] for r in rs) for c in rs[0].legal_counts[head]}
+        out["heads"][head] = {
+            "multi_legal_share": multi / decisions if decisions else None,
+            "choice_legal_share": {c: (n / decisions if decisions else None) for c, n in choices.items()},
+        }
+    return out
+
+
+def _fmt_diff(d: dict[str, Any], scale: float = 1.0) -> str:
+    lo, hi = d["ci95"]
+    return f"{d['mean'] * scale:+.3f} [{lo * scale:+.3f}, {hi * scale:+.3f}]"
+
+
+def render_markdown(doc: dict[str, Any]) -> str:
+    """The eval as a Markdown table (``eval.md``)."""
+    ref = doc["reference"]
+    lines = [
+        f"# esper eval: {doc['task']}, {doc['epochs']} epochs, {len(doc['seeds'])} paired seeds",
+        "",
+        f"Seeds {doc['seeds']}; paired differences are against `{ref}`, mean with 95% t-interval. "
+        f"Wall time {doc['wall_seconds']} s.",
+        "",
+        f"| policy | final acc | Δ acc vs {ref} | return | Δ return vs {ref} "
+        "| final params | mean params | fallbacks |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for p in doc["policies"]:
+        m, v = p["mean"], p["vs_reference"]
+        same = p["name"] == ref
+        lines.append(
+            f"| {p['name']} | {m['final_val_accuracy']:.3f} ± {p['se']['final_val_accuracy']:.3f} "
+            f"| {'—' if same else _fmt_diff(v['final_val_accuracy'])} "
+            f"| {m['return']:.3f} | {'—' if same else _fmt_diff(v['return'])} "
+            f"| {m['params']:,.0f} | {m['mean_params']:,.0f} | {p['fallbacks']} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def write_outputs(doc: dict[str, Any], out: Path) -> tuple[Path, Path]:
+    """``eval.json`` and ``eval.md`` in ``out``, each written atomically."""
+    out.mkdir(parents=True, exist_ok=True)
+    paths = (out / "eval.json", out / "eval.md")
+    for path, text in zip(paths, (json.dumps(doc, indent=2) + "\n", render_markdown(doc)), strict=True):
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(text, encoding="utf-8")
+        tmp.replace(path)
+    return paths
