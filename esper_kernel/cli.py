@@ -846,8 +846,6 @@ def sweep_command(
     console.print(f"wrote {out}/sweep.json, {out}/sweep.md and {doc['sweep']['trials']} trial directories")
 
 
-if __name__ == "__main__":
-    main()
 
 
 # -- esper eval --------------------------------------------------------------
@@ -940,3 +938,7 @@ def _effect_specs(config: Any) -> list[Any]:
             continue
         specs += [PolicySpec("heuristic", ((name, c),)) for c in reg.space.head(name).spec.choices]
     return specs
+
+
+if __name__ == "__main__":
+    main()
