@@ -44,9 +44,9 @@ def _rate(pool: EnvPool, policy: PPOPolicy, steps: int, episode: int) -> float:
 
 def run(settings: Settings) -> list[Row]:
     cfg = EnvConfig(train_size=128, val_size=64, epochs=4) if settings.quick else EnvConfig()
-    # Host epochs are about a second long: a few steps per sample, few samples, or this figure alone takes minutes.
-    steps = 1 if settings.quick else 3
-    repeats = 1 if settings.quick else 3
+    # Default host epochs are tens of milliseconds: ten steps make a sample long enough to time.
+    steps = 1 if settings.quick else 10
+    repeats = 1 if settings.quick else 5
     reg = fixtures.registry(cfg)
     sel = Selection(only=fixtures.BUILTIN_LEVERS)
     policy = PPOPolicy.for_registry(reg, observation_names(reg, cfg.slots))

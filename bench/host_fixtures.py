@@ -5,15 +5,15 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from esper_kernel.env import EnvConfig, load_task
-from esper_kernel.hosts import CNNHost, CNNHostConfig
+from esper_kernel.env import EnvConfig, cnn_host_config, load_task
+from esper_kernel.hosts import CNNHost
 from esper_kernel.training import task_loss
 
 
 def default_host(seed: int = 0) -> CNNHost:
     cfg = EnvConfig()
     torch.manual_seed(seed)
-    return CNNHost(CNNHostConfig(num_classes=10, width=cfg.width, blocks=cfg.slots))
+    return CNNHost(cnn_host_config(cfg, 10))
 
 
 def batch(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:

@@ -21,8 +21,8 @@ import torch
 
 from bench import fixtures
 from esper_kernel.actions import N_OPS, Decision, MaskView
-from esper_kernel.env import EnvConfig
-from esper_kernel.hosts import CNNHostConfig, build_host
+from esper_kernel.env import EnvConfig, cnn_host_config
+from esper_kernel.hosts import build_host
 from esper_kernel.lifecycle import EpochMeasure, Lifecycle, LifecycleConfig
 from esper_kernel.registry import Registry
 from esper_kernel.seeds import SeedState
@@ -54,7 +54,7 @@ class Step:
 def make_step(config: EnvConfig | None = None) -> Step:
     cfg = config or EnvConfig()
     reg = fixtures.registry(cfg)
-    host = build_host("cnn", CNNHostConfig(num_classes=10, width=cfg.width, blocks=cfg.slots))
+    host = build_host("cnn", cnn_host_config(cfg, 10))
     lc = Lifecycle(host, reg, LifecycleConfig(max_epochs=cfg.epochs, host_lr=cfg.host_lr), log=fixtures.NullLog())
     stages = (Stage.TRAINING, Stage.BLENDING, Stage.PROBATIONARY)
     seeds = [fixtures.seed_with_history(i, stages[i], EPOCH, cfg.epochs) for i in range(cfg.slots)]

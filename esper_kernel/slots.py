@@ -259,10 +259,11 @@ class SeedSlot(nn.Module):
             x = x + fossil(x)
         if self.seed is None:
             return x
-        if self._isolated and not torch.compiler.is_compiling():
+        if not torch.compiler.is_compiling() and self._isolated:
             # Isolated, eager: the seed's input gradient would be computed only to be
             # multiplied by 0, so the seed sees detached features and autograd skips it.
-            # (A compiled graph keeps reading the buffer, so isolation never recompiles.)
+            # (Tested first, is_compiling() keeps Dynamo from ever reading, and guarding on, the
+            # Python flag: a compiled graph reads the buffer, so isolation never recompiles.)
             s_in = x.detach()
             if self.probe:
                 self.probe_grad_norm = 0.0
