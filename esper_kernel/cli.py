@@ -21,7 +21,7 @@ import json
 import math
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import attrs
 import click
@@ -30,11 +30,14 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from esper_kernel.blueprints import blueprint_names
-from esper_kernel.core import CoreHeads
 from esper_kernel.errors import EsperError, PluginError, SelectionError
-from esper_kernel.registry import ENV_NO_AUTOLOAD, LeverInfo, LoadFailure, Registry, Selection
 from esper_kernel.stages import Op
+
+if TYPE_CHECKING:
+    # The registry composes heads with torch; importing it here would make
+    # `esper --help` and `esper report` pay for torch (seconds) on every start.
+    from esper_kernel.core import CoreHeads
+    from esper_kernel.registry import LeverInfo, LoadFailure, Registry, Selection
 
 LEVERS_SCHEMA = "esper.levers/1"
 
@@ -45,6 +48,9 @@ DEFAULT_SLOTS = 3
 
 def default_core(topology: str = DEFAULT_TOPOLOGY, n_slots: int = DEFAULT_SLOTS) -> CoreHeads:
     """The kernel's own heads for ``topology``, with every blueprint it has."""
+    from esper_kernel.blueprints import blueprint_names
+    from esper_kernel.core import CoreHeads
+
     return CoreHeads(n_slots=n_slots, blueprints=blueprint_names(topology), topology=topology)
 
 
@@ -257,6 +263,8 @@ def failures_panel(failures: Sequence[FailureRecord]) -> Panel:
 def render(report: LeversReport, selection: Selection) -> Group:
     parts: list[Any] = [lever_panel(lv) for lv in report.levers]
     if not report.levers:
+        from esper_kernel.registry import ENV_NO_AUTOLOAD
+
         hint = ""
         if not selection.autoload and selection.only is None:
             hint = f" ({ENV_NO_AUTOLOAD} is set: name levers with --levers or ESPER_LEVERS)"
@@ -317,6 +325,8 @@ def list_levers(as_json: bool, only: str | None) -> None:
     For each lever: its distribution, entry point, heads, telemetry fields,
     compile safety, hooks and relations to other levers.
     """
+    from esper_kernel.registry import Registry, Selection
+
     selection = Selection.from_env(levers=only)
     reg = Registry.open(default_core(), selection)
     _emit(levers_report(reg), selection, as_json)
@@ -327,6 +337,8 @@ def list_levers(as_json: bool, only: str | None) -> None:
 @click.option("--json", "as_json", is_flag=True, help=_JSON_HELP)
 def show_lever(name: str, as_json: bool) -> None:
     """Show one active lever in full."""
+    from esper_kernel.registry import Registry, Selection
+
     selection = Selection.from_env()
     reg = Registry.open(default_core(), selection)
     if name not in reg.names:
@@ -389,12 +401,13 @@ def _setup_threads(threads: int | None) -> int:
 
 
 @main.command("run")
-@click.option("--task", default=None, help="Task: shapes (default), sequences, cifar10, text.")
+@click.option("--task", default=None, help="Task: pairs (default, the growth task), shapes, sequences, cifar10, text.")
 @click.option("--data-dir", default=None, type=click.Path(file_okay=True), help="Directory for cifar10 / text data.")
 @click.option("--policy", default=None, help="heuristic (default), random, or a policy file from `esper train`.")
 @click.option("--levers", default=None, metavar="A,B", help="Levers to activate (default: every installed one).")
-@click.option("--epochs", type=int, default=None, help="Host epochs in the episode (default 20).")
+@click.option("--epochs", type=int, default=None, help="Host epochs in the episode (default 40).")
 @click.option("--slots", type=int, default=None, help="Seed slots in the host (default 3).")
+@click.option("--width", type=int, default=None, help="CNN host width (default: the task's own, pairs 8).")
 @click.option("--seed", type=int, default=None, help="Random seed (default 0).")
 @click.option("--out", default=None, type=click.Path(file_okay=False), help="Output directory (default runs/latest).")
 @click.option("--config", "config_file", default=None, type=click.Path(dir_okay=False), help="TOML run config.")
@@ -405,6 +418,13 @@ def _setup_threads(threads: int | None) -> int:
 @threads_option
 @device_option
 @amp_option
+@click.option(
+    "--tensorboard",
+    "tensorboard_dir",
+    default=None,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Also stream scalars to a TensorBoard log in this directory (needs the tensorboard extra).",
+)
 def run_command(
     task: str | None,
     data_dir: str | None,
@@ -412,6 +432,7 @@ def run_command(
     levers: str | None,
     epochs: int | None,
     slots: int | None,
+    width: int | None,
     seed: int | None,
     out: str | None,
     config_file: str | None,
@@ -422,18 +443,19 @@ def run_command(
     threads: int | None,
     device: str | None,
     amp: bool | None,
+    tensorboard_dir: Path | None,
 ) -> None:
     """Train a host on a task with every active lever on and Tamiyo deciding.
 
-    Writes OUT/events.jsonl, OUT/summary.json and OUT/checkpoint.pt.
+    Writes OUT/events.jsonl, OUT/summary.json and OUT/checkpoint.pt;
+    `esper report OUT` draws them.
     """
     _setup_threads(threads)
-    from pathlib import Path
-
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from esper_kernel.config import RunConfig, load_config, with_overrides
     from esper_kernel.devices import resolve_device
+    from esper_kernel.report.console import run_summary
     from esper_kernel.run import EpochReport, run
 
     base = load_config(Path(config_file)) if config_file else RunConfig()
@@ -448,6 +470,7 @@ def run_command(
         env__data_dir=data_dir,
         env__epochs=epochs,
         env__slots=slots,
+        env__width=width,
         env__compile=compile_,
         env__device=device,
         env__amp=amp,
@@ -473,17 +496,35 @@ def run_command(
         status = f"val acc {r.val_accuracy:.3f}  slots {' '.join(s.lower() for s in r.stages)}"
         progress.update(bar, completed=r.epoch, total=r.epochs, status=status)
 
+    def on_failures(failures: Sequence[LoadFailure]) -> None:
+        console.print(failures_panel([failure_record(f) for f in failures]))
+        console.print("[yellow]the run goes on without them[/] (ESPER_STRICT_PLUGINS=1 makes this an error)")
+
+    sinks = _tensorboard_sinks(tensorboard_dir)
     try:
-        summary = run(config, resume=Path(resume) if resume else None, on_epoch=on_epoch, on_start=on_start)
+        summary = run(
+            config,
+            resume=Path(resume) if resume else None,
+            on_epoch=on_epoch,
+            on_start=on_start,
+            on_failures=on_failures,
+            sinks=sinks,
+        )
     finally:
         progress.stop()
-    seeds = summary["seeds"]
-    console.print(
-        f"done: val acc {summary['final_val_accuracy']:.3f} (best {summary['best_val_accuracy']:.3f}), "
-        f"{len(seeds)} seed(s): "
-        + (", ".join(f"{s['blueprint']}@s{s['slot']} {s['final_stage'].lower()}" for s in seeds) or "none")
-        + f"; wrote {summary['out']}/events.jsonl, summary.json, checkpoint.pt in {summary['wall_seconds']}s"
-    )
+        for sink in sinks:
+            sink.close()
+    console.print(run_summary(summary))
+    if tensorboard_dir is not None:
+        console.print(f"TensorBoard: tensorboard --logdir {tensorboard_dir}")
+
+
+def _tensorboard_sinks(logdir: Path | None) -> list[Any]:
+    if logdir is None:
+        return []
+    from esper_kernel.tensorboard import TensorBoardSink
+
+    return [TensorBoardSink(logdir)]
 
 
 # -- esper train -------------------------------------------------------------
@@ -494,9 +535,9 @@ def run_command(
     "--episodes", type=click.IntRange(min=1), default=None, help="Episodes in all, over all envs (default 32)."
 )
 @click.option("--envs", "n_envs", type=click.IntRange(min=1), default=None, help="Envs per rollout (default 4).")
-@click.option("--task", default=None, help="Task the hosts train on (default shapes).")
+@click.option("--task", default=None, help="Task the hosts train on (default pairs).")
 @click.option("--levers", "only", metavar="A,B", default=None, help="Load only these levers (overrides ESPER_LEVERS).")
-@click.option("--epochs", type=click.IntRange(min=1), default=None, help="Epochs (steps) per episode (default 20).")
+@click.option("--epochs", type=click.IntRange(min=1), default=None, help="Epochs (steps) per episode (default 40).")
 @click.option("--slots", type=click.IntRange(min=2), default=None, help="Seed slots per host (default 3).")
 @click.option("--seed", type=int, default=None, help="Random seed (default 0).")
 @click.option(
@@ -507,7 +548,7 @@ def run_command(
     help="Writes policy.pt, best_policy.pt, train_state.pt, events.jsonl and train_summary.json (default runs/train).",
 )
 @click.option("--train-size", type=click.IntRange(min=1), default=None, help="Training examples (default 1024).")
-@click.option("--val-size", type=click.IntRange(min=1), default=None, help="Validation examples (default 256).")
+@click.option("--val-size", type=click.IntRange(min=1), default=None, help="Validation examples (default 512).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Host batch size (default 64).")
 @click.option("--data-dir", type=click.Path(file_okay=False), default=None, help="Data for tasks that read files.")
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None, help="PPO lr (default 3e-3).")
@@ -555,6 +596,13 @@ def run_command(
 @threads_option
 @device_option
 @amp_option
+@click.option(
+    "--tensorboard",
+    "tensorboard_dir",
+    default=None,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Also stream scalars to a TensorBoard log in this directory (needs the tensorboard extra).",
+)
 def train(
     episodes: int | None,
     n_envs: int | None,
@@ -583,6 +631,7 @@ def train(
     threads: int | None,
     device: str | None,
     amp: bool | None,
+    tensorboard_dir: Path | None,
 ) -> None:
     """Train Tamiyo with PPO against the active levers.
 
@@ -599,7 +648,8 @@ def train(
 
     from esper_kernel.config import load_config_as, structure_as, unstructure_config, with_overrides
     from esper_kernel.devices import resolve_device
-    from esper_kernel.run import lever_records
+    from esper_kernel.registry import Registry, Selection
+    from esper_kernel.run import head_choices, lever_records
     from esper_kernel.tamiyo.train import STATE_FILE, TrainConfig, TrainOptions, load_train_state, train_ppo
     from esper_kernel.tasks import TASKS, TaskError
     from esper_kernel.telemetry import Telemetry
@@ -687,7 +737,8 @@ def train(
         meta={"config": unstructure_config(config), "run_id": run_id},
     )
     # The progress bar owns the terminal; the full event stream goes to the file.
-    with Telemetry(out / "events.jsonl", run_id, console=False, append=state is not None) as tel:
+    sinks = _tensorboard_sinks(tensorboard_dir)
+    with Telemetry(out / "events.jsonl", run_id, console=False, append=state is not None, sinks=sinks) as tel:
         tel.log.info(
             "run.started",
             command="train",
@@ -696,6 +747,7 @@ def train(
             ppo_config=attrs.asdict(ppo_config),
             levers=lever_records(reg),
             failed_levers=[attrs.asdict(f) for f in reg.failures],
+            head_choices=head_choices(reg),
             out=str(out),
             workers=n_workers,
             ray=ray_address,
@@ -743,6 +795,7 @@ def train(
     }
     (out / "train_summary.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
     console.print(f"trained {summary.episodes} episodes in {summary.seconds:.1f}s; policy saved to {policy_path}")
+    console.print(f"learning curves and what emerged: [bold green]esper report {out}[/]")
 
 
 # -- esper sweep -------------------------------------------------------------
@@ -846,6 +899,58 @@ def sweep_command(
     console.print(f"wrote {out}/sweep.json, {out}/sweep.md and {doc['sweep']['trials']} trial directories")
 
 
+# -- esper report / compare ------------------------------------------------------
+
+
+@main.command("report")
+@click.argument("run_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option(
+    "--out",
+    "out_dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Where to write report.html and the PNGs (default: RUN_DIR).",
+)
+def report_command(run_dir: Path, out_dir: Path | None) -> None:
+    """Write RUN_DIR/report.html (self-contained) and its plots as PNGs.
+
+    RUN_DIR is the output of `esper run` (accuracy, parameters, seed timeline,
+    lever telemetry), of `esper train` (returns, entropies, KL, what emerged)
+    or of `esper eval` (paired differences). See docs/report.md.
+    """
+    from esper_kernel.report.html import write_report
+
+    rep = write_report(run_dir, out_dir)
+    click.echo(f"wrote {rep.html} ({rep.kind}: {', '.join(rep.sections)}) and {len(rep.pngs)} PNG(s) beside it")
+
+
+@main.command("compare")
+@click.argument("dirs", nargs=-1, required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (schema esper.compare/1, see docs/report.md).")
+@click.option(
+    "--reference",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="A directory of the reference arm (default: the first directory's).",
+)
+@click.option("--plot", type=click.Path(dir_okay=False, path_type=Path), default=None, help="Also write a PNG here.")
+def compare_command(dirs: tuple[Path, ...], as_json: bool, reference: Path | None, plot: Path | None) -> None:
+    """One table across runs; paired differences with 95% CIs where runs share seeds.
+
+    Runs with the same configuration except seed and output directory form an
+    arm; every other arm is compared with the reference arm seed by seed.
+    """
+    from esper_kernel.report.compare import compare, render, write_plot
+
+    comp = compare(list(dirs), reference)
+    if plot is not None:
+        write_plot(comp, plot)
+    if as_json:
+        click.echo(comp.to_json())
+    else:
+        Console().print(render(comp))
+        if plot is not None:
+            click.echo(f"wrote {plot}")
 
 
 # -- esper eval --------------------------------------------------------------
@@ -863,7 +968,7 @@ def sweep_command(
 @click.option("--force", "forces", multiple=True, metavar="HEAD=CHOICE", help="Force a head in every policy.")
 @click.option("--seeds", default="0-9", show_default=True, help="Seeds, paired across policies: 0-9 or 1,4,7.")
 @click.option("--reference", default="wait", show_default=True, help="The policy every other is paired against.")
-@click.option("--effects", is_flag=True, help="Add every lever head forced to each of its choices (lever effects).")
+@click.option("--effects", is_flag=True, help="Add the heuristic with each lever head forced to each extreme choice.")
 @click.option("--task", default=None, help="Task (default: pairs, the growth task).")
 @click.option("--data-dir", default=None, type=click.Path(), help="Directory for cifar10 / text data.")
 @click.option("--levers", default=None, metavar="A,B", help="Levers to activate (default: every installed one).")
@@ -886,6 +991,9 @@ def eval_command(
     out: str,
 ) -> None:
     """Run several policies on the same seeds, paired, and write OUT/eval.json and OUT/eval.md.
+
+    Each finished episode is appended to OUT/episodes.jsonl at once; running
+    the same command again plays only the episodes still missing.
 
     Every policy is compared seed by seed with the reference (the no-growth
     `wait` control by default): mean difference and 95% confidence interval
@@ -918,15 +1026,24 @@ def eval_command(
         console.print(f"  {name} seed {r.seed}: acc {r.final_val_accuracy:.3f} params {r.params:,} ({r.wall_seconds}s)")
 
     doc = ev.evaluate(
-        config.env, specs, seed_list, levers=config.levers, reference=reference, workers=n_workers, on_done=on_done
+        config.env,
+        specs,
+        seed_list,
+        levers=config.levers,
+        reference=reference,
+        workers=n_workers,
+        on_done=on_done,
+        journal=Path(out) / "episodes.jsonl",
     )
-    json_path, md_path = ev.write_outputs(doc, Path(out))
+    paths = ev.write_outputs(doc, Path(out), effects=effects)
     click.echo(ev.render_markdown(doc))
-    console.print(f"wrote {json_path} and {md_path}")
+    if effects:
+        click.echo(ev.render_effects(doc))
+    console.print(f"wrote {', '.join(map(str, paths))} in {doc['wall_seconds']} s")
 
 
 def _effect_specs(config: Any) -> list[Any]:
-    """``heuristic`` with each lever head forced to each of its choices."""
+    """``heuristic``, and ``heuristic`` with each lever head forced to its first and its last choice."""
     from esper_kernel.env import build_registry
     from esper_kernel.evaluate import PolicySpec
     from esper_kernel.lifecycle import CORE_HEADS
@@ -936,7 +1053,8 @@ def _effect_specs(config: Any) -> list[Any]:
     for name in reg.space.names:
         if name in CORE_HEADS:
             continue
-        specs += [PolicySpec("heuristic", ((name, c),)) for c in reg.space.head(name).spec.choices]
+        choices = reg.space.head(name).spec.choices
+        specs += [PolicySpec("heuristic", ((name, c),)) for c in (choices[0], choices[-1])]
     return specs
 
 

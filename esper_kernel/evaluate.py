@@ -25,7 +25,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,7 @@ from esper_kernel.config import converter
 from esper_kernel.env import EnvBatch, EnvConfig, MorphoEnv, build_registry, cnn_host_config, load_task
 from esper_kernel.errors import EsperError
 from esper_kernel.hosts import CNNHost
+from esper_kernel.lifecycle import CORE_HEADS
 from esper_kernel.registry import Registry, Selection
 from esper_kernel.stages import Op, Stage
 from esper_kernel.stats import mean_se, paired_difference
@@ -154,6 +155,8 @@ class EpisodeResult:
     #: Per lever head and choice: at how many GERMINATE decisions that choice was legal.
     legal_counts: dict[str, dict[str, int]]
     wall_seconds: float
+    #: Validation accuracy after every epoch.
+    curve: tuple[float, ...] = ()
 
     def outcome(self, metric: str) -> float:
         return self.ret if metric == "return" else float(getattr(self, metric))
@@ -187,7 +190,7 @@ def play_episode(job: EvalJob) -> EpisodeResult:
     obs = envs.reset([job.seed])
     policy = _make_policy(job.policy, registry, env.obs_dim, job.seed)
     space = registry.space
-    levers = [n for n in space.names if Op.GERMINATE in space.head(n).spec.ops and n not in _CORE_HEADS]
+    levers = [n for n in space.names if Op.GERMINATE in space.head(n).spec.ops and n not in CORE_HEADS]
     multi = dict.fromkeys(levers, 0)
     legal: dict[str, dict[str, int]] = {n: dict.fromkeys(space.head(n).spec.choices, 0) for n in levers}
     germinations = 0
@@ -224,10 +227,8 @@ def play_episode(job: EvalJob) -> EpisodeResult:
         multi_legal=multi,
         legal_counts=legal,
         wall_seconds=round(time.perf_counter() - started, 2),
+        curve=tuple(env.acc_history),
     )
-
-
-_CORE_HEADS = frozenset({"op", "slot", "blueprint", "blend"})
 
 
 def _init_worker() -> None:
@@ -236,15 +237,17 @@ def _init_worker() -> None:
     torch.set_num_threads(1)
 
 
-def _map(fn: Callable[[EvalJob], EpisodeResult], jobs: Sequence[EvalJob], workers: int) -> list[EpisodeResult]:
+def _map(fn: Callable[[EvalJob], EpisodeResult], jobs: Sequence[EvalJob], workers: int) -> Iterator[EpisodeResult]:
+    """Results in job order, each as soon as it and those before it are done."""
     if workers <= 1 or len(jobs) <= 1:
-        return [fn(job) for job in jobs]
+        yield from map(fn, jobs)
+        return
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
     ctx = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=ctx, initializer=_init_worker) as ex:
-        return list(ex.map(fn, jobs))
+        yield from ex.map(fn, jobs)
 
 
 def default_workers() -> int:
@@ -274,8 +277,13 @@ def evaluate(
     reference: str = "wait",
     workers: int = 1,
     on_done: Callable[[str, EpisodeResult], None] | None = None,
+    journal: Path | None = None,
 ) -> dict[str, Any]:
-    """Run every policy on every seed and return the ``esper.eval/1`` document."""
+    """Run every policy on every seed and return the ``esper.eval/1`` document.
+
+    With ``journal`` (a path), finished episodes are appended there as they
+    finish and episodes already there are not played again (see :class:`Journal`).
+    """
     names = [p.name for p in policies]
     if len(set(names)) != len(names):
         raise EsperError(f"--policies names a policy twice: {', '.join(names)}")
@@ -285,10 +293,10 @@ def evaluate(
         raise EsperError(f"a static-host control needs a CNN task; {env.task!r} is {env.topology}")
     started = time.perf_counter()
     data = converter.unstructure(env)
-    results: dict[str, list[EpisodeResult]] = {}
+    book = Journal(journal, {"schema": EVAL_SCHEMA, "env": data, "levers": list(levers) if levers else levers})
     growing = [p for p in policies if not p.static]
     statics = [p for p in policies if p.static]
-    _run(growing, data, seeds, levers, workers, results, on_done)
+    results = _run(growing, data, seeds, levers, workers, book, on_done)
     if statics:
         num_classes = load_task(attrs.evolve(env, train_size=1, val_size=1), seeds[0]).num_classes
         target = _static_target(growing, results)
@@ -298,7 +306,7 @@ def evaluate(
             if params is None:
                 raise EsperError("'static' matches the first growing policy's parameter count: list one before it")
             jobs_for[p.name] = static_width(env, num_classes, params)
-        _run(statics, data, seeds, levers, workers, results, on_done, widths=jobs_for)
+        results |= _run(statics, data, seeds, levers, workers, book, on_done, widths=jobs_for)
     return _document(env, policies, seeds, levers, reference, results, time.perf_counter() - started)
 
 
@@ -310,21 +318,67 @@ def _static_target(growing: Sequence[PolicySpec], results: dict[str, list[Episod
     return None
 
 
+class Journal:
+    """``episodes.jsonl``: every finished episode, appended as it finishes.
+
+    An eval that stops (a kill, a crash, a full disk) keeps what it had; the
+    same command run again plays only the episodes still missing. The first
+    line records the env config and lever selection, so episodes of a
+    different configuration are never mixed in.
+    """
+
+    def __init__(self, path: Path | None, header: dict[str, Any]) -> None:
+        self.path = path
+        self.done: dict[tuple[str, int, int | None], EpisodeResult] = {}
+        if path is None:
+            return
+        if path.exists():
+            lines = path.read_text(encoding="utf-8").splitlines()
+            if lines and json.loads(lines[0]) != header:
+                raise EsperError(
+                    f"{path} holds episodes of another configuration; pass another --out or delete the file"
+                )
+            for line in lines[1:]:
+                try:
+                    rec = json.loads(line)
+                except json.JSONDecodeError:
+                    break  # a line torn by a kill: that episode is simply played again
+                self.done[(rec["policy"], rec["seed"], rec["width"])] = converter.structure(
+                    rec["result"], EpisodeResult
+                )
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(header) + "\n", encoding="utf-8")
+
+    def add(self, job: EvalJob, result: EpisodeResult) -> None:
+        self.done[(job.policy.name, job.seed, job.static_width)] = result
+        if self.path is not None:
+            rec = {"policy": job.policy.name, "seed": job.seed, "width": job.static_width}
+            with self.path.open("a", encoding="utf-8") as f:
+                f.write(json.dumps({**rec, "result": converter.unstructure(result)}) + "\n")
+
+
 def _run(
     specs: Sequence[PolicySpec],
     data: dict[str, Any],
     seeds: Sequence[int],
     levers: tuple[str, ...] | None,
     workers: int,
-    results: dict[str, list[EpisodeResult]],
+    journal: Journal,
     on_done: Callable[[str, EpisodeResult], None] | None,
     widths: dict[str, int] | None = None,
-) -> None:
-    jobs = [EvalJob(data, spec, seed, levers, (widths or {}).get(spec.name)) for spec in specs for seed in seeds]
-    for job, res in zip(jobs, _map(play_episode, jobs, workers), strict=True):
-        results.setdefault(job.policy.name, []).append(res)
+) -> dict[str, list[EpisodeResult]]:
+    # Seed-major: an eval stopped early has every policy on its first seeds, which still pair.
+    jobs = [EvalJob(data, spec, seed, levers, (widths or {}).get(spec.name)) for seed in seeds for spec in specs]
+    todo = [j for j in jobs if (j.policy.name, j.seed, j.static_width) not in journal.done]
+    for job, res in zip(todo, _map(play_episode, todo, workers), strict=True):
+        journal.add(job, res)
         if on_done is not None:
             on_done(job.policy.name, res)
+    results: dict[str, list[EpisodeResult]] = {}
+    for job in jobs:
+        results.setdefault(job.policy.name, []).append(journal.done[(job.policy.name, job.seed, job.static_width)])
+    return results
 
 
 def _document(
@@ -355,6 +409,7 @@ def _document(
                 },
                 "fallbacks": sum(r.fallbacks for r in rs),
                 "legal": _legal_summary(rs),
+                "last_third_change": _last_third_change(rs),
             }
         )
     return {
@@ -383,7 +438,26 @@ def _seed_row(r: EpisodeResult) -> dict[str, Any]:
         "culled": r.culled,
         "germinate_decisions": r.germinate_decisions,
         "wall_seconds": r.wall_seconds,
+        "val_accuracy_curve": list(r.curve),
     }
+
+
+def _last_third_change(rs: Sequence[EpisodeResult]) -> dict[str, float] | None:
+    """How far validation accuracy moves over the last third of the episode (the plateau test).
+
+    Per seed: the mean of the last three epochs minus the mean of the three
+    epochs ending where the last third starts; then the mean over seeds and
+    its standard error. Three-epoch means keep one noisy epoch from deciding it.
+    """
+    changes = []
+    for r in rs:
+        n = len(r.curve)
+        start = n - n // 3
+        if n < 6 or start < 3:
+            return None
+        changes.append(sum(r.curve[-3:]) / 3 - sum(r.curve[start - 3 : start]) / 3)
+    mean, se = mean_se(changes)
+    return {"mean": mean, "se": se}
 
 
 def _legal_summary(rs: Sequence[EpisodeResult]) -> dict[str, Any]:
@@ -430,12 +504,86 @@ def render_markdown(doc: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_outputs(doc: dict[str, Any], out: Path) -> tuple[Path, Path]:
-    """``eval.json`` and ``eval.md`` in ``out``, each written atomically."""
+def lever_effects(doc: dict[str, Any], baseline: str = "heuristic") -> list[dict[str, Any]]:
+    """Per forced head: the paired effect of its extreme choices, from an ``--effects`` eval.
+
+    For each head forced to two or more choices in ``doc``: the paired
+    difference of final accuracy last-vs-first choice, and each extreme
+    against ``baseline`` (the unforced policy, which takes every default),
+    with how often each choice was legal at a GERMINATE decision.
+    """
+    rows = {p["name"]: p for p in doc["policies"]}
+    if baseline not in rows:
+        raise EsperError(f"lever effects need the unforced {baseline!r} policy in the eval")
+
+    def accs(name: str) -> list[float]:
+        return [r["final_val_accuracy"] for r in rows[name]["per_seed"]]
+
+    forced: dict[str, list[str]] = {}
+    for p in doc["policies"]:
+        if p["policy"] == baseline and len(p["forced"]) == 1:
+            ((head, choice),) = p["forced"].items()
+            forced.setdefault(head, []).append(choice)
+    legal = rows[baseline]["legal"]["heads"]
+    out = []
+    for head, choices in forced.items():
+        if len(choices) < 2:
+            continue
+        first, last = f"{baseline}+{head}={choices[0]}", f"{baseline}+{head}={choices[-1]}"
+        effect = paired_difference(accs(last), accs(first))
+        out.append(
+            {
+                "head": head,
+                "first": choices[0],
+                "last": choices[-1],
+                "last_vs_first": effect.as_dict(),
+                "significant_2se": abs(effect.mean) > 2 * effect.se,
+                "first_vs_default": paired_difference(accs(first), accs(baseline)).as_dict(),
+                "last_vs_default": paired_difference(accs(last), accs(baseline)).as_dict(),
+                "fallbacks": {c: rows[f"{baseline}+{head}={c}"]["fallbacks"] for c in (choices[0], choices[-1])},
+                "multi_legal_share": legal.get(head, {}).get("multi_legal_share"),
+                "choice_legal_share": legal.get(head, {}).get("choice_legal_share", {}),
+            }
+        )
+    return out
+
+
+def render_effects(doc: dict[str, Any], baseline: str = "heuristic") -> str:
+    """The lever-effect table (``effects.md``): extreme vs extreme, and each extreme vs the default."""
+    effects = lever_effects(doc, baseline)
+    lines = [
+        f"# Lever effects on {doc['task']} ({doc['epochs']} epochs), {len(doc['seeds'])} paired seeds",
+        "",
+        f"Policy `{baseline}` with one lever head forced to an extreme choice; final validation accuracy, "
+        "paired by seed: mean difference ± standard error [95% CI]. `|Δ| > 2 SE` marks an effect larger than "
+        "twice its standard error. Legal shares are over the unforced policy's GERMINATE decisions.",
+        "",
+        "| lever | last − first | \\|Δ\\| > 2 SE | first − default | last − default | fallbacks (first/last) "
+        "| >1 legal | legal share per choice |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for e in effects:
+        d = e["last_vs_first"]
+        shares = ", ".join(f"{c} {v:.0%}" for c, v in e["choice_legal_share"].items() if v is not None)
+        multi = e["multi_legal_share"]
+        lines.append(
+            f"| {e['head']} ({e['last']} vs {e['first']}) | {d['mean']:+.3f} ± {d['se']:.3f} "
+            f"[{d['ci95'][0]:+.3f}, {d['ci95'][1]:+.3f}] | {'yes' if e['significant_2se'] else 'no'} "
+            f"| {_fmt_diff(e['first_vs_default'])} | {_fmt_diff(e['last_vs_default'])} "
+            f"| {e['fallbacks'][e['first']]}/{e['fallbacks'][e['last']]} "
+            f"| {'—' if multi is None else f'{multi:.0%}'} | {shares} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def write_outputs(doc: dict[str, Any], out: Path, effects: bool = False) -> list[Path]:
+    """``eval.json`` and ``eval.md`` (and ``effects.md``) in ``out``, each written atomically."""
     out.mkdir(parents=True, exist_ok=True)
-    paths = (out / "eval.json", out / "eval.md")
-    for path, text in zip(paths, (json.dumps(doc, indent=2) + "\n", render_markdown(doc)), strict=True):
+    files = {out / "eval.json": json.dumps(doc, indent=2) + "\n", out / "eval.md": render_markdown(doc)}
+    if effects:
+        files[out / "effects.md"] = render_effects(doc)
+    for path, text in files.items():
         tmp = path.with_name(path.name + ".tmp")
         tmp.write_text(text, encoding="utf-8")
         tmp.replace(path)
-    return paths
+    return list(files)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,7 @@ from esper_kernel.config import RunConfig, structure_config, unstructure_config
 from esper_kernel.devices import rng_states, set_rng_states
 from esper_kernel.env import EnvBatch, MorphoEnv, build_registry, load_task
 from esper_kernel.errors import EsperError, PluginError, SelectionError
-from esper_kernel.registry import Registry, Selection, installed_entry_points
+from esper_kernel.registry import LoadFailure, Registry, Selection, installed_entry_points
 from esper_kernel.specs import Safety
 from esper_kernel.tamiyo.policies import HeuristicPolicy, Policy, RandomPolicy
 from esper_kernel.telemetry import Telemetry
@@ -46,6 +46,11 @@ class EpochReport:
 
 def lever_records(registry: Registry) -> list[dict[str, str]]:
     return [{"name": lv.name, "distribution": lv.distribution, "version": lv.version} for lv in registry.levers]
+
+
+def head_choices(registry: Registry) -> dict[str, list[str]]:
+    """Every head's choice names, in order: what a report needs to read decisions and entropies."""
+    return {h.name: list(h.spec.choices) for h in registry.space.heads}
 
 
 def check_compile_safety(registry: Registry, allow_graph_breaks: bool) -> None:
@@ -78,15 +83,20 @@ def run(
     resume: Path | None = None,
     on_epoch: Callable[[EpochReport], None] | None = None,
     on_start: Callable[[int, int], None] | None = None,
+    on_failures: Callable[[Sequence[LoadFailure]], None] | None = None,
     stop_after: int | None = None,
     console: bool = False,
+    sinks: Sequence[Any] = (),
 ) -> dict[str, Any]:
     """Run (or resume) one episode; returns the summary also written to ``summary.json``.
 
     ``on_start(epochs, first_epoch)`` is called once everything is loaded
     and checked, right before the first epoch, so a display never starts for
-    a run that fails to set up. ``stop_after`` ends the run after that many epochs as an interruption
-    would (checkpoint written, no summary), for resuming later.
+    a run that fails to set up. ``on_failures`` is told the levers that failed
+    to load, right after they are written to the stream. ``stop_after`` ends
+    the run after that many epochs as an interruption would (checkpoint
+    written, no summary), for resuming later. ``sinks`` are extra structlog
+    processors fed every event (``--tensorboard``).
     """
     state: dict[str, Any] | None = None
     if resume is not None:
@@ -110,7 +120,7 @@ def run(
         check_compile_safety(registry, config.allow_graph_breaks)
     run_id = state["run_id"] if state is not None else uuid.uuid4().hex[:12]
     started = time.perf_counter()
-    with Telemetry(out / EVENTS, run_id, console=console, append=state is not None) as tel:
+    with Telemetry(out / EVENTS, run_id, console=console, append=state is not None, sinks=sinks) as tel:
         tel.log.info(
             "run.started",
             config=unstructure_config(config),
@@ -118,9 +128,12 @@ def run(
             failed_levers=[attrs.asdict(f) for f in registry.failures],
             resumed_from_epoch=state["env"]["epoch"] if state is not None else None,
             heads=list(registry.space.names),
+            head_choices=head_choices(registry),
         )
         for failure in registry.failures:
             tel.log.warning("plugin.failed", **attrs.asdict(failure))
+        if registry.failures and on_failures is not None:
+            on_failures(registry.failures)
         task = load_task(config.env, config.seed)
         env = MorphoEnv(config.env, registry, task, tel.log, index=0)
         envs = EnvBatch([env])
@@ -235,6 +248,7 @@ def _summary(
         "run_id": run_id,
         "out": str(out),
         "epochs": env.epoch,
+        "num_classes": env.task.num_classes,
         "final_val_accuracy": env.acc_history[-1] if env.acc_history else None,
         "best_val_accuracy": env.best,
         "return": total,

@@ -10,7 +10,7 @@ import json
 import math
 import sys
 import time
-from collections.abc import MutableMapping
+from collections.abc import MutableMapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -74,17 +74,29 @@ class Telemetry:
 
     Every event carries ``event``, ``run_id``, ``env``, ``episode`` and
     ``epoch`` (None where not applicable); see ``docs/telemetry.md``.
+    ``sinks`` are further structlog processors that see every event the file
+    gets (e.g. :class:`~esper_kernel.tensorboard.TensorBoardSink`); those with
+    a ``close()`` are closed with the telemetry.
     """
 
-    def __init__(self, path: Path | None, run_id: str, console: bool = True, append: bool = False) -> None:
+    def __init__(
+        self,
+        path: Path | None,
+        run_id: str,
+        console: bool = True,
+        append: bool = False,
+        sinks: Sequence[Any] = (),
+    ) -> None:
         self.path = path
         self.run_id = run_id
         self._file: IO[str] | None = None
+        self._sinks = tuple(sinks)
         processors: list[Any] = [structlog.processors.add_log_level, _timestamp]
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
             self._file = path.open("a" if append else "w", encoding="utf-8")
             processors.append(JsonLinesSink(self._file))
+        processors.extend(self._sinks)
         processors.append(ConsoleFilter(console))
         processors.append(structlog.dev.ConsoleRenderer(colors=False, sort_keys=False))
         self.log = structlog.wrap_logger(
@@ -95,6 +107,11 @@ class Telemetry:
         ).bind(run_id=run_id, env=None, episode=None, epoch=None)
 
     def close(self) -> None:
+        for sink in self._sinks:
+            close = getattr(sink, "close", None)
+            if callable(close):
+                close()
+        self._sinks = ()
         if self._file is not None:
             self._file.close()
             self._file = None

@@ -64,7 +64,7 @@ def test_cli_run_writes_events_summary_and_checkpoint(tmp_path: Path, tiny_toml:
     out = tmp_path / "out"
     result = esper("run", "--epochs", "4", "--out", str(out), "--config", str(tiny_toml), "--policy", policy)
     assert result.exit_code == 0, result.output
-    assert "done: val acc" in result.stderr
+    assert "esper run: done" in result.stderr and "val accuracy" in result.stderr
 
     summary = json.loads((out / SUMMARY).read_text())
     assert summary["epochs"] == 4
