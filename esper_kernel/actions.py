@@ -9,6 +9,7 @@ depends on the op (a slot to germinate must be dormant, one to cull live).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -222,7 +223,13 @@ class MaskSource:
 
 
 class MaskComposer:
-    """ANDs every lever's mask into one ``[B, n_ops, n_heads, max_choices]`` tensor."""
+    """ANDs every lever's mask into one ``[B, n_ops, n_heads, max_choices]`` tensor.
+
+    A lever whose mask fails (raises, returns a bad mask, or empties a row)
+    stops the run with an error naming it, unless ``on_fault`` takes the lever
+    out (quarantine): the lever is then added to :attr:`frozen`, its mask is no
+    longer called and its heads are held at their defaults.
+    """
 
     def __init__(self, space: ActionSpace, sources: Sequence[MaskSource]) -> None:
         self.space = space
@@ -230,29 +237,66 @@ class MaskComposer:
         need = space.relevance_by_op.clone()
         need[:, space.op_index] = True
         self._need = need
+        #: Levers taken out of the run; their heads may only take their default.
+        self.frozen: set[str] = set()
+        #: ``(lever, hook, error) -> True`` if the lever was taken out and composition may go on.
+        self.on_fault: Callable[[str, str, BaseException], bool] | None = None
+        #: Seconds spent in each lever's hooks, ``{lever: {hook: s}}`` (shared with the registry).
+        self.timings: dict[str, dict[str, float]] = {}
+        only_default = torch.zeros(space.n_heads, space.max_choices, dtype=torch.bool)
+        only_default[torch.arange(space.n_heads), space.defaults] = True
+        self._only_default = only_default
 
     def __call__(self, view: MaskView) -> torch.Tensor:
+        while True:
+            try:
+                return self._compose(view)
+            except _LeverFault as fault:
+                taken = (
+                    self.on_fault is not None
+                    and bool(fault.levers)
+                    and all(self.on_fault(lv, "mask", fault.error) for lv in fault.levers)
+                )
+                if not taken:
+                    raise fault.error from fault.error.__cause__
+                # The lever is out; compose again without it.
+
+    def _compose(self, view: MaskView) -> torch.Tensor:
         space = self.space
         b = view.n_envs
         out = space.valid_choices.expand(b, N_OPS, -1, -1).clone()
+        for h in space.heads:
+            if h.lever in self.frozen:
+                out[:, :, h.index] &= self._only_default[h.index]
         results: list[tuple[MaskSource, str, torch.Tensor]] = []
         for src in self.sources:
+            if src.lever in self.frozen:
+                continue
+            started = time.perf_counter()
             try:
                 got = src.fn(view)
             except Exception as exc:
-                raise PluginError(
+                err = PluginError(
                     f"lever {src.lever!r} ({src.distribution}): mask() raised {type(exc).__name__}: {exc}"
-                ) from exc
+                )
+                err.__cause__ = exc
+                raise _LeverFault((src.lever,), err) from exc
+            finally:
+                per = self.timings.setdefault(src.lever, {})
+                per["mask"] = per.get("mask", 0.0) + time.perf_counter() - started
             if got is None:
                 continue
-            if not isinstance(got, Mapping):
-                # A bare tensor would fail on truth-testing with an error naming no lever.
-                raise MaskError(
-                    f"lever {src.lever!r} ({src.distribution}): mask() must return "
-                    f"{{head name: bool tensor}}, got {type(got).__name__}"
-                )
-            for name, m in got.items():
-                h = self._check(src, name, m, b)
+            try:
+                if not isinstance(got, Mapping):
+                    # A bare tensor would fail on truth-testing with an error naming no lever.
+                    raise MaskError(
+                        f"lever {src.lever!r} ({src.distribution}): mask() must return "
+                        f"{{head name: bool tensor}}, got {type(got).__name__}"
+                    )
+                checked = [(self._check(src, name, m, b), name, m) for name, m in got.items()]
+            except MaskError as err:
+                raise _LeverFault((src.lever,), err) from None
+            for h, name, m in checked:
                 results.append((src, name, m))
                 if m.dim() == 2:
                     out[:, :, h.index, : h.spec.size] &= m[:, None, :]
@@ -261,9 +305,9 @@ class MaskComposer:
         self._check_rows(out, results)
         return out
 
-    def _check(self, src: MaskSource, name: str, m: torch.Tensor, b: int) -> ComposedHead:
+    def _check(self, src: MaskSource, name: object, m: object, b: int) -> ComposedHead:
         where = f"lever {src.lever!r} ({src.distribution}): mask for head {name!r}"
-        if name not in self.space:
+        if not isinstance(name, str) or name not in self.space:
             raise MaskError(f"{where}: no such head; heads are {list(self.space.names)}")
         h = self.space.head(name)
         if not isinstance(m, torch.Tensor) or m.dtype != torch.bool:
@@ -276,20 +320,52 @@ class MaskComposer:
 
     def _check_rows(self, out: torch.Tensor, results: Sequence[tuple[MaskSource, str, torch.Tensor]]) -> None:
         space = self.space
+        # The op head is decided first and the same for every op, so its row is
+        # checked on its own: with no legal op nothing below it can be judged.
+        op_legal = out[:, int(Op.WAIT), space.op_index, :N_OPS]
+        no_op = op_legal.any(dim=-1).logical_not_()
+        if bool(no_op.any()):
+            env = int(no_op.nonzero()[0, 0])
+            self._empty_row(results, OP_HEAD, env, None)
         # One reduction on the happy path: a decision row must be non-empty
         # wherever its op is legal and the head matters for that op.
-        op_legal = out[:, int(Op.WAIT), space.op_index, :N_OPS]
         bad = out.any(dim=-1).logical_not_().logical_and_(self._need).logical_and_(op_legal[:, :, None])
         if not bool(bad.any()):
             return
         env, op, head_i = (int(v) for v in bad.nonzero()[0])
-        name = space.names[head_i]
-        culprits = []
+        self._empty_row(results, space.names[head_i], env, op)
+
+    def _empty_row(
+        self, results: Sequence[tuple[MaskSource, str, torch.Tensor]], name: str, env: int, op: int | None
+    ) -> None:
+        rows: list[tuple[MaskSource, torch.Tensor]] = []
         for src, hname, m in results:
             if hname != name:
                 continue
-            row = m[env] if m.dim() == 2 else m[env, op]
-            if not bool(row.all()):
-                culprits.append(f"{src.lever!r} ({src.distribution})")
-        by = ", ".join(culprits) if culprits else "no lever (the kernel's own rules)"
-        raise MaskError(f"head {name!r} has no legal choice in env {env} for op {Op(op).name}; masked out by {by}")
+            row = m[env] if m.dim() == 2 or op is None else m[env, op]
+            rows.append((src, row[0] if row.dim() == 2 else row))
+        # Blame the sources without which the row would not be empty; if no single
+        # one is decisive (several levers together), every source that masked anything.
+        culprits: list[MaskSource] = []
+        for i, (src, _row) in enumerate(rows):
+            others = torch.ones_like(_row)
+            for j, (_src, other) in enumerate(rows):
+                if j != i:
+                    others &= other
+            if bool(others.any()) and src not in culprits:
+                culprits.append(src)
+        if not culprits:
+            culprits = list(dict.fromkeys(src for src, row in rows if not bool(row.all())))
+        by = ", ".join(f"{c.lever!r} ({c.distribution})" for c in culprits) or "no lever (the kernel's own rules)"
+        for_op = "" if op is None else f" for op {Op(op).name}"
+        err = MaskError(f"head {name!r} has no legal choice in env {env}{for_op}; masked out by {by}")
+        raise _LeverFault(tuple(c.lever for c in culprits), err)
+
+
+class _LeverFault(Exception):
+    """A mask failure and the levers it is blamed on (internal to :class:`MaskComposer`)."""
+
+    def __init__(self, levers: tuple[str, ...], error: PluginError) -> None:
+        super().__init__(str(error))
+        self.levers = levers
+        self.error = error

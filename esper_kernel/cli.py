@@ -294,6 +294,25 @@ class EsperGroup(click.Group):
             # Plugin messages may span lines; the contract is one line per error.
             click.echo(f"esper: error: {' '.join(str(exc).split())}", err=True)
             ctx.exit(2)
+        except click.UsageError as exc:
+            # A mistyped flag value is one line like every other bad value, not a usage screen.
+            hint = f" (see esper {exc.ctx.command_path.partition(' ')[2]} --help)" if exc.ctx else ""
+            click.echo(f"esper: error: {' '.join(exc.format_message().split())}{hint}", err=True)
+            ctx.exit(2)
+        except OSError as exc:
+            # The disk, not Esper: a full disk or a permission is the user's to fix, in one line.
+            where = f" ({exc.filename})" if exc.filename else ""
+            click.echo(f"esper: error: {exc.strerror or exc}{where}", err=True)
+            ctx.exit(2)
+        except MemoryError:
+            click.echo("esper: error: out of memory; use fewer --slots, a smaller --width or batch size", err=True)
+            ctx.exit(2)
+        except RuntimeError as exc:
+            # torch reports a failed allocation as a RuntimeError; anything else is a bug worth its traceback.
+            if "allocate" not in str(exc) and "out of memory" not in str(exc):
+                raise
+            click.echo(f"esper: error: out of memory ({' '.join(str(exc).split())[:200]})", err=True)
+            ctx.exit(2)
 
 
 @click.group(cls=EsperGroup)
@@ -328,8 +347,18 @@ def list_levers(as_json: bool, only: str | None) -> None:
     from esper_kernel.registry import Registry, Selection
 
     selection = Selection.from_env(levers=only)
-    reg = Registry.open(default_core(), selection)
+    # The listing is how a user finds what is broken, so it always lists; strict mode then fails it.
+    reg = Registry.open(default_core(), selection, listing=True)
     _emit(levers_report(reg), selection, as_json)
+    _strict_failures(reg, selection)
+
+
+def _strict_failures(reg: Registry, selection: Selection) -> None:
+    from esper_kernel.registry import ENV_STRICT
+
+    if selection.strict and reg.failures:
+        names = ", ".join(f"{f.name!r} ({f.distribution})" for f in reg.failures)
+        raise PluginError(f"{len(reg.failures)} lever(s) failed to load: {names} ({ENV_STRICT}=1)")
 
 
 @levers.command("show")
@@ -340,11 +369,17 @@ def show_lever(name: str, as_json: bool) -> None:
     from esper_kernel.registry import Registry, Selection
 
     selection = Selection.from_env()
-    reg = Registry.open(default_core(), selection)
+    reg = Registry.open(default_core(), selection, listing=True)
     if name not in reg.names:
         failed = next((f for f in reg.failures if f.name == name), None)
         if failed is not None:
-            raise PluginError(failed.describe())
+            report = LeversReport(schema=LEVERS_SCHEMA, levers=(), failures=(failure_record(failed),))
+            if as_json:
+                click.echo(report.to_json())
+            else:
+                Console().print(failures_panel(report.failures))
+            _strict_failures(reg, selection)
+            return
         if name in reg.installed:
             raise SelectionError(f"lever {name!r} is installed but not selected; active levers: {_dash(reg.names)}")
         raise SelectionError(f"unknown lever {name!r}; installed levers: {_dash(reg.installed)}")
@@ -414,6 +449,14 @@ def _setup_threads(threads: int | None) -> int:
 @click.option("--resume", default=None, type=click.Path(file_okay=False), help="Continue the run in this directory.")
 @click.option("--compile", "compile_", is_flag=True, default=None, help="Run the host under torch.compile.")
 @click.option("--allow-graph-breaks", is_flag=True, default=None, help="With --compile, allow BREAKS_GRAPH levers.")
+@click.option("--overwrite", is_flag=True, help="Replace the run already in --out (refused otherwise).")
+@click.option(
+    "--on-lever-error",
+    type=click.Choice(["stop", "quarantine"]),
+    default=None,
+    help="A lever failing at run time stops the run (default), or is quarantined: its heads frozen at their "
+    "defaults, its hooks skipped, the run goes on.",
+)
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @threads_option
 @device_option
@@ -439,6 +482,8 @@ def run_command(
     resume: str | None,
     compile_: bool | None,
     allow_graph_breaks: bool | None,
+    overwrite: bool,
+    on_lever_error: str | None,
     quiet: bool,
     threads: int | None,
     device: str | None,
@@ -448,7 +493,8 @@ def run_command(
     """Train a host on a task with every active lever on and Tamiyo deciding.
 
     Writes OUT/events.jsonl, OUT/summary.json and OUT/checkpoint.pt;
-    `esper report OUT` draws them.
+    `esper report OUT` draws them. An OUT that already holds a run is refused
+    unless --overwrite (or --resume OUT).
     """
     _setup_threads(threads)
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -458,6 +504,29 @@ def run_command(
     from esper_kernel.report.console import run_summary
     from esper_kernel.run import EpochReport, run
 
+    if resume is not None:
+        # A resumed run is the run in its checkpoint; a flag that changes it would be silently ignored.
+        given = {
+            "--task": task,
+            "--data-dir": data_dir,
+            "--policy": policy,
+            "--levers": levers,
+            "--epochs": epochs,
+            "--slots": slots,
+            "--width": width,
+            "--seed": seed,
+            "--out": out,
+            "--config": config_file,
+            "--compile": compile_,
+            "--allow-graph-breaks": allow_graph_breaks,
+            "--on-lever-error": on_lever_error,
+            "--overwrite": overwrite or None,
+        }
+        extra = [flag for flag, value in given.items() if value is not None]
+        if extra:
+            raise click.UsageError(
+                f"--resume continues the run as its checkpoint configured it; drop {', '.join(extra)}"
+            )
     base = load_config(Path(config_file)) if config_file else RunConfig()
     config = with_overrides(
         base,
@@ -474,6 +543,7 @@ def run_command(
         env__compile=compile_,
         env__device=device,
         env__amp=amp,
+        on_lever_error=on_lever_error,
     )
     resolve_device(config.env.device)  # no CUDA where CUDA is asked for: one line before anything is written
     console = Console(stderr=True)
@@ -496,6 +566,9 @@ def run_command(
         status = f"val acc {r.val_accuracy:.3f}  slots {' '.join(s.lower() for s in r.stages)}"
         progress.update(bar, completed=r.epoch, total=r.epochs, status=status)
 
+    def on_warning(line: str) -> None:
+        progress.console.print(f"[yellow]esper:[/] {line}", highlight=False, markup=True)
+
     def on_failures(failures: Sequence[LoadFailure]) -> None:
         console.print(failures_panel([failure_record(f) for f in failures]))
         console.print("[yellow]the run goes on without them[/] (ESPER_STRICT_PLUGINS=1 makes this an error)")
@@ -505,8 +578,10 @@ def run_command(
         summary = run(
             config,
             resume=Path(resume) if resume else None,
+            overwrite=overwrite,
             on_epoch=on_epoch,
             on_start=on_start,
+            on_warning=on_warning,
             on_failures=on_failures,
             sinks=sinks,
         )
@@ -717,6 +792,15 @@ def train(
         raise click.BadParameter(
             f"unknown task {env_config.task!r}; known tasks: {', '.join(sorted(TASKS))}", param_hint="--task"
         )
+    from esper_kernel.bounds import env_problems, finite_problems
+
+    problems = env_problems(env_config, prefix="--") + finite_problems(
+        **{"--lr": ppo_config.lr, "--entropy-coef": ppo_config.entropy_coef}
+    )
+    if only is not None and not any(x.strip() for x in only.split(",")):
+        problems.append("--levers: names no lever; leave it out for every installed lever")
+    if problems:
+        raise click.UsageError("; ".join(p.replace("_", "-") for p in problems))
     selection = Selection.from_env(levers=config.levers)
     reg = Registry.open(default_core(env_config.topology, env_config.slots), selection)
     if state is not None and list(state["levers"]) != list(reg.names):

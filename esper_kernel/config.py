@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 import attrs
 import cattrs
 
+from esper_kernel.bounds import FLAGS, config_problems
 from esper_kernel.env import EnvConfig
 from esper_kernel.errors import EsperError
 
@@ -35,6 +36,8 @@ class RunConfig:
     out: str = "runs/latest"
     allow_graph_breaks: bool = False
     checkpoint_every: int = 1
+    #: What a lever that fails at run time does to the run: "stop" it, or "quarantine" the lever and go on.
+    on_lever_error: str = "stop"
 
 
 converter = cattrs.Converter(forbid_extra_keys=True)
@@ -91,7 +94,7 @@ def structure_config(data: dict[str, Any], where: str = "config") -> RunConfig:
 def structure_as(data: dict[str, Any], cls: type[C], where: str = "config") -> C:
     """Build any config class (``RunConfig``, ``TrainConfig``) from plain data with the same rules and errors."""
     try:
-        return converter.structure(data, cls)
+        config = converter.structure(data, cls)
     except cattrs.BaseValidationError as exc:
         problems: list[str] = []
         for line in cattrs.transform_error(exc, path="$", format_exception=_format_exception):
@@ -102,6 +105,21 @@ def structure_as(data: dict[str, Any], cls: type[C], where: str = "config") -> C
             else:
                 problems.append(f"{key or '(top level)'}: {msg}")
         raise ConfigError(f"invalid config ({where}): {'; '.join(problems)}") from None
+    # Types are right; now the ranges, so a bad value never reaches training.
+    if isinstance(config, RunConfig):
+        bad = config_problems(config)
+    else:  # a TrainConfig: its [env] table has the same ranges as a run's
+        env = getattr(config, "env", None)
+        bad = config_problems(RunConfig(env=env)) if isinstance(env, EnvConfig) else []
+    if bad:
+        raise ConfigError(f"invalid config ({where}): {'; '.join(_with_flag(p) for p in bad)}")
+    return config
+
+
+def _with_flag(problem: str) -> str:
+    key, _, msg = problem.partition(": ")
+    flag = FLAGS.get(key)
+    return f"{key} ({flag}): {msg}" if flag else problem
 
 
 def load_config(path: Path) -> RunConfig:

@@ -92,6 +92,16 @@ def task_on(task: TaskData, device: torch.device) -> TaskData:
     )
 
 
+def make_host(config: EnvConfig, task: TaskData) -> Host:
+    """The episode's host for ``config`` and ``task`` (the one place its shape is decided)."""
+    if config.topology == "cnn":
+        return build_host("cnn", cnn_host_config(config, task.num_classes))
+    seq = task.seq_len or 32
+    return build_host(
+        "transformer", TransformerHostConfig(vocab_size=task.num_classes, layers=config.slots, max_len=seq)
+    )
+
+
 def build_registry(config: EnvConfig, selection: Selection | None = None) -> Registry:
     """Load the selected levers and compose them with the kernel's heads for this config."""
     return Registry.open(CoreHeads(config.slots, blueprint_names(config.topology), config.topology), selection)
@@ -169,13 +179,7 @@ class MorphoEnv:
         self.epoch = 0
         self.log = self.base_log.bind(episode=episode, epoch=0)
         cfg = self.config
-        if cfg.topology == "cnn":
-            self.host = build_host("cnn", cnn_host_config(cfg, self.task.num_classes))
-        else:
-            seq = self.task.seq_len or 32
-            self.host = build_host(
-                "transformer", TransformerHostConfig(vocab_size=self.task.num_classes, layers=cfg.slots, max_len=seq)
-            )
+        self.host = make_host(cfg, self.task)
         self.host.to(self.device)
         self.base_params = sum(p.numel() for p in self.host.parameters())
         self.lifecycle = Lifecycle(

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.metadata as md
 import os
+import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, cast
 
@@ -62,6 +63,26 @@ class LoadFailure:
             f"lever {self.name!r} from {self.distribution} {self.version} "
             f"(entry point {self.name} = {self.entry_point}) failed to load: {self.error}"
         )
+
+
+@attrs.frozen
+class Quarantine:
+    """A lever taken out of a run after one of its hooks failed (``--on-lever-error quarantine``)."""
+
+    lever: str
+    distribution: str
+    hook: str
+    error: str
+
+    def describe(self) -> str:
+        return (
+            f"lever {self.lever!r} ({self.distribution}): {self.hook} failed ({self.error}); "
+            "its heads stay at their defaults and its hooks are skipped for the rest of the run"
+        )
+
+
+#: Hook time per lever: ``{lever: {hook: seconds}}``.
+Timings = dict[str, dict[str, float]]
 
 
 def _split(value: str | Sequence[str] | None) -> tuple[str, ...] | None:
@@ -133,11 +154,16 @@ def _dist_version(ep: md.EntryPoint) -> str:
 def load_levers(
     selection: Selection | None = None,
     entry_points: Iterable[md.EntryPoint] | None = None,
+    *,
+    listing: bool = False,
 ) -> LoadResult:
     """Load the selected levers, each on its own, in name order.
 
     A lever that fails to import is recorded as a :class:`LoadFailure`; it is
-    an error if the user named it, or if the selection is strict.
+    an error if the user named it, or if the selection is strict. ``listing``
+    (``esper levers list/show``) never raises for a lever that fails: a listing
+    tool must show what is broken. Relations between levers (``requires``,
+    ``conflicts_with``) are the selection's to satisfy and stay errors.
     """
     sel = selection or Selection.from_env()
     eps = list(entry_points) if entry_points is not None else installed_entry_points()
@@ -173,7 +199,7 @@ def load_levers(
             plugin = ep.load()
         except Exception as exc:
             fail = LoadFailure(name, _dist_name(ep), _dist_version(ep), ep.value, f"{type(exc).__name__}: {exc}")
-            if sel.strict or (sel.only is not None and name in sel.only):
+            if not listing and (sel.strict or (sel.only is not None and name in sel.only)):
                 why = "" if not sel.strict else f" ({ENV_STRICT}=1)"
                 raise PluginError(fail.describe() + why) from exc
             failures.append(fail)
@@ -269,6 +295,14 @@ class Registry:
         self.safety: dict[str, CompileSafety] = self._compose_safety()
         self.masks = MaskComposer(self.space, self._mask_sources())
         self.stage_hooks: tuple[StageHook, ...] = self._stage_hooks()
+        #: "stop": a lever failing at run time stops the run; "quarantine": the lever is frozen and the run goes on.
+        self.fault_policy = "stop"
+        self.quarantined: dict[str, Quarantine] = {}
+        #: Told of every quarantine as it happens (the run logs and shows it).
+        self.on_quarantine: Callable[[Quarantine], None] | None = None
+        #: Seconds spent in each lever's run-time hooks, ``{lever: {hook: s}}``.
+        self.timings: Timings = self.masks.timings
+        self.masks.on_fault = self.quarantine
 
     @classmethod
     def open(
@@ -276,14 +310,39 @@ class Registry:
         core: object,
         selection: Selection | None = None,
         entry_points: Iterable[md.EntryPoint] | None = None,
+        *,
+        listing: bool = False,
     ) -> Registry:
         """Load the selected levers and compose them with ``core``.
 
         What every command does first. Failures that the selection tolerates
-        are kept on :attr:`failures` for the caller to report.
+        are kept on :attr:`failures` for the caller to report; with
+        ``listing`` every failure is tolerated (see :func:`load_levers`).
         """
-        result = load_levers(selection, entry_points)
-        return cls(core, result.levers, result.failures, installed=result.installed)
+        sel = selection or Selection.from_env()
+        result = load_levers(sel, entry_points, listing=listing)
+        levers = list(result.levers)
+        failures = list(result.failures)
+        named = set(sel.only or ())
+        while True:
+            try:
+                return cls(core, levers, failures, installed=result.installed)
+            except PluginError as exc:
+                # Tolerant means tolerant: a lever whose declarations are invalid is
+                # dropped and reported like one that fails to import, unless the
+                # user named it or asked for strictness. Every message names the
+                # lever at fault; the last one named is the one that clashed.
+                culprit = next((lv for lv in reversed(levers) if f"lever {lv.name!r}" in str(exc)), None)
+                if culprit is None or (not listing and (sel.strict or culprit.name in named)):
+                    if sel.strict and culprit is not None:
+                        raise PluginError(f"{exc} ({ENV_STRICT}=1)") from exc
+                    raise
+                levers.remove(culprit)
+                failures.append(
+                    LoadFailure(
+                        culprit.name, culprit.distribution, culprit.version, culprit.entry_point, _one_line(exc)
+                    )
+                )
 
     # -- resolution ------------------------------------------------------
 
@@ -395,16 +454,48 @@ class Registry:
         """Run every lever's ``on_enter_stage`` in lever order, the core first."""
         args = {"seed": seed, "old": old, "new": new}
         for hook in self.stage_hooks:
+            if hook.lever in self.quarantined:
+                continue
+            started = time.perf_counter()
             try:
                 hook.fn(**{a: args[a] for a in hook.argnames})
             except Exception as exc:
-                raise PluginError(
+                err = PluginError(
                     f"lever {hook.lever!r} ({hook.distribution}): on_enter_stage({old.name} -> "
                     f"{new.name}) raised {type(exc).__name__}: {exc}"
-                ) from exc
+                )
+                if not self.quarantine(hook.lever, "on_enter_stage", err):
+                    raise err from exc
+            finally:
+                self.add_time(hook.lever, "on_enter_stage", time.perf_counter() - started)
+
+    def add_time(self, lever: str, hook: str, seconds: float) -> None:
+        per = self.timings.setdefault(lever, {})
+        per[hook] = per.get(hook, 0.0) + seconds
+
+    def quarantine(self, lever: str, hook: str, error: BaseException) -> bool:
+        """Take ``lever`` out of the run if the fault policy allows; True if it did (or had).
+
+        The kernel's own plugin is never quarantined: without it there is no run.
+        """
+        if lever in self.quarantined:
+            return True
+        if self.fault_policy != "quarantine" or lever == CORE_NAME:
+            return False
+        info = self.info(lever)
+        q = Quarantine(lever, info.distribution, hook, _one_line(error))
+        self.quarantined[lever] = q
+        self.masks.frozen.add(lever)
+        if self.on_quarantine is not None:
+            self.on_quarantine(q)
+        return True
 
     def observed_fields(self) -> tuple[ComposedField, ...]:
         return tuple(f for f in self.fields if f.spec.observed)
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
 
 
 def _ignore_view(fn: Callable[[], Any]) -> Callable[[Any], Any]:

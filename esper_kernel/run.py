@@ -9,6 +9,7 @@ uninterrupted run with the same seed gives.
 from __future__ import annotations
 
 import json
+import tempfile
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -19,19 +20,23 @@ import attrs
 import torch
 
 from esper_kernel import checkpoint
+from esper_kernel.bounds import MAX_HOST_PARAMS, measure_host
 from esper_kernel.checkpoint import CheckpointError
 from esper_kernel.config import RunConfig, structure_config, unstructure_config
 from esper_kernel.devices import rng_states, set_rng_states
-from esper_kernel.env import EnvBatch, MorphoEnv, build_registry, load_task
+from esper_kernel.env import EnvBatch, MorphoEnv, build_registry, load_task, make_host, observation_names
 from esper_kernel.errors import EsperError, PluginError, SelectionError
-from esper_kernel.registry import LoadFailure, Registry, Selection, installed_entry_points
+from esper_kernel.registry import LoadFailure, Quarantine, Registry, Selection, installed_entry_points
 from esper_kernel.specs import Safety
 from esper_kernel.tamiyo.policies import HeuristicPolicy, Policy, RandomPolicy
 from esper_kernel.telemetry import Telemetry
+from esper_kernel.watch import CompileWatch, HookWatch
 
 CHECKPOINT = "checkpoint.pt"
 EVENTS = "events.jsonl"
 SUMMARY = "summary.json"
+#: The files that make a directory hold a run.
+RUN_FILES = (EVENTS, SUMMARY, CHECKPOINT)
 
 
 @attrs.frozen
@@ -77,12 +82,88 @@ def make_policy(spec: str, registry: Registry, obs_dim: int, seed: int) -> Polic
     return load_policy(path, registry, obs_dim)
 
 
+def check_out(out: Path, *, overwrite: bool, flag: str = "--out") -> None:
+    """Refuse an output directory that cannot be written, or that holds a run, before touching it.
+
+    Nothing is created or changed here; the nearest existing ancestor is probed
+    with a temporary file because permission bits do not tell the truth for
+    root or for read-only mounts.
+    """
+    for parent in (out, *out.parents):
+        if not parent.exists():
+            continue
+        if not parent.is_dir():
+            raise EsperError(f"{flag} {out}: {parent} is a file, not a directory")
+        try:
+            with tempfile.TemporaryFile(dir=parent):
+                pass
+        except OSError as exc:
+            raise EsperError(f"{flag} {out}: cannot write in {parent} ({exc.strerror or exc})") from None
+        break
+    held = [name for name in RUN_FILES if (out / name).exists()]
+    if held and not overwrite:
+        raise EsperError(
+            f"{flag} {out} already holds a run ({', '.join(held)}); pass --overwrite to replace it, "
+            f"--resume {out} to continue it, or choose another {flag}"
+        )
+
+
+def _prepare_out(out: Path, state: dict[str, Any] | None) -> int:
+    """Make ``out`` ready to write; returns how many superseded events a resume dropped.
+
+    A fresh run (validated, so ``--overwrite`` was given if a run was here)
+    removes the old run's files so no stale summary sits beside new events. A
+    resumed run cuts ``events.jsonl`` back to what the checkpoint had seen, so
+    epochs run again after the checkpoint are not listed twice.
+    """
+    out.mkdir(parents=True, exist_ok=True)
+    checkpoint.remove_stale_temps(out)
+    if state is None:
+        for name in RUN_FILES:
+            (out / name).unlink(missing_ok=True)
+        return 0
+    size = state.get("events_bytes")
+    if not isinstance(size, int):
+        return 0
+    return truncate_events(out / EVENTS, size)
+
+
+def truncate_events(path: Path, size: int) -> int:
+    """Cut the events after byte ``size`` (the checkpoint's), atomically; returns how many were dropped.
+
+    The run's own ``run.*`` events after the checkpoint (an interruption, a
+    failure) are kept: they are history, not epochs that will be run again. A
+    torn last line (a kill mid-write) is dropped with the rest.
+    """
+    if not path.exists():
+        return 0
+    data = path.read_bytes()
+    if len(data) <= size:
+        return 0
+    kept, dropped = [data[:size]], 0
+    for line in data[size:].splitlines(keepends=True):
+        if not line.strip():
+            continue
+        try:
+            event = json.loads(line).get("event", "")
+        except (ValueError, AttributeError):
+            event = ""
+        if isinstance(event, str) and event.startswith("run.") and line.endswith(b"\n"):
+            kept.append(line)
+        else:
+            dropped += 1
+    checkpoint.write_atomic(b"".join(kept), path)
+    return dropped
+
+
 def run(
     config: RunConfig,
     *,
     resume: Path | None = None,
+    overwrite: bool = False,
     on_epoch: Callable[[EpochReport], None] | None = None,
     on_start: Callable[[int, int], None] | None = None,
+    on_warning: Callable[[str], None] | None = None,
     on_failures: Callable[[Sequence[LoadFailure]], None] | None = None,
     stop_after: int | None = None,
     console: bool = False,
@@ -90,21 +171,32 @@ def run(
 ) -> dict[str, Any]:
     """Run (or resume) one episode; returns the summary also written to ``summary.json``.
 
-    ``on_start(epochs, first_epoch)`` is called once everything is loaded
-    and checked, right before the first epoch, so a display never starts for
-    a run that fails to set up. ``on_failures`` is told the levers that failed
-    to load, right after they are written to the stream. ``stop_after`` ends
-    the run after that many epochs as an interruption would (checkpoint
-    written, no summary), for resuming later. ``sinks`` are extra structlog
-    processors fed every event (``--tensorboard``).
+    Everything the run needs (config ranges, the output directory, levers, the
+    policy, the task and the host's size) is checked before the output
+    directory is touched, so a mistake never costs an earlier run its files.
+    Once the event stream is open, a run that stops on an error ends it with
+    ``run.failed``. ``on_start(epochs, first_epoch)`` is called right before
+    the first epoch, so a display never starts for a run that fails to set up.
+    ``on_failures`` is told the levers that failed to load, right after they
+    are written to the stream (without it, each is an ``on_warning`` line);
+    ``on_warning`` gets the other lines a person should see (levers
+    quarantined, slow hooks, the host's size). ``stop_after`` ends the run
+    after that many epochs as an interruption would (checkpoint written, no
+    summary), for resuming later. ``sinks`` are extra structlog processors
+    fed every event (``--tensorboard``).
     """
+    warn = on_warning or (lambda _msg: None)
     state: dict[str, Any] | None = None
     if resume is not None:
+        if overwrite:
+            raise EsperError("--resume continues a run and --overwrite replaces one; pass only one")
         state = checkpoint.load(resume / CHECKPOINT)
         config = structure_config(state["config"], where=f"{resume / CHECKPOINT} config")
         out = resume
+        check_out(out, overwrite=True, flag="--resume")
     else:
         out = Path(config.out)
+        check_out(out, overwrite=overwrite)
     selection = Selection.from_env(levers=config.levers)
     try:
         registry = build_registry(config.env, selection)
@@ -118,8 +210,22 @@ def run(
         _check_levers(state, registry, resume)
     if config.env.compile:
         check_compile_safety(registry, config.allow_graph_breaks)
+    registry.fault_policy = config.on_lever_error
+    task = load_task(config.env, config.seed)
+    size = measure_host(
+        lambda: make_host(config.env, task), task.train_x[:1], config.env.batch_size, max_params=MAX_HOST_PARAMS
+    )
+    if size.params > MAX_HOST_PARAMS:
+        raise EsperError(
+            f"env.slots={config.env.slots}, env.width={config.env.width}: the host would have {size.params:,} "
+            f"parameters, over the maximum of {MAX_HOST_PARAMS:,}; use fewer slots or a smaller width"
+        )
+    obs_dim = len(observation_names(registry, config.env.slots))
+    policy = make_policy(config.policy, registry, obs_dim, config.seed)
     run_id = state["run_id"] if state is not None else uuid.uuid4().hex[:12]
     started = time.perf_counter()
+    # -- everything is checked: from here on the run writes to ``out``.
+    superseded = _prepare_out(out, state)
     with Telemetry(out / EVENTS, run_id, console=console, append=state is not None, sinks=sinks) as tel:
         tel.log.info(
             "run.started",
@@ -127,18 +233,29 @@ def run(
             levers=lever_records(registry),
             failed_levers=[attrs.asdict(f) for f in registry.failures],
             resumed_from_epoch=state["env"]["epoch"] if state is not None else None,
+            superseded_events=superseded,
             heads=list(registry.space.names),
+            host_params=size.params,
+            host_memory_bytes=size.memory_bytes,
             head_choices=head_choices(registry),
         )
+        warn(size.describe())
         for failure in registry.failures:
             tel.log.warning("plugin.failed", **attrs.asdict(failure))
         if registry.failures and on_failures is not None:
             on_failures(registry.failures)
-        task = load_task(config.env, config.seed)
+        else:
+            for failure in registry.failures:
+                warn(f"dropped {failure.describe()}")
         env = MorphoEnv(config.env, registry, task, tel.log, index=0)
+
+        def quarantined(q: Quarantine) -> None:
+            env.log.warning("lever.quarantined", **attrs.asdict(q))  # bound to the epoch it happened in
+            warn(f"quarantined {q.describe()}")
+
+        registry.on_quarantine = quarantined
         envs = EnvBatch([env])
         obs = envs.reset([config.seed])
-        policy = make_policy(config.policy, registry, env.obs_dim, config.seed)
         total = 0.0
         if state is not None:
             env.load_state_dict(state["env"])
@@ -146,24 +263,33 @@ def run(
             set_rng_states({"cpu": state["rng"], **({"cuda": state["cuda_rng"]} if state.get("cuda_rng") else {})})
             total = float(state["return"])
             obs = envs.observe()
+        watch = HookWatch(registry, tel.log, warn)
+        compile_watch = CompileWatch(registry, tel.log, warn) if config.env.compile else None
         if on_start is not None:
             on_start(config.env.epochs, env.epoch)
         while not env.done:
+            watch.epoch_started()
             masks = envs.masks()
             with torch.no_grad():
                 sampled = policy.act(obs, masks, envs)
             result = envs.step(sampled.actions)[0]
             total += result.reward
             obs = result.obs[None]
+            watch.epoch_ended(env.epoch - 1)
             if env.epoch % config.checkpoint_every == 0 or env.done:
-                _save(out, config, run_id, env, policy, total, registry)
+                _save(out, config, run_id, env, policy, total, registry, tel)
             if on_epoch is not None:
                 on_epoch(EpochReport(env.epoch, config.env.epochs, result.epoch.val_accuracy, _stages(env)))
             if stop_after is not None and env.epoch >= stop_after and not env.done:
                 tel.log.info("run.interrupted", at_epoch=env.epoch)
                 return {"interrupted_at": env.epoch}
+        compile_stats = compile_watch.episode_ended() if compile_watch is not None else None
         summary = _summary(run_id, config, env, registry, total, time.perf_counter() - started, out)
-        (out / SUMMARY).write_text(json.dumps(summary, indent=2) + "\n", encoding="utf-8")
+        summary["hook_seconds"] = watch.totals()
+        summary["quarantined"] = [attrs.asdict(q) for q in registry.quarantined.values()]
+        if compile_stats is not None:
+            summary["compile"] = compile_stats
+        checkpoint.write_atomic((json.dumps(summary, indent=2) + "\n").encode("utf-8"), out / SUMMARY)
         tel.log.info("run.finished", **{k: v for k, v in summary.items() if k != "config"})
     return summary
 
@@ -183,7 +309,14 @@ def _load_policy_state(policy: Policy, state: dict[str, Any]) -> None:
 
 
 def _save(
-    out: Path, config: RunConfig, run_id: str, env: MorphoEnv, policy: Policy, total: float, reg: Registry
+    out: Path,
+    config: RunConfig,
+    run_id: str,
+    env: MorphoEnv,
+    policy: Policy,
+    total: float,
+    reg: Registry,
+    tel: Telemetry,
 ) -> None:
     levers: dict[str, Any] = {}
     for lv in reg.levers:
@@ -204,6 +337,8 @@ def _save(
             "cuda_rng": rng_states().get("cuda"),
             "return": total,
             "levers": levers,
+            # What the event stream held at this epoch: a resume cuts it back here.
+            "events_bytes": tel.position(),
         },
         out / CHECKPOINT,
     )

@@ -8,7 +8,8 @@ Five tasks are registered in :data:`TASKS`:
 * ``shapes`` -- a generated 10-class 3x32x32 image classification task (:func:`make_shapes`).
 * ``sequences`` -- generated token sequences for a causal language model
   (:func:`make_sequences`).
-* ``cifar10`` -- CIFAR-10 read from the python-pickle files on local disk (:func:`load_cifar10`).
+* ``cifar10`` -- CIFAR-10 read from the python-pickle files on local disk (:func:`load_cifar10`),
+  through an unpickler that admits only the types those files use.
 * ``text`` -- a character-level language model task over local UTF-8 text (:func:`load_text`).
 
 Nothing here downloads anything: the two loaders read only what is already on disk and
@@ -480,14 +481,50 @@ def _cifar_dir(data_dir: Path) -> Path:
     return nested if nested.is_dir() else data_dir
 
 
+#: Every global a CIFAR-10 batch pickle refers to: numpy's array reconstruction (numpy 1
+#: and 2 spell its module differently) and the codec protocol 2 uses for bytes.
+_CIFAR_GLOBALS = frozenset(
+    {
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("_codecs", "encode"),
+    }
+)
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """Unpickles a CIFAR-10 batch and nothing else.
+
+    Unpickling calls whatever callables the file names, so a crafted
+    ``data_batch_1`` could run code. Only the globals a batch is made of are
+    resolved; anything else is refused before it is imported or called.
+    """
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in _CIFAR_GLOBALS:
+            raise pickle.UnpicklingError(
+                f"refused to load {module}.{name}: a CIFAR-10 batch holds only arrays, lists, bytes and numbers"
+            )
+        if module == "numpy.core.multiarray":
+            # numpy 2 warns on the old module path; the object is the same.
+            try:
+                import numpy._core.multiarray as multiarray
+            except ImportError:
+                return super().find_class(module, name)
+            return multiarray._reconstruct
+        return super().find_class(module, name)
+
+
 def _read_cifar_batch(path: Path) -> tuple[Tensor, Tensor]:
     """Read one CIFAR-10 pickle into uint8 ``[N, 3, 32, 32]`` images and int64 labels."""
     try:
         with path.open("rb") as fh:
-            # The files are trusted local data in the official format; pickle is that format.
-            raw: Any = pickle.load(fh, encoding="bytes")
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError) as exc:
-        raise TaskError(f"{path} is not a readable CIFAR-10 pickle: {exc}") from exc
+            raw: Any = _CifarUnpickler(fh, encoding="bytes").load()
+    except Exception as exc:
+        # Any failure to parse is the file's fault, whatever part of pickle noticed it.
+        raise TaskError(f"{path} is not a readable CIFAR-10 pickle: {type(exc).__name__}: {exc}") from exc
     if not isinstance(raw, Mapping):
         raise TaskError(f"{path} is not a CIFAR-10 batch: expected a dict")
 
@@ -498,8 +535,11 @@ def _read_cifar_batch(path: Path) -> tuple[Tensor, Tensor]:
                 return raw[k]
         raise TaskError(f"{path} is not a CIFAR-10 batch: missing key {key!r}")
 
-    data = torch.as_tensor(_as_uint8_rows(field("data"), path))
-    labels = torch.as_tensor(list(field("labels")), dtype=torch.long)
+    try:
+        data = torch.as_tensor(_as_uint8_rows(field("data"), path))
+        labels = torch.as_tensor(list(field("labels")), dtype=torch.long)
+    except (TypeError, ValueError, RuntimeError, OverflowError) as exc:
+        raise TaskError(f"{path} is not a CIFAR-10 batch: {type(exc).__name__}: {exc}") from exc
     if data.shape[0] != labels.shape[0]:
         raise TaskError(f"{path}: {data.shape[0]} images but {labels.shape[0]} labels")
     if labels.numel() and (labels.min() < 0 or labels.max() > 9):

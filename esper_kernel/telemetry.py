@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 import time
 from collections.abc import MutableMapping, Sequence
@@ -17,7 +18,9 @@ from typing import IO, Any
 import structlog
 
 #: Events shown on the console; everything goes to the JSON file.
-CONSOLE_EVENTS = frozenset({"run.started", "run.finished", "ppo.update", "plugin.failed", "telemetry.invalid"})
+CONSOLE_EVENTS = frozenset(
+    {"run.started", "run.finished", "run.failed", "ppo.update", "plugin.failed", "telemetry.invalid"}
+)
 
 
 def _json_default(obj: Any) -> Any:
@@ -106,6 +109,13 @@ class Telemetry:
             cache_logger_on_first_use=False,
         ).bind(run_id=run_id, env=None, episode=None, epoch=None)
 
+    def position(self) -> int | None:
+        """Bytes written to the event file so far (None without a file)."""
+        if self._file is None:
+            return None
+        self._file.flush()
+        return os.fstat(self._file.fileno()).st_size
+
     def close(self) -> None:
         for sink in self._sinks:
             close = getattr(sink, "close", None)
@@ -119,8 +129,23 @@ class Telemetry:
     def __enter__(self) -> Telemetry:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, _tb: object) -> None:
+        # A stream that just stops cannot be told from one still being written:
+        # a run that stops on an error says so, and why, as its last event.
+        try:
+            if exc is not None and self._file is not None:
+                if isinstance(exc, KeyboardInterrupt):
+                    self.log.warning("run.interrupted", reason="KeyboardInterrupt")
+                else:
+                    self.log.error("run.failed", error=one_line(exc), error_type=type(exc).__name__)
+        finally:
+            self.close()
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception as the single line a user is shown."""
+    text = " ".join(str(exc).split())
+    return text or type(exc).__name__
 
 
 def _drop(_logger: Any, _method: str, _event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:

@@ -8,6 +8,7 @@ through the same code a real run uses.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -252,15 +253,26 @@ def compute_fields(
 
 
 def _field_value(registry: Registry, f: ComposedField, ctx: FieldContext) -> float | None:
+    if f.lever in registry.quarantined:
+        return None
+    started = time.perf_counter()
     try:
         v: Any = f.spec.compute(ctx)
+        if isinstance(v, str | bytes):
+            # float("1.5") would pass a string off as a number; a field returns numbers.
+            raise TypeError(f"got {type(v).__name__} {v!r}")
         return None if v is None else float(v)
     except Exception as exc:
         info = registry.info(f.lever)
-        raise PluginError(
+        err = PluginError(
             f"{info.label}: telemetry field {f.key!r} failed ({type(exc).__name__}: {exc}); "
             "it must return a number or None"
-        ) from exc
+        )
+        if registry.quarantine(f.lever, "telemetry_fields", err):
+            return None
+        raise err from exc
+    finally:
+        registry.add_time(f.lever, "telemetry_fields", time.perf_counter() - started)
 
 
 def _epoch_seeds(lifecycle: Lifecycle, epoch: int) -> list[Any]:

@@ -46,6 +46,9 @@ def compile_safety():
     return CompileSafety("none")
 """
 
+#: Strict mode: a lever with an invalid declaration is an error, not dropped.
+STRICT = Selection(strict=True)
+
 BROKEN = """
 raise ImportError("needs libfoo >= 2")
 """
@@ -190,7 +193,7 @@ def test_unknown_hook_name(lever_dist: LeverDists) -> None:
         version="1.2",
     )
     with pytest.raises(PluginError) as err:
-        lever_dist.registry()
+        lever_dist.registry(STRICT)
     names_all(str(err.value), "'typo'", "acme-typo 1.2", "'action_heads'", "action_head, mask")
 
 
@@ -199,56 +202,56 @@ def test_duplicate_head_across_two_distributions_names_both(lever_dist: LeverDis
     lever_dist("second", head_lever(head="speed"), dist="acme-second", version="2.0")
 
     with pytest.raises(PluginError) as err:
-        lever_dist.registry()
+        lever_dist.registry(STRICT)
     names_all(str(err.value), "'speed'", "'first' (acme-first 1.0)", "'second' (acme-second 2.0)")
 
 
 def test_head_shadowing_a_core_head_names_the_kernel_and_the_lever(lever_dist: LeverDists) -> None:
     lever_dist("shadow", head_lever(head="blend"))
     with pytest.raises(PluginError) as err:
-        lever_dist.registry()
+        lever_dist.registry(STRICT)
     names_all(str(err.value), "'blend'", "esper-kernel", "'shadow' (esper-lever-shadow 1.0)")
 
 
 def test_head_with_fewer_than_two_choices(lever_dist: LeverDists) -> None:
     lever_dist("solo", head_lever(choices="('a',)", values="(1,)"))
     with pytest.raises(PluginError) as err:
-        lever_dist.registry()
+        lever_dist.registry(STRICT)
     names_all(str(err.value), "'solo'", "esper-lever-solo", "'speed'", "at least 2 choices")
 
 
 def test_default_outside_choices(lever_dist: LeverDists) -> None:
     lever_dist("lax", head_lever(default="'z'"))
     with pytest.raises(PluginError) as err:
-        lever_dist.registry()
+        lever_dist.registry(STRICT)
     names_all(str(err.value), "'lax'", "esper-lever-lax", "'speed'", "default 'z'")
 
 
 def test_values_and_choices_length_mismatch(lever_dist: LeverDists) -> None:
     lever_dist("short", head_lever(values="(1, 2)"))
     with pytest.raises(PluginError) as err:
-        lever_dist.registry()
+        lever_dist.registry(STRICT)
     names_all(str(err.value), "'short'", "esper-lever-short", "'speed'", "3 choices but 2 values")
 
 
 def test_action_head_returning_junk(lever_dist: LeverDists) -> None:
     lever_dist("junk", "from esper_kernel import hookimpl\n\n@hookimpl\ndef action_head():\n    return 42\n")
     with pytest.raises(PluginError) as err:
-        lever_dist.registry()
+        lever_dist.registry(STRICT)
     names_all(str(err.value), "'junk'", "esper-lever-junk", "action_head()", "int")
 
 
 def test_condition_on_unknown_head(lever_dist: LeverDists) -> None:
     lever_dist("cond", head_lever(condition="HeadCondition('nohead', ('x',))"))
     with pytest.raises(PluginError) as err:
-        lever_dist.registry()
+        lever_dist.registry(STRICT)
     names_all(str(err.value), "'cond'", "esper-lever-cond", "'speed'", "'nohead'")
 
 
 def test_condition_on_unknown_choice(lever_dist: LeverDists) -> None:
     lever_dist("cond", head_lever(condition="HeadCondition('blend', ('cubic',))"))
     with pytest.raises(PluginError) as err:
-        lever_dist.registry()
+        lever_dist.registry(STRICT)
     names_all(str(err.value), "'cond'", "esper-lever-cond", "'speed'", "blend='cubic'", "'linear'")
 
 
@@ -267,7 +270,7 @@ def test_conflicts_with_an_active_lever(lever_dist: LeverDists) -> None:
     lever_dist("slow", NO_HEAD)
 
     with pytest.raises(PluginError) as err:
-        lever_dist.registry()
+        lever_dist.registry(STRICT)
     names_all(str(err.value), "'fast'", "acme-fast", "'slow'", "conflicts")
     assert lever_dist.registry(Selection.from_env(levers="fast")).names == ("fast",)
 
@@ -351,7 +354,7 @@ RAISING = {
 def test_hook_that_raises_is_named_with_its_distribution(lever_dist: LeverDists, hook: str) -> None:
     lever_dist("fragile", f"from esper_kernel import hookimpl\n\n@hookimpl\n{RAISING[hook]}\n", dist="acme-fragile")
     with pytest.raises(PluginError) as err:
-        reg = lever_dist.registry()
+        reg = lever_dist.registry(STRICT)
         # Hooks not called at composition are called where the kernel uses them.
         reg.masks(make_view(reg))
         reg.enter_stage(make_seed(reg), Stage.DORMANT, Stage.GERMINATED)
@@ -364,14 +367,14 @@ def test_telemetry_fields_returning_a_non_field(lever_dist: LeverDists, returned
         "noisy", f"from esper_kernel import hookimpl\n\n@hookimpl\ndef telemetry_fields():\n    return {returned}\n"
     )
     with pytest.raises(PluginError) as err:
-        lever_dist.registry()
+        lever_dist.registry(STRICT)
     names_all(str(err.value), "'noisy'", "esper-lever-noisy", "telemetry_fields()", "TelemetryField")
 
 
 def test_compile_safety_returning_junk(lever_dist: LeverDists) -> None:
     lever_dist("vague", "from esper_kernel import hookimpl\n\n@hookimpl\ndef compile_safety():\n    return 'none'\n")
     with pytest.raises(PluginError) as err:
-        lever_dist.registry()
+        lever_dist.registry(STRICT)
     names_all(str(err.value), "'vague'", "esper-lever-vague", "compile_safety()", "CompileSafety", "str")
 
 

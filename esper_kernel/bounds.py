@@ -1,0 +1,220 @@
+"""The range of every value a user can type, and the size of the host it asks for.
+
+Every run config (from TOML, flags or a checkpoint) is checked here before a
+run touches its output directory, so a bad value is one line naming the key,
+never a traceback from deep inside training or a run that silently trains on
+NaN. The limits are documented in ``docs/config.md`` and ``docs/reliability.md``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import attrs
+
+if TYPE_CHECKING:
+    from esper_kernel.config import RunConfig
+    from esper_kernel.env import EnvConfig
+
+#: Most seed slots a host may have. Each slot adds a block (CNN) or a layer
+#: (transformer) and a live seed per slot; past this a CPU run stops being an
+#: experiment and becomes a memory test.
+MAX_SLOTS = 8
+#: Most host epochs in one episode.
+MAX_EPOCHS = 100_000
+#: Largest CNN host width (channels of the stem).
+MAX_WIDTH = 1024
+#: Most examples in a generated task split (a shapes image is 12 KiB as float32).
+MAX_EXAMPLES = 200_000
+#: Largest batch size.
+MAX_BATCH = 65_536
+#: Largest ``checkpoint_every``.
+MAX_CHECKPOINT_EVERY = MAX_EPOCHS
+#: Most parameters a host may start with (400 MiB of float32 weights).
+MAX_HOST_PARAMS = 100_000_000
+#: Seeds must fit torch's 64-bit generator seed.
+MAX_SEED = 2**63 - 1
+
+#: What ``on_lever_error`` may say: stop the run, or quarantine the lever and continue.
+LEVER_ERROR_POLICIES = ("stop", "quarantine")
+
+#: The flag that sets each key on ``esper run``, so a message can name what the user typed.
+FLAGS = {
+    "policy": "--policy",
+    "levers": "--levers",
+    "seed": "--seed",
+    "out": "--out",
+    "env.task": "--task",
+    "env.data_dir": "--data-dir",
+    "env.epochs": "--epochs",
+    "env.slots": "--slots",
+    "env.width": "--width",
+    "on_lever_error": "--on-lever-error",
+}
+
+
+def _int_range(lo: int, hi: int) -> Callable[[Any], str | None]:
+    def check(v: Any) -> str | None:
+        if not lo <= v <= hi:
+            return f"must be between {lo} and {hi}, got {v}"
+        return None
+
+    return check
+
+
+def _finite(lo: float, lo_open: bool, hi: float) -> Callable[[Any], str | None]:
+    def check(v: Any) -> str | None:
+        if not math.isfinite(v):
+            return f"must be a finite number, got {v}"
+        if v < lo or (lo_open and v == lo) or v > hi:
+            return f"must be {'>' if lo_open else '>='} {lo} and <= {hi}, got {v}"
+        return None
+
+    return check
+
+
+_ENV_CHECKS: dict[str, Callable[[Any], str | None]] = {
+    "epochs": _int_range(1, MAX_EPOCHS),
+    "slots": _int_range(1, MAX_SLOTS),
+    "batch_size": _int_range(1, MAX_BATCH),
+    "train_size": _int_range(1, MAX_EXAMPLES),
+    "val_size": _int_range(1, MAX_EXAMPLES),
+    "width": _int_range(1, MAX_WIDTH),
+    "host_lr": _finite(0.0, True, 10.0),
+    "param_rent": _finite(0.0, False, 1e6),
+}
+
+
+def env_problems(env: EnvConfig, prefix: str = "env.") -> list[str]:
+    """Every out-of-range value of an episode's config, as ``env.key: what is wrong``."""
+    from esper_kernel.tasks import TASKS
+
+    problems: list[str] = []
+    for key, check in _ENV_CHECKS.items():
+        value = getattr(env, key, None)
+        if value is not None and (msg := check(value)) is not None:
+            problems.append(f"{prefix}{key}: {msg}")
+    if env.task not in TASKS:
+        problems.append(f"{prefix}task: unknown task {env.task!r}; known tasks: {', '.join(sorted(TASKS))}")
+    if env.data_dir is not None and not env.data_dir.strip():
+        problems.append(f"{prefix}data_dir: is empty; leave it out for the generated tasks")
+    return problems
+
+
+def finite_problems(**values: float | None) -> list[str]:
+    """``name: must be a finite number`` for every NaN or infinite value given (None is skipped)."""
+    return [
+        f"{k}: must be a finite number, got {v}" for k, v in values.items() if v is not None and not math.isfinite(v)
+    ]
+
+
+def config_problems(config: RunConfig) -> list[str]:
+    """Every out-of-range value in ``config``, as ``key: what is wrong`` (empty if none)."""
+    problems = env_problems(config.env)
+    if (msg := _int_range(1, MAX_CHECKPOINT_EVERY)(config.checkpoint_every)) is not None:
+        problems.append(f"checkpoint_every: {msg}")
+    if (msg := _int_range(0, MAX_SEED)(config.seed)) is not None:
+        problems.append(f"seed: {msg}")
+    if config.levers is not None:
+        names = [n.strip() for n in config.levers]
+        if not any(names):
+            problems.append(
+                "levers: names no lever; leave it out for every installed lever, "
+                "or set ESPER_DISABLE_PLUGIN_AUTOLOAD=1 to run with none"
+            )
+        elif not all(names):
+            problems.append(f"levers: has an empty name in {list(config.levers)}")
+    if config.on_lever_error not in LEVER_ERROR_POLICIES:
+        problems.append(
+            f"on_lever_error: must be one of {', '.join(LEVER_ERROR_POLICIES)}, got {config.on_lever_error!r}"
+        )
+    if not config.out.strip():
+        problems.append("out: is empty")
+    if not config.policy.strip():
+        problems.append("policy: is empty; use 'heuristic', 'random' or a policy file")
+    return problems
+
+
+@attrs.frozen
+class HostSize:
+    """What a host costs before it grows: parameters and a training-memory estimate."""
+
+    params: int
+    activations: int
+    #: Bytes: float32 weights, gradients and two optimizer moments, plus one batch's
+    #: activations kept for backward and their gradients.
+    memory_bytes: int
+
+    def describe(self) -> str:
+        return f"host: {self.params:,} parameters, about {_human_bytes(self.memory_bytes)} to train"
+
+
+def _human_bytes(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    raise AssertionError("unreachable")
+
+
+def measure_host(
+    host_factory: Callable[[], Any], example: Any, batch_size: int, max_params: int | None = None
+) -> HostSize:
+    """Size a host: parameters counted on torch's meta device (nothing allocated), then, if
+    within ``max_params``, activations from one forward pass of a batch of one.
+
+    Above ``max_params`` the activations are not measured (0), so a host too big to build is
+    never built. The global RNG is left as it was: sizing must not change the run.
+    """
+    import torch
+
+    with torch.device("meta"), _skip_in_place():
+        params = sum(p.numel() for p in host_factory().parameters())
+    if max_params is not None and params > max_params:
+        return HostSize(params, 0, 4 * 4 * params)
+    acts = 0
+
+    def count(_m: Any, _inp: Any, out: Any) -> None:
+        nonlocal acts
+        if isinstance(out, torch.Tensor):
+            acts += out.numel()
+
+    # A forward on meta tensors would need no memory but imports torch's decompositions
+    # (seconds on every start); a batch of one on the real, bounded host costs milliseconds.
+    with torch.random.fork_rng(devices=[]), torch.no_grad():
+        host = host_factory()
+        host.eval()  # batch norm refuses a batch of one in training mode
+        leaves = [m for m in host.modules() if not list(m.children())]
+        handles = [m.register_forward_hook(count) for m in leaves]
+        try:
+            host(example)
+        finally:
+            for h in handles:
+                h.remove()
+    # ``example`` is a batch of one, so ``acts`` is per example.
+    memory = 4 * (4 * params + 2 * acts * batch_size)
+    return HostSize(params, acts, memory)
+
+
+def _skip_in_place() -> Any:
+    """A torch function mode in which in-place ops on meta tensors do nothing."""
+    from torch.overrides import TorchFunctionMode
+
+    class SkipInPlace(TorchFunctionMode):
+        """Makes in-place ops (weight init) no-ops: on meta tensors they change no shape, and
+        ``normal_`` on meta imports torch's decompositions, seconds on every start."""
+
+        def __torch_function__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+            kwargs = kwargs or {}
+            name = getattr(func, "__name__", "")
+            if name.endswith("_") and not name.startswith("_"):
+                # nn.init passes the tensor by keyword, Tensor methods positionally.
+                target = args[0] if args else kwargs.get("tensor")
+                if getattr(target, "is_meta", False):
+                    return target
+            return func(*args, **kwargs)
+
+    return SkipInPlace()

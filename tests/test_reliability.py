@@ -1,0 +1,294 @@
+"""Reliability as a careless or hostile user meets it: bad values, reused output
+directories, interrupted runs, crafted data files. Each test is a case from
+issue 15 and checks what the user would: the exit status, the one line on
+stderr, and that no file of an earlier run was lost.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from click.testing import CliRunner, Result
+
+from esper_kernel.cli import main
+from esper_kernel.config import RunConfig, with_overrides
+from esper_kernel.run import CHECKPOINT, EVENTS, SUMMARY, run
+from esper_kernel.telemetry import read_events
+
+TINY = """
+[env]
+train_size = 32
+val_size = 16
+batch_size = 16
+width = 4
+"""
+
+
+@pytest.fixture(autouse=True)
+def _single_thread() -> Iterator[None]:
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def tiny(tmp_path: Path) -> Path:
+    path = tmp_path / "tiny.toml"
+    path.write_text(TINY, encoding="utf-8")
+    return path
+
+
+def esper(*args: str) -> Result:
+    return CliRunner().invoke(main, list(args))
+
+
+def one_line_error(result: Result, *names: str) -> str:
+    """Exit 2, exactly one line on stderr, no traceback, naming every one of ``names``."""
+    assert result.exit_code == 2, (result.exit_code, result.output, result.exception)
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    line = lines[0]
+    assert line.startswith("esper: error: "), line
+    assert "Traceback" not in result.output
+    missing = [n for n in names if n not in line]
+    assert not missing, f"{missing} not in: {line}"
+    return line
+
+
+def snapshot(directory: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(directory.iterdir()) if p.is_file()}
+
+
+def tiny_config(out: Path, **overrides: Any) -> RunConfig:
+    base = with_overrides(RunConfig(), out=str(out), policy="random", env__epochs=4)
+    env = {
+        "env__train_size": 32,
+        "env__val_size": 16,
+        "env__batch_size": 16,
+        "env__width": 4,
+        **overrides.pop("env", {}),
+    }
+    return with_overrides(base, **env, **overrides)
+
+
+# -- every value a user can type ----------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "names"),
+    [
+        (["--epochs", "0"], ["env.epochs", "--epochs", "got 0"]),
+        (["--epochs", "-1"], ["env.epochs", "--epochs", "got -1"]),
+        (["--epochs", "100000000000000000000000"], ["--epochs", "100000000000000000000000"]),
+        (["--epochs", "1e23"], ["--epochs", "1e23"]),
+        (["--slots", "0"], ["env.slots", "--slots", "got 0"]),
+        (["--slots", "100"], ["env.slots", "--slots", "between 1 and 8", "got 100"]),
+        (["--seed", "-1"], ["seed", "--seed"]),
+        (["--task", "shapes", "--width", "1024", "--slots", "8"], ["env.width=1024", "parameters", "maximum"]),
+        (["--width", "0"], ["env.width", "--width", "got 0"]),
+        (["--levers", ""], ["--levers", "names no lever"]),
+        (["--levers", ","], ["--levers", "names no lever"]),
+        (["--task", "shapez"], ["--task", "'shapez'", "shapes"]),
+        (["--policy", "nowhere.pt"], ["--policy", "nowhere.pt"]),
+        (["--on-lever-error", "sometimes"], ["--on-lever-error", "sometimes"]),
+    ],
+    ids=lambda v: " ".join(v) if isinstance(v, list) and v and v[0].startswith("--") else None,
+)
+def test_bad_flag_is_one_line_naming_it_and_writes_nothing(tmp_path: Path, args: list[str], names: list[str]) -> None:
+    out = tmp_path / "out"
+    one_line_error(esper("run", "--quiet", "--out", str(out), *args), *names)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("toml", "names"),
+    [
+        ("checkpoint_every = 0", ["checkpoint_every", "got 0"]),
+        ("[env]\nbatch_size = 0", ["env.batch_size", "got 0"]),
+        ("[env]\nwidth = 0", ["env.width", "got 0"]),
+        ("[env]\ntrain_size = 0", ["env.train_size", "got 0"]),
+        ("[env]\nhost_lr = nan", ["env.host_lr", "finite", "nan"]),
+        ("[env]\nhost_lr = -0.1", ["env.host_lr", "-0.1"]),
+        ("[env]\nparam_rent = inf", ["env.param_rent", "inf"]),
+        ("[env]\nepochs = 1e23", ["env.epochs", "expected int", "float"]),
+        ("levers = []", ["levers", "names no lever"]),
+        ('on_lever_error = "maybe"', ["on_lever_error", "maybe"]),
+        ('out = ""', ["out", "empty"]),
+    ],
+)
+def test_bad_config_value_is_one_line_naming_the_key(tmp_path: Path, toml: str, names: list[str]) -> None:
+    config = tmp_path / "bad.toml"
+    config.write_text(toml + "\n", encoding="utf-8")
+    out = tmp_path / "out"
+    one_line_error(esper("run", "--quiet", "--config", str(config), "--out", str(out)), str(config), *names)
+    assert not out.exists()
+
+
+def test_out_under_a_file_is_one_line(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    one_line_error(esper("run", "--quiet", "--out", str(blocker / "run")), "--out", "is a file")
+    assert blocker.read_text() == "not a directory"
+
+
+@pytest.mark.skipif(os.name != "posix" or os.geteuid() == 0, reason="root writes through permission bits")
+def test_out_in_a_read_only_directory_is_one_line(tmp_path: Path) -> None:
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        one_line_error(esper("run", "--quiet", "--out", str(locked / "run")), "--out", "cannot write")
+    finally:
+        locked.chmod(0o700)
+
+
+def test_resume_with_a_flag_that_would_be_ignored_is_refused(tmp_path: Path) -> None:
+    one_line_error(esper("run", "--resume", str(tmp_path), "--epochs", "50"), "--resume", "--epochs")
+
+
+# -- validate, then write: the two data-loss repros -----------------------------------
+
+
+def test_failing_command_on_an_existing_run_loses_nothing(tmp_path: Path, tiny: Path) -> None:
+    out = tmp_path / "x"
+    assert esper("run", "--quiet", "--epochs", "3", "--config", str(tiny), "--out", str(out)).exit_code == 0
+    before = snapshot(out)
+    assert set(before) == {EVENTS, SUMMARY, CHECKPOINT}
+
+    # The issue's repro: a typo'd task on the same --out.
+    one_line_error(esper("run", "--quiet", "--task", "shapez", "--out", str(out)), "--task", "'shapez'")
+    assert snapshot(out) == before
+    # A correct command is refused too: the run is not silently replaced.
+    line = one_line_error(esper("run", "--quiet", "--config", str(tiny), "--out", str(out)), "--overwrite", "--resume")
+    assert "already holds a run" in line
+    assert snapshot(out) == before
+
+    replaced = esper("run", "--quiet", "--epochs", "2", "--config", str(tiny), "--out", str(out), "--overwrite")
+    assert replaced.exit_code == 0, replaced.output
+    assert json.loads((out / SUMMARY).read_text())["epochs"] == 2
+    assert [e["epoch"] for e in read_events(out / EVENTS) if e["event"] == "epoch.completed"] == [0, 1]
+
+
+def test_interrupted_run_survives_a_typo_then_resumes_to_the_uninterrupted_result(tmp_path: Path) -> None:
+    whole = run(tiny_config(tmp_path / "whole"))
+    out = tmp_path / "x"
+    assert run(tiny_config(out), stop_after=2) == {"interrupted_at": 2}
+    before = snapshot(out)
+
+    one_line_error(esper("run", "--quiet", "--task", "shapez", "--out", str(out)), "--task")
+    assert snapshot(out) == before
+
+    result = esper("run", "--quiet", "--resume", str(out))
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / SUMMARY).read_text())
+    assert summary["return"] == whole["return"]
+    assert summary["final_val_accuracy"] == whole["final_val_accuracy"]
+    events = read_events(out / EVENTS)
+    assert [e["epoch"] for e in events if e["event"] == "epoch.completed"] == [0, 1, 2, 3]
+    assert [e["event"] for e in events if e["event"].startswith("run.")] == [
+        "run.started",
+        "run.interrupted",
+        "run.started",
+        "run.finished",
+    ]
+
+
+def test_resume_drops_epochs_run_after_the_checkpoint_and_stale_temp_files(tmp_path: Path) -> None:
+    out = tmp_path / "x"
+    # Checkpoints at epochs 2 and 4 only: a stop after epoch 3 leaves epoch 2's events past the checkpoint,
+    # as a kill between checkpoints would.
+    config = tiny_config(out, env={"env__epochs": 5}, checkpoint_every=2)
+    run(config, stop_after=3)
+    assert [e["epoch"] for e in read_events(out / EVENTS) if e["event"] == "epoch.completed"] == [0, 1, 2]
+    (out / f".{CHECKPOINT}.killed.tmp").write_bytes(b"")  # what kill -9 mid-write leaves
+
+    run(config, resume=out)
+    events = read_events(out / EVENTS)
+    assert [e["epoch"] for e in events if e["event"] == "epoch.completed"] == [0, 1, 2, 3, 4]
+    resumed = [e for e in events if e["event"] == "run.started"][1]
+    assert resumed["resumed_from_epoch"] == 2 and resumed["superseded_events"] > 0
+    assert not list(out.glob("*.tmp")) and not list(out.glob(".*.tmp"))
+
+
+def test_run_that_stops_on_an_error_ends_its_stream_with_run_failed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from esper_kernel import env as env_module
+
+    calls = {"n": 0}
+    real = env_module.MorphoEnv.step
+
+    def failing_step(self: Any, actions: torch.Tensor) -> Any:
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise RuntimeError("disk on fire")
+        return real(self, actions)
+
+    monkeypatch.setattr(env_module.MorphoEnv, "step", failing_step)
+    out = tmp_path / "x"
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        run(tiny_config(out))
+    last = read_events(out / EVENTS)[-1]
+    assert (last["event"], last["level"], last["error"], last["error_type"]) == (
+        "run.failed",
+        "error",
+        "disk on fire",
+        "RuntimeError",
+    )
+
+
+# -- untrusted data is inert ------------------------------------------------------------
+
+
+class _Payload:
+    """Unpickling this opens (creates) a file: what a hostile ``data_batch_1`` would do."""
+
+    def __init__(self, target: Path) -> None:
+        self.target = str(target)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (open, (self.target, "w"))
+
+
+def test_crafted_cifar_batch_runs_nothing_and_is_one_line(tmp_path: Path) -> None:
+    np = pytest.importorskip("numpy")
+    data = tmp_path / "data"
+    data.mkdir()
+    marker = tmp_path / "pwned"
+    with (data / "data_batch_1").open("wb") as fh:
+        pickle.dump({b"data": _Payload(marker), b"labels": [0]}, fh, protocol=2)
+    good = {b"data": np.zeros((2, 3072), dtype=np.uint8), b"labels": [0, 1]}
+    with (data / "test_batch").open("wb") as fh:
+        pickle.dump(good, fh, protocol=2)
+    out = tmp_path / "out"
+
+    result = esper("run", "--quiet", "--task", "cifar10", "--data-dir", str(data), "--out", str(out))
+
+    one_line_error(result, "data_batch_1", "refused to load", "open")
+    assert not marker.exists()
+    assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "names"),
+    [
+        (["--lr", "nan"], ["--lr", "nan"]),
+        (["--entropy-coef", "inf"], ["--entropy-coef", "inf"]),
+        (["--slots", "100"], ["--slots", "got 100"]),
+        (["--epochs", "1000000000000"], ["--epochs", "1000000000000"]),
+        (["--train-size", "1000000000"], ["--train-size", "1000000000"]),
+        (["--levers", ""], ["--levers", "names no lever"]),
+    ],
+)
+def test_bad_train_value_is_one_line_and_writes_nothing(tmp_path: Path, args: list[str], names: list[str]) -> None:
+    out = tmp_path / "train"
+    one_line_error(esper("train", "--episodes", "1", "--envs", "1", "--out", str(out), *args), *names)
+    assert not out.exists()

@@ -1,0 +1,264 @@
+"""Plugins that misbehave, through real installed distributions: at composition
+(tolerant mode drops them, strict mode refuses them, the listing shows them)
+and at run time (an empty op row, a hook that raises, a slow hook).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from conftest import CliRunner, LeverDists, make_view
+
+from esper_kernel.config import RunConfig, with_overrides
+from esper_kernel.errors import MaskError, PluginError
+from esper_kernel.registry import ENV_STRICT, Selection
+from esper_kernel.run import EVENTS, run
+from esper_kernel.telemetry import read_events
+from esper_kernel.watch import SLOW_HOOK_SHARE
+
+HEAD = """
+import time
+import torch
+from esper_kernel import CompileSafety, HeadSpec, TelemetryField, hookimpl
+
+@hookimpl
+def action_head():
+    return HeadSpec(name={head!r}, choices=("a", "b", "c"), values=(1, 2, 3), default="a", ops={{"germinate"}},
+                    description="test head")
+"""
+
+#: Declarations that make a lever invalid at composition, one per way.
+INVALID = {
+    "unknown-hook": "from esper_kernel import hookimpl\n\n@hookimpl\ndef action_heads():\n    return None\n",
+    "one-choice": HEAD.format(head="speed").replace('("a", "b", "c"), values=(1, 2, 3)', '("a",), values=(1,)'),
+    "junk-head": "from esper_kernel import hookimpl\n\n@hookimpl\ndef action_head():\n    return 42\n",
+    "junk-telemetry": "from esper_kernel import hookimpl\n\n@hookimpl\ndef telemetry_fields():\n    return 42\n",
+    "junk-safety": "from esper_kernel import hookimpl\n\n@hookimpl\ndef compile_safety():\n    return 'none'\n",
+    "shadows-core": HEAD.format(head="blend"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(INVALID))
+def test_tolerant_mode_drops_an_invalid_lever_and_records_why(lever_dist: LeverDists, case: str) -> None:
+    lever_dist("good", HEAD.format(head="speed"))
+    lever_dist("bad", INVALID[case], dist="acme-bad", version="0.9")
+
+    reg = lever_dist.registry(Selection())
+
+    assert reg.names == ("good",)
+    (fail,) = reg.failures
+    assert (fail.name, fail.distribution, fail.version) == ("bad", "acme-bad", "0.9")
+    assert "'bad'" in fail.error
+    with pytest.raises(PluginError, match=f"'bad'.*{ENV_STRICT}=1"):
+        lever_dist.registry(Selection(strict=True))
+    # Named by the user, it is an error even when tolerant: they asked for that lever.
+    with pytest.raises(PluginError, match="'bad'"):
+        lever_dist.registry(Selection(only=("good", "bad")))
+
+
+def test_levers_list_and_show_always_show_a_broken_lever(lever_dist: LeverDists, run_esper: CliRunner) -> None:
+    lever_dist("good", HEAD.format(head="speed"))
+    lever_dist("bad", INVALID["junk-head"], dist="acme-bad", version="0.9")
+    lever_dist("gone", "raise ImportError('needs libfoo')\n", dist="acme-gone")
+    only = {
+        "ESPER_DISABLE_PLUGIN_AUTOLOAD": "",
+        "ESPER_DISABLED_LEVERS": "dwell,isolation,lr,probation,steepness,tempo",
+    }
+
+    listing = run_esper("levers", "list", "--json", env=only)
+    assert listing.returncode == 0, listing.stderr
+    report = json.loads(listing.stdout)
+    assert [lv["name"] for lv in report["levers"]] == ["good"]
+    failures = {f["name"]: f for f in report["failures"]}
+    assert set(failures) == {"bad", "gone"}
+    assert failures["bad"]["distribution"] == "acme-bad" and "action_head()" in failures["bad"]["error"]
+    assert "needs libfoo" in failures["gone"]["error"]
+
+    shown = run_esper("levers", "show", "bad", env=only)
+    assert shown.returncode == 0, shown.stderr
+    assert "acme-bad" in shown.stdout and "action_head()" in shown.stdout
+
+    strict = run_esper("levers", "list", env={**only, ENV_STRICT: "1"})
+    assert strict.returncode == 2
+    assert "'bad' (acme-bad)" in strict.stdout + strict.stderr  # listed, then refused in one line
+    assert strict.stderr.strip().splitlines()[-1].startswith("esper: error: 2 lever(s) failed to load")
+
+
+def test_esper_run_shows_a_dropped_lever_on_the_console(
+    lever_dist: LeverDists, run_esper: CliRunner, tmp_path: Path
+) -> None:
+    lever_dist("bad", INVALID["junk-safety"], dist="acme-bad", version="0.9")
+    config = tmp_path / "tiny.toml"
+    config.write_text("[env]\nepochs = 1\ntrain_size = 16\nval_size = 8\nbatch_size = 8\nwidth = 4\n")
+    out = tmp_path / "out"
+    proc = run_esper("run", "--quiet", "--config", str(config), "--out", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert "acme-bad 0.9" in proc.stderr and "the run goes on without them" in proc.stderr
+    (failed,) = [e for e in read_events(out / EVENTS) if e["event"] == "plugin.failed"]
+    assert failed["name"] == "bad" and "compile_safety()" in failed["error"]
+
+
+# -- run time ----------------------------------------------------------------------------
+
+
+def mask_lever(body: str, head: str = "speed") -> str:
+    return HEAD.format(head=head) + f"\n@hookimpl\ndef mask(view):\n    {body}\n"
+
+
+def test_a_mask_that_empties_the_op_row_is_named(lever_dist: LeverDists) -> None:
+    lever_dist(
+        "mute",
+        mask_lever("return {'op': torch.zeros(view.n_envs, view.space.head('op').spec.size, dtype=torch.bool)}"),
+        dist="acme-mute",
+    )
+    reg = lever_dist.registry()
+    with pytest.raises(MaskError, match=r"head 'op' has no legal choice in env 0; masked out by 'mute' \(acme-mute\)"):
+        reg.masks(make_view(reg))
+
+
+def tiny(out: Path, levers: tuple[str, ...], epochs: int = 2, **top: Any) -> RunConfig:
+    return with_overrides(
+        RunConfig(),
+        out=str(out),
+        levers=levers,
+        policy="random",
+        env__epochs=epochs,
+        env__train_size=32,
+        env__val_size=16,
+        env__batch_size=16,
+        env__width=4,
+        **top,
+    )
+
+
+RAISING_STAGE = HEAD.format(head="speed") + (
+    "\n@hookimpl\ndef on_enter_stage(seed, old, new):\n    raise RuntimeError('boom at ' + new.name)\n"
+)
+
+
+def test_lever_raising_at_run_time_stops_with_run_failed_or_is_quarantined(
+    lever_dist: LeverDists, tmp_path: Path
+) -> None:
+    lever_dist("fragile", RAISING_STAGE, dist="acme-fragile")
+    stopped = tmp_path / "stop"
+    with pytest.raises(PluginError, match=r"'fragile' .*on_enter_stage"):
+        run(tiny(stopped, ("fragile",), epochs=3))
+    last = read_events(stopped / EVENTS)[-1]
+    assert last["event"] == "run.failed" and "'fragile' (acme-fragile)" in last["error"]
+
+    kept = tmp_path / "quarantine"
+    warnings: list[str] = []
+    summary = run(tiny(kept, ("fragile",), epochs=3, on_lever_error="quarantine"), on_warning=warnings.append)
+    assert summary["epochs"] == 3
+    (q,) = summary["quarantined"]
+    assert (q["lever"], q["distribution"], q["hook"]) == ("fragile", "acme-fragile", "on_enter_stage")
+    events = read_events(kept / EVENTS)
+    (quarantined,) = [e for e in events if e["event"] == "lever.quarantined"]
+    assert "boom at GERMINATED" in quarantined["error"]
+    # From then on the lever's head is frozen at its default.
+    after = [e for e in events if e["event"] == "decision" and e["epoch"] > quarantined["epoch"]]
+    assert after and all(d["choices"]["speed"] == "a" for d in after)
+    assert any("quarantined lever 'fragile'" in w for w in warnings)
+
+
+def test_slow_hook_is_timed_and_reported(lever_dist: LeverDists, tmp_path: Path) -> None:
+    lever_dist("sloth", mask_lever("time.sleep(0.2)\n    return None"), dist="acme-sloth")
+    warnings: list[str] = []
+    summary = run(tiny(tmp_path, ("sloth",)), on_warning=warnings.append)
+    assert summary["hook_seconds"]["sloth"]["mask"] >= 0.4  # two epochs, one mask call each
+    (slow,) = [e for e in read_events(tmp_path / EVENTS) if e["event"] == "lever.slow"]
+    assert slow["lever"] == "sloth" and slow["distribution"] == "acme-sloth"
+    assert slow["share"] > SLOW_HOOK_SHARE
+    assert any("lever 'sloth'" in w and "slow" in w for w in warnings)
+    finished = read_events(tmp_path / EVENTS)[-1]
+    assert finished["event"] == "run.finished" and finished["hook_seconds"]["sloth"]["mask"] >= 0.4
+
+
+def test_host_size_is_reported_at_start(tmp_path: Path) -> None:
+    warnings: list[str] = []
+    run(tiny(tmp_path, ("tempo",), epochs=1), on_warning=warnings.append)
+    started = read_events(tmp_path / EVENTS)[0]
+    host = sum(p.numel() for p in _host(started).parameters())
+    assert started["host_params"] == host
+    assert started["host_memory_bytes"] > 4 * host
+    assert any(f"{host:,} parameters" in w for w in warnings)
+
+
+def _host(started: dict[str, Any]) -> torch.nn.Module:
+    from esper_kernel.env import EnvConfig, make_host
+    from esper_kernel.tasks import get_task
+
+    env = EnvConfig(**started["config"]["env"])
+    return make_host(env, get_task(env.task, seed=0, n_train=2, n_val=2))
+
+
+def test_contract_suite_accepts_a_lever_without_telemetry_fields(lever_dist: LeverDists, tmp_path: Path) -> None:
+    from esper_kernel.testing import LeverContract, LeverUnderTest, open_registry
+
+    safety = "\n@hookimpl\ndef compile_safety():\n    return CompileSafety('none', 'a knob read at germination')\n"
+    lever_dist("hush", HEAD.format(head="hush") + safety)
+    lut = LeverUnderTest("hush", open_registry(["hush"]))
+    contract = LeverContract()
+    contract.test_hook_conformance(lut)
+    contract.test_head_specs(lut)
+    contract.test_telemetry(lut)
+    contract.test_checkpoint_round_trip(lut, tmp_path)
+
+
+def test_compile_watch_names_levers_whose_none_declaration_a_graph_break_contradicts(lever_dist: LeverDists) -> None:
+    from torch._dynamo.utils import counters
+
+    from esper_kernel.watch import CompileWatch
+
+    safety = "\n@hookimpl\ndef compile_safety():\n    return CompileSafety('none', 'claims nothing changes')\n"
+    lever_dist("liar", HEAD.format(head="speed") + safety, dist="acme-liar")
+    reg = lever_dist.registry()
+    events: list[tuple[str, dict[str, Any]]] = []
+
+    class Log:
+        def info(self, event: str, **kw: Any) -> None:
+            events.append((event, kw))
+
+        warning = info
+
+    warnings: list[str] = []
+    watch = CompileWatch(reg, Log(), warnings.append)
+    assert watch.episode_ended()["graph_breaks"] == 0 and not warnings  # a clean episode says nothing
+
+    counters["stats"]["unique_graphs"] += 3
+    counters["graph_break"]["call_function print"] += 2
+    stats = watch.episode_ended()
+    assert (stats["graphs"], stats["graph_breaks"]) == (3, 2)
+    (contradiction,) = [kw for name, kw in events if name == "compile.contradiction"]
+    assert contradiction["levers"] == ["liar"] and contradiction["break_reasons"] == ["call_function print"]
+    assert "lever 'liar' (acme-liar 1.0)" in warnings[0]
+    counters.clear()
+
+
+def test_host_sizing_counts_exactly_and_never_builds_an_oversized_host() -> None:
+    from esper_kernel.bounds import MAX_HOST_PARAMS, measure_host
+    from esper_kernel.env import EnvConfig, make_host
+    from esper_kernel.tasks import get_task
+
+    task = get_task("shapes", seed=0, n_train=2, n_val=2)
+    for slots in (1, 8):
+        env = EnvConfig(task="shapes", slots=slots)
+        rng = torch.get_rng_state()
+        size = measure_host(lambda env=env: make_host(env, task), task.train_x[:1], 64, MAX_HOST_PARAMS)
+        assert torch.equal(rng, torch.get_rng_state()), "sizing the host must not move the run's RNG"
+        assert size.params == sum(p.numel() for p in make_host(env, task).parameters())
+        assert size.activations > 0 and size.memory_bytes > 4 * 4 * size.params
+
+    built: list[int] = []
+
+    def huge() -> torch.nn.Module:
+        built.append(1)
+        return make_host(EnvConfig(task="shapes", slots=8, width=1024), task)
+
+    size = measure_host(huge, task.train_x[:1], 64, MAX_HOST_PARAMS)
+    assert size.params > MAX_HOST_PARAMS and size.activations == 0
+    assert built == [1]  # once, on the meta device: 858M parameters were never allocated
