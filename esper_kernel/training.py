@@ -37,6 +37,11 @@ class EpochResult:
     measure: EpochMeasure
 
 
+#: Gradient norm of one optimizer step (host and seeds together) above which it is scaled
+#: down: about ten times the norm of a healthy step of the default host.
+MAX_STEP_NORM = 2.0
+
+
 def task_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Cross-entropy for image labels ``[B]`` and token targets ``[B, T]`` alike."""
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
@@ -96,6 +101,7 @@ class EpochRunner:
         host.train()
         live = [i for i, s in enumerate(lc.seeds) if s is not None]
         seed_params = {i: slots[i].seed_parameters() for i in live}
+        trained = [p for group in lc.optimizer.param_groups for p in group["params"]]
         host_params = host.host_parameters()  # type: ignore[operator]
         before = _flat(host_params)
         device = before.device
@@ -123,7 +129,13 @@ class EpochRunner:
             for i in live:
                 g = _grad_norm(seed_params[i])
                 seed_norm_sum[i] += g
-            lc.optimizer.step()
+            # One non-finite step turns every weight into NaN for good, and one huge step
+            # (a seed diverging at a high learning rate) wrecks the host it feeds: clip the
+            # whole step far above a healthy one, and skip it when it is not finite. The
+            # norms recorded above still show the explosion to the gates and telemetry.
+            total = torch.nn.utils.clip_grad_norm_(trained, MAX_STEP_NORM)
+            if bool(torch.isfinite(total)):
+                lc.optimizer.step()
             loss_sum += loss.detach() * y.numel()  # mean over predictions, like val
             correct += (logits.detach().argmax(-1) == y).sum()
             count += y.numel()
