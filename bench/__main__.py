@@ -24,6 +24,8 @@ FIGURES: dict[str, str] = {
     "seed": "bench.training_seed",
     "compile": "bench.compile_graphs",
     "env": "bench.env_steps",
+    "threads": "bench.threads",
+    "seed_epoch": "bench.seed_epoch",
 }
 
 

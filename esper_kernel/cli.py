@@ -405,6 +405,33 @@ def new_lever(name: str, parent: Path) -> None:
     click.echo(f"created {root}; next: pip install -e {root} && pytest {root / 'tests'}")
 
 
+# -- options every training command shares ---------------------------------------
+
+threads_option = click.option(
+    "--threads",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Torch intra-op threads per process (default: OMP_NUM_THREADS if set, else 1; 0: torch's own choice).",
+)
+
+
+device_option = click.option(
+    "--device",
+    type=click.Choice(["cpu", "cuda", "auto"]),
+    default=None,
+    help="Where the host, batches and accumulators live (default cpu; auto: CUDA when present).",
+)
+amp_option = click.option(
+    "--amp", is_flag=True, default=None, help="bf16 autocast for the host's forward pass (fastest on a GPU)."
+)
+
+
+def _setup_threads(threads: int | None) -> int:
+    from esper_kernel.workers import configure_threads
+
+    return configure_threads(threads)
+
+
 # -- esper run ----------------------------------------------------------------
 
 
@@ -431,6 +458,9 @@ def new_lever(name: str, parent: Path) -> None:
     "defaults, its hooks skipped, the run goes on.",
 )
 @click.option("--quiet", is_flag=True, help="No progress bar.")
+@threads_option
+@device_option
+@amp_option
 @click.option(
     "--tensorboard",
     "tensorboard_dir",
@@ -455,6 +485,9 @@ def run_command(
     overwrite: bool,
     on_lever_error: str | None,
     quiet: bool,
+    threads: int | None,
+    device: str | None,
+    amp: bool | None,
     tensorboard_dir: Path | None,
 ) -> None:
     """Train a host on a task with every active lever on and Tamiyo deciding.
@@ -463,9 +496,11 @@ def run_command(
     `esper report OUT` draws them. An OUT that already holds a run is refused
     unless --overwrite (or --resume OUT).
     """
+    _setup_threads(threads)
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from esper_kernel.config import RunConfig, load_config, with_overrides
+    from esper_kernel.devices import resolve_device
     from esper_kernel.report.console import run_summary
     from esper_kernel.run import EpochReport, run
 
@@ -506,8 +541,11 @@ def run_command(
         env__slots=slots,
         env__width=width,
         env__compile=compile_,
+        env__device=device,
+        env__amp=amp,
         on_lever_error=on_lever_error,
     )
+    resolve_device(config.env.device)  # no CUDA where CUDA is asked for: one line before anything is written
     console = Console(stderr=True)
     columns = (
         TextColumn("[bold]esper run"),
@@ -569,28 +607,27 @@ def _tensorboard_sinks(logdir: Path | None) -> list[Any]:
 
 @main.command("train")
 @click.option(
-    "--episodes", type=click.IntRange(min=1), default=32, show_default=True, help="Episodes in all, over all envs."
+    "--episodes", type=click.IntRange(min=1), default=None, help="Episodes in all, over all envs (default 32)."
 )
-@click.option("--envs", "n_envs", type=click.IntRange(min=1), default=4, show_default=True, help="Envs per rollout.")
-@click.option("--task", default="pairs", show_default=True, help="Task the hosts train on.")
+@click.option("--envs", "n_envs", type=click.IntRange(min=1), default=None, help="Envs per rollout (default 4).")
+@click.option("--task", default=None, help="Task the hosts train on (default pairs).")
 @click.option("--levers", "only", metavar="A,B", default=None, help="Load only these levers (overrides ESPER_LEVERS).")
-@click.option("--epochs", type=click.IntRange(min=1), default=40, show_default=True, help="Epochs (steps) per episode.")
-@click.option("--slots", type=click.IntRange(min=2), default=3, show_default=True, help="Seed slots per host.")
-@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--epochs", type=click.IntRange(min=1), default=None, help="Epochs (steps) per episode (default 40).")
+@click.option("--slots", type=click.IntRange(min=2), default=None, help="Seed slots per host (default 3).")
+@click.option("--seed", type=int, default=None, help="Random seed (default 0).")
 @click.option(
     "--out",
     "out_dir",
-    type=click.Path(file_okay=False, path_type=Path),
-    default=Path("runs/train"),
-    show_default=True,
-    help="Writes policy.pt, events.jsonl and train_summary.json here.",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Writes policy.pt, best_policy.pt, train_state.pt, events.jsonl and train_summary.json (default runs/train).",
 )
-@click.option("--train-size", type=click.IntRange(min=1), default=1024, show_default=True, help="Training examples.")
-@click.option("--val-size", type=click.IntRange(min=1), default=512, show_default=True, help="Validation examples.")
-@click.option("--batch-size", type=click.IntRange(min=1), default=64, show_default=True, help="Host batch size.")
+@click.option("--train-size", type=click.IntRange(min=1), default=None, help="Training examples (default 1024).")
+@click.option("--val-size", type=click.IntRange(min=1), default=None, help="Validation examples (default 512).")
+@click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Host batch size (default 64).")
 @click.option("--data-dir", type=click.Path(file_okay=False), default=None, help="Data for tasks that read files.")
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=3e-3, show_default=True, help="PPO lr.")
-@click.option("--hidden", type=click.IntRange(min=1), default=64, show_default=True, help="Policy MLP width.")
+@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None, help="PPO lr (default 3e-3).")
+@click.option("--hidden", type=click.IntRange(min=1), default=None, help="Policy MLP width (default 64).")
 @click.option(
     "--update-epochs", type=click.IntRange(min=1), default=None, help="PPO passes over each rollout (default 10)."
 )
@@ -603,6 +640,38 @@ def _tensorboard_sinks(logdir: Path | None) -> list[Any]:
     help="Envs per rollout sharing one episode seed, each learning relative to the others (default 4; 1: off).",
 )
 @click.option(
+    "--workers",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Env worker processes, one intra-op thread each (default 0: one per usable core; 1: in this process).",
+)
+@click.option(
+    "--eval-every",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Evaluate on the held-out seeds every N updates and after the last, keeping best_policy.pt (default 5).",
+)
+@click.option("--eval-seeds", metavar="A,B", default=None, help="Held-out episode seeds to evaluate on (default 0,1).")
+@click.option("--config", "config_file", default=None, type=click.Path(dir_okay=False), help="TOML train config.")
+@click.option(
+    "--resume",
+    default=None,
+    type=click.Path(file_okay=False),
+    help="Continue the training run in this directory (its own config) to the result it would have reached.",
+)
+@click.option(
+    "--ray",
+    "ray_address",
+    default=None,
+    is_flag=False,
+    flag_value="",
+    metavar="[ADDRESS]",
+    help='Env workers as Ray actors at ADDRESS (default: RAY_ADDRESS, else a local Ray); needs "esper-kernel[ray]".',
+)
+@threads_option
+@device_option
+@amp_option
+@click.option(
     "--tensorboard",
     "tensorboard_dir",
     default=None,
@@ -610,31 +679,41 @@ def _tensorboard_sinks(logdir: Path | None) -> list[Any]:
     help="Also stream scalars to a TensorBoard log in this directory (needs the tensorboard extra).",
 )
 def train(
-    episodes: int,
-    n_envs: int,
-    task: str,
+    episodes: int | None,
+    n_envs: int | None,
+    task: str | None,
     only: str | None,
-    epochs: int,
-    slots: int,
-    seed: int,
-    out_dir: Path,
-    train_size: int,
-    val_size: int,
-    batch_size: int,
+    epochs: int | None,
+    slots: int | None,
+    seed: int | None,
+    out_dir: str | None,
+    train_size: int | None,
+    val_size: int | None,
+    batch_size: int | None,
     data_dir: str | None,
-    lr: float,
-    hidden: int,
+    lr: float | None,
+    hidden: int | None,
     update_epochs: int | None,
     minibatch_size: int | None,
     entropy_coef: float | None,
     group_size: int | None,
+    workers: int | None,
+    eval_every: int | None,
+    eval_seeds: str | None,
+    config_file: str | None,
+    resume: str | None,
+    ray_address: str | None,
+    threads: int | None,
+    device: str | None,
+    amp: bool | None,
     tensorboard_dir: Path | None,
 ) -> None:
     """Train Tamiyo with PPO against the active levers.
 
-    Writes OUT/policy.pt (for ``esper run --policy``), OUT/events.jsonl and
+    Writes OUT/policy.pt (for ``esper run --policy``), OUT/best_policy.pt (best
+    held-out return), OUT/train_state.pt (for --resume), OUT/events.jsonl and
     OUT/train_summary.json. Small --epochs/--train-size/--val-size make a
-    quick run.
+    quick run. Flags override a --config file's values.
     """
     # Imported here so ``esper levers`` does not pay for the training stack.
     import time
@@ -642,60 +721,121 @@ def train(
 
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from esper_kernel.env import EnvConfig
+    from esper_kernel.config import load_config_as, structure_as, unstructure_config, with_overrides
+    from esper_kernel.devices import resolve_device
     from esper_kernel.registry import Registry, Selection
     from esper_kernel.run import head_choices, lever_records
-    from esper_kernel.tamiyo.train import PPOConfig, train_ppo
+    from esper_kernel.tamiyo.train import STATE_FILE, TrainConfig, TrainOptions, load_train_state, train_ppo
     from esper_kernel.tasks import TASKS, TaskError
     from esper_kernel.telemetry import Telemetry
+    from esper_kernel.workers import usable_cores
 
-    if task not in TASKS:
-        raise click.BadParameter(f"unknown task {task!r}; known tasks: {', '.join(sorted(TASKS))}", param_hint="--task")
-    try:
-        env_config = EnvConfig(
-            task=task,
-            data_dir=data_dir,
-            epochs=epochs,
-            slots=slots,
-            batch_size=batch_size,
-            train_size=train_size,
-            val_size=val_size,
+    _setup_threads(threads)
+    seeds_list: list[int] | None = None
+    if eval_seeds is not None:
+        try:
+            seeds_list = [int(x) for x in eval_seeds.split(",") if x.strip()]
+        except ValueError:
+            raise click.BadParameter(
+                f"expected whole numbers like 0,1,2, got {eval_seeds!r}", param_hint="--eval-seeds"
+            ) from None
+    state = None
+    if resume is not None:
+        state = load_train_state(Path(resume) / STATE_FILE)
+        config = structure_as(state["meta"]["config"], TrainConfig, where=f"{Path(resume) / STATE_FILE} config")
+        given = [
+            name
+            for name, value in (
+                ("--config", config_file),
+                ("--levers", only),
+                ("--episodes", episodes),
+                ("--seed", seed),
+            )
+            if value is not None
+        ]
+        if given:
+            raise click.UsageError(f"--resume continues a run with its own settings; drop {', '.join(given)}")
+        config = with_overrides(config, out=resume, workers=workers)
+        run_id = str(state["meta"]["run_id"])
+    else:
+        base = load_config_as(Path(config_file), TrainConfig) if config_file else TrainConfig()
+        config = with_overrides(
+            base,
+            levers=tuple(x for x in only.split(",") if x) if only is not None else None,
+            out=out_dir,
+            workers=workers,
+            eval_every=eval_every,
+            eval_seeds=seeds_list,
+            env__task=task,
+            env__data_dir=data_dir,
+            env__epochs=epochs,
+            env__slots=slots,
+            env__batch_size=batch_size,
+            env__train_size=train_size,
+            env__val_size=val_size,
+            env__device=device,
+            env__amp=amp,
+            ppo__episodes=episodes,
+            ppo__n_envs=n_envs,
+            ppo__lr=lr,
+            ppo__hidden=hidden,
+            ppo__seed=seed,
+            ppo__update_epochs=update_epochs,
+            ppo__minibatch_size=minibatch_size,
+            ppo__entropy_coef=entropy_coef,
+            ppo__group_size=group_size,
         )
-        ppo_config = PPOConfig(episodes=episodes, n_envs=n_envs, lr=lr, hidden=hidden, seed=seed)
-        if update_epochs is not None:
-            ppo_config = attrs.evolve(ppo_config, update_epochs=update_epochs)
-        if minibatch_size is not None:
-            ppo_config = attrs.evolve(ppo_config, minibatch_size=minibatch_size)
-        if entropy_coef is not None:
-            ppo_config = attrs.evolve(ppo_config, entropy_coef=entropy_coef)
-        if group_size is not None:
-            ppo_config = attrs.evolve(ppo_config, group_size=group_size)
-    except ValueError as exc:
-        raise click.UsageError(str(exc)) from exc
+        run_id = f"train-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+    env_config, ppo_config = config.env, config.ppo
+    resolve_device(env_config.device)  # no CUDA where CUDA is asked for: one line before anything is written
+    if env_config.task not in TASKS:
+        raise click.BadParameter(
+            f"unknown task {env_config.task!r}; known tasks: {', '.join(sorted(TASKS))}", param_hint="--task"
+        )
     from esper_kernel.bounds import env_problems, finite_problems
 
-    problems = env_problems(env_config, prefix="--") + finite_problems(**{"--lr": lr, "--entropy-coef": entropy_coef})
+    problems = env_problems(env_config, prefix="--") + finite_problems(
+        **{"--lr": ppo_config.lr, "--entropy-coef": ppo_config.entropy_coef}
+    )
     if only is not None and not any(x.strip() for x in only.split(",")):
         problems.append("--levers: names no lever; leave it out for every installed lever")
     if problems:
         raise click.UsageError("; ".join(p.replace("_", "-") for p in problems))
-    selection = Selection.from_env(levers=only)
-    reg = Registry.open(default_core(env_config.topology, slots), selection)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    run_id = f"train-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
-    policy_path = out_dir / "policy.pt"
+    selection = Selection.from_env(levers=config.levers)
+    reg = Registry.open(default_core(env_config.topology, env_config.slots), selection)
+    if state is not None and list(state["levers"]) != list(reg.names):
+        raise click.UsageError(
+            f"{resume} was trained with levers {', '.join(state['levers'])}; active now: {', '.join(reg.names)}"
+        )
+    n_workers = config.workers or usable_cores()
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    policy_path = out / "policy.pt"
+    options = TrainOptions(
+        workers=n_workers,
+        selection=selection,
+        eval_every=config.eval_every,
+        eval_seeds=config.eval_seeds,
+        resume=out / STATE_FILE if state is not None else None,
+        ray=ray_address,
+        meta={"config": unstructure_config(config), "run_id": run_id},
+    )
     # The progress bar owns the terminal; the full event stream goes to the file.
     sinks = _tensorboard_sinks(tensorboard_dir)
-    with Telemetry(out_dir / "events.jsonl", run_id, console=False, sinks=sinks) as tel:
+    with Telemetry(out / "events.jsonl", run_id, console=False, append=state is not None, sinks=sinks) as tel:
         tel.log.info(
             "run.started",
             command="train",
+            config=unstructure_config(config),
             env_config=attrs.asdict(env_config),
             ppo_config=attrs.asdict(ppo_config),
             levers=lever_records(reg),
             failed_levers=[attrs.asdict(f) for f in reg.failures],
             head_choices=head_choices(reg),
-            out=str(out_dir),
+            out=str(out),
+            workers=n_workers,
+            ray=ray_address,
+            resumed=state is not None,
         )
         for failure in reg.failures:
             tel.log.warning("plugin.failed", **attrs.asdict(failure))
@@ -710,13 +850,13 @@ def train(
             TimeElapsedColumn(),
         )
         with Progress(*columns, console=console, transient=False) as bar:
-            job = bar.add_task("train", total=episodes, ret="-")
+            job = bar.add_task("train", total=ppo_config.episodes, ret="-")
 
             def advance(done: int, _total: int, mean_return: float) -> None:
                 bar.update(job, completed=done, ret=f"{mean_return:+.3f}")
 
             try:
-                summary = train_ppo(env_config, reg, ppo_config, tel.log, policy_path, progress=advance)
+                summary = train_ppo(env_config, reg, ppo_config, tel.log, policy_path, advance, options)
             except TaskError as exc:
                 raise click.UsageError(str(exc)) from exc
         rets = summary.episode_returns
@@ -727,19 +867,122 @@ def train(
             seconds=summary.seconds,
             mean_return=sum(rets) / len(rets),
             policy=str(policy_path),
+            best_eval_return=summary.best_eval_return,
         )
     record = {
         "run_id": run_id,
         "env_config": attrs.asdict(env_config),
         "ppo_config": attrs.asdict(ppo_config),
         "levers": [lv.name for lv in reg.levers],
+        "workers": n_workers,
         **summary.to_dict(),
     }
     from esper_kernel.files import write_text_atomic
 
-    write_text_atomic(out_dir / "train_summary.json", json.dumps(record, indent=2) + "\n")
+    write_text_atomic(out / "train_summary.json", json.dumps(record, indent=2) + "\n")
     console.print(f"trained {summary.episodes} episodes in {summary.seconds:.1f}s; policy saved to {policy_path}")
-    console.print(f"learning curves and what emerged: [bold green]esper report {out_dir}[/]")
+    console.print(f"learning curves and what emerged: [bold green]esper report {out}[/]")
+
+
+# -- esper sweep -------------------------------------------------------------
+
+
+@main.command("sweep")
+@click.option(
+    "--lever-set",
+    "lever_sets",
+    multiple=True,
+    metavar="A,B",
+    help="A lever set to sweep (repeat for several; 'all': every installed lever, the default; 'none').",
+)
+@click.option("--policies", default="heuristic", show_default=True, metavar="P,Q", help="Policies, as in esper eval.")
+@click.option(
+    "--force",
+    "forces",
+    multiple=True,
+    metavar="HEAD=CHOICE",
+    help="One grid value of forced choices (repeat: tempo=GLACIAL, tempo=FAST; several heads: tempo=FAST+lr=BOLD).",
+)
+@click.option("--seeds", default="0-2", show_default=True, help="Seeds, paired across cells: 0-9 or 1,4,7.")
+@click.option("--task", default=None, help="Task (default: the env default).")
+@click.option("--data-dir", default=None, type=click.Path(), help="Directory for cifar10 / text data.")
+@click.option("--epochs", type=click.IntRange(min=1), default=None, help="Host epochs per episode.")
+@click.option("--train-size", type=click.IntRange(min=1), default=None, help="Training examples.")
+@click.option("--val-size", type=click.IntRange(min=1), default=None, help="Validation examples.")
+@click.option("--config", "config_file", default=None, type=click.Path(dir_okay=False), help="TOML run config.")
+@click.option("--workers", type=click.IntRange(min=1), default=None, help="Trials at once (default: usable cores).")
+@click.option(
+    "--ray",
+    "ray_address",
+    default=None,
+    is_flag=False,
+    flag_value="",
+    metavar="[ADDRESS]",
+    help='Run the trials with Ray Tune at ADDRESS (default: RAY_ADDRESS, else a local Ray); needs "esper-kernel[ray]".',
+)
+@click.option("--out", default="runs/sweep", show_default=True, type=click.Path(file_okay=False))
+@threads_option
+@device_option
+def sweep_command(
+    lever_sets: tuple[str, ...],
+    policies: str,
+    forces: tuple[str, ...],
+    seeds: str,
+    task: str | None,
+    data_dir: str | None,
+    epochs: int | None,
+    train_size: int | None,
+    val_size: int | None,
+    config_file: str | None,
+    workers: int | None,
+    ray_address: str | None,
+    out: str,
+    threads: int | None,
+    device: str | None,
+) -> None:
+    """A grid of eval cells (lever sets x forced choices x policies x seeds), one table at the end.
+
+    Each trial is one eval cell played on one seed and gets its own directory
+    (OUT/trials/CELL/seed-N/trial.json). Every cell is paired with its lever
+    set's `wait` control; OUT/sweep.json (schema esper.eval/1) and OUT/sweep.md
+    hold the table `esper eval` prints.
+    """
+    from esper_kernel import evaluate as ev
+    from esper_kernel.config import RunConfig, load_config, with_overrides
+    from esper_kernel.devices import resolve_device
+    from esper_kernel.sweep import build_grid, parse_lever_set
+    from esper_kernel.sweep import sweep as run_sweep
+    from esper_kernel.workers import usable_cores
+
+    _setup_threads(threads)
+    base = load_config(Path(config_file)) if config_file else RunConfig()
+    config = with_overrides(
+        base,
+        env__task=task,
+        env__data_dir=data_dir,
+        env__epochs=epochs,
+        env__train_size=train_size,
+        env__val_size=val_size,
+        env__device=device,
+    )
+    resolve_device(config.env.device)
+    sets = [parse_lever_set(s) for s in lever_sets] or [config.levers]
+    cells = build_grid(sets, [p.strip() for p in policies.split(",") if p.strip()], forces)
+    seed_list = ev.parse_seeds(seeds)
+    n_workers = workers or usable_cores()
+    console = Console(stderr=True)
+    engine = "Ray Tune" if ray_address is not None else f"{n_workers} worker process(es)"
+    console.print(
+        f"esper sweep: {len(cells)} cells x {len(seed_list)} seeds = {len(cells) * len(seed_list)} trials "
+        f"on {config.env.task} ({config.env.epochs} epochs), {engine}"
+    )
+
+    def on_done(name: str, r: ev.EpisodeResult) -> None:
+        console.print(f"  {name} seed {r.seed}: acc {r.final_val_accuracy:.3f} params {r.params:,}")
+
+    doc = run_sweep(config.env, cells, seed_list, Path(out), workers=n_workers, ray=ray_address, on_done=on_done)
+    click.echo(ev.render_markdown(doc))
+    console.print(f"wrote {out}/sweep.json, {out}/sweep.md and {doc['sweep']['trials']} trial directories")
 
 
 # -- esper report / compare ------------------------------------------------------

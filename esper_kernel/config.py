@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import attrs
 import cattrs
@@ -18,6 +18,15 @@ import cattrs
 from esper_kernel.bounds import FLAGS, config_problems
 from esper_kernel.errors import EsperError
 from esper_kernel.tasks import TASKS
+
+C = TypeVar("C")
+
+
+def _check_device_name(name: str) -> str:
+    # Imported here: devices imports torch, and reading a config must not.
+    from esper_kernel.devices import check_device_name
+
+    return check_device_name(name)
 
 
 class ConfigError(EsperError):
@@ -50,6 +59,10 @@ class EnvConfig:
     param_rent: float = 0.01
     #: Run the host under torch.compile (recompiles only when live seed modules change).
     compile: bool = False
+    #: Where the host, its batches and accumulators live: cpu, cuda, cuda:N or auto (CUDA when present).
+    device: str = attrs.field(default="cpu", validator=lambda _i, _a, v: _check_device_name(v))
+    #: bf16 autocast for the host's forward pass.
+    amp: bool = False
 
     @property
     def topology(self) -> str:
@@ -109,6 +122,8 @@ def _format_exception(exc: BaseException, type_: Any) -> str:
         return _UNKNOWN + ",".join(sorted(exc.extra_fields))
     if isinstance(exc, TypeError) and str(exc).startswith("expected "):
         return str(exc)  # the strict scalar hook's own words say what was given
+    if isinstance(exc, ValueError):
+        return str(exc)  # a config class's own check names the field and the rule
     return cattrs.v.format_exception(exc, type_)
 
 
@@ -117,8 +132,13 @@ def structure_config(data: dict[str, Any], where: str = "config") -> RunConfig:
 
     Each problem names its key path, e.g. ``env.epoch: unknown key``.
     """
+    return structure_as(data, RunConfig, where)
+
+
+def structure_as(data: dict[str, Any], cls: type[C], where: str = "config") -> C:
+    """Build any config class (``RunConfig``, ``TrainConfig``) from plain data with the same rules and errors."""
     try:
-        config = converter.structure(data, RunConfig)
+        config = converter.structure(data, cls)
     except cattrs.BaseValidationError as exc:
         problems: list[str] = []
         for line in cattrs.transform_error(exc, path="$", format_exception=_format_exception):
@@ -130,7 +150,8 @@ def structure_config(data: dict[str, Any], where: str = "config") -> RunConfig:
                 problems.append(f"{key or '(top level)'}: {msg}")
         raise ConfigError(f"invalid config ({where}): {'; '.join(problems)}") from None
     # Types are right; now the ranges, so a bad value never reaches training.
-    bad = config_problems(config)
+    # (esper train checks its own ranges, naming its own flags.)
+    bad = config_problems(config) if isinstance(config, RunConfig) else []
     if bad:
         raise ConfigError(f"invalid config ({where}): {'; '.join(_with_flag(p) for p in bad)}")
     return config
@@ -144,25 +165,31 @@ def _with_flag(problem: str) -> str:
 
 def load_config(path: Path) -> RunConfig:
     """Read a TOML run config."""
+    return load_config_as(path, RunConfig)
+
+
+def load_config_as(path: Path, cls: type[C]) -> C:
+    """Read a TOML file into ``cls``."""
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ConfigError(f"config file {path} does not exist") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
-    return structure_config(data, where=str(path))
+    return structure_as(data, cls, where=str(path))
 
 
-def unstructure_config(config: RunConfig) -> dict[str, Any]:
+def unstructure_config(config: Any) -> dict[str, Any]:
     out: dict[str, Any] = converter.unstructure(config)
     return out
 
 
-def with_overrides(config: RunConfig, **overrides: Any) -> RunConfig:
-    """Apply CLI flags (``None`` means "not given"); ``env__x`` keys go to the env table."""
-    env_changes = {k[5:]: v for k, v in overrides.items() if k.startswith("env__") and v is not None}
-    top = {k: v for k, v in overrides.items() if not k.startswith("env__") and v is not None}
+def with_overrides(config: C, **overrides: Any) -> C:
+    """Apply CLI flags (``None`` means "not given"); ``table__x`` keys go to that table (``env__epochs``)."""
     data = unstructure_config(config)
-    data["env"].update(env_changes)
-    data.update(top)
-    return structure_config(data, where="command line")
+    for key, value in overrides.items():
+        if value is None:
+            continue
+        table, _, name = key.rpartition("__")
+        (data[table] if table else data)[name] = value
+    return structure_as(data, type(config), where="command line")

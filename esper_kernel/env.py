@@ -20,6 +20,7 @@ from esper_kernel.blueprints import blueprint_names
 from esper_kernel.config import EnvConfig as EnvConfig  # re-exported: callers have always found it here
 from esper_kernel.config import LifecycleConfig
 from esper_kernel.core import CoreHeads
+from esper_kernel.devices import resolve_device
 from esper_kernel.errors import EsperError
 from esper_kernel.hosts import CNNHostConfig, Host, TransformerHostConfig, build_host
 from esper_kernel.lifecycle import EpochMeasure, Lifecycle
@@ -52,6 +53,17 @@ def load_task(config: EnvConfig, seed: int) -> TaskData:
     except TaskError as exc:
         # A missing --data-dir or a bad data file is the user's to fix: one line, not a traceback.
         raise EsperError(str(exc)) from exc
+
+
+def task_on(task: TaskData, device: torch.device) -> TaskData:
+    """``task`` with its tensors on ``device``."""
+    return attrs.evolve(
+        task,
+        train_x=task.train_x.to(device),
+        train_y=task.train_y.to(device),
+        val_x=task.val_x.to(device),
+        val_y=task.val_y.to(device),
+    )
 
 
 def make_host(config: EnvConfig, task: TaskData) -> Host:
@@ -130,7 +142,9 @@ class MorphoEnv:
     def __init__(self, config: EnvConfig, registry: Registry, task: TaskData, log: Any, index: int = 0) -> None:
         self.config = config
         self.registry = registry
-        self.task = task
+        self.device = resolve_device(config.device)
+        # The whole (small) dataset moves once, so no batch is copied during training.
+        self.task = task if task.train_x.device == self.device else task_on(task, self.device)
         self.index = index
         self.base_log = log.bind(env=index)
         self.log = self.base_log
@@ -154,6 +168,7 @@ class MorphoEnv:
         self.log = self.base_log.bind(episode=episode, epoch=0)
         cfg = self.config
         self.host = make_host(cfg, self.task)
+        self.host.to(self.device)
         self.base_params = sum(p.numel() for p in self.host.parameters())
         self.lifecycle = Lifecycle(
             self.host, self.registry, LifecycleConfig(max_epochs=cfg.epochs, host_lr=cfg.host_lr), log=self.log
@@ -165,6 +180,7 @@ class MorphoEnv:
             batch_size=cfg.batch_size,
             generator=torch.Generator().manual_seed(seed),
             compiled=compiled,
+            amp=cfg.amp,
         )
         self.acc_history: list[float] = []
         self.loss_history: list[float] = []

@@ -23,6 +23,7 @@ from esper_kernel import checkpoint
 from esper_kernel.bounds import MAX_HOST_PARAMS, measure_host
 from esper_kernel.checkpoint import CheckpointError
 from esper_kernel.config import RunConfig, structure_config, unstructure_config
+from esper_kernel.devices import rng_states, set_rng_states
 from esper_kernel.env import EnvBatch, MorphoEnv, build_registry, load_task, make_host, observation_names
 from esper_kernel.errors import EsperError, SelectionError
 from esper_kernel.registry import (
@@ -254,7 +255,7 @@ def run(
         if state is not None:
             env.load_state_dict(state["env"])
             _load_policy_state(policy, state["policy"])
-            torch.set_rng_state(state["rng"])
+            set_rng_states({"cpu": state["rng"], **({"cuda": state["cuda_rng"]} if state.get("cuda_rng") else {})})
             total = float(state["return"])
             obs = envs.observe()
         watch = HookWatch(registry, tel.log, warn)
@@ -328,6 +329,7 @@ def _save(
             "env": env.state_dict(),
             "policy": _policy_state(policy),
             "rng": torch.get_rng_state(),
+            "cuda_rng": rng_states().get("cuda"),
             "return": total,
             "levers": levers,
             # What the event stream held at this epoch: a resume cuts it back here.

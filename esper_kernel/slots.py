@@ -238,6 +238,9 @@ class SeedSlot(nn.Module):
         self.topology = topology
         self.register_buffer("alpha", torch.zeros(()))
         self.register_buffer("isolate", torch.ones(()))
+        #: Mirrors ``isolate`` as a Python bool (set only by :meth:`set_isolation`), so eager code can branch on it
+        #: without reading a device tensor.
+        self._isolated = True
         self.register_buffer("incubate", torch.zeros(()))
         self.register_module("seed", None)
         self.register_module("gate", None)
@@ -256,11 +259,20 @@ class SeedSlot(nn.Module):
             x = x + fossil(x)
         if self.seed is None:
             return x
-        # Same values and gradients as the contract's formula, in fewer
-        # full-size ops: the scaling happens in backward only.
-        s_in = _ScaleGrad.apply(x, 1 - self.isolate)  # type: ignore[no-untyped-call]
-        if self.probe and s_in.requires_grad:
-            s_in.register_hook(self._record_host_grad)
+        if not torch.compiler.is_compiling() and self._isolated:
+            # Isolated, eager: the seed's input gradient would be computed only to be
+            # multiplied by 0, so the seed sees detached features and autograd skips it.
+            # (Tested first, is_compiling() keeps Dynamo from ever reading, and guarding on, the
+            # Python flag: a compiled graph reads the buffer, so isolation never recompiles.)
+            s_in = x.detach()
+            if self.probe:
+                self.probe_grad_norm = 0.0
+        else:
+            # Same values and gradients as the contract's formula, in fewer
+            # full-size ops: the scaling happens in backward only.
+            s_in = _ScaleGrad.apply(x, 1 - self.isolate)  # type: ignore[no-untyped-call]
+            if self.probe and s_in.requires_grad:
+                s_in.register_hook(self._record_host_grad)
         if self.input_transform is not None:
             s_in = self.input_transform(s_in)
         s = self.seed(s_in)
@@ -272,6 +284,11 @@ class SeedSlot(nn.Module):
             self.probe_alpha_var = float(a.detach().var()) if a.numel() > 1 else 0.0
         out = x + a * s + self.incubate * (s - s.detach())
         return out
+
+    def _load_from_state_dict(self, state_dict: Any, prefix: str, *args: Any, **kwargs: Any) -> None:
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        # A loaded buffer must not disagree with the flag the eager forward branches on.
+        self._isolated = bool(self.isolate.item() != 0.0)
 
     def _record_host_grad(self, grad: torch.Tensor) -> None:
         # The seed input's gradient, scaled by ``1 - isolate`` on its way back,
@@ -353,6 +370,7 @@ class SeedSlot(nn.Module):
     def set_isolation(self, isolated: bool) -> None:
         """Block (True) or allow (False) host gradient through the seed path."""
         self.isolate.fill_(1.0 if isolated else 0.0)
+        self._isolated = bool(isolated)
 
     def set_incubate(self, on: bool) -> None:
         """Turn the zero-valued gradient path to the seed on or off."""

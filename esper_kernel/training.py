@@ -37,14 +37,14 @@ class EpochResult:
     measure: EpochMeasure
 
 
+#: Gradient norm of one optimizer step (host and seeds together) above which it is scaled
+#: down: about ten times the norm of a healthy step of the default host.
+MAX_STEP_NORM = 2.0
+
+
 def task_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     """Cross-entropy for image labels ``[B]`` and token targets ``[B, T]`` alike."""
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
-
-
-def _correct(logits: torch.Tensor, y: torch.Tensor) -> tuple[int, int]:
-    pred = logits.argmax(-1)
-    return int((pred == y).sum()), y.numel()
 
 
 def _grad_norm(params: list[nn.Parameter]) -> torch.Tensor:
@@ -57,15 +57,16 @@ def _grad_norm(params: list[nn.Parameter]) -> torch.Tensor:
 
 @torch.no_grad()
 def evaluate(model: Callable[[torch.Tensor], torch.Tensor], task: TaskData, batch_size: int) -> tuple[float, float]:
-    """Validation (loss, accuracy) of ``model``."""
-    total_loss, correct, count = 0.0, 0, 0
+    """Validation (loss, accuracy) of ``model``, summed on the data's device and read once."""
+    total_loss = torch.zeros((), dtype=torch.float64, device=task.val_x.device)
+    correct = torch.zeros((), dtype=torch.long, device=task.val_x.device)
+    count = 0
     for x, y in task.val_batches(batch_size):
-        logits = model(x)
-        total_loss += float(task_loss(logits, y)) * y.numel()
-        c, n = _correct(logits, y)
-        correct += c
-        count += n
-    return total_loss / max(count, 1), correct / max(count, 1)
+        logits = model(x).float()
+        total_loss += task_loss(logits, y).double() * y.numel()
+        correct += (logits.argmax(-1) == y).sum()
+        count += y.numel()
+    return float(total_loss) / max(count, 1), int(correct) / max(count, 1)
 
 
 class EpochRunner:
@@ -80,6 +81,7 @@ class EpochRunner:
         generator: torch.Generator | None = None,
         compiled: Callable[[torch.Tensor], torch.Tensor] | None = None,
         max_batches: int | None = None,
+        amp: bool = False,
     ) -> None:
         self.lifecycle = lifecycle
         self.task = task
@@ -88,6 +90,8 @@ class EpochRunner:
         # Not `compiled or host`: truth-testing an OptimizedModule calls len() on the host, which raises.
         self.model: Callable[[torch.Tensor], torch.Tensor] = compiled if compiled is not None else lifecycle.host
         self.max_batches = max_batches
+        #: bf16 autocast around the host's forward pass and loss (on the host's device).
+        self.amp = amp
         self._host_snapshot: torch.Tensor | None = None
 
     def run_epoch(self, epoch: int) -> EpochResult:
@@ -97,12 +101,16 @@ class EpochRunner:
         host.train()
         live = [i for i, s in enumerate(lc.seeds) if s is not None]
         seed_params = {i: slots[i].seed_parameters() for i in live}
+        trained = [p for group in lc.optimizer.param_groups for p in group["params"]]
         host_params = host.host_parameters()  # type: ignore[operator]
         before = _flat(host_params)
-        loss_sum = torch.zeros(())
-        correct, count = 0, 0
-        host_norm_sum = torch.zeros(())
-        seed_norm_sum = {i: torch.zeros(()) for i in live}
+        device = before.device
+        # Accumulated on the host's device: a float() per batch would wait for the GPU every batch.
+        loss_sum = torch.zeros((), device=device)
+        correct = torch.zeros((), dtype=torch.long, device=device)
+        count = 0
+        host_norm_sum = torch.zeros((), device=device)
+        seed_norm_sum = {i: torch.zeros((), device=device) for i in live}
         batches = list(self.task.batches(self.batch_size, self.generator))
         if self.max_batches is not None:
             batches = batches[: self.max_batches]
@@ -112,19 +120,25 @@ class EpochRunner:
             for i in live:
                 slots[i].probe = probe
             # The probe batch runs eager: the probe hook is Python the compiled graph must not see.
-            logits = host(x) if probe else self.model(x)
-            loss = task_loss(logits, y)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.amp):
+                logits = host(x) if probe else self.model(x)
+                loss = task_loss(logits.float(), y)
             lc.optimizer.zero_grad(set_to_none=True)
             loss.backward()  # type: ignore[no-untyped-call]
             host_norm_sum += _grad_norm(host_params)
             for i in live:
                 g = _grad_norm(seed_params[i])
                 seed_norm_sum[i] += g
-            lc.optimizer.step()
+            # One non-finite step turns every weight into NaN for good, and one huge step
+            # (a seed diverging at a high learning rate) wrecks the host it feeds: clip the
+            # whole step far above a healthy one, and skip it when it is not finite. The
+            # norms recorded above still show the explosion to the gates and telemetry.
+            total = torch.nn.utils.clip_grad_norm_(trained, MAX_STEP_NORM)
+            if bool(torch.isfinite(total)):
+                lc.optimizer.step()
             loss_sum += loss.detach() * y.numel()  # mean over predictions, like val
-            c, k = _correct(logits.detach(), y)
-            correct += c
-            count += k
+            correct += (logits.detach().argmax(-1) == y).sum()
+            count += y.numel()
         for i in live:
             slots[i].probe = False
         host.eval()
@@ -142,7 +156,7 @@ class EpochRunner:
         return EpochResult(
             epoch=epoch,
             train_loss=float(loss_sum) / max(count, 1),
-            train_accuracy=correct / max(count, 1),
+            train_accuracy=int(correct) / max(count, 1),
             val_loss=val_loss,
             val_accuracy=val_acc,
             host_grad_norm=host_norm,

@@ -360,7 +360,13 @@ def test_cli_train_writes_policy_events_and_summary(tmp_path: Path) -> None:
     args = ["train", "--episodes", "3", "--envs", "2", "--epochs", "2", "--train-size", "64", "--val-size", "32"]
     result = ClickRunner().invoke(main, [*args, "--out", str(out), "--seed", "7"])
     assert result.exit_code == 0, result.output
-    assert {p.name for p in out.iterdir()} == {"policy.pt", "events.jsonl", "train_summary.json"}
+    assert {p.name for p in out.iterdir()} == {
+        "policy.pt",
+        "best_policy.pt",
+        "train_state.pt",
+        "events.jsonl",
+        "train_summary.json",
+    }
 
     events = read_events(out / "events.jsonl")
     kinds = [e["event"] for e in events]
@@ -376,6 +382,13 @@ def test_cli_train_writes_policy_events_and_summary(tmp_path: Path) -> None:
     for u in updates:
         assert {"policy_loss", "value_loss", "approx_kl", "clip_fraction", "mean_return"} <= set(u)
         assert set(u["head_entropy"]) == set(reg.space.names)
+        assert u["env_steps_per_s"] > 0 and u["rollout_seconds"] > 0
+    assert updates[0]["env_steps"] == 4 and updates[1]["env_steps"] == 2  # envs x epochs of each rollout
+    assert 0 < updates[0]["wall_seconds"] < updates[1]["wall_seconds"]
+    # The last update is evaluated on the held-out seeds, and the best policy kept.
+    (evaluation,) = [e for e in events if e["event"] == "ppo.eval"]
+    assert evaluation["update"] == 1 and evaluation["seeds"] == [0, 1] and len(evaluation["returns"]) == 2
+    assert evaluation["best"] is True
 
     summary = json.loads((out / "train_summary.json").read_text())
     assert summary["episodes"] == 3 and len(summary["episode_returns"]) == 3

@@ -402,3 +402,22 @@ def test_live_key_tells_blueprints_apart_but_not_two_seeds_of_one_blueprint() ->
 
     assert key("conv_small") == key("conv_small")
     assert key("conv_small") != key("conv_light")
+
+
+def test_isolation_flag_follows_a_loaded_state() -> None:
+    """The eager fast path branches on a Python flag; loading a state must move it with the buffer."""
+    torch.manual_seed(0)
+    slot = SeedSlot(4, "cnn")
+    slot.germinate(nn.Conv2d(4, 4, 3, padding=1), "linear")
+    slot.set_alpha(0.5)
+    slot.set_isolation(False)
+    coadapting = {k: v.clone() for k, v in slot.state_dict().items()}
+    slot.set_isolation(True)
+    x = torch.randn(2, 4, 5, 5, requires_grad=True)
+    slot(x).sum().backward()
+    isolated_grad = x.grad.clone()
+    torch.testing.assert_close(isolated_grad, torch.ones_like(x))  # only the identity path reaches the host
+    slot.load_state_dict(coadapting)
+    x.grad = None
+    slot(x).sum().backward()
+    assert not torch.allclose(x.grad, isolated_grad)  # the seed path reaches the host again

@@ -28,8 +28,11 @@ import attrs
 import torch
 from torch import nn
 
+from esper_kernel import checkpoint
 from esper_kernel.env import EnvBatch, EnvConfig, MorphoEnv, load_task, observation_names
-from esper_kernel.registry import Registry
+from esper_kernel.errors import EsperError
+from esper_kernel.registry import Registry, Selection
+from esper_kernel.tamiyo.envpool import EnvPool, EnvShard
 from esper_kernel.tamiyo.policies import Policy
 from esper_kernel.tamiyo.ppo import PPOPolicy, save_policy
 from esper_kernel.tamiyo.sampling import Sampled
@@ -304,22 +307,25 @@ def ppo_update(
 
 
 def collect_rollout(
-    policy: PPOPolicy, envs: EnvBatch, seeds: Sequence[int], episodes: Sequence[int]
+    policy: PPOPolicy, envs: EnvPool | EnvBatch, seeds: Sequence[int], episodes: Sequence[int]
 ) -> tuple[RolloutBuffer, list[float]]:
-    """Run one full episode in every env; return the buffer and each env's return."""
-    obs = torch.stack([env.reset(s, ep) for env, s, ep in zip(envs.envs, seeds, episodes, strict=True)])
-    steps = envs.config.epochs
-    space = envs.registry.space
-    buf = RolloutBuffer(steps, len(envs.envs), obs.shape[1], space.n_heads, space.max_choices)
-    returns = [0.0] * len(envs.envs)
+    """Run one full episode in each of the first ``len(seeds)`` envs; return the buffer and each env's return."""
+    pool = envs if isinstance(envs, EnvPool) else EnvPool.of(EnvShard(envs.envs), None)
+    step = pool.reset(seeds, episodes)
+    obs = step.obs
+    steps = pool.epochs
+    space = policy.space
+    k = len(seeds)
+    buf = RolloutBuffer(steps, k, obs.shape[1], space.n_heads, space.max_choices)
+    returns = [0.0] * k
     for t in range(steps):
-        sampled, value = policy.act_with_value(obs, envs.masks())
-        results = envs.step(sampled.actions)
-        rewards = torch.tensor([r.reward for r in results])
-        dones = torch.tensor([r.done for r in results])
-        buf.add(t, obs, sampled, value, rewards, dones)
-        returns = [a + r.reward for a, r in zip(returns, results, strict=True)]
-        obs = torch.stack([r.obs for r in results])
+        if step.masks is None:
+            raise RuntimeError(f"every episode ended after {t} of {steps} steps")
+        sampled, value = policy.act_with_value(obs, step.masks)
+        step = pool.step(sampled.actions)
+        buf.add(t, obs, sampled, value, torch.tensor(step.rewards), torch.tensor(step.dones))
+        returns = [a + r for a, r in zip(returns, step.rewards, strict=True)]
+        obs = step.obs
     if not bool(buf.dones[-1].all()):
         raise RuntimeError("an episode did not end after config.epochs steps")
     return buf, returns
@@ -333,6 +339,11 @@ class TrainSummary:
     policy_path: str
     seconds: float
     last_update: UpdateStats | None
+    #: Best mean held-out return seen by the periodic evaluation (None: it never ran) and its update.
+    best_eval_return: float | None = None
+    best_eval_update: int | None = None
+    #: Update index the run resumed after (None: started fresh).
+    resumed_from_update: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return attrs.asdict(self)
@@ -341,10 +352,113 @@ class TrainSummary:
 #: Called after each rollout with (episodes done, episodes in total, mean return of the rollout).
 ProgressFn = Callable[[int, int, float], None]
 
+STATE_FORMAT = "esper.train-state/1"
+STATE_FILE = "train_state.pt"
+BEST_POLICY = "best_policy.pt"
+
+
+@attrs.frozen
+class TrainConfig:
+    """Everything ``esper train`` needs, as a TOML file mirrors it: top-level keys, ``[env]`` and ``[ppo]``."""
+
+    env: EnvConfig = attrs.Factory(EnvConfig)
+    ppo: PPOConfig = attrs.Factory(PPOConfig)
+    levers: tuple[str, ...] | None = None
+    out: str = "runs/train"
+    #: Env worker processes; 0: one per usable core (never more than the envs).
+    workers: int = 0
+    #: Evaluate on ``eval_seeds`` every this many updates and after the last; 0: never.
+    eval_every: int = 5
+    eval_seeds: tuple[int, ...] = (0, 1)
+
+    def __attrs_post_init__(self) -> None:
+        for name in ("workers", "eval_every"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be 0 or more, got {getattr(self, name)}")
+
+
+class TrainStateError(EsperError):
+    """A training state file that is missing, unreadable or does not fit this training run."""
+
 
 def _episode_seed(seed: int, episode: int) -> int:
     # Spread training seeds away from the small integers evaluations usually use.
     return 1_000_003 * (seed + 1) + episode
+
+
+@attrs.frozen
+class TrainOptions:
+    """How (not what) to train: where envs run, how often to evaluate, where to resume from."""
+
+    #: Env worker processes; 1 steps every env in this process.
+    workers: int = 1
+    #: Levers the workers load (they rebuild the registry); None: exactly the main registry's levers.
+    selection: Selection | None = None
+    #: Evaluate the greedy policy on ``eval_seeds`` after every ``eval_every`` updates and the last; 0: never.
+    eval_every: int = 0
+    #: Held-out episode seeds (training seeds are spread far from small integers, so these are never trained on).
+    eval_seeds: tuple[int, ...] = (0, 1)
+    #: A state saved by an interrupted run with the same configs, to continue to the same result.
+    resume: Path | None = None
+    #: Ray cluster address for env workers as Ray actors ("": RAY_ADDRESS or a local instance); None: no Ray.
+    ray: str | None = None
+    #: Plain data stored in the training state as is (the CLI keeps its config and run id there).
+    meta: dict[str, Any] = attrs.field(factory=dict)
+
+
+def _save_state(path: Path, data: dict[str, Any]) -> None:
+    checkpoint.save_atomic({"format": STATE_FORMAT, **data}, path)
+
+
+def load_train_state(path: Path) -> dict[str, Any]:
+    """Read ``train_state.pt`` written by :func:`train_ppo` (tensors and plain data only)."""
+    if not path.exists():
+        raise TrainStateError(f"no training state at {path}: nothing to resume (was it written by esper train?)")
+    try:
+        data = torch.load(path, weights_only=True, map_location="cpu")
+    except Exception as exc:
+        raise TrainStateError(f"cannot read training state {path}: {type(exc).__name__}: {exc}") from exc
+    if not isinstance(data, dict) or data.get("format") != STATE_FORMAT:
+        raise TrainStateError(f"{path} is not an esper train state (format {STATE_FORMAT})")
+    return data
+
+
+def _make_pool(
+    env_config: EnvConfig, registry: Registry, task_seed: int, n_envs: int, log: Any, opts: TrainOptions
+) -> EnvPool:
+    selection = opts.selection or Selection(only=registry.names)
+    if opts.ray is not None:
+        from esper_kernel.tamiyo.raypool import ray_pool
+
+        return ray_pool(env_config, registry, selection, task_seed, n_envs, opts.workers, log, opts.ray)
+    if opts.workers > 1 and n_envs > 1:
+        return EnvPool.processes(env_config, registry, selection, task_seed, n_envs, opts.workers, log)
+    return EnvPool.local(env_config, registry, task_seed, n_envs, log)
+
+
+def evaluate_on_pool(policy: PPOPolicy, pool: EnvPool, seeds: Sequence[int]) -> list[float]:
+    """Greedy episodes on ``seeds`` (at most the pool's size at a time); the returns.
+
+    The policy's sampling generator is left as it was, so evaluating never
+    changes the actions training draws next.
+    """
+    greedy, gen_state = policy.greedy, policy.generator.get_state()
+    policy.greedy = True
+    out: list[float] = []
+    try:
+        for start in range(0, len(seeds), pool.n_envs):
+            chunk = list(seeds[start : start + pool.n_envs])
+            step = pool.reset(chunk, [-1] * len(chunk))
+            returns = [0.0] * len(chunk)
+            while step.masks is not None:
+                sampled, _ = policy.act_with_value(step.obs, step.masks)
+                step = pool.step(sampled.actions)
+                returns = [a + r for a, r in zip(returns, step.rewards, strict=True)]
+            out += returns
+    finally:
+        policy.greedy = greedy
+        policy.generator.set_state(gen_state)
+    return out
 
 
 def train_ppo(
@@ -354,65 +468,138 @@ def train_ppo(
     log: Any,
     out_path: Path | str,
     progress: ProgressFn | None = None,
+    options: TrainOptions | None = None,
 ) -> TrainSummary:
-    """Train a :class:`PPOPolicy` for ``ppo_config.episodes`` episodes; save it at ``out_path`` after every update."""
+    """Train a :class:`PPOPolicy` for ``ppo_config.episodes`` episodes; save it at ``out_path`` after every update.
+
+    Beside ``out_path``, ``train_state.pt`` (policy, optimizer, normaliser,
+    every random state and the episode counter) is written atomically after
+    every update, so a run killed at any point continues with
+    ``options.resume`` to the weights an uninterrupted run ends with; and
+    ``best_policy.pt`` keeps the policy with the best held-out return.
+    """
     t0 = time.monotonic()
+    opts = options or TrainOptions()
     cfg = ppo_config
     out_path = Path(out_path)
+    state_path = out_path.with_name(STATE_FILE)
+    best_path = out_path.with_name(BEST_POLICY)
     names = observation_names(registry, env_config.slots)
     policy = PPOPolicy.for_registry(registry, names, cfg.hidden, hyperparameters=attrs.asdict(cfg), seed=cfg.seed)
     optimizer = torch.optim.Adam(policy.parameters(), lr=cfg.lr, eps=1e-5)
     shuffle = torch.Generator().manual_seed(cfg.seed + 2)
-    task = load_task(env_config, cfg.seed)
     n_envs = min(cfg.n_envs, cfg.episodes)
-    all_envs = [MorphoEnv(env_config, registry, task, log, i) for i in range(n_envs)]
-    if all_envs[0].obs_dim != policy.obs_dim:
-        raise RuntimeError(f"env observation size {all_envs[0].obs_dim} != schema size {policy.obs_dim}")
     updates = math.ceil(cfg.episodes / n_envs)
     returns: list[float] = []
     stats: UpdateStats | None = None
     scale = AdvantageScale()
-    for u in range(updates):
-        k = min(n_envs, cfg.episodes - len(returns))
-        envs = EnvBatch(all_envs[:k])
-        episodes = [len(returns) + i for i in range(k)]
-        sizes = group_sizes(k, cfg.group_size)
-        # Every env of a group runs the episode seed of the group's first episode.
-        seeds = [_episode_seed(cfg.seed, episodes[sum(sizes[:g])]) for g, n in enumerate(sizes) for _ in range(n)]
-        buf, ep_returns = collect_rollout(policy, envs, seeds, episodes)
-        buf.rewards = relative_rewards(buf.rewards, sizes)
-        batch = buf.batch(torch.zeros(k), cfg.gamma, cfg.gae_lambda)
-        stats = ppo_update(policy, optimizer, batch, cfg, shuffle, adv_scale=scale.update(batch.advantages))
-        # Normalisation statistics move only after the update, so the update
-        # scores actions under exactly the normalisation they were drawn with.
-        policy.norm.update(buf.obs)
-        returns += ep_returns
-        mean_ret = sum(ep_returns) / len(ep_returns)
-        log.info(
-            "ppo.update",
-            update=u,
-            episodes_done=len(returns),
-            policy_loss=stats.policy_loss,
-            value_loss=stats.value_loss,
-            approx_kl=stats.approx_kl,
-            clip_fraction=stats.clip_fraction,
-            entropy=stats.entropy,
-            head_entropy=stats.head_entropy,
-            minibatches=stats.minibatches,
-            mean_return=mean_ret,
-            episode_returns=ep_returns,
-        )
-        save_policy(policy, out_path)
-        if progress is not None:
-            progress(len(returns), cfg.episodes, mean_ret)
+    first = 0
+    best: tuple[float, int] | None = None
+    prior_seconds = 0.0
+    if opts.resume is not None:
+        state = load_train_state(opts.resume)
+        if state["env_config"] != attrs.asdict(env_config) or state["ppo_config"] != attrs.asdict(cfg):
+            raise TrainStateError(f"{opts.resume} was written by a run with other settings; resume it with its own")
+        policy.load_state_dict(state["policy"])
+        optimizer.load_state_dict(state["optimizer"])
+        shuffle.set_state(state["shuffle"])
+        policy.generator.set_state(state["sampler"])
+        torch.set_rng_state(state["rng"])
+        scale.sum_sq, scale.count = float(state["adv_sum_sq"]), int(state["adv_count"])
+        returns = [float(r) for r in state["returns"]]
+        first = int(state["updates_done"])
+        best = None if state["best"] is None else (float(state["best"][0]), int(state["best"][1]))
+        prior_seconds = float(state["seconds"])
+        log.info("train.resumed", updates_done=first, episodes_done=len(returns))
+    pool = _make_pool(env_config, registry, cfg.seed, n_envs, log, opts)
+    with pool:
+        for u in range(first, updates):
+            k = min(n_envs, cfg.episodes - len(returns))
+            episodes = [len(returns) + i for i in range(k)]
+            sizes = group_sizes(k, cfg.group_size)
+            # Every env of a group runs the episode seed of the group's first episode.
+            seeds = [_episode_seed(cfg.seed, episodes[sum(sizes[:g])]) for g, n in enumerate(sizes) for _ in range(n)]
+            t_roll = time.monotonic()
+            buf, ep_returns = collect_rollout(policy, pool, seeds, episodes)
+            rollout_s = time.monotonic() - t_roll
+            t_upd = time.monotonic()
+            buf.rewards = relative_rewards(buf.rewards, sizes)
+            batch = buf.batch(torch.zeros(k), cfg.gamma, cfg.gae_lambda)
+            stats = ppo_update(policy, optimizer, batch, cfg, shuffle, adv_scale=scale.update(batch.advantages))
+            # Normalisation statistics move only after the update, so the update
+            # scores actions under exactly the normalisation they were drawn with.
+            policy.norm.update(buf.obs)
+            update_s = time.monotonic() - t_upd
+            returns += ep_returns
+            mean_ret = sum(ep_returns) / len(ep_returns)
+            log.info(
+                "ppo.update",
+                update=u,
+                episodes_done=len(returns),
+                policy_loss=stats.policy_loss,
+                value_loss=stats.value_loss,
+                approx_kl=stats.approx_kl,
+                clip_fraction=stats.clip_fraction,
+                entropy=stats.entropy,
+                head_entropy=stats.head_entropy,
+                minibatches=stats.minibatches,
+                mean_return=mean_ret,
+                episode_returns=ep_returns,
+                env_steps=k * env_config.epochs,
+                env_steps_per_s=k * env_config.epochs / max(rollout_s, 1e-9),
+                rollout_seconds=rollout_s,
+                update_seconds=update_s,
+                wall_seconds=prior_seconds + time.monotonic() - t0,
+            )
+            if opts.eval_every > 0 and opts.eval_seeds and ((u + 1) % opts.eval_every == 0 or u + 1 == updates):
+                held_out = evaluate_on_pool(policy, pool, opts.eval_seeds)
+                mean_eval = sum(held_out) / len(held_out)
+                improved = best is None or mean_eval > best[0]
+                if improved:
+                    best = (mean_eval, u)
+                    save_policy(policy, best_path)
+                log.info(
+                    "ppo.eval",
+                    update=u,
+                    seeds=list(opts.eval_seeds),
+                    returns=held_out,
+                    mean_return=mean_eval,
+                    best=improved,
+                )
+            save_policy(policy, out_path)
+            _save_state(
+                state_path,
+                {
+                    "env_config": attrs.asdict(env_config),
+                    "ppo_config": attrs.asdict(cfg),
+                    "levers": list(registry.names),
+                    "policy": {k2: v.detach().clone() for k2, v in policy.state_dict().items()},
+                    "optimizer": optimizer.state_dict(),
+                    "shuffle": shuffle.get_state(),
+                    "sampler": policy.generator.get_state(),
+                    "rng": torch.get_rng_state(),
+                    "adv_sum_sq": scale.sum_sq,
+                    "adv_count": scale.count,
+                    "returns": list(returns),
+                    "updates_done": u + 1,
+                    "best": None if best is None else [best[0], best[1]],
+                    "seconds": prior_seconds + time.monotonic() - t0,
+                    "meta": opts.meta,
+                },
+            )
+            if progress is not None:
+                progress(len(returns), cfg.episodes, mean_ret)
     save_policy(policy, out_path)
     return TrainSummary(
         episodes=len(returns),
         updates=updates,
         episode_returns=tuple(returns),
         policy_path=str(out_path),
-        seconds=time.monotonic() - t0,
+        seconds=prior_seconds + time.monotonic() - t0,
         last_update=stats,
+        best_eval_return=None if best is None else best[0],
+        best_eval_update=None if best is None else best[1],
+        resumed_from_update=first if opts.resume is not None else None,
     )
 
 

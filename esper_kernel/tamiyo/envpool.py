@@ -1,0 +1,290 @@
+"""A rollout's envs, in this process or spread over worker processes (or Ray actors).
+
+The envs are cut into *shards* of consecutive envs. A shard steps its envs
+and composes their masks for the next decision; the policy, which decides
+for every env at once, stays in the main process. Where a shard lives does
+not change any number it returns:
+
+- every env keeps its own torch random state (seeded by ``reset``), swapped
+  in around its step, so an env draws the same numbers whether it shares a
+  process with other envs or not;
+- masks are a per-env function of each env's state, so composing them per
+  shard gives the rows composing them for the whole batch gives.
+
+A shard in a worker builds its own registry from the same selection and
+checks it composes the same heads; its events are recorded and replayed
+into the main process's event stream, so ``events.jsonl`` holds them all.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import MutableMapping, Sequence
+from typing import Any, Protocol
+
+import attrs
+import structlog
+import torch
+
+from esper_kernel.devices import rng_states, set_rng_states
+from esper_kernel.env import EnvBatch, EnvConfig, MorphoEnv, build_registry, load_task
+from esper_kernel.errors import EsperError
+from esper_kernel.registry import Registry, Selection
+from esper_kernel.workers import ProcessActor
+
+
+@attrs.frozen
+class ShardStep:
+    """What a shard answers after a reset (no rewards) or a step."""
+
+    obs: torch.Tensor
+    masks: torch.Tensor | None
+    rewards: tuple[float, ...] = ()
+    dones: tuple[bool, ...] = ()
+    #: ``(method, event_dict)`` of every event logged in a worker, to replay in the main process.
+    events: tuple[tuple[str, dict[str, Any]], ...] = ()
+
+
+class _Recorder:
+    """A structlog processor that keeps events instead of writing them."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, dict[str, Any]]] = []
+
+    def __call__(self, _logger: Any, method: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+        event_dict.setdefault("ts", round(time.time(), 3))
+        self.events.append((method, dict(event_dict)))
+        raise structlog.DropEvent
+
+    def take(self) -> tuple[tuple[str, dict[str, Any]], ...]:
+        out = tuple(self.events)
+        self.events.clear()
+        return out
+
+
+class EnvShard:
+    """Some consecutive envs of a rollout, stepped together."""
+
+    def __init__(self, envs: Sequence[MorphoEnv], recorder: _Recorder | None = None) -> None:
+        self.envs = list(envs)
+        self.recorder = recorder
+        self.active: list[MorphoEnv] = []
+        self.rng: list[dict[str, Any]] = []
+
+    @classmethod
+    def build(
+        cls, config: EnvConfig, registry: Registry, task_seed: int, indices: Sequence[int], log: Any | None = None
+    ) -> EnvShard:
+        """Envs ``indices`` on the task of ``task_seed``; ``log`` None records events for replay elsewhere."""
+        recorder = None
+        if log is None:
+            recorder = _Recorder()
+            log = structlog.wrap_logger(structlog.ReturnLogger(), processors=[recorder]).bind()
+        task = load_task(config, task_seed)
+        return cls([MorphoEnv(config, registry, task, log, i) for i in indices], recorder)
+
+    @classmethod
+    def in_worker(
+        cls, config: EnvConfig, selection: Selection, heads: tuple[str, ...], task_seed: int, indices: Sequence[int]
+    ) -> EnvShard:
+        """Build a shard in a worker process: its own registry, which must compose the main process's heads."""
+        registry = build_registry(config, selection)
+        if registry.space.names != heads:
+            raise EsperError(
+                f"the worker's levers compose heads {list(registry.space.names)}, the main process's {list(heads)}; "
+                "install the same lever packages where the workers run"
+            )
+        return cls.build(config, registry, task_seed, indices)
+
+    @property
+    def obs_dim(self) -> int:
+        return self.envs[0].obs_dim
+
+    def _answer(
+        self, obs: list[torch.Tensor], rewards: tuple[float, ...] = (), dones: tuple[bool, ...] = ()
+    ) -> ShardStep:
+        done = all(dones) if dones else False
+        masks = None if done else EnvBatch(self.active).masks()
+        events = self.recorder.take() if self.recorder is not None else ()
+        return ShardStep(torch.stack(obs), masks, rewards, dones, events)
+
+    def reset(self, seeds: Sequence[int], episodes: Sequence[int]) -> ShardStep:
+        """Start an episode in the first ``len(seeds)`` envs; the others sit this rollout out."""
+        if len(seeds) > len(self.envs):
+            raise ValueError(f"{len(seeds)} seeds for a shard of {len(self.envs)} envs")
+        self.active = self.envs[: len(seeds)]
+        obs, self.rng = [], []
+        for env, seed, episode in zip(self.active, seeds, episodes, strict=True):
+            obs.append(env.reset(seed, episode))
+            self.rng.append(rng_states())
+        return self._answer(obs)
+
+    def step(self, actions: torch.Tensor) -> ShardStep:
+        obs, rewards, dones = [], [], []
+        outer = rng_states()
+        try:
+            for i, env in enumerate(self.active):
+                set_rng_states(self.rng[i])
+                result = env.step(actions[i])
+                self.rng[i] = rng_states()
+                obs.append(result.obs)
+                rewards.append(result.reward)
+                dones.append(result.done)
+        finally:
+            set_rng_states(outer)
+        return self._answer(obs, tuple(rewards), tuple(dones))
+
+
+class _Handle(Protocol):
+    def send(self, method: str, *args: Any) -> None: ...
+
+    def recv(self) -> Any: ...
+
+    def close(self) -> None: ...
+
+
+class _Local:
+    """A shard in this process behind the same send/recv a worker has."""
+
+    def __init__(self, shard: EnvShard) -> None:
+        self.shard = shard
+        self._result: Any = None
+
+    def send(self, method: str, *args: Any) -> None:
+        self._result = getattr(self.shard, method)(*args)
+
+    def recv(self) -> Any:
+        out, self._result = self._result, None
+        return out
+
+    def close(self) -> None:
+        pass
+
+
+@attrs.frozen
+class PoolStep:
+    obs: torch.Tensor
+    masks: torch.Tensor | None
+    rewards: tuple[float, ...]
+    dones: tuple[bool, ...]
+
+
+class EnvPool:
+    """``n_envs`` envs in ``len(handles)`` shards; resets and steps run in every shard at once."""
+
+    def __init__(self, handles: Sequence[_Handle], sizes: Sequence[int], epochs: int, log: Any) -> None:
+        self.handles = list(handles)
+        self.sizes = list(sizes)
+        self.n_envs = sum(sizes)
+        self.epochs = epochs
+        self.log = log
+        self._parts: list[int] = []
+
+    @classmethod
+    def local(cls, config: EnvConfig, registry: Registry, task_seed: int, n_envs: int, log: Any) -> EnvPool:
+        """Every env in this process, in one shard."""
+        return cls.of(EnvShard.build(config, registry, task_seed, range(n_envs), log), log)
+
+    @classmethod
+    def of(cls, shard: EnvShard, log: Any) -> EnvPool:
+        """A pool of one shard in this process."""
+        return cls([_Local(shard)], [len(shard.envs)], shard.envs[0].config.epochs, log)
+
+    @classmethod
+    def processes(
+        cls,
+        config: EnvConfig,
+        registry: Registry,
+        selection: Selection,
+        task_seed: int,
+        n_envs: int,
+        workers: int,
+        log: Any,
+    ) -> EnvPool:
+        """The envs in ``min(workers, n_envs)`` worker processes, one intra-op thread each."""
+        sizes = shard_sizes(n_envs, workers)
+        handles: list[ProcessActor] = []
+        start = 0
+        try:
+            for w, size in enumerate(sizes):
+                idx = tuple(range(start, start + size))
+                handles.append(
+                    ProcessActor(
+                        EnvShard.in_worker,
+                        config,
+                        selection,
+                        registry.space.names,
+                        task_seed,
+                        idx,
+                        name=f"env worker {w} (envs {idx[0]}-{idx[-1]})",
+                    )
+                )
+                start += size
+            for h in handles:
+                h.wait_ready()  # so a rollout's timing never includes worker start-up
+        except BaseException:
+            for h in handles:
+                h.close()
+            raise
+        return cls(handles, sizes, config.epochs, log)
+
+    def _gather(self, method: str, per_shard: Sequence[tuple[Any, ...]]) -> PoolStep:
+        used = [i for i, args in enumerate(per_shard) if args is not None]
+        for i in used:
+            self.handles[i].send(method, *per_shard[i])
+        answers: list[ShardStep] = [self.handles[i].recv() for i in used]
+        for ans in answers:
+            for method_name, event in ans.events:
+                getattr(self.log, method_name)(**event)
+        masks = [a.masks for a in answers]
+        return PoolStep(
+            obs=torch.cat([a.obs for a in answers]),
+            masks=None if any(m is None for m in masks) else torch.cat([m for m in masks if m is not None]),
+            rewards=tuple(r for a in answers for r in a.rewards),
+            dones=tuple(d for a in answers for d in a.dones),
+        )
+
+    def reset(self, seeds: Sequence[int], episodes: Sequence[int]) -> PoolStep:
+        """Start episodes in the first ``len(seeds)`` envs."""
+        if len(seeds) > self.n_envs:
+            raise ValueError(f"{len(seeds)} seeds for a pool of {self.n_envs} envs")
+        self._parts = []
+        args: list[Any] = []
+        start = 0
+        for size in self.sizes:
+            k = max(0, min(size, len(seeds) - start))
+            self._parts.append(k)
+            args.append((list(seeds[start : start + k]), list(episodes[start : start + k])) if k else None)
+            start += size
+        return self._gather("reset", args)
+
+    def step(self, actions: torch.Tensor) -> PoolStep:
+        args: list[Any] = []
+        start = 0
+        for k in self._parts:
+            args.append((actions[start : start + k],) if k else None)
+            start += k
+        return self._gather("step", args)
+
+    def close(self) -> None:
+        for h in self.handles:
+            h.close()
+
+    def __enter__(self) -> EnvPool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def shard_sizes(n_envs: int, workers: int) -> list[int]:
+    """Consecutive shard sizes for ``n_envs`` envs over at most ``workers`` shards, as even as possible."""
+    w = max(1, min(workers, n_envs))
+    per = math.ceil(n_envs / w)
+    sizes = []
+    left = n_envs
+    while left > 0:
+        sizes.append(min(per, left))
+        left -= sizes[-1]
+    return sizes

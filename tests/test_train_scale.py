@@ -1,0 +1,141 @@
+"""esper train at scale: env workers give the in-process result, resume after kill -9, TOML config."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner as ClickRunner
+
+from esper_kernel.cli import main
+from esper_kernel.env import EnvConfig, build_registry
+from esper_kernel.registry import Selection
+from esper_kernel.tamiyo.train import PPOConfig, TrainOptions, load_train_state, train_ppo
+from esper_kernel.telemetry import null_log, read_events
+
+TINY = EnvConfig(epochs=2, train_size=64, val_size=32, batch_size=32)
+TINY_ARGS = ["--epochs", "2", "--train-size", "64", "--val-size", "32", "--batch-size", "32", "--hidden", "16"]
+
+
+def _weights(path: Path) -> dict[str, torch.Tensor]:
+    rec = torch.load(path, weights_only=True)
+    state: dict[str, torch.Tensor] = rec["state_dict"]
+    return state
+
+
+def _equal(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_env_workers_give_the_in_process_result(tmp_path: Path) -> None:
+    reg = build_registry(TINY, Selection())
+    cfg = PPOConfig(episodes=6, n_envs=4, hidden=16, update_epochs=2, group_size=2, seed=3)
+    runs = {}
+    for workers in (1, 2):
+        out = tmp_path / f"w{workers}" / "policy.pt"
+        opts = TrainOptions(workers=workers, eval_every=1, eval_seeds=(0, 1, 2))
+        runs[workers] = (train_ppo(TINY, reg, cfg, null_log(), out, options=opts), _weights(out))
+    (one, w_one), (two, w_two) = runs[1], runs[2]
+    assert one.episode_returns == two.episode_returns  # exactly, not approximately
+    assert len(set(one.episode_returns)) > 1  # the envs did not all do the same thing
+    assert one.best_eval_return == two.best_eval_return and one.best_eval_update == two.best_eval_update
+    assert _equal(w_one, w_two)
+
+
+def _train_cmd(out: Path, *extra: str) -> list[str]:
+    args = ["train", "--episodes", "10", "--envs", "2", *TINY_ARGS, "--workers", "1", "--eval-every", "2"]
+    return [sys.executable, "-m", "esper_kernel.cli", *args, "--out", str(out), *extra]
+
+
+def _env() -> dict[str, str]:
+    return {**{k: v for k, v in os.environ.items() if not k.startswith("ESPER_")}, "OMP_NUM_THREADS": "1"}
+
+
+def test_kill_9_then_resume_ends_with_the_uninterrupted_weights(tmp_path: Path) -> None:
+    whole = tmp_path / "whole"
+    subprocess.run(_train_cmd(whole), env=_env(), check=True, capture_output=True, timeout=300)
+
+    cut = tmp_path / "cut"
+    proc = subprocess.Popen(_train_cmd(cut), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    state = cut / "train_state.pt"
+    deadline = time.monotonic() + 240
+    try:
+        # Kill once a state exists that is not the last: the run is really cut short.
+        while time.monotonic() < deadline and proc.poll() is None:
+            if state.exists() and load_train_state(state)["updates_done"] >= 2:
+                break
+            time.sleep(0.02)
+        assert proc.poll() is None, "the run finished before it could be killed"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    done = load_train_state(state)["updates_done"]
+    assert 2 <= done < 5
+    assert not (cut / "train_summary.json").exists()
+
+    resumed = subprocess.run(
+        [sys.executable, "-m", "esper_kernel.cli", "train", "--resume", str(cut), "--workers", "2"],
+        env=_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    assert _equal(_weights(cut / "policy.pt"), _weights(whole / "policy.pt"))
+    assert _equal(_weights(cut / "best_policy.pt"), _weights(whole / "best_policy.pt"))
+    a = json.loads((whole / "train_summary.json").read_text())
+    b = json.loads((cut / "train_summary.json").read_text())
+    assert a["episode_returns"] == b["episode_returns"] and b["resumed_from_update"] == done
+    events = read_events(cut / "events.jsonl")
+    assert [e["update"] for e in events if e["event"] == "ppo.update"][-1] == 4
+    assert any(e["event"] == "train.resumed" for e in events)
+
+
+def test_resume_refuses_settings_of_its_own(tmp_path: Path) -> None:
+    result = ClickRunner().invoke(main, ["train", "--resume", str(tmp_path / "nothing")])
+    assert result.exit_code == 2
+    assert "no training state at" in result.output and len(result.output.strip().splitlines()) == 1
+
+
+def test_config_file_with_flag_overrides(tmp_path: Path) -> None:
+    cfg = tmp_path / "train.toml"
+    cfg.write_text(
+        "workers = 1\neval_every = 0\n[env]\nepochs = 3\ntrain_size = 64\nval_size = 32\nbatch_size = 32\n"
+        "[ppo]\nepisodes = 2\nn_envs = 2\nhidden = 8\nupdate_epochs = 1\n",
+        encoding="utf-8",
+    )
+    out = tmp_path / "run"
+    result = ClickRunner().invoke(main, ["train", "--config", str(cfg), "--epochs", "2", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    started = read_events(out / "events.jsonl")[0]
+    assert started["config"]["env"]["epochs"] == 2  # the flag wins
+    assert started["config"]["env"]["train_size"] == 64 and started["config"]["ppo"]["hidden"] == 8
+    assert started["workers"] == 1
+    assert not any(e["event"] == "ppo.eval" for e in read_events(out / "events.jsonl"))
+
+
+@pytest.mark.parametrize(
+    ("toml", "message"),
+    [
+        ("[ppo]\nepisods = 3\n", "ppo.episods: unknown key"),
+        ('[env]\nepochs = "ten"\n', "env.epochs: expected int, got str 'ten'"),
+        ("workers = -1\n", "workers must be 0 or more"),
+    ],
+)
+def test_bad_config_is_one_line_naming_the_key(tmp_path: Path, toml: str, message: str) -> None:
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text(toml, encoding="utf-8")
+    result = ClickRunner().invoke(main, ["train", "--config", str(cfg), "--out", str(tmp_path / "x")])
+    assert result.exit_code == 2
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0], result.output
+    assert not (tmp_path / "x").exists()

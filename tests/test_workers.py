@@ -1,0 +1,103 @@
+"""The shared process pool: order, in-process path, errors naming the job, thread counts."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from esper_kernel.errors import EsperError
+from esper_kernel.workers import ProcessActor, WorkerError, map_jobs, resolve_threads
+
+
+def square_and_pid(x: int) -> tuple[int, int]:
+    return x * x, os.getpid()
+
+
+def fail_on_three(x: int) -> int:
+    if x == 3:
+        raise ValueError(f"three is\nnot allowed ({x})")
+    return x
+
+
+def torch_threads(_x: int) -> int:
+    import torch
+
+    return int(torch.get_num_threads())
+
+
+class Counter:
+    def __init__(self, start: int) -> None:
+        self.value = start
+
+    def add(self, k: int) -> int:
+        self.value += k
+        return self.value
+
+    def boom(self) -> None:
+        raise RuntimeError("boom")
+
+
+def test_map_jobs_in_processes_keeps_order_and_uses_other_processes() -> None:
+    out = map_jobs(square_and_pid, list(range(6)), workers=2)
+    assert [v for v, _ in out] == [0, 1, 4, 9, 16, 25]
+    assert all(pid != os.getpid() for _, pid in out)
+
+
+def test_map_jobs_with_one_worker_runs_in_this_process() -> None:
+    out = map_jobs(square_and_pid, [2, 3], workers=1)
+    assert out == [(4, os.getpid()), (9, os.getpid())]
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_failing_job_is_one_line_naming_the_job(workers: int) -> None:
+    with pytest.raises(WorkerError) as info:
+        map_jobs(fail_on_three, [1, 2, 3, 4], workers=workers, names=["a", "b", "c", "d"])
+    msg = str(info.value)
+    assert "\n" not in msg
+    assert msg.startswith("job c failed: ValueError: three is not allowed (3)")
+
+
+def test_workers_run_the_thread_count_asked_for() -> None:
+    assert map_jobs(torch_threads, [0, 1], workers=2, threads=1) == [1, 1]
+    assert map_jobs(torch_threads, [0, 1], workers=2, threads=2) == [2, 2]
+
+
+def test_bad_worker_count_is_an_error() -> None:
+    with pytest.raises(EsperError, match="workers must be at least 1"):
+        map_jobs(square_and_pid, [1], workers=0)
+
+
+def test_resolve_threads(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    assert resolve_threads(None) == 1  # the shared-machine default
+    assert resolve_threads(3) == 3
+    assert resolve_threads(0) is None  # torch's own choice
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    assert resolve_threads(None) == 2
+    assert resolve_threads(4) == 4  # the flag wins
+    monkeypatch.setenv("OMP_NUM_THREADS", "many")
+    with pytest.raises(EsperError, match="OMP_NUM_THREADS='many'"):
+        resolve_threads(None)
+
+
+def test_process_actor_keeps_state_and_reports_errors() -> None:
+    actor = ProcessActor(Counter, 10, name="counter")
+    try:
+        assert actor.call("add", 1) == 11
+        actor.send("add", 5)
+        assert actor.recv() == 16
+        with pytest.raises(WorkerError, match=r"^counter failed: RuntimeError: boom$"):
+            actor.call("boom")
+        assert actor.call("add", 0) == 16
+    finally:
+        actor.close()
+
+
+def test_process_actor_factory_failure_is_reported() -> None:
+    actor = ProcessActor(Counter, "x", name="bad")  # __init__ works; add then fails on str + int
+    try:
+        with pytest.raises(WorkerError, match="bad failed: TypeError"):
+            actor.call("add", 1)
+    finally:
+        actor.close()
