@@ -111,9 +111,7 @@ class EpochRunner:
         count = 0
         host_norm_sum = torch.zeros((), device=device)
         seed_norm_sum = {i: torch.zeros((), device=device) for i in live}
-        batches = list(self.task.batches(self.batch_size, self.generator))
-        if self.max_batches is not None:
-            batches = batches[: self.max_batches]
+        batches = list(self.task.batches(self.batch_size, self.generator))[: self.max_batches]
         n = len(batches)
         for b, (x, y) in enumerate(batches):
             probe = b == n - 1 and bool(live)
@@ -129,13 +127,7 @@ class EpochRunner:
             for i in live:
                 g = _grad_norm(seed_params[i])
                 seed_norm_sum[i] += g
-            # One non-finite step turns every weight into NaN for good, and one huge step
-            # (a seed diverging at a high learning rate) wrecks the host it feeds: clip the
-            # whole step far above a healthy one, and skip it when it is not finite. The
-            # norms recorded above still show the explosion to the gates and telemetry.
-            total = torch.nn.utils.clip_grad_norm_(trained, MAX_STEP_NORM)
-            if bool(torch.isfinite(total)):
-                lc.optimizer.step()
+            self._guarded_step(trained)
             loss_sum += loss.detach() * y.numel()  # mean over predictions, like val
             correct += (logits.detach().argmax(-1) == y).sum()
             count += y.numel()
@@ -162,6 +154,15 @@ class EpochRunner:
             host_grad_norm=host_norm,
             measure=measure,
         )
+
+    def _guarded_step(self, trained: list[torch.Tensor]) -> None:
+        # One non-finite step turns every weight into NaN for good, and one huge step
+        # (a seed diverging at a high learning rate) wrecks the host it feeds: clip the
+        # whole step far above a healthy one, and skip it when it is not finite. The
+        # norms recorded before it still show the explosion to the gates and telemetry.
+        total = torch.nn.utils.clip_grad_norm_(trained, MAX_STEP_NORM)
+        if bool(torch.isfinite(total)):
+            self.lifecycle.optimizer.step()
 
     def _slot_measures(
         self,
