@@ -1062,6 +1062,9 @@ def compare_command(dirs: tuple[Path, ...], as_json: bool, reference: Path | Non
 @click.option("--config", "config_file", default=None, type=click.Path(dir_okay=False), help="TOML run config.")
 @click.option("--workers", type=click.IntRange(min=1), default=None, help="Worker processes (default: usable cores).")
 @click.option("--out", default="runs/eval", show_default=True, type=click.Path(file_okay=False))
+@threads_option
+@device_option
+@amp_option
 def eval_command(
     policies: str,
     forces: tuple[str, ...],
@@ -1075,6 +1078,9 @@ def eval_command(
     config_file: str | None,
     workers: int | None,
     out: str,
+    threads: int | None,
+    device: str | None,
+    amp: bool | None,
 ) -> None:
     """Run several policies on the same seeds, paired, and write OUT/eval.json and OUT/eval.md.
 
@@ -1085,8 +1091,10 @@ def eval_command(
     `wait` control by default): mean difference and 95% confidence interval
     of final accuracy, return and parameters. Schema in docs/eval.md.
     """
+    _setup_threads(threads)
     from esper_kernel import evaluate as ev
     from esper_kernel.config import RunConfig, load_config, with_overrides
+    from esper_kernel.devices import resolve_device
 
     base = load_config(Path(config_file)) if config_file else RunConfig()
     config = with_overrides(
@@ -1095,7 +1103,10 @@ def eval_command(
         env__task=task,
         env__data_dir=data_dir,
         env__epochs=epochs,
+        env__device=device,
+        env__amp=amp,
     )
+    resolve_device(config.env.device)
     forced = [ev.parse_force(f) for f in forces]
     specs = [ev.parse_policy(p, forced) for p in policies.split(",") if p.strip()]
     if effects:

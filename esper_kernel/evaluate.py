@@ -23,9 +23,8 @@ documented in ``docs/eval.md``.
 from __future__ import annotations
 
 import json
-import os
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -42,12 +41,14 @@ from esper_kernel.stages import Op, Stage
 from esper_kernel.stats import mean_se, paired_difference
 from esper_kernel.tamiyo.policies import ForcedPolicy, Policy, WaitPolicy
 from esper_kernel.telemetry import null_log
+from esper_kernel.workers import iter_jobs, usable_cores
 
 __all__ = [
     "EVAL_SCHEMA",
     "EpisodeResult",
     "EvalJob",
     "PolicySpec",
+    "document",
     "evaluate",
     "parse_policy",
     "parse_seeds",
@@ -231,28 +232,9 @@ def play_episode(job: EvalJob) -> EpisodeResult:
     )
 
 
-def _init_worker() -> None:
-    # Parallelism is across episodes: one intra-op thread each keeps two
-    # workers on two cores from fighting over them.
-    torch.set_num_threads(1)
-
-
-def _map(fn: Callable[[EvalJob], EpisodeResult], jobs: Sequence[EvalJob], workers: int) -> Iterator[EpisodeResult]:
-    """Results in job order, each as soon as it and those before it are done."""
-    if workers <= 1 or len(jobs) <= 1:
-        yield from map(fn, jobs)
-        return
-    import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor
-
-    ctx = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=ctx, initializer=_init_worker) as ex:
-        yield from ex.map(fn, jobs)
-
-
 def default_workers() -> int:
     """Usable cores (the affinity mask, not the machine's total)."""
-    return max(1, len(os.sched_getaffinity(0)))
+    return usable_cores()
 
 
 def static_width(env: EnvConfig, num_classes: int, params: float) -> int:
@@ -307,7 +289,7 @@ def evaluate(
                 raise EsperError("'static' matches the first growing policy's parameter count: list one before it")
             jobs_for[p.name] = static_width(env, num_classes, params)
         results |= _run(statics, data, seeds, levers, workers, book, on_done, widths=jobs_for)
-    return _document(env, policies, seeds, levers, reference, results, time.perf_counter() - started)
+    return document(env, policies, seeds, levers, reference, results, time.perf_counter() - started)
 
 
 def _static_target(growing: Sequence[PolicySpec], results: dict[str, list[EpisodeResult]]) -> float | None:
@@ -371,7 +353,8 @@ def _run(
     # Seed-major: an eval stopped early has every policy on its first seeds, which still pair.
     jobs = [EvalJob(data, spec, seed, levers, (widths or {}).get(spec.name)) for seed in seeds for spec in specs]
     todo = [j for j in jobs if (j.policy.name, j.seed, j.static_width) not in journal.done]
-    for job, res in zip(todo, _map(play_episode, todo, workers), strict=True):
+    names = [f"{j.policy.name} seed {j.seed}" for j in todo]
+    for job, res in zip(todo, iter_jobs(play_episode, todo, workers, names=names), strict=True):
         journal.add(job, res)
         if on_done is not None:
             on_done(job.policy.name, res)
@@ -381,7 +364,7 @@ def _run(
     return results
 
 
-def _document(
+def document(
     env: EnvConfig,
     policies: Sequence[PolicySpec],
     seeds: Sequence[int],
@@ -390,6 +373,7 @@ def _document(
     results: dict[str, list[EpisodeResult]],
     wall: float,
 ) -> dict[str, Any]:
+    """The ``esper.eval/1`` document for finished episodes (``esper sweep`` builds its cells with it)."""
     ref = results[reference]
     rows = []
     for spec in policies:

@@ -176,7 +176,7 @@ def sweep(
     lever_sets = list(dict.fromkeys(c.levers for c in cells))
     for levers in lever_sets:
         mine = [c for c in cells if c.levers == levers]
-        part = ev._document(  # the eval's own rows and pairing, one lever set at a time
+        part = ev.document(  # the eval's own rows and pairing, one lever set at a time
             env, [c.spec for c in mine], seeds, levers, REFERENCE, {c.spec.name: by_cell[c] for c in mine}, 0.0
         )
         for cell, row in zip(mine, part["policies"], strict=True):

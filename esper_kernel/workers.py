@@ -29,7 +29,7 @@ import contextlib
 import multiprocessing as mp
 import os
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from multiprocessing.connection import Connection
@@ -139,26 +139,41 @@ def map_jobs(
     :class:`WorkerError` names the job (``names[i]``, else its repr) and the
     original exception in one line.
     """
+    return list(iter_jobs(fn, jobs, workers, threads=threads, names=names))
+
+
+def iter_jobs(
+    fn: Callable[[J], R],
+    jobs: Sequence[J],
+    workers: int = 1,
+    *,
+    threads: int = 1,
+    names: Sequence[str] | None = None,
+) -> Iterator[R]:
+    """:func:`map_jobs` as a generator: each result as soon as it and those before it are done.
+
+    For callers that save results as they come (``esper eval`` journals every
+    episode), so a stopped map loses only the jobs still running.
+    """
     if workers < 1:
         raise EsperError(f"workers must be at least 1, got {workers}")
     if names is not None and len(names) != len(jobs):
         raise ValueError(f"{len(names)} names for {len(jobs)} jobs")
     labels = list(names) if names is not None else [_label(j) for j in jobs]
     if workers == 1 or len(jobs) <= 1:
-        out: list[R] = []
         for job, label in zip(jobs, labels, strict=True):
             try:
-                out.append(fn(job))
+                value = fn(job)
             except Exception as exc:
                 raise WorkerError(f"job {label} failed: {_one_line(exc)}") from exc
-        return out
+            yield value
+        return
     ctx = _context()
     pool = ProcessPoolExecutor(
         max_workers=min(workers, len(jobs)), mp_context=ctx, initializer=_init_worker, initargs=(threads,)
     )
     try:
         futures = [pool.submit(_call, fn, job) for job in jobs]
-        results: list[R] = []
         for fut, label in zip(futures, labels, strict=True):
             try:
                 ok, value = fut.result()
@@ -168,8 +183,7 @@ def map_jobs(
                 raise WorkerError(f"job {label} failed: {_one_line(exc)}") from None
             if not ok:
                 raise WorkerError(f"job {label} failed: {value}")
-            results.append(value)
-        return results
+            yield value
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
 
