@@ -34,7 +34,19 @@ def _equal(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_env_workers_give_the_in_process_result(tmp_path: Path) -> None:
+def test_env_workers_give_the_in_process_result(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Workers run one intra-op thread each; the in-process envs must too, or conv sums
+    # differ in the last bits (OMP_NUM_THREADS=2 in CI) and so do the normalisers.
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        _workers_match_in_process(tmp_path)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _workers_match_in_process(tmp_path: Path) -> None:
     reg = build_registry(TINY, Selection())
     cfg = PPOConfig(episodes=6, n_envs=4, hidden=16, update_epochs=2, group_size=2, seed=3)
     runs = {}
