@@ -169,6 +169,11 @@ def _make_policy(spec: PolicySpec, registry: Registry, obs_dim: int, seed: int) 
     base: Policy = WaitPolicy() if spec.policy == "wait" else make_policy(spec.policy, registry, obs_dim, seed)
     if not spec.forced:
         return base
+    _check_forced(spec, registry)
+    return ForcedPolicy(base, dict(spec.forced))
+
+
+def _check_forced(spec: PolicySpec, registry: Registry) -> None:
     for head, choice in spec.forced:
         if head not in registry.space or head in ("op", "slot"):
             levers = ", ".join(n for n in registry.space.names if n not in ("op", "slot"))
@@ -176,7 +181,17 @@ def _make_policy(spec: PolicySpec, registry: Registry, obs_dim: int, seed: int) 
         if choice not in registry.space.head(head).spec.choices:
             known = ", ".join(registry.space.head(head).spec.choices)
             raise EsperError(f"--force {head}={choice}: head {head!r} has no choice {choice!r}; choices: {known}")
-    return ForcedPolicy(base, dict(spec.forced))
+
+
+def _check_specs(env: EnvConfig, specs: Sequence[PolicySpec], levers: tuple[str, ...] | None) -> None:
+    """Every forced head and policy file checked once, before any episode starts."""
+    registry = build_registry(env, Selection.from_env(levers=levers))
+    for spec in specs:
+        _check_forced(spec, registry)
+        if spec.policy not in ("heuristic", "random", "wait") and not Path(spec.policy).exists():
+            raise EsperError(
+                f"--policies {spec.name!r}: {spec.policy!r} is neither heuristic, random, wait nor a policy file"
+            )
 
 
 def play_episode(job: EvalJob) -> EpisodeResult:
@@ -273,6 +288,7 @@ def evaluate(
         raise EsperError(f"--reference {reference!r} is not among the policies: {', '.join(names)}")
     if any(p.static for p in policies) and env.topology != "cnn":
         raise EsperError(f"a static-host control needs a CNN task; {env.task!r} is {env.topology}")
+    _check_specs(env, policies, levers)
     started = time.perf_counter()
     data = converter.unstructure(env)
     book = Journal(journal, {"schema": EVAL_SCHEMA, "env": data, "levers": list(levers) if levers else levers})
