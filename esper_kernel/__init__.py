@@ -34,6 +34,7 @@ def __getattr__(name: str) -> Any:
         return MaskView
     raise AttributeError(f"module 'esper_kernel' has no attribute {name!r}")
 
+
 #: Marker for lever hook implementations: ``@hookimpl def action_head(): ...``
 hookimpl = pluggy.HookimplMarker("esper")
 

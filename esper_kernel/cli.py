@@ -1112,7 +1112,9 @@ def eval_command(
     if effects:
         specs += [s for s in _effect_specs(config) if s.name not in {x.name for x in specs}]
     seed_list = ev.parse_seeds(seeds)
-    n_workers = workers or ev.default_workers()
+    from esper_kernel.workers import usable_cores
+
+    n_workers = workers or usable_cores()
     console = Console(stderr=True)
     console.print(
         f"esper eval: {len(specs)} policies x {len(seed_list)} seeds on {config.env.task} "

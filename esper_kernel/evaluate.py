@@ -34,6 +34,7 @@ import torch
 from esper_kernel.config import converter
 from esper_kernel.env import EnvBatch, EnvConfig, MorphoEnv, build_registry, cnn_host_config, load_task
 from esper_kernel.errors import EsperError
+from esper_kernel.files import write_text_atomic
 from esper_kernel.hosts import CNNHost
 from esper_kernel.lifecycle import CORE_HEADS
 from esper_kernel.registry import Registry, Selection
@@ -41,7 +42,7 @@ from esper_kernel.stages import Op, Stage
 from esper_kernel.stats import mean_se, paired_difference
 from esper_kernel.tamiyo.policies import ForcedPolicy, Policy, WaitPolicy
 from esper_kernel.telemetry import null_log
-from esper_kernel.workers import iter_jobs, usable_cores
+from esper_kernel.workers import iter_jobs
 
 __all__ = [
     "EVAL_SCHEMA",
@@ -245,11 +246,6 @@ def play_episode(job: EvalJob) -> EpisodeResult:
         wall_seconds=round(time.perf_counter() - started, 2),
         curve=tuple(env.acc_history),
     )
-
-
-def default_workers() -> int:
-    """Usable cores (the affinity mask, not the machine's total)."""
-    return usable_cores()
 
 
 def static_width(env: EnvConfig, num_classes: int, params: float) -> int:
@@ -583,7 +579,5 @@ def write_outputs(doc: dict[str, Any], out: Path, effects: bool = False) -> list
     if effects:
         files[out / "effects.md"] = render_effects(doc)
     for path, text in files.items():
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(text, encoding="utf-8")
-        tmp.replace(path)
+        write_text_atomic(path, text)
     return list(files)

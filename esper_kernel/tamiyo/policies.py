@@ -165,4 +165,3 @@ class HeuristicPolicy:
             blend = self.blend if self.blend in space.head("blend").spec.choices else "linear"
             return {"op": "germinate", "slot": f"s{slot}", "blueprint": blueprint, "blend": blend}
         return {"op": "wait"}
-
