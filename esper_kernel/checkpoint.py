@@ -49,12 +49,17 @@ def remove_stale_temps(directory: Path) -> list[Path]:
 
 
 def load(path: Path) -> dict[str, Any]:
+    return read_state(path, FORMAT, CheckpointError, missing=f"no checkpoint at {path}", what="checkpoint")
+
+
+def read_state(path: Path, fmt: str, error: type[Exception], *, missing: str, what: str) -> dict[str, Any]:
+    """A dict saved by torch with ``format == fmt``, tensors and plain data only; else ``error``."""
     if not path.exists():
-        raise CheckpointError(f"no checkpoint at {path}")
+        raise error(missing)
     try:
         data = torch.load(path, weights_only=True, map_location="cpu")
     except Exception as exc:
-        raise CheckpointError(f"cannot read checkpoint {path}: {type(exc).__name__}: {exc}") from exc
-    if not isinstance(data, dict) or data.get("format") != FORMAT:
-        raise CheckpointError(f"{path} is not an Esper checkpoint (format {FORMAT})")
+        raise error(f"cannot read {what} {path}: {type(exc).__name__}: {exc}") from exc
+    if not isinstance(data, dict) or data.get("format") != fmt:
+        raise error(f"{path} is not an Esper {what} (format {fmt})")
     return data

@@ -412,15 +412,8 @@ def _save_state(path: Path, data: dict[str, Any]) -> None:
 
 def load_train_state(path: Path) -> dict[str, Any]:
     """Read ``train_state.pt`` written by :func:`train_ppo` (tensors and plain data only)."""
-    if not path.exists():
-        raise TrainStateError(f"no training state at {path}: nothing to resume (was it written by esper train?)")
-    try:
-        data = torch.load(path, weights_only=True, map_location="cpu")
-    except Exception as exc:
-        raise TrainStateError(f"cannot read training state {path}: {type(exc).__name__}: {exc}") from exc
-    if not isinstance(data, dict) or data.get("format") != STATE_FORMAT:
-        raise TrainStateError(f"{path} is not an esper train state (format {STATE_FORMAT})")
-    return data
+    missing = f"no training state at {path}: nothing to resume (was it written by esper train?)"
+    return checkpoint.read_state(path, STATE_FORMAT, TrainStateError, missing=missing, what="train state")
 
 
 def _make_pool(
