@@ -326,7 +326,10 @@ _PAIRS_SIZE = 12
 #: The (dy, dx) offset between the two marks of a pair, one per class within each kind.
 PAIR_OFFSETS: tuple[tuple[int, int], ...] = ((0, 4), (4, 0), (4, 4), (4, -4), (2, 4))
 _PAIR_CLASSES = 2 * len(PAIR_OFFSETS)
-_PAIR_SPAN = 4
+
+
+#: Lit pixels stay this far from the edge, see :func:`_render_pairs`.
+_PAIR_MARGIN = 2
 
 
 def _render_pairs(labels: Tensor, noise: float, n_pairs: int, g: torch.Generator) -> Tensor:
@@ -334,20 +337,30 @@ def _render_pairs(labels: Tensor, noise: float, n_pairs: int, g: torch.Generator
     size = _PAIRS_SIZE
     img = torch.randn(n, 3, size, size, generator=g) * noise
     offsets = torch.tensor(PAIR_OFFSETS)[labels % len(PAIR_OFFSETS)]
-    bar = (labels >= len(PAIR_OFFSETS)).float()[:, None]
+    dy, dx = offsets[:, 0], offsets[:, 1]
+    bar = (labels >= len(PAIR_OFFSETS)).long()
     rows = torch.arange(n)
 
     def mark(y: Tensor, x: Tensor, colour: Tensor) -> None:
-        # A dot is one pixel; a bar adds the pixel below it (clipped at the border).
+        # A dot is one pixel; a bar adds the pixel below it.
         img[rows, :, y, x] += colour
-        img[rows, :, (y + 1).clamp(max=size - 1), x] += colour * bar
+        img[rows, :, y + bar, x] += colour * bar[:, None].float()
 
+    # Every lit pixel stays _PAIR_MARGIN pixels inside the edge, so no 3x3 window that
+    # touches the zero padding ever sees a mark: a 3x3-view host with global pooling is then
+    # blind to where marks fall, though where they fall depends on the offset. Marks that
+    # reached the border were such a cue, and the host alone crept up instead of plateauing
+    # (+1.9 points over the last third, 10 seeds). What a 3x3 view can still count, how often
+    # marks of different pairs meet, it learns within the first few epochs.
+    lo, hi = _PAIR_MARGIN, size - _PAIR_MARGIN
+    y_lo, y_hi = lo + (-dy).clamp(min=0), hi - bar - dy.clamp(min=0)
+    x_lo, x_hi = lo + (-dx).clamp(min=0), hi - dx.clamp(min=0)
     for _ in range(n_pairs):
-        y0 = torch.randint(0, size - _PAIR_SPAN, (n,), generator=g)
-        x0 = torch.randint(_PAIR_SPAN, size - _PAIR_SPAN, (n,), generator=g)
+        y0 = y_lo + (torch.rand(n, generator=g) * (y_hi - y_lo)).long()
+        x0 = x_lo + (torch.rand(n, generator=g) * (x_hi - x_lo)).long()
         colour = torch.rand(n, 3, generator=g) * 0.8 + 0.6
         mark(y0, x0, colour)
-        mark(y0 + offsets[:, 0], x0 + offsets[:, 1], colour)
+        mark(y0 + dy, x0 + dx, colour)
     return img
 
 
@@ -355,7 +368,8 @@ def make_pairs(seed: int, n_train: int = 1024, n_val: int = 512, noise: float = 
     """Generate the ``pairs`` growth task.
 
     Each 3x12x12 image holds ``n_pairs`` pairs of marks of one class, each pair in its own
-    random colour and place, over Gaussian pixel noise of standard deviation ``noise``. A mark
+    random colour and place at least two pixels inside the edges, over Gaussian pixel noise
+    of standard deviation ``noise``. A mark
     is a dot (one pixel) for classes 0-4 and a short bar (two pixels) for classes 5-9; within
     each kind the class is the pair's offset, one of :data:`PAIR_OFFSETS`, all four pixels
     apart along some axis. Classes are balanced.
