@@ -159,6 +159,9 @@ class EpisodeResult:
     wall_seconds: float
     #: Validation accuracy after every epoch.
     curve: tuple[float, ...] = ()
+    #: Every GERMINATE decision: ``{"choices": {head: choice}, "legal": {head: [legal choices]}}`` over the
+    #: relevant heads (op aside); the emergence report tests choices against uniform-over-legal with it.
+    germinate: tuple[dict[str, dict[str, Any]], ...] = ()
 
     def outcome(self, metric: str) -> float:
         return self.ret if metric == "return" else float(getattr(self, metric))
@@ -211,6 +214,7 @@ def play_episode(job: EvalJob) -> EpisodeResult:
     multi = dict.fromkeys(levers, 0)
     legal: dict[str, dict[str, int]] = {n: dict.fromkeys(space.head(n).spec.choices, 0) for n in levers}
     germinations = 0
+    decided: list[dict[str, dict[str, Any]]] = []
     total = 0.0
     params: list[int] = []
     started = time.perf_counter()
@@ -225,6 +229,9 @@ def play_episode(job: EvalJob) -> EpisodeResult:
                 multi[name] += int(row.sum()) > 1
                 for choice, ok in zip(legal[name], row.tolist(), strict=True):
                     legal[name][choice] += bool(ok)
+            decision = space.decode(sampled.actions)[0]
+            could = env.legal_choices(decision)
+            decided.append({"choices": {h: decision.choices[h] for h in could}, "legal": could})
         result = envs.step(sampled.actions)[0]
         total += result.reward
         params.append(env.param_count())
@@ -245,6 +252,7 @@ def play_episode(job: EvalJob) -> EpisodeResult:
         legal_counts=legal,
         wall_seconds=round(time.perf_counter() - started, 2),
         curve=tuple(env.acc_history),
+        germinate=tuple(decided),
     )
 
 

@@ -17,12 +17,14 @@ from typing import Any
 import attrs
 
 from esper_kernel.errors import EsperError
+from esper_kernel.report.emergence import Pick, eval_picks, eval_policies, train_picks
 
 EVENTS = "events.jsonl"
 SUMMARY = "summary.json"
 TRAIN_SUMMARY = "train_summary.json"
 EVAL = "eval.json"
 EVAL_SCHEMA = "esper.eval/1"
+JOURNAL = "episodes.jsonl"
 
 #: Kernel heads that say *where* and *what* a seed is, not how a lever tunes it.
 PLACEMENT_HEADS = frozenset({"op", "slot", "blueprint"})
@@ -369,6 +371,8 @@ class TrainData:
     updates: tuple[UpdateRow, ...]
     germinations: tuple[StageChange, ...]
     summary: Mapping[str, Any] | None
+    #: GERMINATE decisions with their legal choices, early and late in training (the emergence tests).
+    picks: tuple[Pick, ...] = ()
 
     def max_entropy(self, head: str) -> float | None:
         """A head's entropy when it chooses uniformly: ``log(number of choices)``."""
@@ -446,6 +450,7 @@ def train_data(path: Path, events: Sequence[Mapping[str, Any]], summary: Mapping
         updates=tuple(rows),
         germinations=germinations,
         summary=summary,
+        picks=tuple(train_picks(events)),
     )
 
 
@@ -477,6 +482,8 @@ class EvalData:
     reference: str
     policies: tuple[PolicyResult, ...]
     wall_seconds: float | None
+    #: Per policy, its GERMINATE decisions from the journal beside eval.json (none without one).
+    picks: Mapping[str, tuple[Pick, ...]] = attrs.field(factory=dict)
 
 
 def eval_data(path: Path, raw: Mapping[str, Any]) -> EvalData:
@@ -510,7 +517,14 @@ def eval_data(path: Path, raw: Mapping[str, Any]) -> EvalData:
         reference=str(raw.get("reference", "?")),
         policies=tuple(policies),
         wall_seconds=_num(raw.get("wall_seconds")),
+        picks=_journal_picks(path / JOURNAL),
     )
+
+
+def _journal_picks(journal: Path) -> dict[str, tuple[Pick, ...]]:
+    if not journal.is_file():
+        return {}
+    return {name: tuple(eval_picks(journal, name)) for name in eval_policies(journal)}
 
 
 # -- what a directory holds ---------------------------------------------------

@@ -14,6 +14,7 @@ import attrs
 from matplotlib.figure import Figure
 
 from esper_kernel.report import plots
+from esper_kernel.report.emergence import HEADER, Pick, choice_tests, markdown, rows
 from esper_kernel.report.events import EvalData, RunData, TrainData, load
 
 REPORT = "report.html"
@@ -220,6 +221,7 @@ def train_sections(train: TrainData, w: _Writer) -> list[Section]:
             "What emerged",
             w.image(plots.emerged_figure(train), "emerged", "lever choices per blueprint and slot, early vs late"),
         ),
+        Section("tested", "Preferences, tested", _emergence_html(train.picks, "early and late in training")),
         Section(
             "config",
             "Configuration and levers",
@@ -265,7 +267,28 @@ def eval_sections(ev: EvalData, w: _Writer) -> list[Section]:
             "whiskers are the 95% interval. An interval that crosses 0 is a tie.</p>",
         ),
         Section("table", "Table", _table(rows, header)),
+        *(
+            [Section("tested", "Preferences, tested", "".join(_emergence_html(p, n) for n, p in ev.picks.items()))]
+            if ev.picks
+            else []
+        ),
     ]
+
+
+_EMERGENCE = (
+    "Each row tests one head's choices at GERMINATE against a policy with no preference: one that picks "
+    "uniformly among the choices its masks leave legal at each decision. <i>n</i> counts decisions with more "
+    "than one legal choice; p is a Monte Carlo p-value of the chi-square statistic; <i>prefers</i> names the "
+    "choice picked most above its expectation where p &lt; 0.01. Rows per blueprint or slot are shown where "
+    "p &lt; 0.01."
+)
+
+
+def _emergence_html(picks: Sequence[Pick], what: str) -> str:
+    if not picks:
+        return f"<p>No GERMINATE decisions with their legal choices recorded ({html.escape(what)}).</p>"
+    tests = [t for t in choice_tests(picks) if t.by == "all" or t.p_value < 0.01]
+    return f"<h3>{html.escape(what)}</h3><p>{_EMERGENCE}</p>" + _table(rows(tests), HEADER)
 
 
 _CSS = """
@@ -302,6 +325,20 @@ def render_html(title: str, sections: Sequence[Section]) -> str:
     )
 
 
+EMERGENCE_MD = "emergence.md"
+
+
+def _write_emergence(data: RunData | TrainData | EvalData, out: Path) -> None:
+    """Every test, every group (not only p < 0.01), as markdown beside the page, for papers and docs."""
+    groups: Mapping[str, Sequence[Pick]] = (
+        {"training": data.picks} if isinstance(data, TrainData) else data.picks if isinstance(data, EvalData) else {}
+    )
+    parts = [f"## {name}\n\n{markdown(choice_tests(picks))}" for name, picks in groups.items() if picks]
+    if parts:
+        text = "# Lever choices against uniform-over-legal\n\n" + "\n".join(parts)
+        (out / EMERGENCE_MD).write_text(text, encoding="utf-8")
+
+
 def write_report(run_dir: Path, out: Path | None = None) -> Report:
     """Read ``run_dir``, write ``report.html`` and the PNGs to ``out`` (default: ``run_dir``)."""
     data = load(run_dir)
@@ -314,6 +351,7 @@ def write_report(run_dir: Path, out: Path | None = None) -> Report:
         kind, title, sections = "train", f"esper train {data.run_id}", train_sections(data, w)
     else:
         kind, title, sections = "eval", f"esper eval: {data.task}", eval_sections(data, w)
+    _write_emergence(data, out)
     path = out / REPORT
     tmp = path.with_suffix(".html.tmp")
     tmp.write_text(render_html(title, sections), encoding="utf-8")
