@@ -18,7 +18,7 @@ from __future__ import annotations
 import ast
 import math
 import statistics
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -48,15 +48,6 @@ MAX_EPOCHS = 30
 HOST_LR = LifecycleConfig().host_lr
 #: Choices that get a seed through its whole life in the fewest epochs.
 QUICK = {"dwell": "MINIMAL", "tempo": "FAST", "probation": "SHORT"}
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    # Tiny models on a shared 2-core box: intra-op thread hand-off would dominate.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

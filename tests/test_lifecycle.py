@@ -12,7 +12,6 @@ from __future__ import annotations
 import copy
 import io
 import itertools
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -41,14 +40,6 @@ CNN_CFG = CNNHostConfig(width=8, blocks=3)
 TF_CFG = TransformerHostConfig(vocab_size=32, dim=32, heads=2, layers=3, max_len=16)
 #: With max_epochs=20 the default dwell is max(1, int(20 * 0.1)) = 2.
 CONFIG = LifecycleConfig(max_epochs=20)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 # ------------------------------------------------------------------ helpers

@@ -9,7 +9,6 @@ raise :class:`LifecycleError` and leave the lifecycle as it was.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -30,14 +29,6 @@ N_SLOTS = 3
 BLUEPRINTS = blueprint_names("cnn")
 MAX_EPOCHS = 10  # dwell 1, so seeds reach probation within a short sequence
 REGISTRY = Registry(CoreHeads(N_SLOTS, BLUEPRINTS, "cnn"))
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 class Recorder:
