@@ -357,11 +357,11 @@ def test_lr_scales_the_seed_param_group(task: TaskData, choice: str, scale: floa
     seed = rig.germinate(lr=choice, dwell="MINIMAL", tempo="FAST")
     seen: dict[Stage, float] = {}
     for _ in range(5):  # GERMINATED, TRAINING, BLENDING x3
-        seen[seed.stage] = rig.lifecycle.seed_group_lr(0)
+        seen[seed.stage] = rig.runner.optimizer.seed_group_lr(0)
         rig.step()
     assert set(seen) == {Stage.GERMINATED, Stage.TRAINING, Stage.BLENDING}
     assert all(lr == pytest.approx(scale * HOST_LR) for lr in seen.values())
-    host_groups = [g["lr"] for g in rig.lifecycle.optimizer.param_groups if g.get("seed_id") is None]
+    host_groups = [g["lr"] for g in rig.runner.optimizer.param_groups if g.get("seed_id") is None]
     assert host_groups == [HOST_LR]
 
 
@@ -469,7 +469,7 @@ class FullRun:
         slot = rig.host.seed_slots()[0]
 
         def watch() -> None:
-            self.group_lr.append(rig.lifecycle.seed_group_lr(0))
+            self.group_lr.append(rig.runner.optimizer.seed_group_lr(0))
             if self.seed.stage is Stage.BLENDING:
                 self.isolate.append(float(slot.isolate))
 
