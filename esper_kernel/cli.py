@@ -1146,6 +1146,7 @@ def _effect_specs(config: Any) -> list[Any]:
     from esper_kernel.env import build_registry
     from esper_kernel.evaluate import PolicySpec
     from esper_kernel.lifecycle import CORE_HEADS
+    from esper_kernel.registry import Selection
 
     reg = build_registry(config.env, Selection.from_env(levers=config.levers))
     specs = [PolicySpec("heuristic")]

@@ -155,6 +155,16 @@ def test_esper_eval_command_writes_the_table(tmp_path: Path) -> None:
     assert "heuristic+lr=CAUTIOUS" in result.output
 
 
+def test_esper_eval_effects_adds_each_levers_extremes_and_writes_the_table(tmp_path: Path) -> None:
+    out = tmp_path / "ev"
+    args = ["eval", "--effects", "--policies", "wait", "--seeds", "0", "--epochs", "3", "--workers", "1"]
+    result = CliRunner().invoke(main, [*args, "--out", str(out)], env={"ESPER_LEVERS": "lr"})
+    assert result.exit_code == 0, result.output
+    names = [p["name"] for p in json.loads((out / "eval.json").read_text())["policies"]]
+    assert names == ["wait", "heuristic", "heuristic+lr=CAUTIOUS", "heuristic+lr=AGGRESSIVE"]
+    assert "| lr (AGGRESSIVE vs CAUTIOUS) |" in (out / "effects.md").read_text()
+
+
 def test_lever_effect_table_pairs_extremes_and_reports_legality() -> None:
     from esper_kernel.evaluate import lever_effects, render_effects
 
