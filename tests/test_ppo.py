@@ -401,3 +401,44 @@ def test_cli_train_errors_are_one_line(tmp_path: Path) -> None:
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("esper: error: unknown lever(s) 'no_such_lever'")
     assert not (tmp_path / "x").exists()
+
+
+# -- the fixed-levers control and the training stamp ------------------------------------------
+
+
+def test_a_fixed_levers_policy_never_samples_or_learns_its_lever_heads(tmp_path: Path) -> None:
+    from esper_kernel.tamiyo.train import lever_defaults, trained_on
+
+    reg = make_registry(("wide", WideLever()))
+    names = observation_names(reg, 3)
+    pins = lever_defaults(reg)
+    assert pins == {"width_mult": "w0"}
+    policy = PPOPolicy.for_registry(reg, names, pinned=pins, trained_on=trained_on(TINY), seed=3)
+    space = reg.space
+    sizes = torch.tensor([len(hd.spec.choices) for hd in space.heads])
+    masks = (torch.arange(space.max_choices) < sizes[:, None]).expand(64, N_OPS, -1, -1).clone()
+    masks[:, :, space.names.index("width_mult"), 0] = False  # the default is illegal: nearest legal is w1
+    masks[:32, :, space.names.index("width_mult"), :] = True
+    out = policy.act(torch.randn(64, len(names)), masks)
+    h = space.names.index("width_mult")
+    rel = out.relevance[:, h]
+    assert bool(rel.any())
+    assert set(out.actions[:32, h][rel[:32]].tolist()) == {0}
+    assert set(out.actions[32:, h][rel[32:]].tolist()) <= {1}
+    assert float(out.entropy[:, h].abs().max()) == 0.0
+    free = PPOPolicy.for_registry(reg, names, seed=3).act(torch.randn(64, len(names)), masks)
+    assert len(set(free.actions[:, h][free.relevance[:, h]].tolist())) > 1
+    path = save_policy(policy, tmp_path / "fixed.pt")
+    loaded = load_policy(path, reg, len(names), trained_on=trained_on(TINY))
+    assert loaded.pinned == pins and loaded.trained_on == {"task": "pairs", "epochs": 3, "slots": 3}
+
+
+def test_a_policy_run_on_another_task_names_what_differs(tmp_path: Path) -> None:
+    from esper_kernel.tamiyo.train import trained_on
+
+    reg = make_registry()
+    names = observation_names(reg, 3)
+    path = save_policy(PPOPolicy.for_registry(reg, names, trained_on=trained_on(TINY)), tmp_path / "p.pt")
+    other = attrs.evolve(TINY, task="shapes", epochs=5)
+    with pytest.raises(PolicyMismatchError, match=r"task 'pairs' \(this run: 'shapes'\), epochs 3 \(this run: 5\)"):
+        load_policy(path, reg, len(names), trained_on=trained_on(other))

@@ -23,7 +23,7 @@ from esper_kernel.actions import ActionSpace
 from esper_kernel.errors import EsperError
 from esper_kernel.files import write_atomic
 from esper_kernel.registry import Registry
-from esper_kernel.tamiyo.sampling import Sampled, sample, score
+from esper_kernel.tamiyo.sampling import Sampled, pin_masks, sample, score
 
 if TYPE_CHECKING:
     from esper_kernel.env import EnvBatch
@@ -133,6 +133,8 @@ class PPOPolicy(nn.Module):
         levers: Sequence[LeverStamp] = (),
         hyperparameters: Mapping[str, Any] | None = None,
         seed: int = 0,
+        pinned: Mapping[str, str] | None = None,
+        trained_on: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
         if obs_names and len(obs_names) != obs_dim:
@@ -144,6 +146,11 @@ class PPOPolicy(nn.Module):
         self.obs_names = tuple(obs_names)
         self.levers = tuple(levers)
         self.hyperparameters: dict[str, Any] = dict(hyperparameters or {})
+        #: Heads held at one choice (head -> choice): never sampled, never learned.
+        self.pinned: dict[str, str] = dict(pinned or {})
+        self._pins = {space.names.index(h): space.choice_index(h, c) for h, c in self.pinned.items()}
+        #: What the policy was trained on (task, epochs, slots): a run on anything else is refused.
+        self.trained_on: dict[str, Any] = dict(trained_on or {})
         self.n_heads = space.n_heads
         self.max_choices = space.max_choices
         init = torch.Generator().manual_seed(seed)
@@ -172,6 +179,8 @@ class PPOPolicy(nn.Module):
         hidden: int = 64,
         hyperparameters: Mapping[str, Any] | None = None,
         seed: int = 0,
+        pinned: Mapping[str, str] | None = None,
+        trained_on: Mapping[str, Any] | None = None,
     ) -> PPOPolicy:
         return cls(
             registry.space,
@@ -181,6 +190,8 @@ class PPOPolicy(nn.Module):
             levers=lever_stamps(registry),
             hyperparameters=hyperparameters,
             seed=seed,
+            pinned=pinned,
+            trained_on=trained_on,
         )
 
     def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -192,7 +203,7 @@ class PPOPolicy(nn.Module):
     @torch.no_grad()
     def act_with_value(self, obs: torch.Tensor, masks: torch.Tensor) -> tuple[Sampled, torch.Tensor]:
         logits, value = self(obs)
-        return sample(self.space, logits, masks, self.generator, greedy=self.greedy), value
+        return sample(self.space, logits, pin_masks(masks, self._pins), self.generator, greedy=self.greedy), value
 
     def act(self, obs: torch.Tensor, masks: torch.Tensor, envs: EnvBatch | None = None) -> Sampled:
         sampled, value = self.act_with_value(obs, masks)
@@ -227,6 +238,8 @@ def policy_record(policy: PPOPolicy) -> dict[str, Any]:
         "heads": [{"name": h.name, "size": h.size, "choices": list(h.choices)} for h in policy.heads],
         "levers": [attrs.asdict(lv) for lv in policy.levers],
         "hyperparameters": dict(policy.hyperparameters),
+        "pinned": dict(policy.pinned),
+        "trained_on": dict(policy.trained_on),
     }
 
 
@@ -256,13 +269,19 @@ def _head_differences(saved: Sequence[HeadStamp], active: Sequence[HeadStamp]) -
 
 
 def load_policy(
-    path: Path | str, registry: Registry, obs_dim: int, obs_names: Sequence[str] | None = None
+    path: Path | str,
+    registry: Registry,
+    obs_dim: int,
+    obs_names: Sequence[str] | None = None,
+    trained_on: Mapping[str, Any] | None = None,
 ) -> PPOPolicy:
     """Load a policy saved by :func:`save_policy` for use under ``registry``.
 
     Raises :class:`PolicyMismatchError` if the heads, their choices or the
     observation size (or names, when given) differ from what the policy was
-    trained with, naming the heads and levers that differ.
+    trained with, naming the heads and levers that differ; and, when
+    ``trained_on`` is given, if the policy's stamp (task, epochs, slots) says
+    it was trained on anything else, naming each entry that differs.
     """
     path = Path(path)
     try:
@@ -280,6 +299,8 @@ def load_policy(
         saved_names = tuple(rec["obs_names"])
         hidden = int(rec["hidden"])
         state = rec["state_dict"]
+        pinned = {str(k): str(v) for k, v in dict(rec.get("pinned") or {}).items()}
+        stamp = dict(rec.get("trained_on") or {})
     except (KeyError, TypeError) as exc:
         raise PolicyLoadError(f"policy file {str(path)!r} is incomplete: {type(exc).__name__}: {exc}") from exc
 
@@ -290,6 +311,12 @@ def load_policy(
     elif obs_names is not None and saved_names and tuple(obs_names) != saved_names:
         diff = [f"{a!r}->{b!r}" for a, b in zip(saved_names, obs_names, strict=True) if a != b]
         problems.append(f"observation entries differ: {', '.join(diff[:5])}{' ...' if len(diff) > 5 else ''}")
+    names = {h.name: h.choices for h in head_stamps(registry.space)}
+    problems += [f"pinned head {h}={c} is not a choice here" for h, c in pinned.items() if c not in names.get(h, ())]
+    if trained_on is not None and stamp:
+        differ = [f"{k} {stamp[k]!r} (this run: {trained_on[k]!r})" for k in stamp if stamp[k] != trained_on.get(k)]
+        if differ:
+            raise PolicyMismatchError(f"policy {str(path)!r} was trained on another setting: {', '.join(differ)}")
     if problems:
         raise PolicyMismatchError(
             f"policy {str(path)!r} does not fit the active levers: {'; '.join(problems)}; "
@@ -303,6 +330,8 @@ def load_policy(
         obs_names=saved_names,
         levers=saved_levers,
         hyperparameters=rec.get("hyperparameters") or {},
+        pinned=pinned,
+        trained_on=stamp,
     )
     try:
         policy.load_state_dict(state)

@@ -9,6 +9,8 @@ single masked log-softmax. Heads that are not relevant for the chosen op
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import attrs
 import torch
 
@@ -30,6 +32,27 @@ class Sampled:
 def select_masks(space: ActionSpace, masks: torch.Tensor, op: torch.Tensor) -> torch.Tensor:
     """``[B, n_ops, H, C]`` masks -> ``[B, H, C]`` for the chosen ops."""
     return masks[torch.arange(masks.shape[0]), op]
+
+
+def pin_masks(masks: torch.Tensor, pins: Mapping[int, int]) -> torch.Tensor:
+    """``masks`` ``[B, n_ops, H, C]`` with each pinned head ``h`` left one legal choice: ``pins[h]``,
+    or where that is illegal the nearest legal one (the lower on a tie), as ``esper eval --force`` does.
+
+    A pinned head then adds nothing to the log-prob or the entropy: the policy cannot learn it,
+    which is what a fixed-levers control needs. Rows where nothing is legal stay as they were.
+    """
+    if not pins:
+        return masks
+    out = masks.clone()
+    choice = torch.arange(masks.shape[-1])
+    for head, want in pins.items():
+        legal = masks[..., head, :]
+        # Twice the distance, plus one above the wanted choice: ties go to the lower choice.
+        cost = (choice - want).abs() * 2 + (choice > want).long()
+        pick = torch.where(legal, cost, torch.iinfo(torch.long).max).argmin(-1, keepdim=True)
+        one = choice == pick
+        out[..., head, :] = torch.where(legal.any(-1, keepdim=True), one, legal)
+    return out
 
 
 def _log_probs(logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:

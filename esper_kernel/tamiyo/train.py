@@ -31,6 +31,7 @@ from torch import nn
 from esper_kernel import checkpoint
 from esper_kernel.env import EnvBatch, EnvConfig, MorphoEnv, load_task, observation_names
 from esper_kernel.errors import EsperError
+from esper_kernel.lifecycle import CORE_HEADS
 from esper_kernel.registry import Registry, Selection
 from esper_kernel.tamiyo.envpool import EnvPool, EnvShard
 from esper_kernel.tamiyo.policies import Policy
@@ -59,6 +60,9 @@ class PPOConfig:
     group_size: int = 4
     #: Stop an update's passes once the approximate KL over the whole rollout exceeds this; None: never.
     target_kl: float | None = 0.05
+    #: Hold every lever head at its default choice, so only op, slot, blueprint and blend are learned:
+    #: the fixed-levers control that says whether the levers are worth having.
+    fix_levers: bool = False
 
     def __attrs_post_init__(self) -> None:
         for name in ("episodes", "n_envs", "update_epochs", "minibatch_size", "hidden", "group_size"):
@@ -381,6 +385,16 @@ class TrainStateError(EsperError):
     """A training state file that is missing, unreadable or does not fit this training run."""
 
 
+def lever_defaults(registry: Registry) -> dict[str, str]:
+    """Every lever head (not op, slot, blueprint or blend) with its default choice."""
+    return {h.name: h.spec.default for h in registry.space.heads if h.name not in CORE_HEADS}
+
+
+def trained_on(env: EnvConfig) -> dict[str, Any]:
+    """The stamp a policy carries: what it was trained on, and must be run on."""
+    return {"task": env.task, "epochs": env.epochs, "slots": env.slots}
+
+
 def _episode_seed(seed: int, episode: int) -> int:
     # Spread training seeds away from the small integers evaluations usually use.
     return 1_000_003 * (seed + 1) + episode
@@ -478,7 +492,15 @@ def train_ppo(
     state_path = out_path.with_name(STATE_FILE)
     best_path = out_path.with_name(BEST_POLICY)
     names = observation_names(registry, env_config.slots)
-    policy = PPOPolicy.for_registry(registry, names, cfg.hidden, hyperparameters=attrs.asdict(cfg), seed=cfg.seed)
+    policy = PPOPolicy.for_registry(
+        registry,
+        names,
+        cfg.hidden,
+        hyperparameters=attrs.asdict(cfg),
+        seed=cfg.seed,
+        pinned=lever_defaults(registry) if cfg.fix_levers else None,
+        trained_on=trained_on(env_config),
+    )
     optimizer = torch.optim.Adam(policy.parameters(), lr=cfg.lr, eps=1e-5)
     shuffle = torch.Generator().manual_seed(cfg.seed + 2)
     n_envs = min(cfg.n_envs, cfg.episodes)
