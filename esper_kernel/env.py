@@ -15,7 +15,7 @@ from typing import Any
 import attrs
 import torch
 
-from esper_kernel.actions import MaskView
+from esper_kernel.actions import Decision, MaskView
 from esper_kernel.blueprints import blueprint_names
 from esper_kernel.config import EnvConfig as EnvConfig  # re-exported: callers have always found it here
 from esper_kernel.config import LifecycleConfig
@@ -202,11 +202,13 @@ class MorphoEnv:
         self.log = self.base_log.bind(episode=self.episode, epoch=self.epoch)
         self.lifecycle.log = self.log
         decision = space.decode(actions[None, :])[0]
+        extra = {"legal": self.legal_choices(decision)} if sum(decision.relevant.values()) > 1 else {}
         self.log.info(
             "decision",
             op=decision.op.name,
             choices=decision.choices,
             relevant=decision.relevant,
+            **extra,
         )
         self.lifecycle.apply(decision, self.epoch)
         prev_acc = self.last.val_accuracy if self.last else None
@@ -233,6 +235,20 @@ class MorphoEnv:
         self.epoch += 1
         reward = self.reward(prev_acc, result.val_accuracy)
         return StepResult(self.observe(), reward, self.done, result)
+
+    def legal_choices(self, decision: Decision) -> dict[str, list[str]]:
+        """What each relevant head but the op could have chosen, under the decision's op, in this state.
+
+        Logged with every decision that chose more than its op, so a report can
+        test a policy's choices against uniform-over-legal, not uniform-over-all.
+        """
+        space = self.registry.space
+        mask = EnvBatch([self]).masks()[0, space.choice_index("op", decision.choices["op"])]
+        return {
+            h.name: [c for c, ok in zip(h.spec.choices, mask[i].tolist(), strict=False) if ok]
+            for i, h in enumerate(space.heads)
+            if h.name != "op" and decision.relevant.get(h.name, False)
+        }
 
     def reward(self, prev_acc: float | None, acc: float) -> float:
         """The reward, defined here only.
