@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from esper_kernel.evaluate import EpisodeResult, PolicySpec
     from esper_kernel.registry import LoadFailure, Registry, Selection
     from esper_kernel.run import EpochReport
-    from esper_kernel.tamiyo.train import TrainConfig
+    from esper_kernel.tamiyo.train import TrainConfig, TrainSummary
 
 C = TypeVar("C")
 
@@ -437,7 +437,7 @@ def esper_train(f: TrainFlags) -> None:
     console.print(f"learning curves and what emerged: [bold green]esper report {out}[/]")
 
 
-def _train_finished(log: Any, summary: Any, policy_path: Path) -> None:
+def _train_finished(log: Any, summary: TrainSummary, policy_path: Path) -> None:
     rets = summary.episode_returns
     log.info(
         "run.finished",
@@ -450,7 +450,7 @@ def _train_finished(log: Any, summary: Any, policy_path: Path) -> None:
     )
 
 
-def _write_train_summary(s: TrainSession, n_workers: int, summary: Any) -> None:
+def _write_train_summary(s: TrainSession, n_workers: int, summary: TrainSummary) -> None:
     record = {
         "run_id": s.run_id,
         "env_config": attrs.asdict(s.config.env),
