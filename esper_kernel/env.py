@@ -341,7 +341,8 @@ class MorphoEnv:
                 last.host_grad_norm,
             ],
             "generator": self.runner.generator.get_state(),
-            "lifecycle": self.lifecycle.state_dict(),
+            # One table, as before the runner owned the optimizer: checkpoints keep their format.
+            "lifecycle": {**self.lifecycle.state_dict(), **self.runner.optimizer.state_dict()},
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -360,6 +361,7 @@ class MorphoEnv:
             self.last = EpochResult(**last, measure=measure)
         self.runner.generator.set_state(state["generator"])
         self.lifecycle.load_state_dict(state["lifecycle"])
+        self.runner.optimizer.load_state_dict(state["lifecycle"])
         self.log = self.base_log.bind(episode=self.episode, epoch=self.epoch)
         self.lifecycle.log = self.log
 

@@ -31,6 +31,7 @@ from esper_kernel.seeds import SeedState
 from esper_kernel.specs import CompileSafety, HeadSpec
 from esper_kernel.stages import LIVE_STAGES, Stage
 from esper_kernel.telemetry import null_log
+from esper_kernel.training import HostOptimizer
 
 __all__ = [
     "MAX_EPOCHS",
@@ -247,6 +248,8 @@ class Harness:
         self.registry = registry if registry is not None else open_registry(levers, n_slots=blocks)
         self.host = host if host is not None else build_host("cnn", CNNHostConfig(width=width, blocks=blocks))
         self.lifecycle = Lifecycle(self.host, self.registry, LifecycleConfig(max_epochs=max_epochs), log=null_log())
+        #: The host's optimizer as the epoch runner keeps it, so a lever's lr effect can be read.
+        self.optimizer = HostOptimizer(self.lifecycle)
         self.epoch = 0
 
     def germinate(
@@ -269,6 +272,10 @@ class Harness:
         per_slot = dict(slots) if slots is not None else {i: measure for i, s in enumerate(self.lifecycle.seeds) if s}
         self.lifecycle.end_epoch(EpochMeasure(self.epoch, val_accuracy, 1.0, per_slot))
         self.epoch += 1
+
+    def seed_group_lr(self, slot: int = 0) -> float:
+        """The learning rate of the live seed's optimizer param group in ``slot``."""
+        return self.optimizer.seed_group_lr(slot)
 
     def seed(self, slot: int = 0) -> SeedState | None:
         return self.lifecycle.seeds[slot]

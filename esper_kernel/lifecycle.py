@@ -8,6 +8,10 @@ Every transition goes through the transition table, runs every lever's
 seed lives through, every lever's ``on_epoch`` runs and the knobs are applied
 again, so a knob written at any time takes effect from the next epoch. Every
 gate evaluation and transition is an event.
+
+The lifecycle owns no optimizer: it tells its listeners (the epoch runner's
+:class:`~esper_kernel.training.HostOptimizer`) what changed, a seed added,
+removed or fossilized or its knobs applied, and they keep their own state.
 """
 
 from __future__ import annotations
@@ -44,6 +48,22 @@ class LeverHooks(Protocol):
     def enter_stage(self, seed: SeedState, old: Stage, new: Stage) -> None: ...
 
     def on_epoch(self, seed: SeedState, epoch: int) -> None: ...
+
+
+class LifecycleListener(Protocol):
+    """Told what changed in the lifecycle, in order, as it happens (the runner's optimizer is one)."""
+
+    def seed_added(self, seed: SeedState) -> None:
+        """``seed`` germinated: its module is built and in its slot, its first knobs set."""
+
+    def seed_removed(self, seed: SeedState) -> None:
+        """``seed`` was culled: its parameters are about to leave the host."""
+
+    def seed_fossilized(self, seed: SeedState) -> None:
+        """``seed`` is host now: its parameters stay, at the host's terms."""
+
+    def knobs_changed(self, seed: SeedState) -> None:
+        """``seed``'s knobs were (re)applied to its slot; they hold from the next epoch on."""
 
 
 #: The heads the kernel itself owns; everything else is a lever's choice.
@@ -90,7 +110,7 @@ class LifecycleError(EsperError):
 
 
 class Lifecycle:
-    """Slots, seeds, optimizer param groups and the stage machine for one host."""
+    """Slots, seeds and the stage machine for one host; listeners hear every change."""
 
     def __init__(
         self,
@@ -109,13 +129,13 @@ class Lifecycle:
         self.stages: list[Stage] = [Stage.DORMANT] * len(self.slots)
         self.embargo_until: list[int] = [0] * len(self.slots)
         self.history: list[SeedState] = []
-        self.optimizer = torch.optim.SGD(
-            [{"params": list(host.parameters()), "lr": self.config.host_lr, "seed_id": None}],
-            lr=self.config.host_lr,
-            momentum=self.config.momentum,
-        )
+        self.listeners: list[LifecycleListener] = []
         self._counter = 0
         self._transform_keys: dict[int, tuple[str, str | None, dict[str, float]]] = {}
+
+    def subscribe(self, listener: LifecycleListener) -> None:
+        """Tell ``listener`` about every change from now on."""
+        self.listeners.append(listener)
 
     # -- Tamiyo's ops ------------------------------------------------------
 
@@ -158,9 +178,8 @@ class Lifecycle:
         self.registry.enter_stage(seed, Stage.DORMANT, Stage.GERMINATED)
         sl = self.slots[slot]
         sl.germinate(self._build(seed), seed.blend)
-        self.optimizer.add_param_group(
-            {"params": sl.seed_parameters(), "lr": self.config.host_lr * seed.knobs.lr_scale, "seed_id": seed.seed_id}
-        )
+        for listener in self.listeners:
+            listener.seed_added(seed)
         self.seeds[slot] = seed
         self.stages[slot] = Stage.GERMINATED
         self._apply_knobs(seed)
@@ -182,7 +201,8 @@ class Lifecycle:
         seed = self._live(slot, "cull")
         seed.cull_reason = reason
         self._move(seed, Stage.CULLED, epoch, reason)
-        self._drop_group(seed)
+        for listener in self.listeners:
+            listener.seed_removed(seed)
         self.slots[slot].cull()
         self._move(seed, Stage.EMBARGOED, epoch, "embargo")
         self.seeds[slot] = None
@@ -201,12 +221,8 @@ class Lifecycle:
             raise LifecycleError(f"cannot fossilize {seed.seed_id}: gate G5 fails {gate.values}")
         self._move(seed, Stage.FOSSILIZED, epoch, "fossilize")
         self.slots[slot].fossilize()
-        # The fossil is host now: it trains at the host's rate from here on.
-        for group in self.optimizer.param_groups:
-            if group.get("seed_id") == seed.seed_id:
-                group["lr"] = self.config.host_lr
-                group["seed_id"] = None
-                group["fossil_of"] = seed.seed_id
+        for listener in self.listeners:
+            listener.seed_fossilized(seed)
         self.seeds[slot] = None
         self.history.append(seed)
         self._release(slot, Stage.FOSSILIZED)
@@ -349,13 +365,12 @@ class Lifecycle:
         check_transition(old, new)
 
     def _apply_knobs(self, seed: SeedState) -> None:
-        """Push a seed's knobs into its slot buffers and its optimizer group."""
+        """Push a seed's knobs into its slot buffers, and tell the listeners (its optimizer group)."""
         slot = self.slots[seed.slot]
         if seed.stage not in LIVE_STAGES:
             return
-        for group in self.optimizer.param_groups:
-            if group.get("seed_id") == seed.seed_id:
-                group["lr"] = self.config.host_lr * seed.knobs.lr_scale
+        for listener in self.listeners:
+            listener.knobs_changed(seed)
         # Reinstalled only when it changes: a compiled graph guards on the function object.
         wanted = (seed.seed_id, seed.knobs.seed_input_transform, dict(seed.knobs.seed_input_kwargs))
         if self._transform_keys.get(seed.slot) != wanted:
@@ -374,16 +389,6 @@ class Lifecycle:
     def _set_alpha(self, seed: SeedState, step: int) -> None:
         k = seed.knobs
         self.slots[seed.slot].set_alpha(alpha_at(seed.blend, step, k.blend_steps, k.steepness))
-
-    def _drop_group(self, seed: SeedState) -> None:
-        keep = []
-        for group in self.optimizer.param_groups:
-            if group.get("seed_id") == seed.seed_id:
-                for p in group["params"]:
-                    self.optimizer.state.pop(p, None)
-            else:
-                keep.append(group)
-        self.optimizer.param_groups[:] = keep
 
     def _live(self, slot: int, op: str) -> SeedState:
         seed = self.seeds[slot]
@@ -415,55 +420,30 @@ class Lifecycle:
     # -- checkpointing ---------------------------------------------------------
 
     def state_dict(self) -> dict[str, Any]:
-        """Everything needed to rebuild this lifecycle and its host exactly, as plain data."""
-        slot_of = {s.seed_id: s.slot for s in self.seeds if s is not None}
-        groups: list[dict[str, Any]] = []
-        for i, group in enumerate(self.optimizer.param_groups):
-            if i == 0:
-                groups.append({"kind": "host"})
-            elif group.get("seed_id") is not None:
-                groups.append({"kind": "seed", "slot": slot_of[group["seed_id"]]})
-            else:
-                groups.append({"kind": "fossil", "seed_id": group["fossil_of"]})
+        """Everything needed to rebuild this lifecycle and its host exactly, as plain data (no optimizer)."""
         return {
             "stages": [int(s) for s in self.stages],
             "embargo_until": list(self.embargo_until),
             "counter": self._counter,
             "seeds": [None if s is None else seed_to_dict(s) for s in self.seeds],
             "history": [seed_to_dict(s) for s in self.history],
-            "groups": groups,
             "host": self.host.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore a :meth:`state_dict` into this freshly built lifecycle."""
+        """Restore a :meth:`state_dict` into this freshly built lifecycle (listeners restore their own)."""
         history = [seed_from_dict(d) for d in state["history"]]
         seeds = [None if d is None else seed_from_dict(d) for d in state["seeds"]]
-        fossils = [s for s in history if s.stage is Stage.FOSSILIZED]
-        fossil_module: dict[str, nn.Module] = {}
-        for seed in fossils:  # history order is fossilization order
-            slot = self.slots[seed.slot]
-            slot.germinate(self._build(seed), seed.blend)
-            slot.fossilize()
-            fossil_module[seed.seed_id] = slot.fossils[-1]
+        for seed in history:  # history order is fossilization order
+            if seed.stage is Stage.FOSSILIZED:
+                slot = self.slots[seed.slot]
+                slot.germinate(self._build(seed), seed.blend)
+                slot.fossilize()
         for live in seeds:
             if live is not None:
                 self.slots[live.slot].germinate(self._build(live), live.blend)
                 self.slots[live.slot].input_transform = _input_transform(live)
         self.host.load_state_dict(state["host"])
-        base = self.optimizer.param_groups[0]["params"]
-        groups: list[dict[str, Any]] = []
-        for g in state["groups"]:
-            if g["kind"] == "host":
-                params = list(base)
-            elif g["kind"] == "seed":
-                params = self.slots[g["slot"]].seed_parameters()
-            else:
-                params = list(fossil_module[g["seed_id"]].parameters())
-            groups.append({"params": params})
-        self.optimizer = torch.optim.SGD(groups, lr=self.config.host_lr, momentum=self.config.momentum)
-        self.optimizer.load_state_dict(state["optimizer"])
         self.seeds = seeds
         self.history = history
         self.stages = [Stage(s) for s in state["stages"]]
@@ -474,13 +454,15 @@ class Lifecycle:
         device = next(self.host.parameters()).device
         return build_seed(self.topology, seed.blueprint, self._dim(seed.slot), seed.knobs.width_scale).to(device)
 
-    def seed_group_lr(self, slot: int) -> float:
-        """The learning rate of the live seed's optimizer param group."""
-        seed = self._live(slot, "inspect")
-        for group in self.optimizer.param_groups:
-            if group.get("seed_id") == seed.seed_id:
-                return float(group["lr"])
-        raise LifecycleError(f"{seed.seed_id} has no optimizer param group")
+    def fossil_modules(self) -> dict[str, nn.Module]:
+        """Each fossilized seed's module in the host, by seed id."""
+        out: dict[str, nn.Module] = {}
+        taken = [0] * len(self.slots)
+        for seed in self.history:  # a slot's fossils are in fossilization order, as the history is
+            if seed.stage is Stage.FOSSILIZED:
+                out[seed.seed_id] = self.slots[seed.slot].fossils[taken[seed.slot]]
+                taken[seed.slot] += 1
+        return out
 
     def live_seeds(self) -> list[SeedState]:
         return [s for s in self.seeds if s is not None]

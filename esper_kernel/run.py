@@ -26,6 +26,7 @@ from esper_kernel.config import RunConfig, structure_config, unstructure_config
 from esper_kernel.devices import rng_states, set_rng_states
 from esper_kernel.env import EnvBatch, MorphoEnv, build_registry, load_task, make_host, observation_names
 from esper_kernel.errors import EsperError, SelectionError
+from esper_kernel.files import write_text_atomic
 from esper_kernel.registry import (
     LoadFailure,
     Quarantine,
@@ -62,6 +63,20 @@ def lever_records(registry: Registry) -> list[dict[str, str]]:
 def head_choices(registry: Registry) -> dict[str, list[str]]:
     """Every head's choice names, in order: what a report needs to read decisions and entropies."""
     return {h.name: list(h.spec.choices) for h in registry.space.heads}
+
+
+def log_started(log: Any, registry: Registry, **fields: Any) -> None:
+    """The ``run.started`` event every command writes, with its levers, load failures and head
+    choices; then a ``plugin.failed`` warning for each lever that failed to load."""
+    log.info(
+        "run.started",
+        **fields,
+        levers=lever_records(registry),
+        failed_levers=[attrs.asdict(f) for f in registry.failures],
+        head_choices=head_choices(registry),
+    )
+    for failure in registry.failures:
+        log.warning("plugin.failed", **attrs.asdict(failure))
 
 
 def make_policy(spec: str, registry: Registry, obs_dim: int, seed: int) -> Policy:
@@ -151,6 +166,40 @@ def truncate_events(path: Path, size: int) -> int:
     return dropped
 
 
+@attrs.frozen
+class _Setup:
+    """A run checked in full, before its output directory is touched."""
+
+    config: RunConfig
+    out: Path
+    state: dict[str, Any] | None
+    registry: Registry
+    task: Any
+    size: Any
+    policy: Policy
+    run_id: str
+
+
+@attrs.frozen
+class _Played:
+    """The episode as the loop left it, and what watched it."""
+
+    env: MorphoEnv
+    total: float
+    watch: HookWatch
+    compile_watch: CompileWatch | None
+
+
+@attrs.frozen
+class _Reporting:
+    """Who hears about the run as it goes (all optional but ``warn``)."""
+
+    warn: Callable[[str], None]
+    on_epoch: Callable[[EpochReport], None] | None = None
+    on_start: Callable[[int, int], None] | None = None
+    on_failures: Callable[[Sequence[LoadFailure]], None] | None = None
+
+
 def run(
     config: RunConfig,
     *,
@@ -180,7 +229,27 @@ def run(
     summary), for resuming later. ``sinks`` are extra structlog processors
     fed every event (``--tensorboard``).
     """
-    warn = on_warning or (lambda _msg: None)
+    tell = _Reporting(on_warning or (lambda _msg: None), on_epoch, on_start, on_failures)
+    setup = _set_up(config, resume, overwrite)
+    started = time.perf_counter()
+    # -- everything is checked: from here on the run writes to ``setup.out``.
+    superseded = _prepare_out(setup.out, setup.state)
+    with Telemetry(
+        setup.out / EVENTS, setup.run_id, console=console, append=setup.state is not None, sinks=sinks
+    ) as tel:
+        _log_start(setup, tel, superseded, tell)
+        played = _play(setup, tel, tell, stop_after)
+        if not played.env.done:
+            tel.log.info("run.interrupted", at_epoch=played.env.epoch)
+            return {"interrupted_at": played.env.epoch}
+        summary = _finish(setup, played, time.perf_counter() - started)
+        write_text_atomic(setup.out / SUMMARY, json.dumps(summary, indent=2) + "\n")
+        tel.log.info("run.finished", **{k: v for k, v in summary.items() if k != "config"})
+    return summary
+
+
+def _set_up(config: RunConfig, resume: Path | None, overwrite: bool) -> _Setup:
+    """The config (a resumed run's own), the output directory, levers, task, host size and policy, checked."""
     state: dict[str, Any] | None = None
     if resume is not None:
         if overwrite:
@@ -192,6 +261,24 @@ def run(
     else:
         out = Path(config.out)
         check_out(out, overwrite=overwrite)
+    registry = _open_registry(config, state, resume)
+    task = load_task(config.env, config.seed)
+    size = measure_host(
+        lambda: make_host(config.env, task), task.train_x[:1], config.env.batch_size, max_params=MAX_HOST_PARAMS
+    )
+    if size.params > MAX_HOST_PARAMS:
+        raise EsperError(
+            f"env.slots={config.env.slots}, env.width={config.env.width}: the host would have {size.params:,} "
+            f"parameters, over the maximum of {MAX_HOST_PARAMS:,}; use fewer slots or a smaller width"
+        )
+    obs_dim = len(observation_names(registry, config.env.slots))
+    policy = make_policy(config.policy, registry, obs_dim, config.seed)
+    run_id = state["run_id"] if state is not None else uuid.uuid4().hex[:12]
+    return _Setup(config, out, state, registry, task, size, policy, run_id)
+
+
+def _open_registry(config: RunConfig, state: dict[str, Any] | None, resume: Path | None) -> Registry:
+    """The selected levers; a resumed run's must be the ones its checkpoint was written with."""
     selection = Selection.from_env(levers=config.levers)
     try:
         registry = build_registry(config.env, selection)
@@ -206,86 +293,78 @@ def run(
     if config.env.compile:
         check_compile_safety(registry, config.allow_graph_breaks)
     registry.fault_policy = config.on_lever_error
-    task = load_task(config.env, config.seed)
-    size = measure_host(
-        lambda: make_host(config.env, task), task.train_x[:1], config.env.batch_size, max_params=MAX_HOST_PARAMS
+    return registry
+
+
+def _log_start(setup: _Setup, tel: Telemetry, superseded: int, tell: _Reporting) -> None:
+    registry, state = setup.registry, setup.state
+    log_started(
+        tel.log,
+        registry,
+        config=unstructure_config(setup.config),
+        resumed_from_epoch=state["env"]["epoch"] if state is not None else None,
+        superseded_events=superseded,
+        heads=list(registry.space.names),
+        host_params=setup.size.params,
+        host_memory_bytes=setup.size.memory_bytes,
     )
-    if size.params > MAX_HOST_PARAMS:
-        raise EsperError(
-            f"env.slots={config.env.slots}, env.width={config.env.width}: the host would have {size.params:,} "
-            f"parameters, over the maximum of {MAX_HOST_PARAMS:,}; use fewer slots or a smaller width"
-        )
-    obs_dim = len(observation_names(registry, config.env.slots))
-    policy = make_policy(config.policy, registry, obs_dim, config.seed)
-    run_id = state["run_id"] if state is not None else uuid.uuid4().hex[:12]
-    started = time.perf_counter()
-    # -- everything is checked: from here on the run writes to ``out``.
-    superseded = _prepare_out(out, state)
-    with Telemetry(out / EVENTS, run_id, console=console, append=state is not None, sinks=sinks) as tel:
-        tel.log.info(
-            "run.started",
-            config=unstructure_config(config),
-            levers=lever_records(registry),
-            failed_levers=[attrs.asdict(f) for f in registry.failures],
-            resumed_from_epoch=state["env"]["epoch"] if state is not None else None,
-            superseded_events=superseded,
-            heads=list(registry.space.names),
-            host_params=size.params,
-            host_memory_bytes=size.memory_bytes,
-            head_choices=head_choices(registry),
-        )
-        warn(size.describe())
+    tell.warn(setup.size.describe())
+    if registry.failures and tell.on_failures is not None:
+        tell.on_failures(registry.failures)
+    else:
         for failure in registry.failures:
-            tel.log.warning("plugin.failed", **attrs.asdict(failure))
-        if registry.failures and on_failures is not None:
-            on_failures(registry.failures)
-        else:
-            for failure in registry.failures:
-                warn(f"dropped {failure.describe()}")
-        env = MorphoEnv(config.env, registry, task, tel.log, index=0)
+            tell.warn(f"dropped {failure.describe()}")
 
-        def quarantined(q: Quarantine) -> None:
-            env.log.warning("lever.quarantined", **attrs.asdict(q))  # bound to the epoch it happened in
-            warn(f"quarantined {q.describe()}")
 
-        registry.on_quarantine = quarantined
-        envs = EnvBatch([env])
-        obs = envs.reset([config.seed])
-        total = 0.0
-        if state is not None:
-            env.load_state_dict(state["env"])
-            _load_policy_state(policy, state["policy"])
-            set_rng_states({"cpu": state["rng"], **({"cuda": state["cuda_rng"]} if state.get("cuda_rng") else {})})
-            total = float(state["return"])
-            obs = envs.observe()
-        watch = HookWatch(registry, tel.log, warn)
-        compile_watch = CompileWatch(registry, tel.log, warn) if config.env.compile else None
-        if on_start is not None:
-            on_start(config.env.epochs, env.epoch)
-        while not env.done:
-            watch.epoch_started()
-            masks = envs.masks()
-            with torch.no_grad():
-                sampled = policy.act(obs, masks, envs)
-            result = envs.step(sampled.actions)[0]
-            total += result.reward
-            obs = result.obs[None]
-            watch.epoch_ended(env.epoch - 1)
-            if env.epoch % config.checkpoint_every == 0 or env.done:
-                _save(out, config, run_id, env, policy, total, registry, tel)
-            if on_epoch is not None:
-                on_epoch(EpochReport(env.epoch, config.env.epochs, result.epoch.val_accuracy, _stages(env)))
-            if stop_after is not None and env.epoch >= stop_after and not env.done:
-                tel.log.info("run.interrupted", at_epoch=env.epoch)
-                return {"interrupted_at": env.epoch}
-        compile_stats = compile_watch.episode_ended() if compile_watch is not None else None
-        summary = _summary(run_id, config, env, registry, total, time.perf_counter() - started, out)
-        summary["hook_seconds"] = watch.totals()
-        summary["quarantined"] = [attrs.asdict(q) for q in registry.quarantined.values()]
-        if compile_stats is not None:
-            summary["compile"] = compile_stats
-        checkpoint.write_atomic((json.dumps(summary, indent=2) + "\n").encode("utf-8"), out / SUMMARY)
-        tel.log.info("run.finished", **{k: v for k, v in summary.items() if k != "config"})
+def _play(setup: _Setup, tel: Telemetry, tell: _Reporting, stop_after: int | None) -> _Played:
+    """The episode's epochs (from the checkpoint's, resuming), a checkpoint after every ``checkpoint_every``."""
+    config, registry, policy, state = setup.config, setup.registry, setup.policy, setup.state
+    env = MorphoEnv(config.env, registry, setup.task, tel.log, index=0)
+
+    def quarantined(q: Quarantine) -> None:
+        env.log.warning("lever.quarantined", **attrs.asdict(q))  # bound to the epoch it happened in
+        tell.warn(f"quarantined {q.describe()}")
+
+    registry.on_quarantine = quarantined
+    envs = EnvBatch([env])
+    obs = envs.reset([config.seed])
+    total = 0.0
+    if state is not None:
+        env.load_state_dict(state["env"])
+        _load_policy_state(policy, state["policy"])
+        set_rng_states({"cpu": state["rng"], **({"cuda": state["cuda_rng"]} if state.get("cuda_rng") else {})})
+        total = float(state["return"])
+        obs = envs.observe()
+    watch = HookWatch(registry, tel.log, tell.warn)
+    compile_watch = CompileWatch(registry, tel.log, tell.warn) if config.env.compile else None
+    if tell.on_start is not None:
+        tell.on_start(config.env.epochs, env.epoch)
+    while not env.done:
+        watch.epoch_started()
+        masks = envs.masks()
+        with torch.no_grad():
+            sampled = policy.act(obs, masks, envs)
+        result = envs.step(sampled.actions)[0]
+        total += result.reward
+        obs = result.obs[None]
+        watch.epoch_ended(env.epoch - 1)
+        if env.epoch % config.checkpoint_every == 0 or env.done:
+            _save(setup.out, config, setup.run_id, env, policy, total, registry, tel)
+        if tell.on_epoch is not None:
+            tell.on_epoch(EpochReport(env.epoch, config.env.epochs, result.epoch.val_accuracy, _stages(env)))
+        if stop_after is not None and env.epoch >= stop_after and not env.done:
+            break
+    return _Played(env, total, watch, compile_watch)
+
+
+def _finish(setup: _Setup, played: _Played, wall: float) -> dict[str, Any]:
+    """The summary of a finished episode: ``_summary`` plus hook times, quarantines and compile counts."""
+    compile_stats = played.compile_watch.episode_ended() if played.compile_watch is not None else None
+    summary = _summary(setup.run_id, setup.config, played.env, setup.registry, played.total, wall, setup.out)
+    summary["hook_seconds"] = played.watch.totals()
+    summary["quarantined"] = [attrs.asdict(q) for q in setup.registry.quarantined.values()]
+    if compile_stats is not None:
+        summary["compile"] = compile_stats
     return summary
 
 

@@ -127,7 +127,7 @@ def test_choice_sets_the_seed_learning_rate() -> None:
     for choice, scale in (("SLOWER", 0.5), ("FASTER", 2.0)):
         h = Harness(["$name"])
         h.germinate(0, $name=choice)
-        assert h.lifecycle.seed_group_lr(0) == h.lifecycle.config.host_lr * scale
+        assert h.seed_group_lr(0) == h.lifecycle.config.host_lr * scale
 ''')
 
 _NAME = re.compile(r"^[a-z][a-z0-9_]*$")

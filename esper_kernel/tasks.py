@@ -213,15 +213,29 @@ def _segment_sdf(x: Tensor, y: Tensor, p0: Tensor, p1: Tensor) -> Tensor:
 
 
 def _render_shapes(labels: Tensor, g: torch.Generator) -> Tensor:
-    """Render one image per label into ``[N, 3, 32, 32]`` pixels in roughly [0, 1]."""
+    """Render one image per label into ``[N, 3, 32, 32]`` pixels in roughly [0, 1].
+
+    The parts draw from ``g`` in a fixed order (background, clutter, shape,
+    its colour, noise): the same seed gives the same images.
+    """
     n = labels.shape[0]
     size = _IMAGE_SIZE
     coords = torch.arange(size, dtype=torch.float32) + 0.5
     ys, xs = torch.meshgrid(coords, coords, indexing="ij")
     xs_n = xs.expand(n, size, size)
     ys_n = ys.expand(n, size, size)
+    img = _background(xs_n, ys_n, g)
+    img = _clutter(img, xs_n, ys_n, g)
+    alpha = _shape_alpha(labels, xs_n, ys_n, g)
+    img = _paint_shape(img, alpha, g)
+    noise_std = _uniform(n, 0.03, 0.12, g)[:, None, None, None]
+    img = img + noise_std * torch.randn(img.shape, generator=g)
+    return img.clamp(0.0, 1.0)
 
-    # Background: a linear gradient between two random colours along a random direction.
+
+def _background(xs_n: Tensor, ys_n: Tensor, g: torch.Generator) -> Tensor:
+    """A linear gradient between two random colours along a random direction, ``[n, 3, size, size]``."""
+    n, size = xs_n.shape[0], _IMAGE_SIZE
     c0 = torch.rand(n, 3, generator=g)
     c1 = torch.rand(n, 3, generator=g)
     theta = _uniform(n, 0.0, 2 * math.pi, g)
@@ -229,11 +243,16 @@ def _render_shapes(labels: Tensor, g: torch.Generator) -> Tensor:
         (xs_n - size / 2) * torch.cos(theta)[:, None, None] + (ys_n - size / 2) * torch.sin(theta)[:, None, None]
     ) / size + 0.5
     ramp = ramp.clamp(0.0, 1.0)[:, None]
-    img = c0[:, :, None, None] * (1 - ramp) + c1[:, :, None, None] * ramp
+    return c0[:, :, None, None] * (1 - ramp) + c1[:, :, None, None] * ramp
 
-    # Clutter: random line segments, which resemble pieces of crosses, stripes and
-    # outlines, so the net must use the shape's global structure rather than any edge.
-    n_clutter = 2
+
+def _clutter(img: Tensor, xs_n: Tensor, ys_n: Tensor, g: torch.Generator, n_clutter: int = 2) -> Tensor:
+    """Random line segments over ``img``.
+
+    They resemble pieces of crosses, stripes and outlines, so the net must use
+    the shape's global structure rather than any edge.
+    """
+    n, size = xs_n.shape[0], _IMAGE_SIZE
     for _ in range(n_clutter):
         p0 = torch.rand(n, 2, generator=g) * size
         length = _uniform(n, 4.0, 12.0, g)
@@ -244,10 +263,17 @@ def _render_shapes(labels: Tensor, g: torch.Generator) -> Tensor:
         alpha = torch.sigmoid((width - dist) * 3.0)[:, None]
         colour = torch.rand(n, 3, generator=g)[:, :, None, None]
         img = img * (1 - alpha) + colour * alpha
+    return img
 
-    # Foreground shape: random centre, radius and rotation. Rotation is unrestricted for
-    # shapes whose class is rotation-invariant in spirit (discs, squares, triangles) and
-    # limited for plus/x/stripe classes, whose identity is their orientation.
+
+def _shape_alpha(labels: Tensor, xs_n: Tensor, ys_n: Tensor, g: torch.Generator) -> Tensor:
+    """Each image's shape as coverage ``[n, 1, size, size]``: random centre, radius and rotation.
+
+    Rotation is unrestricted for shapes whose class is rotation-invariant in
+    spirit (discs, squares, triangles) and limited for plus/x/stripe classes,
+    whose identity is their orientation.
+    """
+    n, size = labels.shape[0], _IMAGE_SIZE
     radius = _uniform(n, 5.0, 11.0, g)
     cx = size / 2 + (torch.rand(n, generator=g) * 2 - 1) * (size / 2 - radius - 1)
     cy = size / 2 + (torch.rand(n, generator=g) * 2 - 1) * (size / 2 - radius - 1)
@@ -258,26 +284,25 @@ def _render_shapes(labels: Tensor, g: torch.Generator) -> Tensor:
     u0 = (xs_n - cx[:, None, None]) / radius[:, None, None]
     v0 = (ys_n - cy[:, None, None]) / radius[:, None, None]
     u, v = _rotate(u0, v0, angle)
-
     sdf = torch.empty(n, size, size)
     for label in range(_SHAPES_CLASSES):
         idx = (labels == label).nonzero(as_tuple=True)[0]
         if idx.numel():
             sdf[idx] = _shape_sdf(label, u[idx], v[idx], g)
     # Anti-aliased edge about one pixel wide (sdf is in units of the radius).
-    alpha = torch.sigmoid(-sdf * radius[:, None, None] * 2.0)[:, None]
+    return torch.sigmoid(-sdf * radius[:, None, None] * 2.0)[:, None]
 
-    # Shape colour is random but pushed away from the background at the shape's centre,
-    # so a shape is never invisible by construction (noise and clutter still hide it some).
-    fg = torch.rand(n, 3, generator=g)
+
+def _paint_shape(img: Tensor, alpha: Tensor, g: torch.Generator) -> Tensor:
+    """The shape in a random colour pushed away from the background at the shape's centre.
+
+    So a shape is never invisible by construction (noise and clutter still hide it some).
+    """
+    fg = torch.rand(img.shape[0], 3, generator=g)
     bg_mid = img.mean(dim=(2, 3))
     low_contrast = (fg - bg_mid).norm(dim=1) < 0.45
     fg = torch.where(low_contrast[:, None], (bg_mid + 0.5) % 1.0, fg)
-    img = img * (1 - alpha) + fg[:, :, None, None] * alpha
-
-    noise_std = _uniform(n, 0.03, 0.12, g)[:, None, None, None]
-    img = img + noise_std * torch.randn(img.shape, generator=g)
-    return img.clamp(0.0, 1.0)
+    return img * (1 - alpha) + fg[:, :, None, None] * alpha
 
 
 def _balanced_labels(n: int, n_classes: int, g: torch.Generator) -> Tensor:

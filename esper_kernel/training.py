@@ -2,7 +2,8 @@
 
 This is the loop every caller shares (the environment, tests driving a
 scripted lifecycle, benchmarks), so that a lever's effect is always measured
-through the same code a real run uses.
+through the same code a real run uses. The runner owns the host's optimizer
+(:class:`HostOptimizer`): the lifecycle only says what changed.
 """
 
 from __future__ import annotations
@@ -18,8 +19,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from esper_kernel.errors import PluginError
-from esper_kernel.lifecycle import EpochMeasure, Lifecycle, SlotMeasure
+from esper_kernel.lifecycle import EpochMeasure, Lifecycle, LifecycleError, SlotMeasure
 from esper_kernel.registry import ComposedField, Registry
+from esper_kernel.seeds import SeedState
 from esper_kernel.slots import SeedSlot
 from esper_kernel.specs import FieldContext
 from esper_kernel.stages import Stage
@@ -55,6 +57,119 @@ def _grad_norm(params: list[nn.Parameter]) -> torch.Tensor:
     return norms
 
 
+class HostOptimizer:
+    """The host's SGD and its param groups, kept in step with a lifecycle it listens to.
+
+    Group 0 is the host's own parameters at the host rate. Each live seed has
+    a group (``seed_id`` set) at the host rate times its ``lr_scale`` knob,
+    added at germination, updated whenever its knobs are applied, dropped with
+    its momentum when it is culled. A fossil's group stays, at the host rate,
+    marked ``fossil_of``. Attached to a lifecycle that already has seeds or
+    fossils, it starts with their groups (and no momentum).
+    """
+
+    def __init__(self, lifecycle: Lifecycle) -> None:
+        self.lifecycle = lifecycle
+        self.host_lr = lifecycle.config.host_lr
+        fossils = lifecycle.fossil_modules()
+        live = [s for s in lifecycle.seeds if s is not None]
+        grown = {id(p) for m in fossils.values() for p in m.parameters()}
+        grown |= {id(p) for s in live for p in lifecycle.slots[s.slot].seed_parameters()}
+        base = [p for p in lifecycle.host.parameters() if id(p) not in grown]
+        groups: list[dict[str, Any]] = [{"params": base, "lr": self.host_lr, "seed_id": None}]
+        groups += [self._fossil_group(sid, m) for sid, m in fossils.items()]
+        groups += [self._seed_group(s) for s in live]
+        self.sgd = torch.optim.SGD(groups, lr=self.host_lr, momentum=lifecycle.config.momentum)
+        lifecycle.subscribe(self)
+
+    @property
+    def param_groups(self) -> list[dict[str, Any]]:
+        return self.sgd.param_groups
+
+    @property
+    def state(self) -> Any:
+        return self.sgd.state
+
+    def _seed_group(self, seed: SeedState) -> dict[str, Any]:
+        params = self.lifecycle.slots[seed.slot].seed_parameters()
+        return {"params": params, "lr": self.host_lr * seed.knobs.lr_scale, "seed_id": seed.seed_id}
+
+    def _fossil_group(self, seed_id: str, module: nn.Module) -> dict[str, Any]:
+        return {"params": list(module.parameters()), "lr": self.host_lr, "seed_id": None, "fossil_of": seed_id}
+
+    def _groups_of(self, seed: SeedState) -> list[dict[str, Any]]:
+        return [g for g in self.sgd.param_groups if g.get("seed_id") == seed.seed_id]
+
+    # -- what the lifecycle tells it --------------------------------------------------
+
+    def seed_added(self, seed: SeedState) -> None:
+        self.sgd.add_param_group(self._seed_group(seed))
+
+    def seed_removed(self, seed: SeedState) -> None:
+        for group in self._groups_of(seed):
+            for p in group["params"]:
+                self.sgd.state.pop(p, None)
+        self.sgd.param_groups[:] = [g for g in self.sgd.param_groups if g.get("seed_id") != seed.seed_id]
+
+    def seed_fossilized(self, seed: SeedState) -> None:
+        # The fossil is host now: it trains at the host's rate from here on, momentum kept.
+        for group in self._groups_of(seed):
+            group.update(lr=self.host_lr, seed_id=None, fossil_of=seed.seed_id)
+
+    def knobs_changed(self, seed: SeedState) -> None:
+        for group in self._groups_of(seed):
+            group["lr"] = self.host_lr * seed.knobs.lr_scale
+
+    # -- reading and checkpointing -----------------------------------------------------
+
+    def seed_group_lr(self, slot: int) -> float:
+        """The learning rate of the live seed's param group in ``slot``."""
+        seed = self.lifecycle.seeds[slot]
+        if seed is None:
+            raise LifecycleError(f"cannot inspect slot {slot}: no live seed there ({self.lifecycle.stages[slot].name})")
+        for group in self._groups_of(seed):
+            return float(group["lr"])
+        raise LifecycleError(f"{seed.seed_id} has no optimizer param group")
+
+    def step(self) -> None:
+        self.sgd.step()
+
+    def zero_grad(self) -> None:
+        self.sgd.zero_grad(set_to_none=True)
+
+    def parameters(self) -> list[torch.Tensor]:
+        return [p for group in self.sgd.param_groups for p in group["params"]]
+
+    def state_dict(self) -> dict[str, Any]:
+        """The groups (by what they hold: host, a slot's seed, a fossil) and torch's own state."""
+        slot_of = {s.seed_id: s.slot for s in self.lifecycle.seeds if s is not None}
+        groups: list[dict[str, Any]] = []
+        for i, group in enumerate(self.sgd.param_groups):
+            if i == 0:
+                groups.append({"kind": "host"})
+            elif group.get("seed_id") is not None:
+                groups.append({"kind": "seed", "slot": slot_of[group["seed_id"]]})
+            else:
+                groups.append({"kind": "fossil", "seed_id": group["fossil_of"]})
+        return {"groups": groups, "optimizer": self.sgd.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore a :meth:`state_dict` after the lifecycle itself was restored."""
+        fossils = self.lifecycle.fossil_modules()
+        base = self.sgd.param_groups[0]["params"]
+        groups: list[dict[str, Any]] = []
+        for g in state["groups"]:
+            if g["kind"] == "host":
+                params = list(base)
+            elif g["kind"] == "seed":
+                params = self.lifecycle.slots[g["slot"]].seed_parameters()
+            else:
+                params = list(fossils[g["seed_id"]].parameters())
+            groups.append({"params": params})
+        self.sgd = torch.optim.SGD(groups, lr=self.host_lr, momentum=self.lifecycle.config.momentum)
+        self.sgd.load_state_dict(state["optimizer"])
+
+
 @torch.no_grad()
 def evaluate(model: Callable[[torch.Tensor], torch.Tensor], task: TaskData, batch_size: int) -> tuple[float, float]:
     """Validation (loss, accuracy) of ``model``, summed on the data's device and read once."""
@@ -82,8 +197,10 @@ class EpochRunner:
         compiled: Callable[[torch.Tensor], torch.Tensor] | None = None,
         max_batches: int | None = None,
         amp: bool = False,
+        optimizer: HostOptimizer | None = None,
     ) -> None:
         self.lifecycle = lifecycle
+        self.optimizer = optimizer if optimizer is not None else HostOptimizer(lifecycle)
         self.task = task
         self.batch_size = batch_size
         self.generator = generator or torch.Generator().manual_seed(0)
@@ -101,7 +218,7 @@ class EpochRunner:
         host.train()
         live = [i for i, s in enumerate(lc.seeds) if s is not None]
         seed_params = {i: slots[i].seed_parameters() for i in live}
-        trained = [p for group in lc.optimizer.param_groups for p in group["params"]]
+        trained = self.optimizer.parameters()
         host_params = host.host_parameters()  # type: ignore[operator]
         before = _flat(host_params)
         device = before.device
@@ -121,7 +238,7 @@ class EpochRunner:
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=self.amp):
                 logits = host(x) if probe else self.model(x)
                 loss = task_loss(logits.float(), y)
-            lc.optimizer.zero_grad(set_to_none=True)
+            self.optimizer.zero_grad()
             loss.backward()  # type: ignore[no-untyped-call]
             host_norm_sum += _grad_norm(host_params)
             for i in live:
@@ -162,7 +279,7 @@ class EpochRunner:
         # norms recorded before it still show the explosion to the gates and telemetry.
         total = torch.nn.utils.clip_grad_norm_(trained, MAX_STEP_NORM)
         if bool(torch.isfinite(total)):
-            self.lifecycle.optimizer.step()
+            self.optimizer.step()
 
     def _slot_measures(
         self,

@@ -168,6 +168,28 @@ def lever_dist(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Leve
     dists.cleanup()
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _one_intra_op_thread_session() -> Iterator[None]:
+    """One intra-op thread from the start, so module-scoped fixtures (tasks, registries) get it too."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(autouse=True)
+def _one_intra_op_thread(_one_intra_op_thread_session: None) -> Iterator[None]:
+    """One intra-op thread in every test, restored after it even if the test changed it.
+
+    The models under test are tiny: on a shared 2-core box intra-op thread
+    hand-off dominates and makes them several times slower, and conv sums
+    differ in the last bits between thread counts (workers run one thread).
+    """
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(1)
+
+
 @pytest.fixture(autouse=True)
 def _no_esper_env(monkeypatch: pytest.MonkeyPatch) -> None:
     """A developer's own ESPER_* settings must not change what tests see."""

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import torch
 from torch import nn
@@ -31,16 +29,6 @@ TF_NAMES = ("norm", "lora8", "lora32", "attention", "mlp_small", "mlp_large", "c
 ALL = [("cnn", n) for n in CNN_NAMES] + [("transformer", n) for n in TF_NAMES]
 
 CNN_DIM, TF_DIM = 16, 32
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    # These modules are tiny; with 2 intra-op threads on a shared 2-core box the
-    # thread hand-off dominates and the tests get several times slower.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _input(topology: str, batch: int = 2) -> torch.Tensor:

@@ -5,7 +5,6 @@ from __future__ import annotations
 import importlib
 import io
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,14 +15,6 @@ from conftest import LeverDists
 from esper_kernel.checkpoint import FORMAT, CheckpointError, load, save_atomic
 from esper_kernel.config import RunConfig, with_overrides
 from esper_kernel.run import CHECKPOINT, run
-
-
-@pytest.fixture(autouse=True)
-def _single_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 class Smuggled:

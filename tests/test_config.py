@@ -5,12 +5,10 @@ from __future__ import annotations
 import json
 import re
 import tomllib
-from collections.abc import Iterator
 from pathlib import Path
 
 import attrs
 import pytest
-import torch
 from click.testing import CliRunner
 
 from esper_kernel.cli import main
@@ -25,14 +23,6 @@ from esper_kernel.config import (
 from esper_kernel.env import EnvConfig
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "config.md"
-
-
-@pytest.fixture(autouse=True)
-def _single_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def _write(tmp_path: Path, text: str, name: str = "run.toml") -> Path:

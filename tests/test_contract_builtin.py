@@ -9,12 +9,9 @@ installed as real distributions by ``lever_dist``.
 from __future__ import annotations
 
 import pytest
-import torch
 
 from esper_kernel import PluginError, Stage
 from esper_kernel.testing import Harness, LeverContract, LeverUnderTest, compile_graph_counts, open_registry
-
-torch.set_num_threads(1)
 
 
 class TestTempo(LeverContract):

@@ -7,7 +7,6 @@ from pathlib import Path
 
 import attrs
 import pytest
-import torch
 from click.testing import CliRunner
 
 from esper_kernel.cli import main
@@ -32,11 +31,6 @@ from esper_kernel.telemetry import null_log
 
 TINY = EnvConfig(epochs=4, train_size=48, val_size=24, batch_size=16)
 TINY_DATA = {"epochs": 4, "train_size": 48, "val_size": 24, "batch_size": 16}
-
-
-@pytest.fixture(autouse=True)
-def _one_thread() -> None:
-    torch.set_num_threads(1)
 
 
 def test_two_evals_of_the_same_policy_and_seed_are_identical() -> None:

@@ -6,12 +6,10 @@ import json
 import math
 import os
 import re
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import torch
 from conftest import LeverDists
 
 from esper_kernel.config import RunConfig, with_overrides
@@ -22,14 +20,6 @@ from esper_kernel.run import EVENTS, run
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "telemetry.md"
 COMMON = ("event", "run_id", "env", "episode", "epoch")
 EPOCHS = 8
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _single_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def strict_events(path: Path) -> list[dict[str, Any]]:

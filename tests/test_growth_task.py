@@ -62,7 +62,6 @@ def _train(host: CNNHost, task: TaskData, epochs: int) -> list[float]:
 def test_the_default_host_alone_plateaus_while_a_wider_view_does_not() -> None:
     """The growth task's premise, on a small budget: the 3x3-view host stalls near 20%,
     the same host with 3x3 blocks (a 9x9 view, what spatial seeds add) does not."""
-    torch.set_num_threads(1)
     cfg = EnvConfig()
     task = get_task("pairs", seed=0, n_train=768, n_val=400)
     torch.manual_seed(0)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 import torch
 from conftest import LeverDists
@@ -19,14 +17,6 @@ from esper_kernel.tasks import TaskData
 from esper_kernel.telemetry import Telemetry
 
 CONFIG = EnvConfig(epochs=20, slots=3, train_size=32, val_size=16, batch_size=16)
-
-
-@pytest.fixture(autouse=True)
-def _single_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

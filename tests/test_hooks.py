@@ -203,10 +203,10 @@ def test_hook_on_epoch(lever_dist: LeverDists) -> None:
     h = Harness(registry=lever_dist.registry(), blocks=3, max_epochs=8)
     h.epoch = 1
     seed = h.germinate(0, warm="on")
-    group_lr = [h.lifecycle.seed_group_lr(0)]
+    group_lr = [h.seed_group_lr(0)]
     while h.epoch < 7:
         h.end_epoch()
-        group_lr.append(h.lifecycle.seed_group_lr(0))
+        group_lr.append(h.seed_group_lr(0))
     # Called once before every epoch the seed lives through (1..7), never for the epoch after the run.
     assert seed.lever_state["warm"]["epochs"] == [1, 2, 3, 4, 5, 6, 7]
     host_lr = h.lifecycle.config.host_lr

@@ -25,16 +25,6 @@ CNN_CFG = CNNHostConfig(width=8, blocks=2)
 TF_CFG = TransformerHostConfig(vocab_size=16, dim=32, heads=2, layers=2, max_len=8)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    # These models are tiny; with 2 intra-op threads on a shared 2-core box the
-    # thread hand-off dominates and the tests get several times slower.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _batch(topology: str) -> torch.Tensor:
     g = torch.Generator().manual_seed(1)
     if topology == "cnn":

@@ -105,7 +105,7 @@ def test_lr_is_legal_to_the_last_epoch_and_acts_in_it(max_epochs: int) -> None:
     assert all(_legal(h, max_epochs - 1, "lr", c) for c in ("CAUTIOUS", "STANDARD", "AGGRESSIVE"))
     h.epoch = max_epochs - 1
     h.germinate(0, lr="AGGRESSIVE")
-    assert h.lifecycle.seed_group_lr(0) == pytest.approx(2 * h.lifecycle.config.host_lr)
+    assert h.seed_group_lr(0) == pytest.approx(2 * h.lifecycle.config.host_lr)
 
 
 @pytest.mark.parametrize("max_epochs", [20, 40])

@@ -18,7 +18,7 @@ from __future__ import annotations
 import ast
 import math
 import statistics
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -48,15 +48,6 @@ MAX_EPOCHS = 30
 HOST_LR = LifecycleConfig().host_lr
 #: Choices that get a seed through its whole life in the fewest epochs.
 QUICK = {"dwell": "MINIMAL", "tempo": "FAST", "probation": "SHORT"}
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    # Tiny models on a shared 2-core box: intra-op thread hand-off would dominate.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
@@ -366,11 +357,11 @@ def test_lr_scales_the_seed_param_group(task: TaskData, choice: str, scale: floa
     seed = rig.germinate(lr=choice, dwell="MINIMAL", tempo="FAST")
     seen: dict[Stage, float] = {}
     for _ in range(5):  # GERMINATED, TRAINING, BLENDING x3
-        seen[seed.stage] = rig.lifecycle.seed_group_lr(0)
+        seen[seed.stage] = rig.runner.optimizer.seed_group_lr(0)
         rig.step()
     assert set(seen) == {Stage.GERMINATED, Stage.TRAINING, Stage.BLENDING}
     assert all(lr == pytest.approx(scale * HOST_LR) for lr in seen.values())
-    host_groups = [g["lr"] for g in rig.lifecycle.optimizer.param_groups if g.get("seed_id") is None]
+    host_groups = [g["lr"] for g in rig.runner.optimizer.param_groups if g.get("seed_id") is None]
     assert host_groups == [HOST_LR]
 
 
@@ -478,7 +469,7 @@ class FullRun:
         slot = rig.host.seed_slots()[0]
 
         def watch() -> None:
-            self.group_lr.append(rig.lifecycle.seed_group_lr(0))
+            self.group_lr.append(rig.runner.optimizer.seed_group_lr(0))
             if self.seed.stage is Stage.BLENDING:
                 self.isolate.append(float(slot.isolate))
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import copy
 import io
 import itertools
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -35,20 +34,12 @@ from esper_kernel.seeds import SeedState
 from esper_kernel.slots import alpha_sigmoid
 from esper_kernel.stages import LIVE_STAGES, TRANSITIONS, IllegalTransition, Stage, check_transition
 from esper_kernel.tasks import TaskData, make_shapes
-from esper_kernel.training import EpochRunner
+from esper_kernel.training import EpochRunner, HostOptimizer
 
 CNN_CFG = CNNHostConfig(width=8, blocks=3)
 TF_CFG = TransformerHostConfig(vocab_size=32, dim=32, heads=2, layers=3, max_len=16)
 #: With max_epochs=20 the default dwell is max(1, int(20 * 0.1)) = 2.
 CONFIG = LifecycleConfig(max_epochs=20)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 # ------------------------------------------------------------------ helpers
@@ -154,8 +145,8 @@ def fixed_batch(topology: str) -> torch.Tensor:
     return torch.randint(0, TF_CFG.vocab_size, (2, 16), generator=g)
 
 
-def seed_group(lc: Lifecycle, seed_id: str) -> dict[str, Any]:
-    groups = [g for g in lc.optimizer.param_groups if g.get("seed_id") == seed_id]
+def seed_group(opt: HostOptimizer, seed_id: str) -> dict[str, Any]:
+    groups = [g for g in opt.param_groups if g.get("seed_id") == seed_id]
     assert len(groups) == 1, f"expected one param group for {seed_id}, found {len(groups)}"
     return groups[0]
 
@@ -199,13 +190,14 @@ def test_every_illegal_transition_raises(old: Stage, new: Stage) -> None:
 
 def test_germinate_on_an_occupied_slot_is_refused() -> None:
     lc = make_lifecycle()
+    opt = HostOptimizer(lc)
     germinate(lc, 0, 0)
     with pytest.raises(LifecycleError, match="cannot germinate slot 0: it is GERMINATED, not DORMANT"):
         germinate(lc, 0, 0, blueprint="attention")
     # The refusal changed nothing: the first seed is still there, alone in its group.
     seed = lc.seeds[0]
     assert seed is not None and seed.blueprint == "norm"
-    assert len(lc.optimizer.param_groups) == 2
+    assert len(opt.param_groups) == 2
 
 
 def test_germinate_on_an_embargoed_slot_is_refused() -> None:
@@ -492,8 +484,9 @@ def test_a_failed_fossilize_still_reports_its_gate() -> None:
 def test_lever_knobs_are_applied_after_each_transition() -> None:
     lever = StageLever(lr_scale=0.5, isolate_blending=False)
     lc = make_lifecycle(lever=lever)
+    opt = HostOptimizer(lc)
     germinate(lc, 0, 0)
-    assert lc.seed_group_lr(0) == pytest.approx(0.005)
+    assert opt.seed_group_lr(0) == pytest.approx(0.005)
     drive_to(lc, 0, Stage.BLENDING, 0)
     assert float(lc.slots[0].isolate) == 0.0  # a CNN seed co-adapting because the lever said so
 
@@ -503,6 +496,7 @@ def test_lever_knobs_are_applied_after_each_transition() -> None:
 
 def test_knob_defaults_are_the_kernels() -> None:
     lc = make_lifecycle(config=LifecycleConfig())
+    opt = HostOptimizer(lc)
     seed = germinate(lc, 0, 0)
     k = seed.knobs
     assert k.blend_steps == 5
@@ -512,7 +506,7 @@ def test_knob_defaults_are_the_kernels() -> None:
     assert k.g2_threshold == 0.10
     assert k.probation_epochs == 5
     assert lc.config.host_lr == 0.01
-    assert lc.seed_group_lr(0) == 0.01 == lc.optimizer.param_groups[0]["lr"]
+    assert opt.seed_group_lr(0) == 0.01 == opt.param_groups[0]["lr"]
 
 
 @pytest.mark.parametrize(("max_epochs", "dwell"), [(1, 1), (9, 1), (10, 1), (25, 2), (100, 10)])
@@ -589,15 +583,16 @@ def test_alpha_stays_in_unit_interval_and_is_monotone(blend: str, steps: int) ->
 
 def test_germinate_adds_a_param_group_with_exactly_the_seeds_parameters() -> None:
     lc = make_lifecycle()
+    opt = HostOptimizer(lc)
     seed = germinate(lc, 1, 0, blueprint="conv_small", blend="gated")
     slot = lc.slots[1]
-    group = seed_group(lc, seed.seed_id)
+    group = seed_group(opt, seed.seed_id)
     assert slot.seed is not None and slot.gate is not None
     expected = ids([*slot.seed.parameters(), *slot.gate.parameters()])
     assert ids(group["params"]) == ids(slot.seed_parameters()) == expected
     assert group["lr"] == 0.01
     # The host group does not hold them, and host_parameters() excludes them.
-    assert not ids(group["params"]) & ids(lc.optimizer.param_groups[0]["params"])
+    assert not ids(group["params"]) & ids(opt.param_groups[0]["params"])
     assert not ids(group["params"]) & ids(lc.host.host_parameters())  # type: ignore[operator]
 
 
@@ -606,32 +601,34 @@ def test_cull_removes_the_seed_from_host_parameters_and_optimizer() -> None:
     runner = EpochRunner(lc, tiny_shapes(), max_batches=2)
     seed = germinate(lc, 0, 0, blueprint="conv_small")
     runner.run_epoch(0)  # gives the seed optimizer state (momentum buffers)
+    opt = runner.optimizer
     params = ids(lc.slots[0].seed_parameters())
-    assert params & ids(lc.optimizer.state)
-    n_groups = len(lc.optimizer.param_groups)
+    assert params & ids(opt.state)
+    n_groups = len(opt.param_groups)
     lc.cull(0, 1, reason="tamiyo")
     assert not params & ids(lc.host.parameters())
-    assert not params & {id(p) for g in lc.optimizer.param_groups for p in g["params"]}
-    assert not params & ids(lc.optimizer.state)
-    assert len(lc.optimizer.param_groups) == n_groups - 1
-    assert all(g.get("seed_id") != seed.seed_id for g in lc.optimizer.param_groups)
+    assert not params & {id(p) for g in opt.param_groups for p in g["params"]}
+    assert not params & ids(opt.state)
+    assert len(opt.param_groups) == n_groups - 1
+    assert all(g.get("seed_id") != seed.seed_id for g in opt.param_groups)
     runner.run_epoch(1)  # and training goes on without it
 
 
 def test_fossilize_moves_the_seed_into_the_host_at_host_lr() -> None:
     lc = make_lifecycle(lever=StageLever(lr_scale=0.25))
+    runner = EpochRunner(lc, tiny_shapes(), max_batches=2)
     seed = germinate(lc, 0, 0, blueprint="conv_small")
-    assert lc.seed_group_lr(0) == pytest.approx(0.0025)
+    assert runner.optimizer.seed_group_lr(0) == pytest.approx(0.0025)
     epoch = drive_to(lc, 0, Stage.PROBATIONARY, 0)
     params = lc.slots[0].seed_parameters()
     lc.fossilize(0, epoch)
     assert ids(params) <= ids(lc.host.host_parameters())  # type: ignore[operator]
     assert ids(params) <= ids(lc.host.parameters())
-    (group,) = [g for g in lc.optimizer.param_groups if g.get("fossil_of") == seed.seed_id]
+    (group,) = [g for g in runner.optimizer.param_groups if g.get("fossil_of") == seed.seed_id]
     assert group["lr"] == 0.01 and group["seed_id"] is None
     assert ids(group["params"]) == ids(params)
     before = [p.detach().clone() for p in params]
-    EpochRunner(lc, tiny_shapes(), max_batches=2).run_epoch(epoch)
+    runner.run_epoch(epoch)
     assert any(not torch.equal(b, p) for b, p in zip(before, params, strict=True)), "the fossil stopped training"
 
 
@@ -696,22 +693,22 @@ def _build_checkpointed() -> tuple[Lifecycle, EpochRunner, int]:
     return lc, runner, epoch
 
 
-def _optimizer_signature(lc: Lifecycle) -> list[dict[str, Any]]:
+def _optimizer_signature(opt: HostOptimizer) -> list[dict[str, Any]]:
     out = []
-    for g in lc.optimizer.param_groups:
+    for g in opt.param_groups:
         out.append(
             {
                 "lr": g["lr"],
                 "seed_id": g.get("seed_id"),
                 "fossil_of": g.get("fossil_of"),
                 "params": [p.detach().clone() for p in g["params"]],
-                "momentum": [lc.optimizer.state[p].get("momentum_buffer") for p in g["params"]],
+                "momentum": [opt.state[p].get("momentum_buffer") for p in g["params"]],
             }
         )
     return out
 
 
-def _assert_same_optimizer(a: Lifecycle, b: Lifecycle) -> None:
+def _assert_same_optimizer(a: HostOptimizer, b: HostOptimizer) -> None:
     sa, sb = _optimizer_signature(a), _optimizer_signature(b)
     assert len(sa) == len(sb)
     for ga, gb in zip(sa, sb, strict=True):
@@ -735,7 +732,7 @@ def _outputs(lc: Lifecycle) -> torch.Tensor:
 def test_state_dict_round_trip_restores_host_optimizer_and_training() -> None:
     a, runner_a, epoch = _build_checkpointed()
     buf = io.BytesIO()
-    torch.save(a.state_dict(), buf)
+    torch.save({**a.state_dict(), **runner_a.optimizer.state_dict()}, buf)
     buf.seek(0)
     state = torch.load(buf, weights_only=True)
     gen_state = runner_a.generator.get_state()
@@ -743,6 +740,8 @@ def test_state_dict_round_trip_restores_host_optimizer_and_training() -> None:
     torch.manual_seed(123)  # a different initialisation: loading must overwrite all of it
     b = Lifecycle(CNNHost(CNN_CFG), make_registry(), LifecycleConfig(max_epochs=10), log=Recorder())
     b.load_state_dict(copy.deepcopy(state))
+    opt_b = HostOptimizer(b)
+    opt_b.load_state_dict(copy.deepcopy(state))
 
     assert b.stages == a.stages == [Stage.DORMANT, Stage.BLENDING, Stage.DORMANT]
     assert len(b.slots[0].fossils) == 1 and b.slots[1].blend == "gated"
@@ -753,9 +752,9 @@ def test_state_dict_round_trip_restores_host_optimizer_and_training() -> None:
     assert [s.seed_id for s in b.history] == [s.seed_id for s in a.history]
     assert float(b.slots[1].alpha) == float(a.slots[1].alpha)
     assert torch.equal(_outputs(a), _outputs(b))
-    _assert_same_optimizer(a, b)
+    _assert_same_optimizer(runner_a.optimizer, opt_b)
 
-    runner_b = EpochRunner(b, tiny_shapes(), max_batches=2, generator=torch.Generator())
+    runner_b = EpochRunner(b, tiny_shapes(), max_batches=2, generator=torch.Generator(), optimizer=opt_b)
     runner_b.generator.set_state(gen_state)
     results = []
     for runner in (runner_a, runner_b):
@@ -766,7 +765,7 @@ def test_state_dict_round_trip_restores_host_optimizer_and_training() -> None:
     assert ra.measure == rb.measure
     assert b.stages == a.stages
     assert torch.equal(_outputs(a), _outputs(b))
-    _assert_same_optimizer(a, b)
+    _assert_same_optimizer(runner_a.optimizer, opt_b)
     # And the epoch did train: outputs moved since the checkpoint.
     b2 = Lifecycle(CNNHost(CNN_CFG), make_registry(), LifecycleConfig(max_epochs=10), log=Recorder())
     b2.load_state_dict(copy.deepcopy(state))

@@ -10,7 +10,7 @@ in each mode (training with grad, evaluation without).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -30,14 +30,6 @@ from esper_kernel.tasks import TaskData, make_sequences, make_shapes
 from esper_kernel.training import EpochRunner
 
 LiveKey = tuple[tuple[bool, str | None, int], ...]
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 class CountingBackend:

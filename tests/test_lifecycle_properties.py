@@ -9,7 +9,6 @@ raise :class:`LifecycleError` and leave the lifecycle as it was.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -25,19 +24,12 @@ from esper_kernel.lifecycle import EpochMeasure, Lifecycle, LifecycleConfig, Lif
 from esper_kernel.registry import Registry
 from esper_kernel.slots import BLENDS
 from esper_kernel.stages import LIVE_STAGES, TRANSITIONS, Op, Stage
+from esper_kernel.training import HostOptimizer
 
 N_SLOTS = 3
 BLUEPRINTS = blueprint_names("cnn")
 MAX_EPOCHS = 10  # dwell 1, so seeds reach probation within a short sequence
 REGISTRY = Registry(CoreHeads(N_SLOTS, BLUEPRINTS, "cnn"))
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 class Recorder:
@@ -71,17 +63,17 @@ def mask_legal(mask: torch.Tensor, action: torch.Tensor) -> bool:
     return all(bool(mask[op, h, int(action[h])]) for h in range(space.n_heads) if relevant[h] or h == space.op_index)
 
 
-def snapshot(lc: Lifecycle) -> tuple[Any, ...]:
+def snapshot(lc: Lifecycle, opt: HostOptimizer) -> tuple[Any, ...]:
     return (
         list(lc.stages),
         [None if s is None else (s.seed_id, s.stage) for s in lc.seeds],
         [s.live_key() for s in lc.slots],
         [float(s.alpha) for s in lc.slots],
-        [g.get("seed_id") for g in lc.optimizer.param_groups],
+        [g.get("seed_id") for g in opt.param_groups],
     )
 
 
-def check_invariants(lc: Lifecycle, log: Recorder) -> None:
+def check_invariants(lc: Lifecycle, opt: HostOptimizer, log: Recorder) -> None:
     live_ids = set()
     for i, (seed, stage, slot) in enumerate(zip(lc.seeds, lc.stages, lc.slots, strict=True)):
         assert 0.0 <= float(slot.alpha) <= 1.0, f"slot {i} alpha {float(slot.alpha)}"
@@ -100,7 +92,7 @@ def check_invariants(lc: Lifecycle, log: Recorder) -> None:
                 assert float(slot.alpha) == 0.0
             live_ids.add(seed.seed_id)
     # One optimizer group per live seed, holding exactly its parameters.
-    groups = {g["seed_id"]: g for g in lc.optimizer.param_groups if g.get("seed_id") is not None}
+    groups = {g["seed_id"]: g for g in opt.param_groups if g.get("seed_id") is not None}
     assert set(groups) == live_ids
     for seed in lc.live_seeds():
         assert {id(p) for p in groups[seed.seed_id]["params"]} == {id(p) for p in lc.slots[seed.slot].seed_parameters()}
@@ -167,6 +159,7 @@ def test_random_op_sequences_keep_the_lifecycle_consistent(data: st.DataObject, 
     log = Recorder()
     host = CNNHost(CNNHostConfig(width=4, blocks=N_SLOTS))
     lc = Lifecycle(host, REGISTRY, LifecycleConfig(max_epochs=MAX_EPOCHS, embargo_epochs=embargo), log=log)
+    opt = HostOptimizer(lc)
     n_steps = data.draw(st.integers(1, 60), label="steps")
     for epoch in range(n_steps):
         mask = REGISTRY.masks(mask_view(lc, epoch))[0]
@@ -176,20 +169,20 @@ def test_random_op_sequences_keep_the_lifecycle_consistent(data: st.DataObject, 
         else:
             action = data.draw(actions(), label="any action")
         decision = REGISTRY.space.decode(action[None, :])[0]
-        before = snapshot(lc)
+        before = snapshot(lc, opt)
         if mask_legal(mask, action):
             changed = lc.apply(decision, epoch)  # a mask-legal action always executes
             assert changed is (decision.op is not Op.WAIT)
         else:
             with pytest.raises(LifecycleError, match="cannot"):
                 lc.apply(decision, epoch)
-            assert snapshot(lc) == before, "a refused op changed the lifecycle"
-        check_invariants(lc, log)
+            assert snapshot(lc, opt) == before, "a refused op changed the lifecycle"
+        check_invariants(lc, opt, log)
 
         live = [i for i, s in enumerate(lc.seeds) if s is not None]
         measures = {i: data.draw(slot_measures, label=f"measure s{i}") for i in live}
         lc.end_epoch(EpochMeasure(epoch, 0.5, 1.0, measures))
-        check_invariants(lc, log)
+        check_invariants(lc, opt, log)
     for ev, kw in log.events:  # coverage, shown by --hypothesis-show-statistics
         if ev == "seed.stage_changed":
             event(f"{kw['old']} -> {kw['new']} ({kw['reason']})")

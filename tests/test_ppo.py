@@ -37,8 +37,6 @@ from esper_kernel.tamiyo.train import (
 )
 from esper_kernel.telemetry import Telemetry, read_events
 
-torch.set_num_threads(1)
-
 TINY = EnvConfig(epochs=3, train_size=64, val_size=32, batch_size=32)
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Iterator
 
 import pytest
 import torch
@@ -15,16 +14,6 @@ from esper_kernel.hosts import CNNHost, CNNHostConfig, Host, TransformerHost, Tr
 from esper_kernel.slots import SeedSlot, alpha_at, alpha_linear, alpha_sigmoid
 
 BLENDS = ("linear", "sigmoid", "gated")
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread() -> Iterator[None]:
-    # These modules are tiny; with 2 intra-op threads on a shared 2-core box the
-    # thread hand-off dominates and the tests get several times slower.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _cnn() -> CNNHost:

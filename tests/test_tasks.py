@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pickle
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -25,18 +24,8 @@ from esper_kernel.tasks import (
 )
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _single_thread() -> Iterator[None]:
-    # With other processes on a small CPU, torch's intra-op threads oversubscribe the cores
-    # and slow these small tensor ops by up to 10x; one thread keeps the module fast.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
-def shapes(_single_thread: None) -> TaskData:
+def shapes() -> TaskData:
     return make_shapes(0)
 
 

@@ -35,15 +35,10 @@ def _equal(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> bool:
 
 
 def test_env_workers_give_the_in_process_result(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    # Workers run one intra-op thread each; the in-process envs must too, or conv sums
-    # differ in the last bits (OMP_NUM_THREADS=2 in CI) and so do the normalisers.
+    # Workers run one intra-op thread each, as the in-process envs do (conftest's autouse
+    # fixture): with two, conv sums differ in the last bits and so do the normalisers.
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        _workers_match_in_process(tmp_path)
-    finally:
-        torch.set_num_threads(threads)
+    _workers_match_in_process(tmp_path)
 
 
 def _workers_match_in_process(tmp_path: Path) -> None:

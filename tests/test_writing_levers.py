@@ -31,10 +31,10 @@ def warmup(lever_dist: LeverDists) -> LeverDists:
 
 
 def _lr_per_epoch(h: Harness, epochs: int) -> list[float]:
-    out = [h.lifecycle.seed_group_lr(0)]
+    out = [h.seed_group_lr(0)]
     for _ in range(epochs - 1):
         h.end_epoch(grad_ratio=1.0)
-        out.append(h.lifecycle.seed_group_lr(0))
+        out.append(h.seed_group_lr(0))
     return out
 
 

@@ -111,7 +111,8 @@ def _pct(x: float | None) -> str:
     return "-" if x is None else f"{x:.3f}"
 
 
-def run_sections(run: RunData, w: _Writer) -> list[Section]:
+def _run_summary_html(run: RunData) -> str:
+    """The summary table, with a note where the run lost accuracy late or did not finish."""
     s = run.summary or {}
     final, best = s.get("final_val_accuracy"), s.get("best_val_accuracy")
     if final is None and run.epochs:
@@ -139,24 +140,29 @@ def run_sections(run: RunData, w: _Writer) -> list[Section]:
         )
     if s == {}:
         notes.append("<p class='bad'>No summary.json: the run did not finish (interrupted or crashed).</p>")
-    summary = _table(rows) + "".join(notes) + f"<p>{html.escape(RETURN_MEANING)}</p>"
+    return _table(rows) + "".join(notes) + f"<p>{html.escape(RETURN_MEANING)}</p>"
+
+
+def _seeds_html(seeds: list[dict[str, Any]]) -> str:
+    seed_rows = [
+        (x.get("seed_id"), x.get("slot"), x.get("blueprint"), x.get("blend"), x.get("germinated_epoch"),
+         x.get("final_stage"), x.get("cull_reason"), " ".join(f"{k}={v}" for k, v in (x.get("choices") or {}).items()))
+        for x in seeds
+    ]  # fmt: skip
+    if not seed_rows:
+        return "<p>No seed germinated.</p>"
+    return _table(seed_rows, ("seed", "slot", "blueprint", "blend", "germinated", "fate", "cull reason", "choices"))
+
+
+def run_sections(run: RunData, w: _Writer) -> list[Section]:
+    summary = _run_summary_html(run)
     acc = w.image(plots.accuracy_figure(run), "accuracy", "accuracy and parameters per epoch")
     timeline = w.image(plots.timeline_figure(run), "timeline", "seed timeline per slot")
     lever_imgs = [
         w.image(plots.lever_figure(run, lever, keys), f"lever-{lever}", f"telemetry of lever {lever}")
         for lever, keys in run.lever_fields().items()
     ]
-    seeds = s.get("seeds") or []
-    seed_rows = [
-        (x.get("seed_id"), x.get("slot"), x.get("blueprint"), x.get("blend"), x.get("germinated_epoch"),
-         x.get("final_stage"), x.get("cull_reason"), " ".join(f"{k}={v}" for k, v in (x.get("choices") or {}).items()))
-        for x in seeds
-    ]  # fmt: skip
-    seeds_html = (
-        _table(seed_rows, ("seed", "slot", "blueprint", "blend", "germinated", "fate", "cull reason", "choices"))
-        if seed_rows
-        else "<p>No seed germinated.</p>"
-    )
+    seeds_html = _seeds_html((run.summary or {}).get("seeds") or [])
     return [
         Section("summary", "Summary", summary),
         Section(

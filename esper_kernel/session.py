@@ -1,0 +1,607 @@
+"""The session layer ``esper run``, ``train``, ``eval`` and ``sweep`` share.
+
+A command here is its flags (one attrs class each, named as the click
+options are), a config read the one way (a TOML file, then the flags given
+on top of it), the work itself (:func:`esper_kernel.run.run`,
+:func:`~esper_kernel.tamiyo.train.train_ppo`, :func:`~esper_kernel.evaluate.evaluate`,
+:func:`~esper_kernel.sweep.sweep`), its ``run.*`` events and its summary,
+written through :mod:`esper_kernel.files`. ``cli.py`` only declares flags
+and hands them here.
+
+This is the kernel's top layer: only the CLI imports it. Heavy imports stay
+inside functions so ``esper --help`` does not pay for torch.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import attrs
+import click
+from rich.console import Console
+
+if TYPE_CHECKING:
+    from esper_kernel.evaluate import EpisodeResult, PolicySpec
+    from esper_kernel.registry import LoadFailure, Registry, Selection
+    from esper_kernel.run import EpochReport
+    from esper_kernel.tamiyo.train import TrainConfig, TrainSummary
+
+C = TypeVar("C")
+
+
+# -- what every command shares ------------------------------------------------------------
+
+
+def setup_threads(threads: int | None) -> int:
+    """Torch intra-op threads for this process, as ``--threads`` means everywhere."""
+    from esper_kernel.workers import configure_threads
+
+    return configure_threads(threads)
+
+
+def names(csv: str | None) -> tuple[str, ...] | None:
+    """``--levers A,B`` as a tuple of names; None when the flag was not given."""
+    return tuple(x for x in csv.split(",") if x) if csv is not None else None
+
+
+def load_config(cls: type[C], path: str | None, **overrides: Any) -> C:
+    """A config of ``cls``: the TOML file at ``path`` (else the defaults), then the flags given (not None)."""
+    from esper_kernel.config import load_config_as, with_overrides
+
+    base = load_config_as(Path(path), cls) if path else cls()
+    return with_overrides(base, **overrides)
+
+
+def check_device(device: str) -> None:
+    """No CUDA where CUDA is asked for: one line before anything is written."""
+    from esper_kernel.devices import resolve_device
+
+    resolve_device(device)
+
+
+def refuse_with_resume(reason: str, given: Mapping[str, object]) -> None:
+    """A resumed run is the run it saved: a flag that would change it is refused, not ignored."""
+    extra = [flag for flag, value in given.items() if value is not None]
+    if extra:
+        raise click.UsageError(f"{reason}; drop {', '.join(extra)}")
+
+
+def tensorboard_sinks(logdir: Path | None) -> list[Any]:
+    if logdir is None:
+        return []
+    from esper_kernel.tensorboard import TensorBoardSink
+
+    return [TensorBoardSink(logdir)]
+
+
+def write_json(path: Path, record: Mapping[str, Any]) -> Path:
+    """A summary or record, indented, through the one atomic write."""
+    from esper_kernel.files import write_text_atomic
+
+    return write_text_atomic(path, json.dumps(record, indent=2) + "\n")
+
+
+def stderr() -> Console:
+    return Console(stderr=True)
+
+
+# -- esper run -----------------------------------------------------------------------------
+
+
+@attrs.frozen
+class RunFlags:
+    """``esper run``'s flags, None where not given."""
+
+    task: str | None = None
+    data_dir: str | None = None
+    policy: str | None = None
+    levers: str | None = None
+    epochs: int | None = None
+    slots: int | None = None
+    width: int | None = None
+    seed: int | None = None
+    out: str | None = None
+    config_file: str | None = None
+    resume: str | None = None
+    compile_: bool | None = None
+    allow_graph_breaks: bool | None = None
+    overwrite: bool = False
+    on_lever_error: str | None = None
+    quiet: bool = False
+    threads: int | None = None
+    device: str | None = None
+    amp: bool | None = None
+    tensorboard_dir: Path | None = None
+
+
+def run_config(f: RunFlags) -> Any:
+    """The :class:`~esper_kernel.config.RunConfig` the flags ask for (a resumed run takes its checkpoint's)."""
+    from esper_kernel.config import RunConfig
+
+    if f.resume is not None:
+        changes = ("task", "data_dir", "policy", "levers", "epochs", "slots", "width", "seed", "out")
+        given: dict[str, object] = {f"--{k.replace('_', '-')}": getattr(f, k) for k in changes}
+        given |= {"--config": f.config_file, "--compile": f.compile_, "--allow-graph-breaks": f.allow_graph_breaks}
+        given |= {"--on-lever-error": f.on_lever_error, "--overwrite": f.overwrite or None}
+        refuse_with_resume("--resume continues the run as its checkpoint configured it", given)
+    config = load_config(
+        RunConfig,
+        f.config_file,
+        policy=f.policy,
+        levers=names(f.levers),
+        seed=f.seed,
+        out=f.out,
+        allow_graph_breaks=f.allow_graph_breaks,
+        env__task=f.task,
+        env__data_dir=f.data_dir,
+        env__epochs=f.epochs,
+        env__slots=f.slots,
+        env__width=f.width,
+        env__compile=f.compile_,
+        env__device=f.device,
+        env__amp=f.amp,
+        on_lever_error=f.on_lever_error,
+    )
+    check_device(config.env.device)
+    return config
+
+
+class RunProgress:
+    """``esper run``'s progress bar on stderr, and the callbacks :func:`~esper_kernel.run.run` reports to."""
+
+    def __init__(self, console: Console, epochs: int, quiet: bool) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        columns = (
+            TextColumn("[bold]esper run"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[status]}"),
+            TimeElapsedColumn(),
+        )
+        self.console = console
+        self.progress = Progress(*columns, console=console, disable=quiet, transient=False)
+        self.bar = self.progress.add_task("epochs", total=epochs, status="", start=False)
+
+    def on_start(self, epochs: int, first: int) -> None:
+        self.progress.update(self.bar, total=epochs, completed=first)
+        self.progress.start_task(self.bar)
+        self.progress.start()
+
+    def on_epoch(self, r: EpochReport) -> None:
+        status = f"val acc {r.val_accuracy:.3f}  slots {' '.join(s.lower() for s in r.stages)}"
+        self.progress.update(self.bar, completed=r.epoch, total=r.epochs, status=status)
+
+    def on_warning(self, line: str) -> None:
+        self.progress.console.print(f"[yellow]esper:[/] {line}", highlight=False, markup=True)
+
+    def on_failures(self, failures: Sequence[LoadFailure]) -> None:
+        from esper_kernel.report.levers import failure_record, failures_panel
+
+        self.console.print(failures_panel([failure_record(f) for f in failures]))
+        self.console.print("[yellow]the run goes on without them[/] (ESPER_STRICT_PLUGINS=1 makes this an error)")
+
+
+def esper_run(f: RunFlags) -> None:
+    """``esper run``: one episode, a progress bar, the explained summary."""
+    setup_threads(f.threads)
+    from esper_kernel.report.console import run_summary
+    from esper_kernel.run import run
+
+    config = run_config(f)
+    console = stderr()
+    shown = RunProgress(console, config.env.epochs, f.quiet)
+    sinks = tensorboard_sinks(f.tensorboard_dir)
+    try:
+        summary = run(
+            config,
+            resume=Path(f.resume) if f.resume else None,
+            overwrite=f.overwrite,
+            on_epoch=shown.on_epoch,
+            on_start=shown.on_start,
+            on_warning=shown.on_warning,
+            on_failures=shown.on_failures,
+            sinks=sinks,
+        )
+    finally:
+        shown.progress.stop()
+        for sink in sinks:
+            sink.close()
+    console.print(run_summary(summary))
+    if f.tensorboard_dir is not None:
+        console.print(f"TensorBoard: tensorboard --logdir {f.tensorboard_dir}")
+
+
+# -- esper train ---------------------------------------------------------------------------
+
+
+@attrs.frozen
+class TrainFlags:
+    """``esper train``'s flags, None where not given."""
+
+    episodes: int | None = None
+    n_envs: int | None = None
+    task: str | None = None
+    only: str | None = None
+    epochs: int | None = None
+    slots: int | None = None
+    seed: int | None = None
+    out_dir: str | None = None
+    train_size: int | None = None
+    val_size: int | None = None
+    batch_size: int | None = None
+    data_dir: str | None = None
+    lr: float | None = None
+    hidden: int | None = None
+    update_epochs: int | None = None
+    minibatch_size: int | None = None
+    entropy_coef: float | None = None
+    group_size: int | None = None
+    workers: int | None = None
+    eval_every: int | None = None
+    eval_seeds: str | None = None
+    config_file: str | None = None
+    resume: str | None = None
+    ray_address: str | None = None
+    threads: int | None = None
+    device: str | None = None
+    amp: bool | None = None
+    tensorboard_dir: Path | None = None
+
+
+@attrs.frozen
+class TrainSession:
+    """What ``esper train`` settled on before training: config, saved state (resuming), run id, levers."""
+
+    config: TrainConfig
+    state: dict[str, Any] | None
+    run_id: str
+    selection: Selection
+    registry: Registry
+
+    @property
+    def out(self) -> Path:
+        return Path(self.config.out)
+
+
+def _eval_seeds(text: str | None) -> list[int] | None:
+    if text is None:
+        return None
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise click.BadParameter(
+            f"expected whole numbers like 0,1,2, got {text!r}", param_hint="--eval-seeds"
+        ) from None
+
+
+def _fresh_train_config(f: TrainFlags) -> TrainConfig:
+    from esper_kernel.tamiyo.train import TrainConfig
+
+    return load_config(
+        TrainConfig,
+        f.config_file,
+        levers=names(f.only),
+        out=f.out_dir,
+        workers=f.workers,
+        eval_every=f.eval_every,
+        eval_seeds=_eval_seeds(f.eval_seeds),
+        env__task=f.task,
+        env__data_dir=f.data_dir,
+        env__epochs=f.epochs,
+        env__slots=f.slots,
+        env__batch_size=f.batch_size,
+        env__train_size=f.train_size,
+        env__val_size=f.val_size,
+        env__device=f.device,
+        env__amp=f.amp,
+        ppo__episodes=f.episodes,
+        ppo__n_envs=f.n_envs,
+        ppo__lr=f.lr,
+        ppo__hidden=f.hidden,
+        ppo__seed=f.seed,
+        ppo__update_epochs=f.update_epochs,
+        ppo__minibatch_size=f.minibatch_size,
+        ppo__entropy_coef=f.entropy_coef,
+        ppo__group_size=f.group_size,
+    )
+
+
+def _train_problems(config: TrainConfig, f: TrainFlags) -> None:
+    """Ranges and names, each naming its flag, before anything is written."""
+    from esper_kernel.bounds import env_problems, finite_problems
+    from esper_kernel.tasks import TASKS
+
+    check_device(config.env.device)
+    if config.env.task not in TASKS:
+        raise click.BadParameter(
+            f"unknown task {config.env.task!r}; known tasks: {', '.join(sorted(TASKS))}", param_hint="--task"
+        )
+    problems = env_problems(config.env, prefix="--") + finite_problems(
+        **{"--lr": config.ppo.lr, "--entropy-coef": config.ppo.entropy_coef}
+    )
+    if f.only is not None and not any(x.strip() for x in f.only.split(",")):
+        problems.append("--levers: names no lever; leave it out for every installed lever")
+    if problems:
+        raise click.UsageError("; ".join(p.replace("_", "-") for p in problems))
+
+
+def train_session(f: TrainFlags) -> TrainSession:
+    """The config (a resumed run's own, or file + flags), checked, and the levers it trains against."""
+    import time
+    import uuid
+
+    from esper_kernel.config import structure_as, with_overrides
+    from esper_kernel.env import build_registry
+    from esper_kernel.registry import Selection
+    from esper_kernel.tamiyo.train import STATE_FILE, TrainConfig, load_train_state
+
+    state = None
+    if f.resume is not None:
+        _eval_seeds(f.eval_seeds)  # a malformed value is still named, as without --resume
+        state = load_train_state(Path(f.resume) / STATE_FILE)
+        where = f"{Path(f.resume) / STATE_FILE} config"
+        config = structure_as(state["meta"]["config"], TrainConfig, where=where)
+        given = {"--config": f.config_file, "--levers": f.only, "--episodes": f.episodes, "--seed": f.seed}
+        refuse_with_resume("--resume continues a run with its own settings", given)
+        config = with_overrides(config, out=f.resume, workers=f.workers)
+        run_id = str(state["meta"]["run_id"])
+    else:
+        config = _fresh_train_config(f)
+        run_id = f"train-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+    _train_problems(config, f)
+    selection = Selection.from_env(levers=config.levers)
+    reg = build_registry(config.env, selection)
+    if state is not None and list(state["levers"]) != list(reg.names):
+        raise click.UsageError(
+            f"{f.resume} was trained with levers {', '.join(state['levers'])}; active now: {', '.join(reg.names)}"
+        )
+    return TrainSession(config, state, run_id, selection, reg)
+
+
+@contextmanager
+def train_progress(console: Console, episodes: int) -> Iterator[Callable[[int, int, float], None]]:
+    """A progress bar over episodes; yields the ``advance(done, total, mean_return)`` training calls."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    columns = (
+        TextColumn("[bold]training Tamiyo"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("episodes  mean return {task.fields[ret]}"),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, console=console, transient=False) as bar:
+        job = bar.add_task("train", total=episodes, ret="-")
+
+        def advance(done: int, _total: int, mean_return: float) -> None:
+            bar.update(job, completed=done, ret=f"{mean_return:+.3f}")
+
+        yield advance
+
+
+def esper_train(f: TrainFlags) -> None:
+    """``esper train``: PPO with a progress bar; events, policies, state and ``train_summary.json`` in OUT."""
+    setup_threads(f.threads)
+    from esper_kernel.config import unstructure_config
+    from esper_kernel.run import log_started
+    from esper_kernel.tamiyo.train import STATE_FILE, TrainOptions, train_ppo
+    from esper_kernel.tasks import TaskError
+    from esper_kernel.telemetry import Telemetry
+    from esper_kernel.workers import usable_cores
+
+    s = train_session(f)
+    config, reg, out = s.config, s.registry, s.out
+    n_workers = config.workers or usable_cores()
+    out.mkdir(parents=True, exist_ok=True)
+    policy_path = out / "policy.pt"
+    options = TrainOptions(
+        workers=n_workers,
+        selection=s.selection,
+        eval_every=config.eval_every,
+        eval_seeds=config.eval_seeds,
+        resume=out / STATE_FILE if s.state is not None else None,
+        ray=f.ray_address,
+        meta={"config": unstructure_config(config), "run_id": s.run_id},
+    )
+    # The progress bar owns the terminal; the full event stream goes to the file.
+    sinks = tensorboard_sinks(f.tensorboard_dir)
+    with Telemetry(out / "events.jsonl", s.run_id, console=False, append=s.state is not None, sinks=sinks) as tel:
+        log_started(
+            tel.log,
+            reg,
+            command="train",
+            config=unstructure_config(config),
+            env_config=attrs.asdict(config.env),
+            ppo_config=attrs.asdict(config.ppo),
+            out=str(out),
+            workers=n_workers,
+            ray=f.ray_address,
+            resumed=s.state is not None,
+        )
+        console = stderr()
+        for fail in reg.failures:
+            console.print(f"[yellow]warning:[/] {fail.describe()}")
+        with train_progress(console, config.ppo.episodes) as advance:
+            try:
+                summary = train_ppo(config.env, reg, config.ppo, tel.log, policy_path, advance, options)
+            except TaskError as exc:
+                raise click.UsageError(str(exc)) from exc
+        _train_finished(tel.log, summary, policy_path)
+    _write_train_summary(s, n_workers, summary)
+    console.print(f"trained {summary.episodes} episodes in {summary.seconds:.1f}s; policy saved to {policy_path}")
+    console.print(f"learning curves and what emerged: [bold green]esper report {out}[/]")
+
+
+def _train_finished(log: Any, summary: TrainSummary, policy_path: Path) -> None:
+    rets = summary.episode_returns
+    log.info(
+        "run.finished",
+        episodes=summary.episodes,
+        updates=summary.updates,
+        seconds=summary.seconds,
+        mean_return=sum(rets) / len(rets),
+        policy=str(policy_path),
+        best_eval_return=summary.best_eval_return,
+    )
+
+
+def _write_train_summary(s: TrainSession, n_workers: int, summary: TrainSummary) -> None:
+    record = {
+        "run_id": s.run_id,
+        "env_config": attrs.asdict(s.config.env),
+        "ppo_config": attrs.asdict(s.config.ppo),
+        "levers": [lv.name for lv in s.registry.levers],
+        "workers": n_workers,
+        **summary.to_dict(),
+    }
+    write_json(s.out / "train_summary.json", record)
+
+
+# -- esper eval / esper sweep ------------------------------------------------------------------
+
+
+@attrs.frozen
+class EvalFlags:
+    """``esper eval``'s flags, None where not given."""
+
+    policies: str
+    forces: tuple[str, ...]
+    seeds: str
+    reference: str
+    effects: bool
+    out: str
+    task: str | None = None
+    data_dir: str | None = None
+    levers: str | None = None
+    epochs: int | None = None
+    config_file: str | None = None
+    workers: int | None = None
+    threads: int | None = None
+    device: str | None = None
+    amp: bool | None = None
+
+
+def _policy_specs(f: EvalFlags, config: Any) -> list[PolicySpec]:
+    from esper_kernel import evaluate as ev
+
+    forced = [ev.parse_force(x) for x in f.forces]
+    specs = [ev.parse_policy(p, forced) for p in f.policies.split(",") if p.strip()]
+    if f.effects:
+        specs += [s for s in effect_specs(config) if s.name not in {x.name for x in specs}]
+    return specs
+
+
+def esper_eval(f: EvalFlags) -> None:
+    """``esper eval``: the policies on the same seeds, paired; OUT/eval.json and OUT/eval.md."""
+    setup_threads(f.threads)
+    from esper_kernel import evaluate as ev
+    from esper_kernel.config import RunConfig
+    from esper_kernel.workers import usable_cores
+
+    env_flags = {"env__task": f.task, "env__data_dir": f.data_dir, "env__epochs": f.epochs}
+    config = load_config(
+        RunConfig, f.config_file, levers=names(f.levers), env__device=f.device, env__amp=f.amp, **env_flags
+    )
+    check_device(config.env.device)
+    specs = _policy_specs(f, config)
+    seed_list = ev.parse_seeds(f.seeds)
+    n_workers = f.workers or usable_cores()
+    console = stderr()
+    console.print(
+        f"esper eval: {len(specs)} policies x {len(seed_list)} seeds on {config.env.task} "
+        f"({config.env.epochs} epochs), {n_workers} worker(s)"
+    )
+
+    def on_done(name: str, r: EpisodeResult) -> None:
+        console.print(f"  {name} seed {r.seed}: acc {r.final_val_accuracy:.3f} params {r.params:,} ({r.wall_seconds}s)")
+
+    doc = ev.evaluate(
+        config.env,
+        specs,
+        seed_list,
+        levers=config.levers,
+        reference=f.reference,
+        workers=n_workers,
+        on_done=on_done,
+        journal=Path(f.out) / "episodes.jsonl",
+    )
+    paths = ev.write_outputs(doc, Path(f.out), effects=f.effects)
+    click.echo(ev.render_markdown(doc))
+    if f.effects:
+        click.echo(ev.render_effects(doc))
+    console.print(f"wrote {', '.join(map(str, paths))} in {doc['wall_seconds']} s")
+
+
+def effect_specs(config: Any) -> list[PolicySpec]:
+    """``heuristic``, and ``heuristic`` with each lever head forced to its first and its last choice."""
+    from esper_kernel.env import build_registry
+    from esper_kernel.evaluate import PolicySpec
+    from esper_kernel.lifecycle import CORE_HEADS
+    from esper_kernel.registry import Selection
+
+    reg = build_registry(config.env, Selection.from_env(levers=config.levers))
+    specs = [PolicySpec("heuristic")]
+    for name in reg.space.names:
+        if name in CORE_HEADS:
+            continue
+        choices = reg.space.head(name).spec.choices
+        specs += [PolicySpec("heuristic", ((name, c),)) for c in (choices[0], choices[-1])]
+    return specs
+
+
+@attrs.frozen
+class SweepFlags:
+    """``esper sweep``'s flags, None where not given."""
+
+    lever_sets: tuple[str, ...]
+    policies: str
+    forces: tuple[str, ...]
+    seeds: str
+    out: str
+    task: str | None = None
+    data_dir: str | None = None
+    epochs: int | None = None
+    train_size: int | None = None
+    val_size: int | None = None
+    config_file: str | None = None
+    workers: int | None = None
+    ray_address: str | None = None
+    threads: int | None = None
+    device: str | None = None
+
+
+def esper_sweep(f: SweepFlags) -> None:
+    """``esper sweep``: the grid's trials, one line each, then the paired table."""
+    from esper_kernel import evaluate as ev
+    from esper_kernel.config import RunConfig
+    from esper_kernel.sweep import build_grid, parse_lever_set
+    from esper_kernel.sweep import sweep as run_sweep
+    from esper_kernel.workers import usable_cores
+
+    setup_threads(f.threads)
+    env_flags = {"env__task": f.task, "env__data_dir": f.data_dir, "env__epochs": f.epochs, "env__device": f.device}
+    config = load_config(RunConfig, f.config_file, env__train_size=f.train_size, env__val_size=f.val_size, **env_flags)
+    check_device(config.env.device)
+    sets = [parse_lever_set(s) for s in f.lever_sets] or [config.levers]
+    cells = build_grid(sets, [p.strip() for p in f.policies.split(",") if p.strip()], f.forces)
+    seed_list = ev.parse_seeds(f.seeds)
+    n_workers = f.workers or usable_cores()
+    console = stderr()
+    engine = "Ray Tune" if f.ray_address is not None else f"{n_workers} worker process(es)"
+    console.print(
+        f"esper sweep: {len(cells)} cells x {len(seed_list)} seeds = {len(cells) * len(seed_list)} trials "
+        f"on {config.env.task} ({config.env.epochs} epochs), {engine}"
+    )
+
+    def on_done(name: str, r: EpisodeResult) -> None:
+        console.print(f"  {name} seed {r.seed}: acc {r.final_val_accuracy:.3f} params {r.params:,}")
+
+    out = Path(f.out)
+    doc = run_sweep(config.env, cells, seed_list, out, workers=n_workers, ray=f.ray_address, on_done=on_done)
+    click.echo(ev.render_markdown(doc))
+    console.print(f"wrote {f.out}/sweep.json, {f.out}/sweep.md and {doc['sweep']['trials']} trial directories")

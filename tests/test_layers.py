@@ -1,0 +1,107 @@
+"""The kernel's import layers: config and data at the bottom, the session layer and the CLI on top.
+
+``python tests/test_layers.py`` prints the graph: each kernel module, the
+kernel modules it imports at top level, and those it imports only inside a
+function (``TYPE_CHECKING`` imports are not edges: they never run).
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+KERNEL = Path(__file__).resolve().parents[1] / "esper_kernel"
+
+
+def _name(path: Path) -> str:
+    parts = path.relative_to(KERNEL).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts) or "__init__"
+
+
+def _targets(node: ast.Import | ast.ImportFrom, here: str, modules: set[str]) -> set[str]:
+    if isinstance(node, ast.Import):
+        full = [a.name for a in node.names]
+    else:
+        base = node.module or ""
+        if node.level:  # relative: from the package of ``here``
+            pkg = ["esper_kernel", *here.split(".")][: -node.level]
+            base = ".".join([*pkg, *([node.module] if node.module else [])])
+        # "from pkg import sub" names a submodule; "from pkg import obj" runs pkg itself.
+        full = [
+            f"{base}.{a.name}" if f"{base}.{a.name}".removeprefix("esper_kernel.") in modules else base
+            for a in node.names
+        ]
+    out = set()
+    for target in full:
+        name = target.removeprefix("esper_kernel").removeprefix(".") if target.startswith("esper_kernel") else None
+        while name and name not in modules:
+            name = name.rpartition(".")[0]
+        if name is not None:
+            out.add(name or "__init__")
+    return out - {here}
+
+
+def import_graph() -> dict[str, tuple[set[str], set[str]]]:
+    """``{module: (imported at top level, imported only inside functions)}`` over esper_kernel."""
+    files = {_name(p): p for p in KERNEL.rglob("*.py")}
+    modules = set(files)
+    graph: dict[str, tuple[set[str], set[str]]] = {}
+    for here, path in files.items():
+        top: set[str] = set()
+        inner: set[str] = set()
+
+        def walk(
+            node: ast.AST, in_function: bool, here: str = here, top: set[str] = top, inner: set[str] = inner
+        ) -> None:
+            for child in ast.iter_child_nodes(node):
+                if isinstance(child, ast.If) and "TYPE_CHECKING" in ast.unparse(child.test):
+                    continue
+                nested = in_function or isinstance(child, ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda)
+                if isinstance(child, ast.Import | ast.ImportFrom):
+                    (inner if nested else top).update(_targets(child, here, modules))
+                walk(child, nested)
+
+        walk(ast.parse(path.read_text(encoding="utf-8")), False)
+        graph[here] = (top, inner - top)
+    return graph
+
+
+def _reaches(graph: dict[str, tuple[set[str], set[str]]], start: str) -> set[str]:
+    seen: set[str] = set()
+    todo = [start]
+    while todo:
+        for nxt in set.union(*graph[todo.pop()]):
+            if nxt not in seen:
+                seen.add(nxt)
+                todo.append(nxt)
+    return seen
+
+
+def test_the_named_upward_edges_are_gone() -> None:
+    graph = import_graph()
+    for low, high in (("config", "env"), ("testing", "run"), ("lifecycle", "registry"), ("lifecycle", "training")):
+        assert high not in set.union(*graph[low]), f"{low} imports {high}"
+        assert high not in _reaches(graph, low), f"{low} reaches {high} through other modules"
+
+
+def test_the_kernel_imports_in_layers_without_a_cycle() -> None:
+    graph = import_graph()
+    cycles = sorted(m for m in graph if m in _reaches(graph, m))
+    assert cycles == [], f"modules importing themselves through others: {cycles}"
+    # Config and data at the bottom: they import nothing that runs episodes.
+    for low in ("config", "tasks", "files", "stages", "errors"):
+        assert not _reaches(graph, low) & {"env", "lifecycle", "training", "registry", "run", "session"}, low
+    # The session layer is on top: only the CLI imports it.
+    assert [m for m, (top, inner) in graph.items() if "session" in top | inner] == ["cli"]
+
+
+def test_the_lifecycle_owns_no_optimizer() -> None:
+    source = (KERNEL / "lifecycle.py").read_text(encoding="utf-8")
+    assert "torch.optim" not in source and "param_group" not in source
+
+
+if __name__ == "__main__":
+    for module, (top, inner) in sorted(import_graph().items()):
+        print(f"{module:18} {', '.join(sorted(top)) or '-'}")
+        if inner:
+            print(f"{'':18}   in functions: {', '.join(sorted(inner))}")
