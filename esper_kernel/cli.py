@@ -229,7 +229,11 @@ def runtime_options(*, amp: bool = True, tensorboard: bool = True) -> Callable[[
 @main.command("run")
 @click.option("--task", default=None, help="Task: pairs (default, the growth task), shapes, sequences, cifar10, text.")
 @click.option("--data-dir", default=None, type=click.Path(file_okay=True), help="Directory for cifar10 / text data.")
-@click.option("--policy", default=None, help="heuristic (default), random, or a policy file from `esper train`.")
+@click.option(
+    "--policy",
+    default=None,
+    help="heuristic (default), random, pretrained (the policy shipped for the task) or an `esper train` policy file.",
+)
 @click.option("--levers", default=None, metavar="A,B", help="Levers to activate (default: every installed one).")
 @click.option("--epochs", type=int, default=None, help="Host epochs in the episode (default 40).")
 @click.option("--slots", type=int, default=None, help="Seed slots in the host (default 3).")

@@ -167,10 +167,10 @@ class EpisodeResult:
         return self.ret if metric == "return" else float(getattr(self, metric))
 
 
-def _make_policy(spec: PolicySpec, registry: Registry, obs_dim: int, seed: int) -> Policy:
+def _make_policy(spec: PolicySpec, registry: Registry, obs_dim: int, seed: int, env: EnvConfig) -> Policy:
     from esper_kernel.run import make_policy
 
-    base: Policy = WaitPolicy() if spec.policy == "wait" else make_policy(spec.policy, registry, obs_dim, seed)
+    base: Policy = WaitPolicy() if spec.policy == "wait" else make_policy(spec.policy, registry, obs_dim, seed, env)
     if not spec.forced:
         return base
     _check_forced(spec, registry)
@@ -192,9 +192,10 @@ def _check_specs(env: EnvConfig, specs: Sequence[PolicySpec], levers: tuple[str,
     registry = build_registry(env, Selection.from_env(levers=levers))
     for spec in specs:
         _check_forced(spec, registry)
-        if spec.policy not in ("heuristic", "random", "wait") and not Path(spec.policy).exists():
+        if spec.policy not in ("heuristic", "random", "wait", "pretrained") and not Path(spec.policy).exists():
             raise EsperError(
-                f"--policies {spec.name!r}: {spec.policy!r} is neither heuristic, random, wait nor a policy file"
+                f"--policies {spec.name!r}: {spec.policy!r} is neither heuristic, random, wait, pretrained "
+                "nor a policy file"
             )
 
 
@@ -208,7 +209,7 @@ def play_episode(job: EvalJob) -> EpisodeResult:
     env = MorphoEnv(cfg, registry, task, null_log(), index=0)
     envs = EnvBatch([env])
     obs = envs.reset([job.seed])
-    policy = _make_policy(job.policy, registry, env.obs_dim, job.seed)
+    policy = _make_policy(job.policy, registry, env.obs_dim, job.seed, cfg)
     space = registry.space
     levers = [n for n in space.names if Op.GERMINATE in space.head(n).spec.ops and n not in CORE_HEADS]
     multi = dict.fromkeys(levers, 0)

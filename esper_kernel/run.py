@@ -22,7 +22,7 @@ import torch
 from esper_kernel import checkpoint
 from esper_kernel.bounds import MAX_HOST_PARAMS, measure_host
 from esper_kernel.checkpoint import CheckpointError
-from esper_kernel.config import RunConfig, structure_config, unstructure_config
+from esper_kernel.config import EnvConfig, RunConfig, structure_config, unstructure_config
 from esper_kernel.devices import rng_states, set_rng_states
 from esper_kernel.env import EnvBatch, MorphoEnv, build_registry, load_task, make_host, observation_names
 from esper_kernel.errors import EsperError, SelectionError
@@ -79,17 +79,27 @@ def log_started(log: Any, registry: Registry, **fields: Any) -> None:
         log.warning("plugin.failed", **attrs.asdict(failure))
 
 
-def make_policy(spec: str, registry: Registry, obs_dim: int, seed: int) -> Policy:
+def make_policy(spec: str, registry: Registry, obs_dim: int, seed: int, env: EnvConfig | None = None) -> Policy:
+    """``heuristic``, ``random``, ``pretrained`` (the policy shipped for ``env.task``) or a policy file.
+
+    With ``env``, a policy file stamped with another task, episode length or
+    slot count than ``env``'s is refused, naming what differs.
+    """
     if spec == "heuristic":
         return HeuristicPolicy()
     if spec == "random":
         return RandomPolicy(seed)
-    path = Path(spec)
-    if not path.exists():
-        raise EsperError(f"--policy {spec!r} is neither 'heuristic', 'random' nor an existing policy file")
-    from esper_kernel.tamiyo.ppo import load_policy
+    from esper_kernel.tamiyo.ppo import load_policy, pretrained_path, trained_on
 
-    return load_policy(path, registry, obs_dim)
+    if spec == "pretrained":
+        path = pretrained_path(env.task if env is not None else EnvConfig().task)
+    else:
+        path = Path(spec)
+        if not path.exists():
+            raise EsperError(
+                f"--policy {spec!r} is neither 'heuristic', 'random', 'pretrained' nor an existing policy file"
+            )
+    return load_policy(path, registry, obs_dim, trained_on=trained_on(env) if env is not None else None)
 
 
 def check_out(out: Path, *, overwrite: bool, flag: str = "--out") -> None:
@@ -272,7 +282,7 @@ def _set_up(config: RunConfig, resume: Path | None, overwrite: bool) -> _Setup:
             f"parameters, over the maximum of {MAX_HOST_PARAMS:,}; use fewer slots or a smaller width"
         )
     obs_dim = len(observation_names(registry, config.env.slots))
-    policy = make_policy(config.policy, registry, obs_dim, config.seed)
+    policy = make_policy(config.policy, registry, obs_dim, config.seed, config.env)
     run_id = state["run_id"] if state is not None else uuid.uuid4().hex[:12]
     return _Setup(config, out, state, registry, task, size, policy, run_id)
 

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from esper_kernel.actions import ActionSpace
+from esper_kernel.config import EnvConfig
 from esper_kernel.errors import EsperError
 from esper_kernel.files import write_atomic
 from esper_kernel.registry import Registry
@@ -105,6 +106,31 @@ class RunningNorm(nn.Module):
         std = (self.var + 1e-8).sqrt()
         out = (x.to(torch.float64) - self.mean) / std
         return out.clamp(-OBS_CLIP, OBS_CLIP).to(torch.float32)
+
+
+def trained_on(env: EnvConfig) -> dict[str, Any]:
+    """The stamp a policy carries: what it was trained on, and so must be run on."""
+    return {"task": env.task, "epochs": env.epochs, "slots": env.slots}
+
+
+#: Policies shipped in the package, by the task they were trained on (``--policy pretrained``).
+PRETRAINED: dict[str, str] = {"pairs": "pairs.pt"}
+
+
+def pretrained_path(task: str) -> Path:
+    """The shipped policy for ``task``; a clear error where none ships."""
+    from importlib.resources import files
+
+    name = PRETRAINED.get(task)
+    path = Path(str(files("esper_kernel") / "pretrained" / name)) if name else None
+    if path is None or not path.is_file():
+        have = ", ".join(
+            t for t, f in PRETRAINED.items() if (Path(str(files("esper_kernel"))) / "pretrained" / f).is_file()
+        )
+        raise PolicyLoadError(
+            f"--policy pretrained: no pretrained policy ships for task {task!r} (there is one for: {have or 'none'})"
+        )
+    return path
 
 
 def _layer(inp: int, out: int, gain: float) -> nn.Linear:

@@ -35,7 +35,7 @@ from esper_kernel.lifecycle import CORE_HEADS
 from esper_kernel.registry import Registry, Selection
 from esper_kernel.tamiyo.envpool import EnvPool, EnvShard
 from esper_kernel.tamiyo.policies import Policy
-from esper_kernel.tamiyo.ppo import PPOPolicy, save_policy
+from esper_kernel.tamiyo.ppo import PPOPolicy, save_policy, trained_on
 from esper_kernel.tamiyo.sampling import Sampled
 
 
@@ -388,11 +388,6 @@ class TrainStateError(EsperError):
 def lever_defaults(registry: Registry) -> dict[str, str]:
     """Every lever head (not op, slot, blueprint or blend) with its default choice."""
     return {h.name: h.spec.default for h in registry.space.heads if h.name not in CORE_HEADS}
-
-
-def trained_on(env: EnvConfig) -> dict[str, Any]:
-    """The stamp a policy carries: what it was trained on, and must be run on."""
-    return {"task": env.task, "epochs": env.epochs, "slots": env.slots}
 
 
 def _episode_seed(seed: int, episode: int) -> int:
