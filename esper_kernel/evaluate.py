@@ -71,12 +71,15 @@ class PolicySpec:
     #: For ``static``: the parameter count to widen the host to (None: match a growing policy).
     static_params: int | None = None
     static: bool = False
+    #: For a policy file: take each head's most probable legal choice instead of sampling.
+    greedy: bool = False
 
     @property
     def name(self) -> str:
         if self.static:
             return "static" if self.static_params is None else f"static:{self.static_params}"
-        return "+".join([self.policy, *(f"{h}={c}" for h, c in self.forced)])
+        policy = f"greedy:{self.policy}" if self.greedy else self.policy
+        return "+".join([policy, *(f"{h}={c}" for h, c in self.forced)])
 
 
 def parse_policy(text: str, extra_forced: Sequence[tuple[str, str]] = ()) -> PolicySpec:
@@ -94,10 +97,14 @@ def parse_policy(text: str, extra_forced: Sequence[tuple[str, str]] = ()) -> Pol
         if not n.isdigit() or int(n) < 1:
             raise EsperError(f"--policies: {text!r}: expected static:N with N a positive parameter count")
         return PolicySpec("wait", static=True, static_params=int(n))
+    greedy = head.startswith("greedy:")
+    head = head.removeprefix("greedy:")
+    if greedy and head in ("heuristic", "random", "wait"):
+        raise EsperError(f"--policies: {text!r}: greedy: applies to a policy file (or pretrained), not to {head}")
     forced = [_parse_force(p, where=f"--policies {text!r}") for p in rest]
     if head != "wait":
         forced += [f for f in extra_forced if f[0] not in {h for h, _ in forced}]
-    return PolicySpec(head, tuple(forced))
+    return PolicySpec(head, tuple(forced), greedy=greedy)
 
 
 def _parse_force(text: str, where: str) -> tuple[str, str]:
@@ -171,6 +178,8 @@ def _make_policy(spec: PolicySpec, registry: Registry, obs_dim: int, seed: int, 
     from esper_kernel.run import make_policy
 
     base: Policy = WaitPolicy() if spec.policy == "wait" else make_policy(spec.policy, registry, obs_dim, seed, env)
+    if spec.greedy:
+        base.greedy = True  # type: ignore[attr-defined]  # parse_policy allows greedy: on policy files only
     if not spec.forced:
         return base
     _check_forced(spec, registry)

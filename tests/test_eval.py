@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import attrs
 import pytest
@@ -211,3 +212,29 @@ def test_an_interrupted_eval_keeps_its_episodes_and_resumes_where_it_stopped(
     assert outcomes(again) == outcomes(full)
     with pytest.raises(EsperError, match="another configuration"):
         evaluate(attrs.evolve(TINY, epochs=3), specs, [0], journal=journal)
+
+
+def test_greedy_prefix_names_its_own_row_and_is_refused_where_it_means_nothing() -> None:
+    spec = parse_policy("greedy:runs/p.pt+tempo=FAST")
+    assert spec.greedy and spec.policy == "runs/p.pt" and spec.name == "greedy:runs/p.pt+tempo=FAST"
+    assert parse_policy("runs/p.pt").name == "runs/p.pt"
+    with pytest.raises(EsperError, match="greedy: applies to a policy file"):
+        parse_policy("greedy:heuristic")
+
+
+def test_a_greedy_policy_file_repeats_itself_in_its_own_row(tmp_path: Path) -> None:
+    from esper_kernel.env import build_registry, observation_names
+    from esper_kernel.tamiyo.ppo import PPOPolicy, save_policy
+
+    reg = build_registry(TINY)
+    policy = PPOPolicy.for_registry(reg, observation_names(reg, TINY.slots), seed=1)
+    path = str(save_policy(policy, tmp_path / "p.pt"))
+    specs = [parse_policy(f"greedy:{path}"), parse_policy(path)]
+    first = evaluate(TINY, specs, [0, 1], reference=f"greedy:{path}")
+    again = evaluate(TINY, specs, [0, 1], reference=f"greedy:{path}")
+
+    def outcomes(doc: dict[str, Any]) -> list[list[tuple[float, float, int]]]:
+        return [[(r["final_val_accuracy"], r["return"], r["params"]) for r in p["per_seed"]] for p in doc["policies"]]
+
+    assert outcomes(first) == outcomes(again)
+    assert [p["name"] for p in first["policies"]] == [f"greedy:{path}", path]

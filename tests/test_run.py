@@ -298,3 +298,20 @@ def test_cli_data_task_without_data_dir_is_a_clear_error(tmp_path: Path) -> None
 def test_cli_unknown_task_is_a_clear_error(tmp_path: Path) -> None:
     line = _one_line_error(esper("run", "--task", "mnist", "--out", str(tmp_path / "o"), "--quiet"))
     assert "'mnist'" in line and "shapes" in line
+
+
+def test_cli_pretrained_policy_for_a_task_without_one_is_one_line(tmp_path: Path) -> None:
+    result = esper("run", "--task", "shapes", "--policy", "pretrained", "--out", str(tmp_path / "out"))
+    line = _one_line_error(result)
+    assert "no pretrained policy ships for task 'shapes'" in line and "pairs" in line
+    assert not (tmp_path / "out").exists()
+
+
+def test_cli_pretrained_policy_drives_the_default_task(tmp_path: Path, tiny_toml: Path) -> None:
+    # The shipped policy is package data; a fresh install must find it and run it on its own task.
+    out = tmp_path / "out"
+    result = esper("run", "--policy", "pretrained", "--epochs", "4", "--config", str(tiny_toml), "--out", str(out))
+    assert result.exit_code == 0, result.output
+    decisions = [e for e in read_events(out / EVENTS) if e["event"] == "decision"]
+    assert len(decisions) == 4
+    assert json.loads((out / SUMMARY).read_text())["config"]["policy"] == "pretrained"

@@ -113,6 +113,9 @@ def trained_on(env: EnvConfig) -> dict[str, Any]:
     return {"task": env.task, "epochs": env.epochs, "slots": env.slots}
 
 
+#: Stamp entries a run must share with the policy it drives.
+MUST_MATCH = ("task",)
+
 #: Policies shipped in the package, by the task they were trained on (``--policy pretrained``).
 PRETRAINED: dict[str, str] = {"pairs": "pairs.pt"}
 
@@ -306,8 +309,8 @@ def load_policy(
     Raises :class:`PolicyMismatchError` if the heads, their choices or the
     observation size (or names, when given) differ from what the policy was
     trained with, naming the heads and levers that differ; and, when
-    ``trained_on`` is given, if the policy's stamp (task, epochs, slots) says
-    it was trained on anything else, naming each entry that differs.
+    ``trained_on`` is given, if the policy's stamp says it was trained on
+    another task, naming both.
     """
     path = Path(path)
     try:
@@ -340,7 +343,11 @@ def load_policy(
     names = {h.name: h.choices for h in head_stamps(registry.space)}
     problems += [f"pinned head {h}={c} is not a choice here" for h, c in pinned.items() if c not in names.get(h, ())]
     if trained_on is not None and stamp:
-        differ = [f"{k} {stamp[k]!r} (this run: {trained_on[k]!r})" for k in stamp if stamp[k] != trained_on.get(k)]
+        # Only the task must match: the observation carries the epoch as a fraction of the episode, so a
+        # policy runs on another episode length, and another slot count already fails on the observation size.
+        differ = [
+            f"{k} {stamp[k]!r} (this run: {trained_on[k]!r})" for k in MUST_MATCH if stamp.get(k) != trained_on.get(k)
+        ]
         if differ:
             raise PolicyMismatchError(f"policy {str(path)!r} was trained on another setting: {', '.join(differ)}")
     if problems:
