@@ -461,13 +461,20 @@ def compare_command(dirs: tuple[Path, ...], as_json: bool, reference: Path | Non
     default="heuristic,random,wait",
     show_default=True,
     metavar="P,Q",
-    help="Policies: heuristic, random, wait, static[:N], a policy file; HEAD=CHOICE forces a head "
-    "(heuristic+tempo=GLACIAL).",
+    help="Policies: heuristic, random, wait, static[:N], pretrained, a policy file (greedy:FILE takes its most "
+    "probable choices); HEAD=CHOICE forces a head (heuristic+tempo=GLACIAL).",
 )
 @click.option("--force", "forces", multiple=True, metavar="HEAD=CHOICE", help="Force a head in every policy.")
 @click.option("--seeds", default="0-9", show_default=True, help="Seeds, paired across policies: 0-9 or 1,4,7.")
 @click.option("--reference", default="wait", show_default=True, help="The policy every other is paired against.")
 @click.option("--effects", is_flag=True, help="Add the heuristic with each lever head forced to each extreme choice.")
+@click.option(
+    "--attribution",
+    default=None,
+    metavar="P",
+    help="Add policy P with each lever head held at its default, and write attribution.md (which levers earned "
+    "their keep).",
+)
 @click.option("--task", default=None, help="Task (default: pairs, the growth task).")
 @click.option("--data-dir", default=None, type=click.Path(), help="Directory for cifar10 / text data.")
 @click.option("--levers", default=None, metavar="A,B", help="Levers to activate (default: every installed one).")

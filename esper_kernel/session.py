@@ -475,6 +475,8 @@ class EvalFlags:
     reference: str
     effects: bool
     out: str
+    #: A policy spec whose levers to attribute: it, and it with each lever head held at its default.
+    attribution: str | None = None
     task: str | None = None
     data_dir: str | None = None
     levers: str | None = None
@@ -493,6 +495,12 @@ def _policy_specs(f: EvalFlags, config: Any) -> list[PolicySpec]:
     specs = [ev.parse_policy(p, forced) for p in f.policies.split(",") if p.strip()]
     if f.effects:
         specs += [s for s in effect_specs(config) if s.name not in {x.name for x in specs}]
+    if f.attribution:
+        from esper_kernel.env import build_registry
+        from esper_kernel.registry import Selection
+
+        reg = build_registry(config.env, Selection.from_env(levers=config.levers))
+        specs += [s for s in ev.attribution_specs(f.attribution, reg) if s.name not in {x.name for x in specs}]
     return specs
 
 
@@ -530,10 +538,13 @@ def esper_eval(f: EvalFlags) -> None:
         on_done=on_done,
         journal=Path(f.out) / "episodes.jsonl",
     )
-    paths = ev.write_outputs(doc, Path(f.out), effects=f.effects)
+    base = ev.parse_policy(f.attribution).name if f.attribution else None
+    paths = ev.write_outputs(doc, Path(f.out), effects=f.effects, attribution=base)
     click.echo(ev.render_markdown(doc))
     if f.effects:
         click.echo(ev.render_effects(doc))
+    if base is not None:
+        click.echo(ev.render_attribution(doc, base))
     console.print(f"wrote {', '.join(map(str, paths))} in {doc['wall_seconds']} s")
 
 

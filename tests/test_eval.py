@@ -238,3 +238,28 @@ def test_a_greedy_policy_file_repeats_itself_in_its_own_row(tmp_path: Path) -> N
 
     assert outcomes(first) == outcomes(again)
     assert [p["name"] for p in first["policies"]] == [f"greedy:{path}", path]
+
+
+def test_esper_eval_attribution_holds_each_lever_at_its_default_and_writes_the_table(tmp_path: Path) -> None:
+    from esper_kernel.env import build_registry, observation_names
+    from esper_kernel.tamiyo.ppo import PPOPolicy, save_policy
+
+    env = {"ESPER_LEVERS": "lr,tempo"}
+    reg = build_registry(TINY, Selection.from_env(levers=("lr", "tempo")))
+    path = str(save_policy(PPOPolicy.for_registry(reg, observation_names(reg, 3), seed=2), tmp_path / "p.pt"))
+    out = tmp_path / "ev"
+    args = ["eval", "--attribution", f"greedy:{path}", "--policies", "wait", "--seeds", "0,1", "--epochs", "3"]
+    result = CliRunner().invoke(main, [*args, "--workers", "1", "--out", str(out)], env=env)
+    assert result.exit_code == 0, result.output
+    doc = json.loads((out / "eval.json").read_text())
+    names = [p["name"] for p in doc["policies"]]
+    assert names == ["wait", f"greedy:{path}", f"greedy:{path}+lr=STANDARD", f"greedy:{path}+tempo=STANDARD"]
+    table = (out / "attribution.md").read_text()
+    assert "| lr (STANDARD) |" in table and "| tempo (STANDARD) |" in table
+    rows = {p["name"]: p for p in doc["policies"]}
+    free = [r["return"] for r in rows[f"greedy:{path}"]["per_seed"]]
+    held = [r["return"] for r in rows[f"greedy:{path}+lr=STANDARD"]["per_seed"]]
+    from esper_kernel.evaluate import lever_attribution
+
+    lr = next(a for a in lever_attribution(doc, f"greedy:{path}") if a["head"] == "lr")
+    assert lr["return"]["mean"] == pytest.approx(sum(a - b for a, b in zip(free, held, strict=True)) / 2)
