@@ -297,6 +297,60 @@ def _head_differences(saved: Sequence[HeadStamp], active: Sequence[HeadStamp]) -
     return out
 
 
+@attrs.frozen
+class _Record:
+    """A policy file's contents, checked for shape but not yet against a registry."""
+
+    heads: tuple[HeadStamp, ...]
+    levers: tuple[LeverStamp, ...]
+    obs_dim: int
+    obs_names: tuple[str, ...]
+    hidden: int
+    state: dict[str, Any]
+    hyperparameters: dict[str, Any]
+    pinned: dict[str, str]
+    trained_on: dict[str, Any]
+
+
+def _read_record(path: Path) -> _Record:
+    try:
+        rec = torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise PolicyLoadError(f"policy file {str(path)!r} does not exist") from None
+    except Exception as exc:
+        raise PolicyLoadError(f"policy file {str(path)!r} could not be read: {type(exc).__name__}: {exc}") from exc
+    if not isinstance(rec, dict) or rec.get("format") != POLICY_FORMAT:
+        raise PolicyLoadError(f"{str(path)!r} is not an Esper policy file (expected format {POLICY_FORMAT})")
+    try:
+        return _Record(
+            heads=tuple(HeadStamp(h["name"], tuple(h["choices"])) for h in rec["heads"]),
+            levers=tuple(LeverStamp(**lv) for lv in rec["levers"]),
+            obs_dim=int(rec["obs_dim"]),
+            obs_names=tuple(rec["obs_names"]),
+            hidden=int(rec["hidden"]),
+            state=rec["state_dict"],
+            hyperparameters=dict(rec.get("hyperparameters") or {}),
+            pinned={str(k): str(v) for k, v in dict(rec.get("pinned") or {}).items()},
+            trained_on=dict(rec.get("trained_on") or {}),
+        )
+    except (KeyError, TypeError) as exc:
+        raise PolicyLoadError(f"policy file {str(path)!r} is incomplete: {type(exc).__name__}: {exc}") from exc
+
+
+def _problems(rec: _Record, registry: Registry, obs_dim: int, obs_names: Sequence[str] | None) -> list[str]:
+    """Every way ``rec`` does not fit the active heads and observation, in words."""
+    problems = _head_differences(rec.heads, head_stamps(registry.space))
+    if rec.obs_dim != obs_dim:
+        problems.append(f"observation size was {rec.obs_dim}, now {obs_dim}")
+    elif obs_names is not None and rec.obs_names and tuple(obs_names) != rec.obs_names:
+        diff = [f"{a!r}->{b!r}" for a, b in zip(rec.obs_names, obs_names, strict=True) if a != b]
+        problems.append(f"observation entries differ: {', '.join(diff[:5])}{' ...' if len(diff) > 5 else ''}")
+    names = {h.name: h.choices for h in head_stamps(registry.space)}
+    return problems + [
+        f"pinned head {h}={c} is not a choice here" for h, c in rec.pinned.items() if c not in names.get(h, ())
+    ]
+
+
 def load_policy(
     path: Path | str,
     registry: Registry,
@@ -313,61 +367,35 @@ def load_policy(
     another task, naming both.
     """
     path = Path(path)
-    try:
-        rec = torch.load(path, map_location="cpu", weights_only=True)
-    except FileNotFoundError:
-        raise PolicyLoadError(f"policy file {str(path)!r} does not exist") from None
-    except Exception as exc:
-        raise PolicyLoadError(f"policy file {str(path)!r} could not be read: {type(exc).__name__}: {exc}") from exc
-    if not isinstance(rec, dict) or rec.get("format") != POLICY_FORMAT:
-        raise PolicyLoadError(f"{str(path)!r} is not an Esper policy file (expected format {POLICY_FORMAT})")
-    try:
-        saved_heads = tuple(HeadStamp(h["name"], tuple(h["choices"])) for h in rec["heads"])
-        saved_levers = tuple(LeverStamp(**lv) for lv in rec["levers"])
-        saved_dim = int(rec["obs_dim"])
-        saved_names = tuple(rec["obs_names"])
-        hidden = int(rec["hidden"])
-        state = rec["state_dict"]
-        pinned = {str(k): str(v) for k, v in dict(rec.get("pinned") or {}).items()}
-        stamp = dict(rec.get("trained_on") or {})
-    except (KeyError, TypeError) as exc:
-        raise PolicyLoadError(f"policy file {str(path)!r} is incomplete: {type(exc).__name__}: {exc}") from exc
-
-    active_levers = lever_stamps(registry)
-    problems = _head_differences(saved_heads, head_stamps(registry.space))
-    if saved_dim != obs_dim:
-        problems.append(f"observation size was {saved_dim}, now {obs_dim}")
-    elif obs_names is not None and saved_names and tuple(obs_names) != saved_names:
-        diff = [f"{a!r}->{b!r}" for a, b in zip(saved_names, obs_names, strict=True) if a != b]
-        problems.append(f"observation entries differ: {', '.join(diff[:5])}{' ...' if len(diff) > 5 else ''}")
-    names = {h.name: h.choices for h in head_stamps(registry.space)}
-    problems += [f"pinned head {h}={c} is not a choice here" for h, c in pinned.items() if c not in names.get(h, ())]
-    if trained_on is not None and stamp:
+    rec = _read_record(path)
+    if trained_on is not None and rec.trained_on:
         # Only the task must match: the observation carries the epoch as a fraction of the episode, so a
         # policy runs on another episode length, and another slot count already fails on the observation size.
+        stamp = rec.trained_on
         differ = [
             f"{k} {stamp[k]!r} (this run: {trained_on[k]!r})" for k in MUST_MATCH if stamp.get(k) != trained_on.get(k)
         ]
         if differ:
             raise PolicyMismatchError(f"policy {str(path)!r} was trained on another setting: {', '.join(differ)}")
+    problems = _problems(rec, registry, obs_dim, obs_names)
     if problems:
         raise PolicyMismatchError(
             f"policy {str(path)!r} does not fit the active levers: {'; '.join(problems)}; "
-            f"policy was trained with levers {_describe_levers(saved_levers)}; "
-            f"active levers are {_describe_levers(active_levers)}"
+            f"policy was trained with levers {_describe_levers(rec.levers)}; "
+            f"active levers are {_describe_levers(lever_stamps(registry))}"
         )
     policy = PPOPolicy(
         registry.space,
         obs_dim,
-        hidden,
-        obs_names=saved_names,
-        levers=saved_levers,
-        hyperparameters=rec.get("hyperparameters") or {},
-        pinned=pinned,
-        trained_on=stamp,
+        rec.hidden,
+        obs_names=rec.obs_names,
+        levers=rec.levers,
+        hyperparameters=rec.hyperparameters,
+        pinned=rec.pinned,
+        trained_on=rec.trained_on,
     )
     try:
-        policy.load_state_dict(state)
+        policy.load_state_dict(rec.state)
     except RuntimeError as exc:
         raise PolicyLoadError(f"policy file {str(path)!r} has weights that do not fit: {exc}") from exc
     return policy

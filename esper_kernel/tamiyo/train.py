@@ -463,6 +463,125 @@ def evaluate_on_pool(policy: PPOPolicy, pool: EnvPool, seeds: Sequence[int]) -> 
     return out
 
 
+@attrs.define
+class _Trainer:
+    """What a training run carries from one update to the next, and saves for ``--resume``."""
+
+    env_config: EnvConfig
+    cfg: PPOConfig
+    registry: Registry
+    policy: PPOPolicy
+    optimizer: torch.optim.Optimizer
+    shuffle: torch.Generator
+    scale: AdvantageScale = attrs.Factory(AdvantageScale)
+    returns: list[float] = attrs.Factory(list)
+    first: int = 0
+    best: tuple[float, int] | None = None
+    prior_seconds: float = 0.0
+    started: float = attrs.Factory(time.monotonic)
+
+    @classmethod
+    def start(cls, env_config: EnvConfig, registry: Registry, cfg: PPOConfig) -> _Trainer:
+        policy = PPOPolicy.for_registry(
+            registry,
+            observation_names(registry, env_config.slots),
+            cfg.hidden,
+            hyperparameters=attrs.asdict(cfg),
+            seed=cfg.seed,
+            pinned=lever_defaults(registry) if cfg.fix_levers else None,
+            trained_on=trained_on(env_config),
+        )
+        optimizer = torch.optim.Adam(policy.parameters(), lr=cfg.lr, eps=1e-5)
+        return cls(env_config, cfg, registry, policy, optimizer, torch.Generator().manual_seed(cfg.seed + 2))
+
+    def seconds(self) -> float:
+        return self.prior_seconds + time.monotonic() - self.started
+
+    def restore(self, path: Path, log: Any) -> None:
+        state = load_train_state(path)
+        if state["env_config"] != attrs.asdict(self.env_config) or state["ppo_config"] != attrs.asdict(self.cfg):
+            raise TrainStateError(f"{path} was written by a run with other settings; resume it with its own")
+        self.policy.load_state_dict(state["policy"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.shuffle.set_state(state["shuffle"])
+        self.policy.generator.set_state(state["sampler"])
+        torch.set_rng_state(state["rng"])
+        self.scale.sum_sq, self.scale.count = float(state["adv_sum_sq"]), int(state["adv_count"])
+        self.returns = [float(r) for r in state["returns"]]
+        self.first = int(state["updates_done"])
+        self.best = None if state["best"] is None else (float(state["best"][0]), int(state["best"][1]))
+        self.prior_seconds = float(state["seconds"])
+        log.info("train.resumed", updates_done=self.first, episodes_done=len(self.returns))
+
+    def save(self, path: Path, updates_done: int, meta: dict[str, Any]) -> None:
+        _save_state(
+            path,
+            {
+                "env_config": attrs.asdict(self.env_config),
+                "ppo_config": attrs.asdict(self.cfg),
+                "levers": list(self.registry.names),
+                "policy": {k: v.detach().clone() for k, v in self.policy.state_dict().items()},
+                "optimizer": self.optimizer.state_dict(),
+                "shuffle": self.shuffle.get_state(),
+                "sampler": self.policy.generator.get_state(),
+                "rng": torch.get_rng_state(),
+                "adv_sum_sq": self.scale.sum_sq,
+                "adv_count": self.scale.count,
+                "returns": list(self.returns),
+                "updates_done": updates_done,
+                "best": None if self.best is None else [self.best[0], self.best[1]],
+                "seconds": self.seconds(),
+                "meta": meta,
+            },
+        )
+
+    def update(self, pool: EnvPool, u: int, n_envs: int, log: Any) -> tuple[UpdateStats, list[float]]:
+        """One rollout (a group of envs per episode seed) and one PPO update on it, logged as ``ppo.update``."""
+        cfg = self.cfg
+        k = min(n_envs, cfg.episodes - len(self.returns))
+        episodes = [len(self.returns) + i for i in range(k)]
+        sizes = group_sizes(k, cfg.group_size)
+        # Every env of a group runs the episode seed of the group's first episode.
+        seeds = [_episode_seed(cfg.seed, episodes[sum(sizes[:g])]) for g, n in enumerate(sizes) for _ in range(n)]
+        t_roll = time.monotonic()
+        buf, ep_returns = collect_rollout(self.policy, pool, seeds, episodes)
+        rollout_s = time.monotonic() - t_roll
+        t_upd = time.monotonic()
+        buf.rewards = relative_rewards(buf.rewards, sizes)
+        batch = buf.batch(torch.zeros(k), cfg.gamma, cfg.gae_lambda)
+        adv_scale = self.scale.update(batch.advantages)
+        stats = ppo_update(self.policy, self.optimizer, batch, cfg, self.shuffle, adv_scale=adv_scale)
+        # Normalisation statistics move only after the update, so the update
+        # scores actions under exactly the normalisation they were drawn with.
+        self.policy.norm.update(buf.obs)
+        self.returns += ep_returns
+        steps = k * self.env_config.epochs
+        log.info(
+            "ppo.update",
+            update=u,
+            episodes_done=len(self.returns),
+            **{f.name: getattr(stats, f.name) for f in attrs.fields(UpdateStats)},
+            mean_return=sum(ep_returns) / len(ep_returns),
+            episode_returns=ep_returns,
+            env_steps=steps,
+            env_steps_per_s=steps / max(rollout_s, 1e-9),
+            rollout_seconds=rollout_s,
+            update_seconds=time.monotonic() - t_upd,
+            wall_seconds=self.seconds(),
+        )
+        return stats, ep_returns
+
+    def evaluate(self, pool: EnvPool, u: int, seeds: Sequence[int], best_path: Path, log: Any) -> None:
+        """Greedy held-out episodes; ``best_path`` keeps the policy with the best mean return so far."""
+        held_out = evaluate_on_pool(self.policy, pool, seeds)
+        mean_eval = sum(held_out) / len(held_out)
+        improved = self.best is None or mean_eval > self.best[0]
+        if improved:
+            self.best = (mean_eval, u)
+            save_policy(self.policy, best_path)
+        log.info("ppo.eval", update=u, seeds=list(seeds), returns=held_out, mean_return=mean_eval, best=improved)
+
+
 def train_ppo(
     env_config: EnvConfig,
     registry: Registry,
@@ -480,136 +599,35 @@ def train_ppo(
     ``options.resume`` to the weights an uninterrupted run ends with; and
     ``best_policy.pt`` keeps the policy with the best held-out return.
     """
-    t0 = time.monotonic()
     opts = options or TrainOptions()
     cfg = ppo_config
     out_path = Path(out_path)
-    state_path = out_path.with_name(STATE_FILE)
-    best_path = out_path.with_name(BEST_POLICY)
-    names = observation_names(registry, env_config.slots)
-    policy = PPOPolicy.for_registry(
-        registry,
-        names,
-        cfg.hidden,
-        hyperparameters=attrs.asdict(cfg),
-        seed=cfg.seed,
-        pinned=lever_defaults(registry) if cfg.fix_levers else None,
-        trained_on=trained_on(env_config),
-    )
-    optimizer = torch.optim.Adam(policy.parameters(), lr=cfg.lr, eps=1e-5)
-    shuffle = torch.Generator().manual_seed(cfg.seed + 2)
+    tr = _Trainer.start(env_config, registry, cfg)
+    if opts.resume is not None:
+        tr.restore(opts.resume, log)
     n_envs = min(cfg.n_envs, cfg.episodes)
     updates = math.ceil(cfg.episodes / n_envs)
-    returns: list[float] = []
     stats: UpdateStats | None = None
-    scale = AdvantageScale()
-    first = 0
-    best: tuple[float, int] | None = None
-    prior_seconds = 0.0
-    if opts.resume is not None:
-        state = load_train_state(opts.resume)
-        if state["env_config"] != attrs.asdict(env_config) or state["ppo_config"] != attrs.asdict(cfg):
-            raise TrainStateError(f"{opts.resume} was written by a run with other settings; resume it with its own")
-        policy.load_state_dict(state["policy"])
-        optimizer.load_state_dict(state["optimizer"])
-        shuffle.set_state(state["shuffle"])
-        policy.generator.set_state(state["sampler"])
-        torch.set_rng_state(state["rng"])
-        scale.sum_sq, scale.count = float(state["adv_sum_sq"]), int(state["adv_count"])
-        returns = [float(r) for r in state["returns"]]
-        first = int(state["updates_done"])
-        best = None if state["best"] is None else (float(state["best"][0]), int(state["best"][1]))
-        prior_seconds = float(state["seconds"])
-        log.info("train.resumed", updates_done=first, episodes_done=len(returns))
-    pool = _make_pool(env_config, registry, cfg.seed, n_envs, log, opts)
-    with pool:
-        for u in range(first, updates):
-            k = min(n_envs, cfg.episodes - len(returns))
-            episodes = [len(returns) + i for i in range(k)]
-            sizes = group_sizes(k, cfg.group_size)
-            # Every env of a group runs the episode seed of the group's first episode.
-            seeds = [_episode_seed(cfg.seed, episodes[sum(sizes[:g])]) for g, n in enumerate(sizes) for _ in range(n)]
-            t_roll = time.monotonic()
-            buf, ep_returns = collect_rollout(policy, pool, seeds, episodes)
-            rollout_s = time.monotonic() - t_roll
-            t_upd = time.monotonic()
-            buf.rewards = relative_rewards(buf.rewards, sizes)
-            batch = buf.batch(torch.zeros(k), cfg.gamma, cfg.gae_lambda)
-            stats = ppo_update(policy, optimizer, batch, cfg, shuffle, adv_scale=scale.update(batch.advantages))
-            # Normalisation statistics move only after the update, so the update
-            # scores actions under exactly the normalisation they were drawn with.
-            policy.norm.update(buf.obs)
-            update_s = time.monotonic() - t_upd
-            returns += ep_returns
-            mean_ret = sum(ep_returns) / len(ep_returns)
-            log.info(
-                "ppo.update",
-                update=u,
-                episodes_done=len(returns),
-                policy_loss=stats.policy_loss,
-                value_loss=stats.value_loss,
-                approx_kl=stats.approx_kl,
-                clip_fraction=stats.clip_fraction,
-                entropy=stats.entropy,
-                head_entropy=stats.head_entropy,
-                minibatches=stats.minibatches,
-                mean_return=mean_ret,
-                episode_returns=ep_returns,
-                env_steps=k * env_config.epochs,
-                env_steps_per_s=k * env_config.epochs / max(rollout_s, 1e-9),
-                rollout_seconds=rollout_s,
-                update_seconds=update_s,
-                wall_seconds=prior_seconds + time.monotonic() - t0,
-            )
+    with _make_pool(env_config, registry, cfg.seed, n_envs, log, opts) as pool:
+        for u in range(tr.first, updates):
+            stats, ep_returns = tr.update(pool, u, n_envs, log)
             if opts.eval_every > 0 and opts.eval_seeds and ((u + 1) % opts.eval_every == 0 or u + 1 == updates):
-                held_out = evaluate_on_pool(policy, pool, opts.eval_seeds)
-                mean_eval = sum(held_out) / len(held_out)
-                improved = best is None or mean_eval > best[0]
-                if improved:
-                    best = (mean_eval, u)
-                    save_policy(policy, best_path)
-                log.info(
-                    "ppo.eval",
-                    update=u,
-                    seeds=list(opts.eval_seeds),
-                    returns=held_out,
-                    mean_return=mean_eval,
-                    best=improved,
-                )
-            save_policy(policy, out_path)
-            _save_state(
-                state_path,
-                {
-                    "env_config": attrs.asdict(env_config),
-                    "ppo_config": attrs.asdict(cfg),
-                    "levers": list(registry.names),
-                    "policy": {k2: v.detach().clone() for k2, v in policy.state_dict().items()},
-                    "optimizer": optimizer.state_dict(),
-                    "shuffle": shuffle.get_state(),
-                    "sampler": policy.generator.get_state(),
-                    "rng": torch.get_rng_state(),
-                    "adv_sum_sq": scale.sum_sq,
-                    "adv_count": scale.count,
-                    "returns": list(returns),
-                    "updates_done": u + 1,
-                    "best": None if best is None else [best[0], best[1]],
-                    "seconds": prior_seconds + time.monotonic() - t0,
-                    "meta": opts.meta,
-                },
-            )
+                tr.evaluate(pool, u, opts.eval_seeds, out_path.with_name(BEST_POLICY), log)
+            save_policy(tr.policy, out_path)
+            tr.save(out_path.with_name(STATE_FILE), u + 1, opts.meta)
             if progress is not None:
-                progress(len(returns), cfg.episodes, mean_ret)
-    save_policy(policy, out_path)
+                progress(len(tr.returns), cfg.episodes, sum(ep_returns) / len(ep_returns))
+    save_policy(tr.policy, out_path)
     return TrainSummary(
-        episodes=len(returns),
+        episodes=len(tr.returns),
         updates=updates,
-        episode_returns=tuple(returns),
+        episode_returns=tuple(tr.returns),
         policy_path=str(out_path),
-        seconds=prior_seconds + time.monotonic() - t0,
+        seconds=tr.seconds(),
         last_update=stats,
-        best_eval_return=None if best is None else best[0],
-        best_eval_update=None if best is None else best[1],
-        resumed_from_update=first if opts.resume is not None else None,
+        best_eval_return=None if tr.best is None else tr.best[0],
+        best_eval_update=None if tr.best is None else tr.best[1],
+        resumed_from_update=tr.first if opts.resume is not None else None,
     )
 
 
