@@ -100,8 +100,21 @@ def test_the_lifecycle_owns_no_optimizer() -> None:
     assert "torch.optim" not in source and "param_group" not in source
 
 
+def test_no_kernel_function_is_over_sixty_lines() -> None:
+    # A newcomer reads the kernel function by function: one that grows past a screen gets split.
+    long = []
+    for path in sorted(KERNEL.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                length = (node.end_lineno or node.lineno) - node.lineno + 1
+                if length > 60:
+                    long.append(f"{path.relative_to(KERNEL.parent)}:{node.lineno} {node.name} ({length} lines)")
+    assert not long, long
+
+
 if __name__ == "__main__":
     for module, (top, inner) in sorted(import_graph().items()):
         print(f"{module:18} {', '.join(sorted(top)) or '-'}")
         if inner:
             print(f"{'':18}   in functions: {', '.join(sorted(inner))}")
+
