@@ -85,7 +85,9 @@ def uniform_over_legal(picks: Sequence[Pick], sims: int = SIMS, seed: int = 0) -
     live = [p for p in picks if len(p.legal) > 1 and p.choice in p.legal]
     if len(live) < MIN_DECISIONS:
         return None
-    names = sorted({c for p in live for c in p.legal})
+    # The head's own order: every legal list is in it, and the longest one nearly always holds every choice.
+    names = list(max((p.legal for p in live), key=len))
+    names += [c for c in dict.fromkeys(c for p in live for c in p.legal) if c not in names]
     index = {c: i for i, c in enumerate(names)}
     k = np.array([len(p.legal) for p in live])
     table = np.full((len(live), int(k.max())), -1)
