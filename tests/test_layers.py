@@ -117,4 +117,3 @@ if __name__ == "__main__":
         print(f"{module:18} {', '.join(sorted(top)) or '-'}")
         if inner:
             print(f"{'':18}   in functions: {', '.join(sorted(inner))}")
-

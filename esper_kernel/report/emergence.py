@@ -86,7 +86,8 @@ def uniform_over_legal(picks: Sequence[Pick], sims: int = SIMS, seed: int = 0) -
     if len(live) < MIN_DECISIONS:
         return None
     # The head's own order: every legal list is in it, and the longest one nearly always holds every choice.
-    names = list(max((p.legal for p in live), key=len))
+    longest: tuple[str, ...] = max((p.legal for p in live), key=len)
+    names = list(longest)
     names += [c for c in dict.fromkeys(c for p in live for c in p.legal) if c not in names]
     index = {c: i for i, c in enumerate(names)}
     k = np.array([len(p.legal) for p in live])
