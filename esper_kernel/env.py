@@ -188,6 +188,8 @@ class MorphoEnv:
         self.best = 0.0
         self.plateau = 0
         self.fields: dict[str, list[float | None]] = {}
+        #: The last decision that chose more than its op: its choices and what was legal (``esper eval`` keeps it).
+        self.last_choice: dict[str, dict[str, Any]] | None = None
         return self.observe()
 
     @property
@@ -202,13 +204,16 @@ class MorphoEnv:
         self.log = self.base_log.bind(episode=self.episode, epoch=self.epoch)
         self.lifecycle.log = self.log
         decision = space.decode(actions[None, :])[0]
-        extra = {"legal": self.legal_choices(decision)} if sum(decision.relevant.values()) > 1 else {}
+        legal = self.legal_choices(decision) if sum(decision.relevant.values()) > 1 else None
+        self.last_choice = (
+            None if legal is None else {"choices": {h: decision.choices[h] for h in legal}, "legal": legal}
+        )
         self.log.info(
             "decision",
             op=decision.op.name,
             choices=decision.choices,
             relevant=decision.relevant,
-            **extra,
+            **({} if legal is None else {"legal": legal}),
         )
         self.lifecycle.apply(decision, self.epoch)
         prev_acc = self.last.val_accuracy if self.last else None

@@ -232,17 +232,17 @@ def play_episode(job: EvalJob) -> EpisodeResult:
         masks = envs.masks()
         with torch.no_grad():
             sampled = policy.act(obs, masks, envs)
-        if int(sampled.actions[0, space.op_index]) == Op.GERMINATE:
+        germinating = int(sampled.actions[0, space.op_index]) == Op.GERMINATE
+        if germinating:
             germinations += 1
             for name in levers:
                 row = masks[0, Op.GERMINATE, space.names.index(name), : len(legal[name])]
                 multi[name] += int(row.sum()) > 1
                 for choice, ok in zip(legal[name], row.tolist(), strict=True):
                     legal[name][choice] += bool(ok)
-            decision = space.decode(sampled.actions)[0]
-            could = env.legal_choices(decision)
-            decided.append({"choices": {h: decision.choices[h] for h in could}, "legal": could})
         result = envs.step(sampled.actions)[0]
+        if germinating and env.last_choice is not None:
+            decided.append(env.last_choice)
         total += result.reward
         params.append(env.param_count())
         obs = result.obs[None]

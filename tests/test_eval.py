@@ -263,3 +263,14 @@ def test_esper_eval_attribution_holds_each_lever_at_its_default_and_writes_the_t
 
     lr = next(a for a in lever_attribution(doc, f"greedy:{path}") if a["head"] == "lr")
     assert lr["return"]["mean"] == pytest.approx(sum(a - b for a, b in zip(free, held, strict=True)) / 2)
+
+
+def test_the_journal_keeps_every_germinate_decision_with_what_was_legal(tmp_path: Path) -> None:
+    journal = tmp_path / "episodes.jsonl"
+    evaluate(TINY, [PolicySpec("random")], [0, 1, 2], reference="random", journal=journal)
+    results = [json.loads(line)["result"] for line in journal.read_text().splitlines()[1:]]
+    assert sum(r["germinate_decisions"] for r in results) > 0
+    for r in results:
+        assert len(r["germinate"]) == r["germinate_decisions"]
+        for rec in r["germinate"]:
+            assert all(rec["choices"][head] in legal for head, legal in rec["legal"].items())
