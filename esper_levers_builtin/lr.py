@@ -18,7 +18,7 @@ import esper_kernel as ek
 
 HEAD = "lr"
 CHOICES = ("CAUTIOUS", "STANDARD", "AGGRESSIVE")
-SCALES = (0.5, 1.0, 2.0)
+SCALES = (0.75, 1.0, 2.0)
 
 action_head = ek.returning(
     ek.HeadSpec(HEAD, CHOICES, SCALES, default="STANDARD", ops={ek.Op.GERMINATE}, knob="lr_scale",

@@ -351,7 +351,7 @@ def test_isolation_default_follows_topology_on_a_transformer() -> None:
     assert all(g > 0.0 for g in grads)
 
 
-@pytest.mark.parametrize(("choice", "scale"), [("CAUTIOUS", 0.5), ("STANDARD", 1.0), ("AGGRESSIVE", 2.0)])
+@pytest.mark.parametrize(("choice", "scale"), [("CAUTIOUS", 0.75), ("STANDARD", 1.0), ("AGGRESSIVE", 2.0)])
 def test_lr_scales_the_seed_param_group(task: TaskData, choice: str, scale: float) -> None:
     rig = Rig(task)
     seed = rig.germinate(lr=choice, dwell="MINIMAL", tempo="FAST")

@@ -55,8 +55,8 @@ def test_docs_warmup_ramps_the_param_group_lr_every_epoch() -> None:
 def test_docs_warmup_composes_with_the_lr_lever() -> None:
     h = Harness(["lr", "warmup"])
     h.germinate(0, lr="CAUTIOUS", warmup="SHORT")
-    half = 0.5 * h.lifecycle.config.host_lr
-    assert _lr_per_epoch(h, 4) == pytest.approx([half / 3, 2 * half / 3, half, half])
+    cautious = 0.75 * h.lifecycle.config.host_lr
+    assert _lr_per_epoch(h, 4) == pytest.approx([cautious / 3, 2 * cautious / 3, cautious, cautious])
 
 
 def test_docs_warmup_masks_ramps_that_cannot_finish(warmup: LeverDists) -> None:
