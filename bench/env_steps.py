@@ -1,8 +1,9 @@
 """Figure: ``esper train`` environment steps per second, in-process vs worker processes (vs Ray actors).
 
-Each sample is the rollout loop of :func:`~esper_kernel.tamiyo.train.collect_rollout`
-(one policy call for every env, then every shard steps its envs and
-composes their next masks) for a few steps after a reset, with
+Each sample is :func:`~esper_kernel.tamiyo.train.collect_rollout` itself
+(a reset, then the policy decides for each shard's envs as soon as that
+shard answers, and the shard steps them and composes their next masks) for
+the first few steps of an episode (the reset included, as in training), with
 ``EnvConfig()`` defaults and 2 envs, on:
 
 - 1 worker: both envs in this process, one after the other (``--workers 1``);
@@ -27,18 +28,15 @@ from esper_kernel.env import EnvConfig, observation_names
 from esper_kernel.registry import Selection
 from esper_kernel.tamiyo.envpool import EnvPool
 from esper_kernel.tamiyo.ppo import PPOPolicy
+from esper_kernel.tamiyo.train import collect_rollout
 
 KEY = "env"
 N_ENVS = 2
 
 
 def _rate(pool: EnvPool, policy: PPOPolicy, steps: int, episode: int) -> float:
-    step = pool.reset([1000 * episode + i for i in range(N_ENVS)], [episode] * N_ENVS)
     t0 = time.perf_counter()
-    for _ in range(steps):
-        assert step.masks is not None
-        sampled, _value = policy.act_with_value(step.obs, step.masks)
-        step = pool.step(sampled.actions)
+    collect_rollout(policy, pool, [1000 * episode + i for i in range(N_ENVS)], [episode] * N_ENVS, steps=steps)
     return N_ENVS * steps / (time.perf_counter() - t0)
 
 

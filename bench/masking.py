@@ -21,7 +21,7 @@ from bench import policy_rate
 from bench.timing import Row, Settings, fmt_time, interleaved, median, ratio_of
 from esper_kernel.actions import N_OPS
 from esper_kernel.tamiyo.ppo import PPOPolicy
-from esper_kernel.tamiyo.sampling import NEG, _gumbel
+from esper_kernel.tamiyo.sampling import NEG, gumbel
 
 KEY = "masking"
 TARGET = 1.2
@@ -35,7 +35,7 @@ def unmasked_step(
     space = policy.space
     logits, value = policy(obs)
     logp = torch.log_softmax(logits + pad_bias, dim=-1)
-    actions = (logp + _gumbel(logp.shape, policy.generator)).argmax(-1)
+    actions = (logp + gumbel(logp.shape, policy.generator)).argmax(-1)
     relevance = space.relevance(actions)
     actions = torch.where(relevance, actions, space.defaults)
     log_prob = (logp.gather(-1, actions[..., None]).squeeze(-1) * relevance).sum(-1)

@@ -32,7 +32,7 @@ import traceback
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from multiprocessing.connection import Connection
+from multiprocessing.connection import Connection, wait
 from typing import Any, TypeVar
 
 from esper_kernel.errors import EsperError
@@ -253,6 +253,13 @@ class ProcessActor:
 
     def recv(self) -> Any:
         return self._answer()
+
+    @staticmethod
+    def ready(actors: Sequence[ProcessActor]) -> list[int]:
+        """Indices of ``actors`` with an answer waiting, blocking until there is at least one."""
+        conns = [a._conn for a in actors]
+        came = set(wait(conns))  # a dead worker's pipe reads as ready too: recv then names it
+        return [i for i, c in enumerate(conns) if c in came]
 
     def call(self, method: str, *args: Any) -> Any:
         self.send(method, *args)

@@ -8,16 +8,20 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 import torch
 from click.testing import CliRunner as ClickRunner
 
 from esper_kernel.cli import main
-from esper_kernel.env import EnvConfig, build_registry
+from esper_kernel.env import EnvConfig, build_registry, observation_names
 from esper_kernel.registry import Selection
-from esper_kernel.tamiyo.train import PPOConfig, TrainOptions, load_train_state, train_ppo
+from esper_kernel.tamiyo.envpool import EnvPool, EnvShard
+from esper_kernel.tamiyo.ppo import PPOPolicy
+from esper_kernel.tamiyo.train import PPOConfig, TrainOptions, collect_rollout, load_train_state, train_ppo
 from esper_kernel.telemetry import null_log, read_events
 
 TINY = EnvConfig(epochs=2, train_size=64, val_size=32, batch_size=32)
@@ -146,3 +150,53 @@ def test_bad_config_is_one_line_naming_the_key(tmp_path: Path, toml: str, messag
     lines = result.output.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], result.output
     assert not (tmp_path / "x").exists()
+
+
+class _Timed:
+    """A shard in this process whose every call takes ``cost`` ticks of a clock it shares with the others."""
+
+    clock: ClassVar[list[int]] = [0]
+
+    def __init__(self, shard: EnvShard, cost: int, name: str, arrivals: list[str]) -> None:
+        self.shard, self.cost, self.name, self.arrivals = shard, cost, name, arrivals
+        self.done_at = 0
+        self._result: object = None
+
+    def send(self, method: str, *args: object) -> None:
+        self._result = getattr(self.shard, method)(*args)
+        self.done_at = self.clock[0] + self.cost
+
+    def recv(self) -> object:
+        self.arrivals.append(self.name)
+        return self._result
+
+    def close(self) -> None:
+        pass
+
+    @staticmethod
+    def ready(handles: Sequence[_Timed]) -> list[int]:
+        first = min(h.done_at for h in handles)
+        _Timed.clock[0] = first
+        return [i for i, h in enumerate(handles) if h.done_at == first]
+
+
+def test_a_rollout_never_waits_for_a_slower_shard_and_draws_the_lock_step_actions() -> None:
+    reg = build_registry(TINY, Selection())
+    names = observation_names(reg, TINY.slots)
+    seeds, episodes = [5, 6, 7, 8], [0, 1, 2, 3]
+
+    def policy() -> PPOPolicy:
+        return PPOPolicy.for_registry(reg, names, hidden=16, seed=3)
+
+    lock_step, lock_returns = collect_rollout(policy(), EnvPool.local(TINY, reg, 0, 4, null_log()), seeds, episodes)
+    arrivals: list[str] = []
+    _Timed.clock[0] = 0
+    shards = [EnvShard.build(TINY, reg, 0, idx, null_log()) for idx in ((0, 1), (2, 3))]
+    slow, fast = _Timed(shards[0], 4, "slow", arrivals), _Timed(shards[1], 1, "fast", arrivals)
+    pool = EnvPool([slow, fast], [2, 2], TINY.epochs, null_log())
+    buf, returns = collect_rollout(policy(), pool, seeds, episodes)
+    # The fast shard played its reset and both epochs before the slow one answered its reset.
+    assert arrivals[:4] == ["fast", "fast", "fast", "slow"]
+    assert returns == lock_returns
+    for name in ("obs", "actions", "masks", "log_probs", "values", "rewards", "dones"):
+        assert torch.equal(getattr(buf, name), getattr(lock_step, name)), name

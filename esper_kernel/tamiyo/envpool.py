@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import MutableMapping, Sequence
+from collections.abc import Iterator, MutableMapping, Sequence
 from typing import Any, Protocol
 
 import attrs
@@ -143,6 +143,10 @@ class _Handle(Protocol):
 
     def close(self) -> None: ...
 
+    # Indices of the handles (all of this class) whose answer is in, blocking until one is.
+    @staticmethod
+    def ready(handles: Sequence[Any]) -> list[int]: ...
+
 
 class _Local:
     """A shard in this process behind the same send/recv a worker has."""
@@ -161,6 +165,10 @@ class _Local:
     def close(self) -> None:
         pass
 
+    @staticmethod
+    def ready(handles: Sequence[_Local]) -> list[int]:
+        return list(range(len(handles)))  # send already did the work
+
 
 @attrs.frozen
 class PoolStep:
@@ -168,6 +176,16 @@ class PoolStep:
     masks: torch.Tensor | None
     rewards: tuple[float, ...]
     dones: tuple[bool, ...]
+
+
+@attrs.frozen
+class Arrival:
+    """One shard's answer, as soon as it came: its rows of the pool and the steps it has taken."""
+
+    shard: int
+    rows: slice
+    t: int
+    answer: ShardStep
 
 
 class EnvPool:
@@ -180,6 +198,7 @@ class EnvPool:
         self.epochs = epochs
         self.log = log
         self._parts: list[int] = []
+        self._waiting: set[int] = set()
 
     @classmethod
     def local(cls, config: EnvConfig, registry: Registry, task_seed: int, n_envs: int, log: Any) -> EnvPool:
@@ -229,14 +248,17 @@ class EnvPool:
             raise
         return cls(handles, sizes, config.epochs, log)
 
+    def _replay(self, answer: ShardStep) -> None:
+        for method_name, event in answer.events:
+            getattr(self.log, method_name)(**event)
+
     def _gather(self, method: str, per_shard: Sequence[tuple[Any, ...]]) -> PoolStep:
         used = [i for i, args in enumerate(per_shard) if args is not None]
         for i in used:
             self.handles[i].send(method, *per_shard[i])
         answers: list[ShardStep] = [self.handles[i].recv() for i in used]
         for ans in answers:
-            for method_name, event in ans.events:
-                getattr(self.log, method_name)(**event)
+            self._replay(ans)
         masks = [a.masks for a in answers]
         return PoolStep(
             obs=torch.cat([a.obs for a in answers]),
@@ -245,8 +267,7 @@ class EnvPool:
             dones=tuple(d for a in answers for d in a.dones),
         )
 
-    def reset(self, seeds: Sequence[int], episodes: Sequence[int]) -> PoolStep:
-        """Start episodes in the first ``len(seeds)`` envs."""
+    def _reset_args(self, seeds: Sequence[int], episodes: Sequence[int]) -> list[Any]:
         if len(seeds) > self.n_envs:
             raise ValueError(f"{len(seeds)} seeds for a pool of {self.n_envs} envs")
         self._parts = []
@@ -257,7 +278,46 @@ class EnvPool:
             self._parts.append(k)
             args.append((list(seeds[start : start + k]), list(episodes[start : start + k])) if k else None)
             start += size
-        return self._gather("reset", args)
+        return args
+
+    def reset(self, seeds: Sequence[int], episodes: Sequence[int]) -> PoolStep:
+        """Start episodes in the first ``len(seeds)`` envs."""
+        return self._gather("reset", self._reset_args(seeds, episodes))
+
+    def start(self, seeds: Sequence[int], episodes: Sequence[int]) -> Iterator[Arrival]:
+        """Start episodes in the first ``len(seeds)`` envs; yield each shard's answer as it comes.
+
+        Answer an arrival with :meth:`send_step` to have that shard step on at
+        once, without waiting for the others: a shard whose envs are slower
+        this epoch (a seed to train, a counterfactual to score) no longer
+        holds every other shard back at each step. The iterator ends when no
+        shard has a call outstanding.
+        """
+        args = self._reset_args(seeds, episodes)
+        rows, waiting, steps = {}, set(), {}
+        first = 0
+        for i, (k, a) in enumerate(zip(self._parts, args, strict=True)):
+            if a is not None:
+                self.handles[i].send("reset", *a)
+                rows[i], steps[i] = slice(first, first + k), 0
+                waiting.add(i)
+            first += k
+        self._waiting = waiting
+        while waiting:
+            pending = sorted(waiting)
+            handles = [self.handles[i] for i in pending]
+            for j in type(handles[0]).ready(handles):
+                i = pending[j]
+                waiting.discard(i)
+                answer: ShardStep = self.handles[i].recv()
+                self._replay(answer)
+                yield Arrival(i, rows[i], steps[i], answer)
+                steps[i] += 1
+
+    def send_step(self, arrival: Arrival, actions: torch.Tensor) -> None:
+        """Step the shard of ``arrival`` with ``actions`` (one row per env of that shard)."""
+        self.handles[arrival.shard].send("step", actions)
+        self._waiting.add(arrival.shard)
 
     def step(self, actions: torch.Tensor) -> PoolStep:
         args: list[Any] = []

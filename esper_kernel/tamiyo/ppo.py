@@ -24,7 +24,7 @@ from esper_kernel.config import EnvConfig
 from esper_kernel.errors import EsperError
 from esper_kernel.files import write_atomic
 from esper_kernel.registry import Registry
-from esper_kernel.tamiyo.sampling import Sampled, pin_masks, sample, score
+from esper_kernel.tamiyo.sampling import Sampled, gumbel, pin_masks, sample, score
 
 if TYPE_CHECKING:
     from esper_kernel.env import EnvBatch
@@ -230,9 +230,26 @@ class PPOPolicy(nn.Module):
         return logits, self.value_layer(z).squeeze(-1)
 
     @torch.no_grad()
-    def act_with_value(self, obs: torch.Tensor, masks: torch.Tensor) -> tuple[Sampled, torch.Tensor]:
+    def act_with_value(
+        self, obs: torch.Tensor, masks: torch.Tensor, noise: torch.Tensor | None = None
+    ) -> tuple[Sampled, torch.Tensor]:
+        """Draw an action per row (with ``noise`` from :meth:`draw_noise` where given) and its value."""
         logits, value = self(obs)
-        return sample(self.space, logits, pin_masks(masks, self._pins), self.generator, greedy=self.greedy), value
+        sampled = sample(self.space, logits, pin_masks(masks, self._pins), self.generator, self.greedy, noise)
+        return sampled, value
+
+    def draw_noise(self, steps: int, rows: int) -> torch.Tensor | None:
+        """Sampling noise for ``steps`` decisions of ``rows`` envs, ``[steps, rows, H, C]`` (None when greedy).
+
+        Drawn step by step from the policy's generator, exactly as ``steps``
+        calls of :meth:`act_with_value` without noise would draw it, so a
+        rollout can hand each env its own step's noise in whatever order the
+        envs come back and still make the draws a lock-step rollout makes.
+        """
+        if self.greedy:
+            return None
+        shape = (rows, self.n_heads, self.max_choices)
+        return torch.stack([gumbel(shape, self.generator) for _ in range(steps)])
 
     def act(self, obs: torch.Tensor, masks: torch.Tensor, envs: EnvBatch | None = None) -> Sampled:
         sampled, value = self.act_with_value(obs, masks)

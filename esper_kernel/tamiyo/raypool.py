@@ -10,6 +10,7 @@ numbers as a pool of local worker processes for the same seeds.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from typing import Any
 
 from esper_kernel.env import EnvConfig
@@ -80,6 +81,16 @@ class RayHandle:
             cause = getattr(exc, "cause", None) or exc
             text = " ".join(str(cause).split())
             raise WorkerError(f"{self.name} failed: {type(cause).__name__}: {text[:500]}") from None
+
+    @staticmethod
+    def ready(handles: Sequence[RayHandle]) -> list[int]:
+        """Indices of ``handles`` whose call has finished, blocking until one has."""
+        refs = [h._ref for h in handles]
+        ray = handles[0].ray
+        done, rest = ray.wait(refs, num_returns=1)
+        if rest:  # take every other call that has finished too, without waiting
+            done += ray.wait(rest, num_returns=len(rest), timeout=0)[0]
+        return [i for i, r in enumerate(refs) if r in done]
 
     def close(self) -> None:
         self.ray.kill(self.actor)

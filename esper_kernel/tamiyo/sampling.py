@@ -28,6 +28,10 @@ class Sampled:
     log_prob: torch.Tensor  # [B]
     entropy: torch.Tensor  # [B, H], zero where irrelevant
 
+    def rows(self, rows: slice) -> Sampled:
+        """The draws of ``rows`` only."""
+        return Sampled(*(getattr(self, f.name)[rows] for f in attrs.fields(Sampled)))
+
 
 def select_masks(space: ActionSpace, masks: torch.Tensor, op: torch.Tensor) -> torch.Tensor:
     """``[B, n_ops, H, C]`` masks -> ``[B, H, C]`` for the chosen ops."""
@@ -92,15 +96,23 @@ def sample(
     masks: torch.Tensor,
     generator: torch.Generator | None = None,
     greedy: bool = False,
+    noise: torch.Tensor | None = None,
 ) -> Sampled:
-    """Draw one factored action per row from ``logits`` ``[B, H, C]`` under ``masks`` ``[B, n_ops, H, C]``."""
+    """Draw one factored action per row from ``logits`` ``[B, H, C]`` under ``masks`` ``[B, n_ops, H, C]``.
+
+    ``noise`` (``[B, H, C]``, from :func:`gumbel`) is the Gumbel noise to
+    draw with; without it, fresh noise comes from ``generator``. Each row's
+    draw depends on its own logits, masks and noise only.
+    """
     op_i = space.op_index
     # Draw every head under every op's masks at once (there are only four
     # ops, so this beats a second pass), then keep the row of the op drawn.
     # The op row of the mask does not depend on the op (the composer refuses
     # op-conditioned op masks), so every row draws the same op.
     masked = torch.where(masks, logits[:, None], NEG)
-    scores = masked if greedy else masked + _gumbel(logits.shape, generator)[:, None]
+    if not greedy and noise is None:
+        noise = gumbel(logits.shape, generator)
+    scores = masked if noise is None or greedy else masked + noise[:, None]
     drawn = scores.argmax(-1)
     rows = torch.arange(logits.shape[0])
     op = drawn[:, 0, op_i]
@@ -115,6 +127,6 @@ def sample(
     return Sampled(actions, sel, relevance, log_prob, entropy)
 
 
-def _gumbel(shape: torch.Size, generator: torch.Generator | None) -> torch.Tensor:
+def gumbel(shape: torch.Size | tuple[int, ...], generator: torch.Generator | None) -> torch.Tensor:
     """Gumbel(0, 1) noise for Gumbel-max sampling: ``-log(E)`` with ``E ~ Exp(1)``."""
     return torch.empty(shape).exponential_(generator=generator).log_().neg_()

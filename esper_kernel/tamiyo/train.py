@@ -96,15 +96,16 @@ class RolloutBuffer:
         value: torch.Tensor,
         rewards: torch.Tensor,
         dones: torch.Tensor,
+        rows: slice = slice(None),
     ) -> None:
-        self.obs[t] = obs
-        self.actions[t] = sampled.actions
-        self.masks[t] = sampled.masks
-        self.relevance[t] = sampled.relevance
-        self.log_probs[t] = sampled.log_prob
-        self.values[t] = value
-        self.rewards[t] = rewards
-        self.dones[t] = dones
+        self.obs[t, rows] = obs
+        self.actions[t, rows] = sampled.actions
+        self.masks[t, rows] = sampled.masks
+        self.relevance[t, rows] = sampled.relevance
+        self.log_probs[t, rows] = sampled.log_prob
+        self.values[t, rows] = value
+        self.rewards[t, rows] = rewards
+        self.dones[t, rows] = dones
 
     def batch(self, last_value: torch.Tensor, gamma: float, gae_lambda: float) -> Batch:
         """Flatten to ``T * B`` rows with GAE advantages and returns."""
@@ -313,26 +314,51 @@ def ppo_update(
 
 
 def collect_rollout(
-    policy: PPOPolicy, envs: EnvPool | EnvBatch, seeds: Sequence[int], episodes: Sequence[int]
+    policy: PPOPolicy,
+    envs: EnvPool | EnvBatch,
+    seeds: Sequence[int],
+    episodes: Sequence[int],
+    steps: int | None = None,
 ) -> tuple[RolloutBuffer, list[float]]:
-    """Run one full episode in each of the first ``len(seeds)`` envs; return the buffer and each env's return."""
+    """Run an episode in each of the first ``len(seeds)`` envs (only its first ``steps`` epochs where
+    given); return the buffer and each env's return.
+
+    Each shard steps on as soon as the policy has decided for its envs, never
+    waiting for a slower shard. The policy decides on every row at once (rows
+    of other shards hold what they last showed, and their draws are dropped),
+    with each env's noise for its own step drawn in advance: every row's
+    decision is the one a lock-step rollout makes, so where the envs run
+    changes no number.
+    """
     pool = envs if isinstance(envs, EnvPool) else EnvPool.of(EnvShard(envs.envs), None)
-    step = pool.reset(seeds, episodes)
-    obs = step.obs
-    steps = pool.epochs
+    steps = pool.epochs if steps is None else steps
     space = policy.space
     k = len(seeds)
-    buf = RolloutBuffer(steps, k, obs.shape[1], space.n_heads, space.max_choices)
+    noise = policy.draw_noise(steps, k)
+    buf: RolloutBuffer | None = None
+    obs = masks = torch.empty(0)
+    taken: dict[int, tuple[torch.Tensor, Sampled, torch.Tensor]] = {}
     returns = [0.0] * k
-    for t in range(steps):
-        if step.masks is None:
+    for arrival in pool.start(seeds, episodes):
+        rows, t, answer = arrival.rows, arrival.t, arrival.answer
+        if buf is None:
+            buf = RolloutBuffer(steps, k, answer.obs.shape[1], space.n_heads, space.max_choices)
+            obs = answer.obs.new_zeros(k, answer.obs.shape[1])
+        if t > 0:
+            seen, sampled, value = taken.pop(arrival.shard)
+            buf.add(t - 1, seen, sampled, value, torch.tensor(answer.rewards), torch.tensor(answer.dones), rows)
+            returns[rows] = [a + r for a, r in zip(returns[rows], answer.rewards, strict=True)]
+        if t == steps:
+            continue
+        if answer.masks is None:
             raise RuntimeError(f"every episode ended after {t} of {steps} steps")
-        sampled, value = policy.act_with_value(obs, step.masks)
-        step = pool.step(sampled.actions)
-        buf.add(t, obs, sampled, value, torch.tensor(step.rewards), torch.tensor(step.dones))
-        returns = [a + r for a, r in zip(returns, step.rewards, strict=True)]
-        obs = step.obs
-    if not bool(buf.dones[-1].all()):
+        if masks.numel() == 0:
+            masks = answer.masks.new_zeros((k, *answer.masks.shape[1:]))
+        obs[rows], masks[rows] = answer.obs, answer.masks
+        sampled, value = policy.act_with_value(obs, masks, None if noise is None else noise[t])
+        taken[arrival.shard] = (answer.obs, sampled.rows(rows), value[rows])
+        pool.send_step(arrival, sampled.actions[rows])
+    if buf is None or (steps == pool.epochs and not bool(buf.dones[-1].all())):
         raise RuntimeError("an episode did not end after config.epochs steps")
     return buf, returns
 
