@@ -254,6 +254,12 @@ class ProcessActor:
     def recv(self) -> Any:
         return self._answer()
 
+    @property
+    def pid(self) -> int | None:
+        """The worker's process id (None before it started)."""
+        pid: int | None = self._proc.pid
+        return pid
+
     @staticmethod
     def ready(actors: Sequence[ProcessActor]) -> list[int]:
         """Indices of ``actors`` with an answer waiting, blocking until there is at least one."""
