@@ -232,7 +232,10 @@ def runtime_options(*, amp: bool = True, tensorboard: bool = True) -> Callable[[
 @click.option(
     "--policy",
     default=None,
-    help="heuristic (default), random, pretrained (the policy shipped for the task) or an `esper train` policy file.",
+    help=(
+        "heuristic (default), random, pretrained (the policy shipped for the task) or an `esper train` "
+        "policy file; greedy:pretrained or greedy:FILE plays its most probable choices."
+    ),
 )
 @click.option("--levers", default=None, metavar="A,B", help="Levers to activate (default: every installed one).")
 @click.option("--epochs", type=int, default=None, help="Host epochs in the episode (default 40).")

@@ -80,26 +80,32 @@ def log_started(log: Any, registry: Registry, **fields: Any) -> None:
 
 
 def make_policy(spec: str, registry: Registry, obs_dim: int, seed: int, env: EnvConfig | None = None) -> Policy:
-    """``heuristic``, ``random``, ``pretrained`` (the policy shipped for ``env.task``) or a policy file.
+    """``heuristic``, ``random``, ``pretrained`` (the policy shipped for ``env.task``) or a policy file;
+    ``greedy:`` before either of the last two takes each head's most probable choice instead of sampling.
 
     With ``env``, a policy file stamped with another task, episode length or
     slot count than ``env``'s is refused, naming what differs.
     """
-    if spec == "heuristic":
+    name = spec.removeprefix("greedy:")
+    if name != spec and name in ("heuristic", "random"):
+        raise EsperError(f"--policy {spec!r}: greedy: applies to a policy file or pretrained, not to {name}")
+    if name == "heuristic":
         return HeuristicPolicy()
-    if spec == "random":
+    if name == "random":
         return RandomPolicy(seed)
     from esper_kernel.tamiyo.ppo import load_policy, pretrained_path, trained_on
 
-    if spec == "pretrained":
+    if name == "pretrained":
         path = pretrained_path(env.task if env is not None else EnvConfig().task)
     else:
-        path = Path(spec)
+        path = Path(name)
         if not path.exists():
             raise EsperError(
                 f"--policy {spec!r} is neither 'heuristic', 'random', 'pretrained' nor an existing policy file"
             )
-    return load_policy(path, registry, obs_dim, trained_on=trained_on(env) if env is not None else None)
+    policy = load_policy(path, registry, obs_dim, trained_on=trained_on(env) if env is not None else None)
+    policy.greedy = name != spec
+    return policy
 
 
 def check_out(out: Path, *, overwrite: bool, flag: str = "--out") -> None:

@@ -15,10 +15,10 @@ from conftest import LeverDists
 from esper_kernel.checkpoint import load
 from esper_kernel.cli import main
 from esper_kernel.config import RunConfig, with_overrides
-from esper_kernel.env import build_registry
+from esper_kernel.env import EnvConfig, build_registry, observation_names
 from esper_kernel.errors import PluginError
 from esper_kernel.registry import Selection, installed_entry_points
-from esper_kernel.run import CHECKPOINT, EVENTS, SUMMARY, check_compile_safety, run
+from esper_kernel.run import CHECKPOINT, EVENTS, SUMMARY, check_compile_safety, make_policy, run
 from esper_kernel.telemetry import read_events
 
 TINY_TOML = """
@@ -315,3 +315,16 @@ def test_cli_pretrained_policy_drives_the_default_task(tmp_path: Path, tiny_toml
     decisions = [e for e in read_events(out / EVENTS) if e["event"] == "decision"]
     assert len(decisions) == 4
     assert json.loads((out / SUMMARY).read_text())["config"]["policy"] == "pretrained"
+
+
+def test_cli_greedy_pretrained_plays_the_most_probable_choices(tmp_path: Path, tiny_toml: Path) -> None:
+    out = tmp_path / "out"
+    args = ("--epochs", "4", "--config", str(tiny_toml), "--out", str(out))
+    result = esper("run", "--policy", "greedy:pretrained", *args)
+    assert result.exit_code == 0, result.output
+    assert json.loads((out / SUMMARY).read_text())["config"]["policy"] == "greedy:pretrained"
+    reg = build_registry(EnvConfig(), Selection())
+    policy = make_policy("greedy:pretrained", reg, len(observation_names(reg, EnvConfig().slots)), 0, EnvConfig())
+    assert getattr(policy, "greedy", False) is True
+    line = _one_line_error(esper("run", "--policy", "greedy:heuristic", "--out", str(tmp_path / "h")))
+    assert "greedy: applies to a policy file or pretrained" in line
