@@ -15,8 +15,9 @@ Two rollouts are timed: 2 envs (one per worker), and 8 envs in two groups of
 four sharing an episode seed, which is the rollout of the documented training
 config (``docs/results/tamiyo/train-free.toml``). With one env per worker a
 rollout can go no faster than its busier env: the workers' CPU seconds,
-summed and divided by the larger, bound what two workers can gain over one
-(the "balance bound", read from ``/proc``; reported where it exists).
+summed and divided by the larger, estimate what two workers can gain over one
+(the "balance bound", read from ``/proc``; reported where it exists). It is
+an estimate: one process holding every env may work less efficiently than two.
 
 Pools are started (and their workers built) before the timing; the sides
 alternate within each repeat. Targets: 2 workers >= 1.7x one worker;

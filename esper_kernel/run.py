@@ -87,6 +87,8 @@ def make_policy(spec: str, registry: Registry, obs_dim: int, seed: int, env: Env
     slot count than ``env``'s is refused, naming what differs.
     """
     name = spec.removeprefix("greedy:")
+    if not name:
+        raise EsperError(f"--policy {spec!r}: name a policy file or pretrained after greedy:")
     if name != spec and name in ("heuristic", "random"):
         raise EsperError(f"--policy {spec!r}: greedy: applies to a policy file or pretrained, not to {name}")
     if name == "heuristic":

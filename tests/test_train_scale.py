@@ -200,3 +200,15 @@ def test_a_rollout_never_waits_for_a_slower_shard_and_draws_the_lock_step_action
     assert returns == lock_returns
     for name in ("obs", "actions", "masks", "log_probs", "values", "rewards", "dones"):
         assert torch.equal(getattr(buf, name), getattr(lock_step, name)), name
+
+
+def test_a_rollout_left_early_leaves_no_stale_answer_in_the_workers() -> None:
+    reg = build_registry(TINY, Selection())
+    with EnvPool.processes(TINY, reg, Selection(), 0, 2, 2, null_log()) as pool:
+        arrivals = pool.start([5, 6], [0, 1])
+        first = next(arrivals)
+        pool.send_step(first, torch.zeros(1, reg.space.n_heads, dtype=torch.long))
+        arrivals.close()  # the caller stops with one step and one reset still owed
+        again = pool.reset([7, 8], [2, 3])
+    fresh = EnvPool.local(TINY, reg, 0, 2, null_log()).reset([7, 8], [2, 3])
+    assert torch.equal(again.obs, fresh.obs)

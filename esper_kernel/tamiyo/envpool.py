@@ -18,6 +18,7 @@ into the main process's event stream, so ``events.jsonl`` holds them all.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Iterator, MutableMapping, Sequence
@@ -303,16 +304,24 @@ class EnvPool:
                 waiting.add(i)
             first += k
         self._waiting = waiting
-        while waiting:
-            pending = sorted(waiting)
-            handles = [self.handles[i] for i in pending]
-            for j in type(handles[0]).ready(handles):
-                i = pending[j]
-                waiting.discard(i)
-                answer: ShardStep = self.handles[i].recv()
-                self._replay(answer)
-                yield Arrival(i, rows[i], steps[i], answer)
-                steps[i] += 1
+        try:
+            while waiting:
+                pending = sorted(waiting)
+                handles = [self.handles[i] for i in pending]
+                for j in type(handles[0]).ready(handles):
+                    i = pending[j]
+                    waiting.discard(i)
+                    answer: ShardStep = self.handles[i].recv()
+                    self._replay(answer)
+                    yield Arrival(i, rows[i], steps[i], answer)
+                    steps[i] += 1
+        finally:
+            # Left early (an error, or the caller stopped): take the answers still owed, so
+            # the next call to a worker does not read a stale one.
+            for i in sorted(waiting):
+                with contextlib.suppress(Exception):
+                    self.handles[i].recv()
+            waiting.clear()
 
     def send_step(self, arrival: Arrival, actions: torch.Tensor) -> None:
         """Step the shard of ``arrival`` with ``actions`` (one row per env of that shard)."""
