@@ -182,7 +182,7 @@ def test_composed_space_heads_order_and_relevance() -> None:
     assert [space.head(n).spec.values for n in LEVERS] == [
         (1, 2, 3, 5),
         (None, True, False),
-        (0.5, 1.0, 2.0),
+        (0.75, 1.0, 2.0),
         (3, 5, 8),
         (0.5, 1.0, 2.0),
         (3, 5, 8, 12),
