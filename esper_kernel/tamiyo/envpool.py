@@ -1,9 +1,11 @@
 """A rollout's envs, in this process or spread over worker processes (or Ray actors).
 
 The envs are cut into *shards* of consecutive envs. A shard steps its envs
-and composes their masks for the next decision; the policy, which decides
-for every env at once, stays in the main process. Where a shard lives does
-not change any number it returns:
+and composes their masks for the next decision; the policy stays in the main
+process. :meth:`EnvPool.step` steps every shard at once and waits for all;
+:meth:`EnvPool.start` hands each shard's answer over as it comes, so a
+rollout can step a shard again without waiting for the others. Where a shard
+lives does not change any number it returns:
 
 - every env keeps its own torch random state (seeded by ``reset``), swapped
   in around its step, so an env draws the same numbers whether it shares a
