@@ -143,7 +143,9 @@ def run(settings: Settings) -> list[Row]:
 
         init_ray(None, num_cpus=2)
         sel = Selection(only=fixtures.BUILTIN_LEVERS)
-        ray = lambda n: ray_pool(cfg, reg, sel, 0, n, 2, fixtures.NullLog(), None)  # noqa: E731
+
+        def ray(n: int) -> EnvPool:
+            return ray_pool(cfg, reg, sel, 0, n, 2, fixtures.NullLog(), None)
     rates, bounds = _measure(_makers(cfg, reg, 2, ray), policy, steps, repeats)
     wide, wide_bounds = _measure(_makers(cfg, reg, 8, None), policy, wide_steps, repeats)
     rows = [
