@@ -346,9 +346,10 @@ def train_session(f: TrainFlags) -> TrainSession:
         state = load_train_state(Path(f.resume) / STATE_FILE)
         where = f"{Path(f.resume) / STATE_FILE} config"
         config = structure_as(state["meta"]["config"], TrainConfig, where=where)
-        given = {"--config": f.config_file, "--levers": f.only, "--episodes": f.episodes, "--seed": f.seed}
+        given = {"--config": f.config_file, "--levers": f.only, "--seed": f.seed}
         refuse_with_resume("--resume continues a run with its own settings", given)
-        config = with_overrides(config, out=f.resume, workers=f.workers)
+        # --episodes trains a run further: the result is the longer run's, as if it had been asked for at first.
+        config = with_overrides(config, out=f.resume, workers=f.workers, ppo__episodes=f.episodes)
         run_id = str(state["meta"]["run_id"])
     else:
         config = _fresh_train_config(f)

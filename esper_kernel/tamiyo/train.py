@@ -453,6 +453,16 @@ def load_train_state(path: Path) -> dict[str, Any]:
     return checkpoint.read_state(path, STATE_FORMAT, TrainStateError, missing=missing, what="train state")
 
 
+def _check_extension(path: Path, saved: int, done: int, cfg: PPOConfig) -> None:
+    """Training a run further is the longer run itself only if every rollout so far was a full one."""
+    full = min(cfg.n_envs, saved) == cfg.n_envs and done % cfg.n_envs == 0
+    if cfg.episodes < done or not full:
+        raise TrainStateError(
+            f"{path}: cannot train to {cfg.episodes} episodes; the run has done {done} "
+            f"and can go on only to more, from a whole number of {cfg.n_envs}-episode rollouts"
+        )
+
+
 def _make_pool(
     env_config: EnvConfig, registry: Registry, task_seed: int, n_envs: int, log: Any, opts: TrainOptions
 ) -> EnvPool:
@@ -527,8 +537,12 @@ class _Trainer:
 
     def restore(self, path: Path, log: Any) -> None:
         state = load_train_state(path)
-        if state["env_config"] != attrs.asdict(self.env_config) or state["ppo_config"] != attrs.asdict(self.cfg):
+        saved = dict(state["ppo_config"])
+        same_but_length = {**saved, "episodes": self.cfg.episodes} == attrs.asdict(self.cfg)
+        if state["env_config"] != attrs.asdict(self.env_config) or not same_but_length:
             raise TrainStateError(f"{path} was written by a run with other settings; resume it with its own")
+        if self.cfg.episodes != saved["episodes"]:
+            _check_extension(path, int(saved["episodes"]), len(state["returns"]), self.cfg)
         self.policy.load_state_dict(state["policy"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.shuffle.set_state(state["shuffle"])
