@@ -274,7 +274,10 @@ def run_command(**flags: Any) -> None:
 
 @main.command("train")
 @click.option(
-    "--episodes", type=click.IntRange(min=1), default=None, help="Episodes in all, over all envs (default 32)."
+    "--episodes",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Episodes in all, over all envs (default 32); with --resume, train the run further to this many.",
 )
 @click.option("--envs", "n_envs", type=click.IntRange(min=1), default=None, help="Envs per rollout (default 4).")
 @click.option("--task", default=None, help="Task the hosts train on (default pairs).")

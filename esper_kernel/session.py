@@ -338,7 +338,7 @@ def train_session(f: TrainFlags) -> TrainSession:
     from esper_kernel.config import structure_as, with_overrides
     from esper_kernel.env import build_registry
     from esper_kernel.registry import Selection
-    from esper_kernel.tamiyo.train import STATE_FILE, TrainConfig, load_train_state
+    from esper_kernel.tamiyo.train import STATE_FILE, TrainConfig, extension_problem, load_train_state
 
     state = None
     if f.resume is not None:
@@ -350,6 +350,9 @@ def train_session(f: TrainFlags) -> TrainSession:
         refuse_with_resume("--resume continues a run with its own settings", given)
         # --episodes trains a run further: the result is the longer run's, as if it had been asked for at first.
         config = with_overrides(config, out=f.resume, workers=f.workers, ppo__episodes=f.episodes)
+        problem = extension_problem(state["ppo_config"], len(state["returns"]), config.ppo.episodes)
+        if config.ppo.episodes != state["ppo_config"]["episodes"] and problem is not None:
+            raise click.BadParameter(problem, param_hint="--episodes")
         run_id = str(state["meta"]["run_id"])
     else:
         config = _fresh_train_config(f)

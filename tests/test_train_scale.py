@@ -111,6 +111,23 @@ def test_kill_9_then_resume_ends_with_the_uninterrupted_weights(tmp_path: Path) 
     assert any(e["event"] == "train.resumed" for e in events)
 
 
+def test_training_a_finished_run_further_gives_the_longer_run(tmp_path: Path) -> None:
+    args = ["--envs", "2", *TINY_ARGS, "--workers", "1", "--eval-every", "0"]
+    runner = ClickRunner()
+    short, long = tmp_path / "short", tmp_path / "long"
+    assert runner.invoke(main, ["train", "--episodes", "4", *args, "--out", str(short)]).exit_code == 0
+    fewer = runner.invoke(main, ["train", "--resume", str(short), "--episodes", "2"])
+    assert fewer.exit_code == 2 and "--episodes" in fewer.output and "has done 4" in fewer.output
+    further = runner.invoke(main, ["train", "--resume", str(short), "--episodes", "8"])
+    assert further.exit_code == 0, further.output
+    assert runner.invoke(main, ["train", "--episodes", "8", *args, "--out", str(long)]).exit_code == 0
+    assert _equal(_weights(short / "policy.pt"), _weights(long / "policy.pt"))
+    a = json.loads((short / "train_summary.json").read_text())
+    b = json.loads((long / "train_summary.json").read_text())
+    assert a["episode_returns"] == b["episode_returns"] and len(a["episode_returns"]) == 8
+    assert a["ppo_config"]["episodes"] == 8 and a["resumed_from_update"] == 2
+
+
 def test_resume_refuses_settings_of_its_own(tmp_path: Path) -> None:
     result = ClickRunner().invoke(main, ["train", "--resume", str(tmp_path / "nothing")])
     assert result.exit_code == 2

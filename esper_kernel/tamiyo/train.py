@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -453,14 +453,18 @@ def load_train_state(path: Path) -> dict[str, Any]:
     return checkpoint.read_state(path, STATE_FORMAT, TrainStateError, missing=missing, what="train state")
 
 
-def _check_extension(path: Path, saved: int, done: int, cfg: PPOConfig) -> None:
-    """Training a run further is the longer run itself only if every rollout so far was a full one."""
-    full = min(cfg.n_envs, saved) == cfg.n_envs and done % cfg.n_envs == 0
-    if cfg.episodes < done or not full:
-        raise TrainStateError(
-            f"{path}: cannot train to {cfg.episodes} episodes; the run has done {done} "
-            f"and can go on only to more, from a whole number of {cfg.n_envs}-episode rollouts"
+def extension_problem(saved: Mapping[str, Any], done: int, episodes: int) -> str | None:
+    """Why a run saved with PPO settings ``saved`` cannot be trained on to ``episodes`` (None: it can).
+
+    Training a run further is the longer run itself only if every rollout so far was a full one.
+    """
+    n_envs = int(saved["n_envs"])
+    if episodes < done or int(saved["episodes"]) < n_envs or done % n_envs:
+        return (
+            f"cannot train to {episodes} episodes: the run has done {done} "
+            f"and can go on only to more, from a whole number of {n_envs}-episode rollouts"
         )
+    return None
 
 
 def _make_pool(
@@ -541,8 +545,9 @@ class _Trainer:
         same_but_length = {**saved, "episodes": self.cfg.episodes} == attrs.asdict(self.cfg)
         if state["env_config"] != attrs.asdict(self.env_config) or not same_but_length:
             raise TrainStateError(f"{path} was written by a run with other settings; resume it with its own")
-        if self.cfg.episodes != saved["episodes"]:
-            _check_extension(path, int(saved["episodes"]), len(state["returns"]), self.cfg)
+        problem = extension_problem(saved, len(state["returns"]), self.cfg.episodes)
+        if self.cfg.episodes != saved["episodes"] and problem is not None:
+            raise TrainStateError(f"{path}: {problem}")
         self.policy.load_state_dict(state["policy"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.shuffle.set_state(state["shuffle"])
