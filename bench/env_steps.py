@@ -146,6 +146,7 @@ def run(settings: Settings) -> list[Row]:
 
         def ray(n: int) -> EnvPool:
             return ray_pool(cfg, reg, sel, 0, n, 2, fixtures.NullLog(), None)
+
     rates, bounds = _measure(_makers(cfg, reg, 2, ray), policy, steps, repeats)
     wide, wide_bounds = _measure(_makers(cfg, reg, 8, None), policy, wide_steps, repeats)
     rows = [
