@@ -346,12 +346,17 @@ def train_session(f: TrainFlags) -> TrainSession:
         state = load_train_state(Path(f.resume) / STATE_FILE)
         where = f"{Path(f.resume) / STATE_FILE} config"
         config = structure_as(state["meta"]["config"], TrainConfig, where=where)
-        given = {"--config": f.config_file, "--levers": f.only, "--seed": f.seed}
+        changes = (
+            "task", "data_dir", "epochs", "slots", "seed", "train_size", "val_size", "batch_size", "device", "amp",
+            "lr", "hidden", "update_epochs", "minibatch_size", "entropy_coef", "group_size", "eval_every", "eval_seeds",
+        )  # fmt: skip
+        given: dict[str, object] = {f"--{k.replace('_', '-')}": getattr(f, k) for k in changes}
+        given |= {"--config": f.config_file, "--levers": f.only, "--envs": f.n_envs, "--out": f.out_dir}
         refuse_with_resume("--resume continues a run with its own settings", given)
         # --episodes trains a run further: the result is the longer run's, as if it had been asked for at first.
         config = with_overrides(config, out=f.resume, workers=f.workers, ppo__episodes=f.episodes)
         problem = extension_problem(state["ppo_config"], len(state["returns"]), config.ppo.episodes)
-        if config.ppo.episodes != state["ppo_config"]["episodes"] and problem is not None:
+        if problem is not None:
             raise click.BadParameter(problem, param_hint="--episodes")
         run_id = str(state["meta"]["run_id"])
     else:
@@ -368,8 +373,8 @@ def train_session(f: TrainFlags) -> TrainSession:
 
 
 @contextmanager
-def train_progress(console: Console, episodes: int) -> Iterator[Callable[[int, int, float], None]]:
-    """A progress bar over episodes; yields the ``advance(done, total, mean_return)`` training calls."""
+def train_progress(console: Console, episodes: int, done: int = 0) -> Iterator[Callable[[int, int, float], None]]:
+    """A progress bar over episodes, ``done`` of them already (resuming); yields the ``advance`` training calls."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     columns = (
@@ -380,7 +385,7 @@ def train_progress(console: Console, episodes: int) -> Iterator[Callable[[int, i
         TimeElapsedColumn(),
     )
     with Progress(*columns, console=console, transient=False) as bar:
-        job = bar.add_task("train", total=episodes, ret="-")
+        job = bar.add_task("train", total=episodes, completed=done, ret="-")
 
         def advance(done: int, _total: int, mean_return: float) -> None:
             bar.update(job, completed=done, ret=f"{mean_return:+.3f}")
@@ -430,7 +435,8 @@ def esper_train(f: TrainFlags) -> None:
         console = stderr()
         for fail in reg.failures:
             console.print(f"[yellow]warning:[/] {fail.describe()}")
-        with train_progress(console, config.ppo.episodes) as advance:
+        done = 0 if s.state is None else len(s.state["returns"])
+        with train_progress(console, config.ppo.episodes, done) as advance:
             try:
                 summary = train_ppo(config.env, reg, config.ppo, tel.log, policy_path, advance, options)
             except TaskError as exc:

@@ -29,7 +29,7 @@ from esper_kernel.errors import EsperError
 INSTALL_HINT = "pip install 'esper-kernel[tensorboard]'"
 
 _HOST = ("train_loss", "train_accuracy", "val_loss", "val_accuracy", "params")
-_PPO = ("policy_loss", "value_loss", "approx_kl", "clip_fraction", "entropy", "mean_return", "steps_per_second")
+_PPO = ("policy_loss", "value_loss", "approx_kl", "clip_fraction", "entropy", "mean_return", "env_steps_per_s")
 _RUN = ("final_val_accuracy", "best_val_accuracy", "return", "params")
 
 

@@ -117,15 +117,37 @@ def test_training_a_finished_run_further_gives_the_longer_run(tmp_path: Path) ->
     short, long = tmp_path / "short", tmp_path / "long"
     assert runner.invoke(main, ["train", "--episodes", "4", *args, "--out", str(short)]).exit_code == 0
     fewer = runner.invoke(main, ["train", "--resume", str(short), "--episodes", "2"])
-    assert fewer.exit_code == 2 and "--episodes" in fewer.output and "has done 4" in fewer.output
-    further = runner.invoke(main, ["train", "--resume", str(short), "--episodes", "8"])
+    assert fewer.exit_code == 2 and "--episodes" in fewer.output and "already done 4" in fewer.output
+    other = runner.invoke(main, ["train", "--resume", str(short), "--episodes", "7", "--lr", "0.1"])
+    assert other.exit_code == 2 and "drop --lr" in other.output
+    # 7 is not a whole number of 2-env rollouts: the longer run ends on a short one too.
+    further = runner.invoke(main, ["train", "--resume", str(short), "--episodes", "7"])
     assert further.exit_code == 0, further.output
-    assert runner.invoke(main, ["train", "--episodes", "8", *args, "--out", str(long)]).exit_code == 0
+    assert runner.invoke(main, ["train", "--episodes", "7", *args, "--out", str(long)]).exit_code == 0
     assert _equal(_weights(short / "policy.pt"), _weights(long / "policy.pt"))
     a = json.loads((short / "train_summary.json").read_text())
     b = json.loads((long / "train_summary.json").read_text())
-    assert a["episode_returns"] == b["episode_returns"] and len(a["episode_returns"]) == 8
-    assert a["ppo_config"]["episodes"] == 8 and a["resumed_from_update"] == 2
+    assert a["episode_returns"] == b["episode_returns"] and len(a["episode_returns"]) == 7
+    assert a["ppo_config"]["episodes"] == 7 and a["resumed_from_update"] == 2
+    # After a short rollout, a longer run would not match: refused, saying why.
+    again = runner.invoke(main, ["train", "--resume", str(short), "--episodes", "9"])
+    assert again.exit_code == 2 and "short one" in again.output and len(again.output.strip().splitlines()) == 1
+
+    # The report shows the config the run was trained further with, and the rollouts' own speed.
+    from esper_kernel.report.events import TrainData, load
+
+    data = load(short)
+    assert isinstance(data, TrainData) and data.ppo_config["episodes"] == 7
+    speeds = [e["env_steps_per_s"] for e in read_events(short / "events.jsonl") if e["event"] == "ppo.update"]
+    assert [u.steps_per_second for u in data.updates] == speeds
+
+
+def test_a_run_with_fewer_episodes_than_envs_cannot_be_trained_further(tmp_path: Path) -> None:
+    out = tmp_path / "one"
+    args = ["--episodes", "1", "--envs", "2", *TINY_ARGS, "--workers", "1", "--eval-every", "0", "--out", str(out)]
+    assert ClickRunner().invoke(main, ["train", *args]).exit_code == 0
+    result = ClickRunner().invoke(main, ["train", "--resume", str(out), "--episodes", "4"])
+    assert result.exit_code == 2 and "fewer than its 2 envs" in result.output
 
 
 def test_resume_refuses_settings_of_its_own(tmp_path: Path) -> None:

@@ -308,9 +308,14 @@ def _epoch_row(e: Mapping[str, Any]) -> EpochRow:
     )
 
 
+def _last_started(events: Sequence[Mapping[str, Any]]) -> Mapping[str, Any]:
+    # A resumed run appends: the last run.started carries the config it resumed with
+    # (a training run trained further has a larger episode count than its first start).
+    return next((e for e in reversed(events) if e.get("event") == "run.started"), {})
+
+
 def run_data(path: Path, events: Sequence[Mapping[str, Any]], summary: Mapping[str, Any] | None) -> RunData:
-    started = next((e for e in events if e.get("event") == "run.started"), {})
-    # A resumed run appends: the last run.started carries the config it resumed with.
+    started = _last_started(events)
     epochs: dict[int, EpochRow] = {}
     for e in events:
         if e.get("event") == "epoch.completed":
@@ -408,17 +413,20 @@ class TrainData:
 
 
 def train_data(path: Path, events: Sequence[Mapping[str, Any]], summary: Mapping[str, Any] | None) -> TrainData:
-    started = next((e for e in events if e.get("event") == "run.started"), {})
+    started = _last_started(events)
     env_config = dict(started.get("env_config") or (summary or {}).get("env_config") or {})
     steps_per_episode = int(env_config.get("epochs") or 0)
-    last_ts = _num(started.get("ts"))
+    last_ts: float | None = None
     rows: list[UpdateRow] = []
     for e in events:
+        if e.get("event") == "run.started":
+            # Time between a run's last update and its resumption is not stepping.
+            last_ts = _num(e.get("ts"))
         if e.get("event") != "ppo.update":
             continue
         rets = tuple(v for v in (_num(x) for x in e.get("episode_returns") or ()) if v is not None)
         ts = _num(e.get("ts"))
-        sps = _num(e.get("steps_per_second"))
+        sps = _num(e.get("env_steps_per_s", e.get("steps_per_second")))
         if sps is None and ts is not None and last_ts is not None and ts > last_ts and steps_per_episode:
             sps = len(rets) * steps_per_episode / (ts - last_ts)
         last_ts = ts

@@ -454,15 +454,25 @@ def load_train_state(path: Path) -> dict[str, Any]:
 
 
 def extension_problem(saved: Mapping[str, Any], done: int, episodes: int) -> str | None:
-    """Why a run saved with PPO settings ``saved`` cannot be trained on to ``episodes`` (None: it can).
+    """Why a run saved with PPO settings ``saved``, ``done`` episodes in, cannot go on to ``episodes`` (None: it can).
 
-    Training a run further is the longer run itself only if every rollout so far was a full one.
+    Going on to the saved count is a plain resume. Going on to another count is
+    the longer run itself only if every rollout so far was one a longer run has too.
     """
-    n_envs = int(saved["n_envs"])
-    if episodes < done or int(saved["episodes"]) < n_envs or done % n_envs:
+    n_envs, planned = int(saved["n_envs"]), int(saved["episodes"])
+    if episodes == planned:
+        return None
+    if episodes <= done:
+        return f"cannot train to {episodes} episodes: the run has already done {done}; ask for more"
+    if planned < n_envs:
         return (
-            f"cannot train to {episodes} episodes: the run has done {done} "
-            f"and can go on only to more, from a whole number of {n_envs}-episode rollouts"
+            f"cannot train further: the run planned {planned} episodes, fewer than its {n_envs} envs, "
+            "so it ran fewer envs than a longer run would"
+        )
+    if done % n_envs:
+        return (
+            f"cannot train further: the run's last rollout was a short one ({done} episodes is not "
+            f"a multiple of its {n_envs} envs), which a longer run would not have had"
         )
     return None
 
@@ -546,7 +556,7 @@ class _Trainer:
         if state["env_config"] != attrs.asdict(self.env_config) or not same_but_length:
             raise TrainStateError(f"{path} was written by a run with other settings; resume it with its own")
         problem = extension_problem(saved, len(state["returns"]), self.cfg.episodes)
-        if self.cfg.episodes != saved["episodes"] and problem is not None:
+        if problem is not None:
             raise TrainStateError(f"{path}: {problem}")
         self.policy.load_state_dict(state["policy"])
         self.optimizer.load_state_dict(state["optimizer"])
