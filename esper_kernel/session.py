@@ -346,12 +346,14 @@ def train_session(f: TrainFlags) -> TrainSession:
         state = load_train_state(Path(f.resume) / STATE_FILE)
         where = f"{Path(f.resume) / STATE_FILE} config"
         config = structure_as(state["meta"]["config"], TrainConfig, where=where)
-        changes = (
-            "task", "data_dir", "epochs", "slots", "seed", "train_size", "val_size", "batch_size", "device", "amp",
-            "lr", "hidden", "update_epochs", "minibatch_size", "entropy_coef", "group_size", "eval_every", "eval_seeds",
-        )  # fmt: skip
-        given: dict[str, object] = {f"--{k.replace('_', '-')}": getattr(f, k) for k in changes}
-        given |= {"--config": f.config_file, "--levers": f.only, "--envs": f.n_envs, "--out": f.out_dir}
+        # Every flag but these would change the run; they are refused rather than ignored.
+        may_change = {"resume", "episodes", "workers", "threads", "ray_address", "tensorboard_dir"}
+        flag = {"only": "levers", "n_envs": "envs", "out_dir": "out", "config_file": "config"}
+        given = {
+            "--" + flag.get(a.name, a.name).replace("_", "-"): getattr(f, a.name)
+            for a in attrs.fields(TrainFlags)
+            if a.name not in may_change
+        }
         refuse_with_resume("--resume continues a run with its own settings", given)
         # --episodes trains a run further: the result is the longer run's, as if it had been asked for at first.
         config = with_overrides(config, out=f.resume, workers=f.workers, ppo__episodes=f.episodes)
