@@ -375,8 +375,8 @@ def train_session(f: TrainFlags) -> TrainSession:
 
 
 @contextmanager
-def train_progress(console: Console, episodes: int, done: int = 0) -> Iterator[Callable[[int, int, float], None]]:
-    """A progress bar over episodes, ``done`` of them already (resuming); yields the ``advance`` training calls."""
+def train_progress(console: Console, episodes: int, first: int = 0) -> Iterator[Callable[[int, int, float], None]]:
+    """A progress bar over episodes from ``first`` (resuming); yields the ``advance(done, total, return)`` calls."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     columns = (
@@ -387,7 +387,7 @@ def train_progress(console: Console, episodes: int, done: int = 0) -> Iterator[C
         TimeElapsedColumn(),
     )
     with Progress(*columns, console=console, transient=False) as bar:
-        job = bar.add_task("train", total=episodes, completed=done, ret="-")
+        job = bar.add_task("train", total=episodes, completed=first, ret="-")
 
         def advance(done: int, _total: int, mean_return: float) -> None:
             bar.update(job, completed=done, ret=f"{mean_return:+.3f}")
@@ -437,8 +437,8 @@ def esper_train(f: TrainFlags) -> None:
         console = stderr()
         for fail in reg.failures:
             console.print(f"[yellow]warning:[/] {fail.describe()}")
-        done = 0 if s.state is None else len(s.state["returns"])
-        with train_progress(console, config.ppo.episodes, done) as advance:
+        first = 0 if s.state is None else len(s.state["returns"])
+        with train_progress(console, config.ppo.episodes, first) as advance:
             try:
                 summary = train_ppo(config.env, reg, config.ppo, tel.log, policy_path, advance, options)
             except TaskError as exc:

@@ -426,7 +426,7 @@ def train_data(path: Path, events: Sequence[Mapping[str, Any]], summary: Mapping
             continue
         rets = tuple(v for v in (_num(x) for x in e.get("episode_returns") or ()) if v is not None)
         ts = _num(e.get("ts"))
-        sps = _num(e.get("env_steps_per_s", e.get("steps_per_second")))
+        sps = _num(e.get("env_steps_per_s"))
         if sps is None and ts is not None and last_ts is not None and ts > last_ts and steps_per_episode:
             sps = len(rets) * steps_per_episode / (ts - last_ts)
         last_ts = ts
