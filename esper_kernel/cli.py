@@ -238,7 +238,12 @@ def runtime_options(*, amp: bool = True, tensorboard: bool = True) -> Callable[[
     ),
 )
 @click.option("--levers", default=None, metavar="A,B", help="Levers to activate (default: every installed one).")
-@click.option("--epochs", type=int, default=None, help="Host epochs in the episode (default 40).")
+@click.option(
+    "--epochs",
+    type=int,
+    default=None,
+    help="Host epochs in the episode (default 40; a learned policy's default is the length it was trained on).",
+)
 @click.option("--slots", type=int, default=None, help="Seed slots in the host (default 3).")
 @click.option("--width", type=int, default=None, help="CNN host width (default: the task's own, pairs 8).")
 @click.option("--seed", type=int, default=None, help="Random seed (default 0).")

@@ -147,7 +147,31 @@ def run_config(f: RunFlags) -> Any:
         on_lever_error=f.on_lever_error,
     )
     check_device(config.env.device)
+    epochs = _policy_epochs(f, config)
+    if epochs is not None:
+        config = attrs.evolve(config, env=attrs.evolve(config.env, epochs=epochs))
     return config
+
+
+def _policy_epochs(f: RunFlags, config: Any) -> int | None:
+    """The episode length a learned policy was trained on, where neither --epochs nor the config file chose one.
+
+    The policy reads the epoch as a fraction of its episode, so it plays the
+    length it learned on best; the default task's own length is a heuristic's.
+    """
+    import tomllib
+
+    from esper_kernel.tamiyo.ppo import pretrained_path, stamped_epochs
+
+    name = str(config.policy).removeprefix("greedy:")
+    if f.epochs is not None or name in ("heuristic", "random"):
+        return None
+    if f.config_file is not None:
+        table = tomllib.loads(Path(f.config_file).read_text(encoding="utf-8")).get("env", {})
+        if "epochs" in table:
+            return None
+    path = pretrained_path(config.env.task) if name == "pretrained" else Path(name)
+    return stamped_epochs(path) if path.is_file() else None
 
 
 class RunProgress:

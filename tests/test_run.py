@@ -317,6 +317,26 @@ def test_cli_pretrained_policy_drives_the_default_task(tmp_path: Path, tiny_toml
     assert json.loads((out / SUMMARY).read_text())["config"]["policy"] == "pretrained"
 
 
+def test_a_policy_runs_the_episode_length_it_was_trained_on_unless_told(tmp_path: Path, tiny_toml: Path) -> None:
+    from esper_kernel.tamiyo.ppo import PPOPolicy, save_policy, trained_on
+
+    reg = build_registry(EnvConfig(), Selection())
+    stamp = trained_on(EnvConfig(epochs=3))
+    path = save_policy(PPOPolicy.for_registry(reg, observation_names(reg, 3), trained_on=stamp), tmp_path / "p.pt")
+
+    def decisions(*args: str) -> int:
+        out = tmp_path / f"out{len(list(tmp_path.iterdir()))}"
+        result = esper("run", "--policy", f"greedy:{path}", "--out", str(out), *args)
+        assert result.exit_code == 0, result.output
+        return sum(e["event"] == "decision" for e in read_events(out / EVENTS))
+
+    assert decisions("--config", str(tiny_toml)) == 3
+    assert decisions("--config", str(tiny_toml), "--epochs", "2") == 2
+    chosen = tmp_path / "five.toml"
+    chosen.write_text(TINY_TOML + "epochs = 5\n", encoding="utf-8")
+    assert decisions("--config", str(chosen)) == 5
+
+
 def test_cli_greedy_pretrained_plays_the_most_probable_choices(tmp_path: Path, tiny_toml: Path) -> None:
     out = tmp_path / "out"
     args = ("--epochs", "4", "--config", str(tiny_toml), "--out", str(out))

@@ -329,6 +329,12 @@ class _Record:
     trained_on: dict[str, Any]
 
 
+def stamped_epochs(path: Path | str) -> int | None:
+    """The episode length a policy file says it was trained on (None for a file without that stamp)."""
+    epochs = _read_record(Path(path)).trained_on.get("epochs")
+    return int(epochs) if epochs is not None else None
+
+
 def _read_record(path: Path) -> _Record:
     try:
         rec = torch.load(path, map_location="cpu", weights_only=True)
