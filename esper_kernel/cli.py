@@ -315,6 +315,12 @@ def run_command(**flags: Any) -> None:
     help="Envs per rollout sharing one episode seed, each learning relative to the others (default 4; 1: off).",
 )
 @click.option(
+    "--init-policy",
+    default=None,
+    metavar="FILE",
+    help="Start from this policy file's weights (same levers and heads), e.g. one trained at another --epochs.",
+)
+@click.option(
     "--workers",
     type=click.IntRange(min=0),
     default=None,

@@ -265,6 +265,7 @@ class TrainFlags:
     minibatch_size: int | None = None
     entropy_coef: float | None = None
     group_size: int | None = None
+    init_policy: str | None = None
     workers: int | None = None
     eval_every: int | None = None
     eval_seeds: str | None = None
@@ -332,6 +333,7 @@ def _fresh_train_config(f: TrainFlags) -> TrainConfig:
         ppo__minibatch_size=f.minibatch_size,
         ppo__entropy_coef=f.entropy_coef,
         ppo__group_size=f.group_size,
+        ppo__init_policy=f.init_policy,
     )
 
 

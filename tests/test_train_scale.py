@@ -251,3 +251,33 @@ def test_a_rollout_left_early_leaves_no_stale_answer_in_the_workers() -> None:
         again = pool.reset([7, 8], [2, 3])
     fresh = EnvPool.local(TINY, reg, 0, 2, null_log()).reset([7, 8], [2, 3])
     assert torch.equal(again.obs, fresh.obs)
+
+
+def test_a_run_started_from_a_policy_file_starts_from_its_weights(tmp_path: Path) -> None:
+    # A curriculum: a policy trained at one episode length, trained on at another.
+    def train(out: Path, *extra: str) -> dict[str, torch.Tensor]:
+        args = ["--episodes", "2", "--envs", "2", *TINY_ARGS, "--workers", "1", "--eval-every", "0", *extra]
+        result = ClickRunner().invoke(main, ["train", *args, "--out", str(out)])
+        assert result.exit_code == 0, result.output
+        weights = _weights(out / "policy.pt")
+        # The observation statistics move with every rollout; the network's weights are what was learned.
+        return {k: v for k, v in weights.items() if not k.startswith("norm.")}
+
+    first = train(tmp_path / "first", "--seed", "5")
+    fresh = train(tmp_path / "fresh", "--lr", "1e-12")
+    started = train(
+        tmp_path / "started", "--lr", "1e-12", "--epochs", "3", "--init-policy", str(tmp_path / "first" / "policy.pt")
+    )
+    assert all(torch.allclose(started[k], first[k], atol=1e-8) for k in first)
+    assert not all(torch.allclose(fresh[k], first[k], atol=1e-3) for k in first)
+
+    fixed = ["--episodes", "1", "--envs", "1", *TINY_ARGS, "--workers", "1", "--eval-every", "0"]
+    cfg = tmp_path / "fixed.toml"
+    cfg.write_text(f'[ppo]\nfix_levers = true\ninit_policy = "{tmp_path / "first" / "policy.pt"}"\n', encoding="utf-8")
+    result = ClickRunner().invoke(main, ["train", *fixed, "--config", str(cfg), "--out", str(tmp_path / "f")])
+    assert result.exit_code == 2 and "ppo.init_policy:" in result.output and "fix_levers must match" in result.output
+    missing = ["--init-policy", str(tmp_path / "nothing.pt"), "--out", str(tmp_path / "m")]
+    result = ClickRunner().invoke(main, ["train", *fixed, *missing])
+    assert result.exit_code == 2 and "ppo.init_policy:" in result.output and "nothing.pt" in result.output
+    result = ClickRunner().invoke(main, ["train", "--resume", str(tmp_path / "first"), "--init-policy", "x.pt"])
+    assert result.exit_code == 2 and "--init-policy" in result.output

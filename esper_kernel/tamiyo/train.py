@@ -35,7 +35,7 @@ from esper_kernel.lifecycle import CORE_HEADS
 from esper_kernel.registry import Registry, Selection
 from esper_kernel.tamiyo.envpool import EnvPool, EnvShard
 from esper_kernel.tamiyo.policies import Policy
-from esper_kernel.tamiyo.ppo import PPOPolicy, save_policy, trained_on
+from esper_kernel.tamiyo.ppo import PPOPolicy, load_policy, save_policy, trained_on
 from esper_kernel.tamiyo.sampling import Sampled
 
 
@@ -65,6 +65,9 @@ class PPOConfig:
     #: Hold every lever head at its default choice, so only op, slot, blueprint and blend are learned:
     #: the fixed-levers control that says whether the levers are worth having.
     fix_levers: bool = False
+    #: A policy file to start from instead of fresh weights (a curriculum: trained on one episode length,
+    #: trained on at another); its heads, levers, hidden size and fixed heads must be this run's.
+    init_policy: str | None = None
 
     def __attrs_post_init__(self) -> None:
         for name in ("episodes", "n_envs", "update_epochs", "minibatch_size", "hidden", "group_size"):
@@ -515,6 +518,23 @@ def evaluate_on_pool(policy: PPOPolicy, pool: EnvPool, seeds: Sequence[int]) -> 
     return out
 
 
+def _start_from(policy: PPOPolicy, path: Path, registry: Registry, env_config: EnvConfig) -> None:
+    """Load ``path``'s weights and observation statistics into the fresh ``policy``, or say what does not fit."""
+    names = observation_names(registry, env_config.slots)
+    try:
+        start = load_policy(path, registry, len(names), names, trained_on=trained_on(env_config))
+    except EsperError as exc:
+        raise TrainStateError(f"ppo.init_policy: {exc}") from None
+    if dict(start.pinned) != dict(policy.pinned):
+        raise TrainStateError(
+            f"ppo.init_policy: {str(path)!r} holds heads {dict(start.pinned) or 'none'} fixed, "
+            f"this run {dict(policy.pinned) or 'none'} (fix_levers must match)"
+        )
+    if start.hidden != policy.hidden:
+        raise TrainStateError(f"ppo.init_policy: {str(path)!r} has hidden {start.hidden}, this run {policy.hidden}")
+    policy.load_state_dict(start.state_dict())
+
+
 @attrs.define
 class _Trainer:
     """What a training run carries from one update to the next, and saves for ``--resume``."""
@@ -543,6 +563,8 @@ class _Trainer:
             pinned=lever_defaults(registry) if cfg.fix_levers else None,
             trained_on=trained_on(env_config),
         )
+        if cfg.init_policy is not None:
+            _start_from(policy, Path(cfg.init_policy), registry, env_config)
         optimizer = torch.optim.Adam(policy.parameters(), lr=cfg.lr, eps=1e-5)
         return cls(env_config, cfg, registry, policy, optimizer, torch.Generator().manual_seed(cfg.seed + 2))
 
