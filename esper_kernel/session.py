@@ -218,6 +218,11 @@ def esper_run(f: RunFlags) -> None:
 
     config = run_config(f)
     console = stderr()
+    if f.resume is None and _policy_epochs(f, config) is not None and not f.quiet:
+        console.print(
+            f"esper: {config.env.epochs} epochs, the episode length policy {config.policy!r} "
+            "was trained on (--epochs to change)"
+        )
     shown = RunProgress(console, config.env.epochs, f.quiet)
     sinks = tensorboard_sinks(f.tensorboard_dir)
     try:

@@ -328,7 +328,10 @@ def test_a_policy_runs_the_episode_length_it_was_trained_on_unless_told(tmp_path
         out = tmp_path / f"out{len(list(tmp_path.iterdir()))}"
         result = esper("run", "--policy", f"greedy:{path}", "--out", str(out), *args)
         assert result.exit_code == 0, result.output
-        return sum(e["event"] == "decision" for e in read_events(out / EVENTS))
+        n = sum(e["event"] == "decision" for e in read_events(out / EVENTS))
+        # The user is told when the policy, not a flag or the file, chose the length.
+        assert ("the episode length" in result.stderr) == ("--epochs" not in args and "five" not in args[1])
+        return n
 
     assert decisions("--config", str(tiny_toml)) == 3
     assert decisions("--config", str(tiny_toml), "--epochs", "2") == 2
