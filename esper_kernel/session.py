@@ -147,9 +147,6 @@ def run_config(f: RunFlags) -> Any:
         on_lever_error=f.on_lever_error,
     )
     check_device(config.env.device)
-    epochs = _policy_epochs(f, config)
-    if epochs is not None:
-        config = attrs.evolve(config, env=attrs.evolve(config.env, epochs=epochs))
     return config
 
 
@@ -218,11 +215,14 @@ def esper_run(f: RunFlags) -> None:
 
     config = run_config(f)
     console = stderr()
-    if f.resume is None and _policy_epochs(f, config) is not None and not f.quiet:
-        console.print(
-            f"esper: {config.env.epochs} epochs, the episode length policy {config.policy!r} "
-            "was trained on (--epochs to change)"
-        )
+    epochs = None if f.resume is not None else _policy_epochs(f, config)
+    if epochs is not None:
+        config = attrs.evolve(config, env=attrs.evolve(config.env, epochs=epochs))
+        if not f.quiet:
+            console.print(
+                f"esper: {epochs} epochs, the episode length policy {config.policy!r} was trained on "
+                "(--epochs to change)"
+            )
     shown = RunProgress(console, config.env.epochs, f.quiet)
     sinks = tensorboard_sinks(f.tensorboard_dir)
     try:
