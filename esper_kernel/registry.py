@@ -33,6 +33,10 @@ ENV_DISABLED = "ESPER_DISABLED_LEVERS"
 ENV_NO_AUTOLOAD = "ESPER_DISABLE_PLUGIN_AUTOLOAD"
 ENV_STRICT = "ESPER_STRICT_PLUGINS"
 
+#: The distribution and package of the builtin levers: a plugin never displaces them.
+BUILTIN_DISTRIBUTION = "esper-kernel"
+BUILTIN_PACKAGE = "esper_levers_builtin"
+
 
 @attrs.frozen
 class LeverInfo:
@@ -49,6 +53,14 @@ class LeverInfo:
     @property
     def label(self) -> str:
         return f"lever {self.name!r} ({self.distribution} {self.version})"
+
+    @property
+    def builtin(self) -> bool:
+        return _is_builtin(self.distribution, self.entry_point)
+
+
+def _is_builtin(distribution: str, entry_point: str) -> bool:
+    return distribution == BUILTIN_DISTRIBUTION and entry_point.split(".")[0].split(":")[0] == BUILTIN_PACKAGE
 
 
 @attrs.frozen
@@ -166,19 +178,13 @@ def load_levers(
     an error if the user named it, or if the selection is strict. ``listing``
     (``esper levers list/show``) never raises for a lever that fails: a listing
     tool must show what is broken. Relations between levers (``requires``,
-    ``conflicts_with``) are the selection's to satisfy and stay errors.
+    ``conflicts_with``) are the selection's to satisfy and stay errors, except
+    in a listing, which marks the levers concerned as failures. A plugin
+    reusing a builtin lever's name is dropped, never the builtin.
     """
     sel = selection or Selection.from_env()
     eps = list(entry_points) if entry_points is not None else installed_entry_points()
-    by_name: dict[str, md.EntryPoint] = {}
-    for ep in sorted(eps, key=lambda e: (e.name, _dist_name(e))):
-        other = by_name.get(ep.name)
-        if other is not None and _dist_name(other) != _dist_name(ep):
-            raise PluginError(
-                f"lever name {ep.name!r} is declared by two distributions: "
-                f"{_dist_name(other)} ({other.value}) and {_dist_name(ep)} ({ep.value})"
-            )
-        by_name.setdefault(ep.name, ep)
+    by_name, clashes = _by_name(eps, sel, listing)
     installed = tuple(sorted(by_name))
     asked = tuple(sel.only or ()) + tuple(sel.disabled)
     unknown = [n for n in asked if n not in by_name]
@@ -196,9 +202,41 @@ def load_levers(
 
     loaded = [_load_one(name, by_name[name], sel, listing) for name in wanted]
     levers = [lv for lv in loaded if isinstance(lv, LeverInfo)]
-    _check_relations(levers)
-    failures = tuple(f for f in loaded if isinstance(f, LoadFailure))
+    broken = _check_relations(levers, listing)
+    levers = [lv for lv in levers if lv.name not in {f.name for f in broken}]
+    failures = (*clashes, *(f for f in loaded if isinstance(f, LoadFailure)), *broken)
     return LoadResult(tuple(levers), failures, installed)
+
+
+def _by_name(
+    eps: Iterable[md.EntryPoint], sel: Selection, listing: bool
+) -> tuple[dict[str, md.EntryPoint], list[LoadFailure]]:
+    """One entry point per lever name. A builtin keeps its name; a plugin reusing it is dropped (refused if strict).
+
+    Two plugins sharing a name cannot be told apart, so that is an error,
+    except in a listing, which shows the second as broken.
+    """
+    by_name: dict[str, md.EntryPoint] = {}
+    dropped: list[LoadFailure] = []
+    for ep in sorted(eps, key=lambda e: (not _ep_builtin(e), e.name, _dist_name(e))):
+        other = by_name.get(ep.name)
+        if other is None or _dist_name(other) == _dist_name(ep):
+            by_name.setdefault(ep.name, ep)
+            continue
+        clash = (
+            f"lever name {ep.name!r} is declared by two distributions: "
+            f"{_dist_name(other)} ({other.value}) and {_dist_name(ep)} ({ep.value})"
+        )
+        if _ep_builtin(other) and not sel.strict:
+            clash = f"{clash}; the builtin lever keeps the name, rename the plugin's entry point"
+        elif not listing:
+            raise PluginError(clash + (f" ({ENV_STRICT}=1)" if sel.strict else ""))
+        dropped.append(LoadFailure(ep.name, _dist_name(ep), _dist_version(ep), ep.value, clash))
+    return by_name, dropped
+
+
+def _ep_builtin(ep: md.EntryPoint) -> bool:
+    return _is_builtin(_dist_name(ep), ep.value)
 
 
 def _load_one(name: str, ep: md.EntryPoint, sel: Selection, listing: bool) -> LeverInfo | LoadFailure:
@@ -222,15 +260,25 @@ def _load_one(name: str, ep: md.EntryPoint, sel: Selection, listing: bool) -> Le
     )
 
 
-def _check_relations(levers: Sequence[LeverInfo]) -> None:
+def _check_relations(levers: Sequence[LeverInfo], listing: bool) -> list[LoadFailure]:
+    """A missing requirement or a conflict is an error, except in a listing, which marks the levers broken."""
     names = {lv.name for lv in levers}
+    broken: list[LoadFailure] = []
     for lv in levers:
         missing = [r for r in lv.requires if r not in names]
+        why = []
         if missing:
-            raise PluginError(f"{lv.label} requires lever(s) {', '.join(map(repr, missing))}, which are not active")
-        for other in lv.conflicts_with:
-            if other in names:
-                raise PluginError(f"{lv.label} conflicts with active lever {other!r}; select one")
+            why.append(f"{lv.label} requires lever(s) {', '.join(map(repr, missing))}, which are not active")
+        why += [
+            f"{lv.label} conflicts with active lever {other!r}; select one"
+            for other in lv.conflicts_with
+            if other in names
+        ]
+        if why and not listing:
+            raise PluginError(why[0])
+        if why:
+            broken.append(LoadFailure(lv.name, lv.distribution, lv.version, lv.entry_point, "; ".join(why)))
+    return broken
 
 
 @attrs.frozen
@@ -354,7 +402,9 @@ class Registry:
                 # dropped and reported like one that fails to import, unless the
                 # user named it or asked for strictness. Every message names the
                 # lever at fault; the last one named is the one that clashed.
-                culprit = next((lv for lv in reversed(levers) if f"lever {lv.name!r}" in str(exc)), None)
+                # A builtin is never the culprit while a plugin it clashed with is named.
+                suspects = sorted(reversed(levers), key=lambda lv: lv.builtin)
+                culprit = next((lv for lv in suspects if f"lever {lv.name!r}" in str(exc)), None)
                 if culprit is None or (not listing and (sel.strict or culprit.name in named)):
                     if sel.strict and culprit is not None:
                         raise PluginError(f"{exc} ({ENV_STRICT}=1)") from exc
@@ -412,8 +462,7 @@ class Registry:
                 if not isinstance(spec, HeadSpec):
                     raise PluginError(f"{info.label}: action_head() must return HeadSpec(s), got {type(spec).__name__}")
                 if spec.name in owner:
-                    first = owner[spec.name]
-                    raise PluginError(f"head {spec.name!r} is declared twice: by {first.label} and by {info.label}")
+                    raise PluginError(_head_clash(spec.name, owner[spec.name], info))
                 owner[spec.name] = info
                 heads.append(ComposedHead(spec, len(heads), info.name, info.distribution))
         return heads
@@ -582,6 +631,18 @@ def _run(hook: StageHook, args: Mapping[str, Any], where: str, *, building: bool
             f"{label}: {where} wrote knob(s) {late} of {seed.seed_id}, which is read only when the seed's module "
             "is built (on entering GERMINATED): the write would be ignored"
         )
+
+
+def _kept(info: LeverInfo) -> bool:
+    """The kernel's own heads and the builtin levers keep their names against any plugin."""
+    return info.builtin or (info.name == CORE_NAME and info.distribution == BUILTIN_DISTRIBUTION)
+
+
+def _head_clash(head: str, first: LeverInfo, second: LeverInfo) -> str:
+    if _kept(first) != _kept(second):
+        kept, plugin = (first, second) if _kept(first) else (second, first)
+        return f"{plugin.label}: head {head!r} is already declared by the builtin {kept.label}, which keeps it"
+    return f"head {head!r} is declared twice: by {first.label} and by {second.label}"
 
 
 def _declared_mask(until: Mapping[str, Any]) -> MaskFn:

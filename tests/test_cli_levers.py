@@ -8,6 +8,7 @@ their own test levers, not on counts, except where autoload is off.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -154,13 +155,17 @@ def test_show_prints_one_lever_and_unknown_name_lists_installed(lever_dist: Leve
     assert "route" in err.split("installed levers:")[1]
 
 
-def test_plugin_error_is_one_line_and_exit_2(lever_dist: LeverDists, run_esper: CliRunner) -> None:
+def test_plugin_error_is_one_line_and_exit_2(lever_dist: LeverDists, run_esper: CliRunner, tmp_path: Path) -> None:
     lever_dist("route", ROUTE, dist="acme-route", version="3.1")
     lever_dist("legacy_route", 'import esper_kernel\nrequires = ("nowhere",)\n', dist="acme-legacy")
 
-    proc = run_esper("levers", "list", "--levers", "route,legacy_route")
+    # The listing marks the lever broken and still lists; a command that would use it refuses in one line.
+    listing = run_esper("levers", "list", "--levers", "route,legacy_route")
+    assert listing.returncode == 0 and "legacy_route" in listing.stdout
+    proc = run_esper("run", "--levers", "route,legacy_route", "--epochs", "1", "--out", str(tmp_path / "out"))
 
     assert proc.returncode == 2
+    assert not (tmp_path / "out").exists()
     err = proc.stderr.strip()
     assert "\n" not in err and "Traceback" not in err
     assert err.startswith("esper: error: lever 'legacy_route' (acme-legacy 1.0) requires lever(s) 'nowhere'")

@@ -262,3 +262,79 @@ def test_host_sizing_counts_exactly_and_never_builds_an_oversized_host() -> None
     size = measure_host(huge, task.train_x[:1], 64, MAX_HOST_PARAMS)
     assert size.params > MAX_HOST_PARAMS and size.activations == 0
     assert built == [1]  # once, on the meta device: 858M parameters were never allocated
+
+
+# -- a plugin cannot take over a builtin ------------------------------------------------
+
+
+def _with_builtins(lever_dist: LeverDists, selection: Selection) -> Any:
+    from conftest import make_core
+
+    from esper_kernel.registry import Registry, installed_entry_points
+
+    return Registry.open(make_core(), selection, installed_entry_points())
+
+
+@pytest.mark.parametrize("name", ["acme", "zzz"])  # sorting before and after the builtin 'tempo'
+def test_a_plugin_declaring_a_builtin_head_is_the_one_dropped(lever_dist: LeverDists, name: str) -> None:
+    lever_dist(name, HEAD.format(head="tempo"), dist="acme-usurper", version="0.1")
+
+    reg = _with_builtins(lever_dist, Selection())
+
+    assert "tempo" in reg.names and name not in reg.names
+    assert reg.space.head("tempo").lever == "tempo"
+    assert reg.space.head("tempo").spec.choices != ("a", "b", "c")
+    (fail,) = reg.failures
+    assert (fail.name, fail.distribution) == (name, "acme-usurper")
+    assert "already declared by the builtin lever 'tempo'" in fail.error
+    with pytest.raises(PluginError, match=f"'{name}' \\(acme-usurper 0.1\\).*'tempo'.*{ENV_STRICT}=1"):
+        _with_builtins(lever_dist, Selection(strict=True))
+
+
+def test_a_plugin_reusing_a_builtin_lever_name_is_the_one_dropped(lever_dist: LeverDists) -> None:
+    lever_dist("tempo", HEAD.format(head="speed"), dist="acme-usurper", version="0.1")
+
+    reg = _with_builtins(lever_dist, Selection())
+
+    assert reg.info("tempo").distribution == "esper-kernel"
+    assert "speed" not in reg.space.names
+    (fail,) = reg.failures
+    assert fail.distribution == "acme-usurper" and "builtin lever keeps the name" in fail.error
+    with pytest.raises(PluginError, match=f"two distributions.*acme-usurper.*{ENV_STRICT}=1"):
+        _with_builtins(lever_dist, Selection(strict=True))
+
+
+def test_a_plugin_writing_a_builtin_knob_is_the_one_dropped(lever_dist: LeverDists) -> None:
+    lever_dist("aaa_lr", HEAD.format(head="speed") + "\nwrites = ('lr_scale',)\n", dist="acme-lr")
+
+    reg = _with_builtins(lever_dist, Selection())
+
+    assert "lr" in reg.names and "aaa_lr" not in reg.names
+    (fail,) = reg.failures
+    assert fail.distribution == "acme-lr" and "lr_scale" in fail.error
+
+
+RELATIONS = {
+    "missing": "import esper_kernel\nrequires = ('nowhere',)\n",
+    "conflict": "import esper_kernel\nconflicts_with = ('good',)\n",
+}
+
+
+@pytest.mark.parametrize("case", sorted(RELATIONS))
+def test_levers_list_marks_a_broken_relation_and_exits_0(
+    lever_dist: LeverDists, run_esper: CliRunner, case: str
+) -> None:
+    lever_dist("good", HEAD.format(head="speed"))
+    lever_dist("needy", RELATIONS[case], dist="acme-needy")
+
+    listing = run_esper("levers", "list", "--json")
+
+    assert listing.returncode == 0, listing.stderr
+    report = json.loads(listing.stdout)
+    assert "good" in [lv["name"] for lv in report["levers"]]
+    (fail,) = [f for f in report["failures"] if f["name"] == "needy"]
+    assert fail["distribution"] == "acme-needy"
+    why = "requires lever(s) 'nowhere'" if case == "missing" else "conflicts with active lever 'good'"
+    assert why in fail["error"]
+    human = run_esper("levers", "list")
+    assert human.returncode == 0 and "needy" in human.stdout and "failed to load" in human.stdout
