@@ -11,15 +11,22 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from functools import cached_property
+from typing import TYPE_CHECKING, Any
 
 import attrs
-import torch
 
 from esper_kernel.errors import MaskError, PluginError
 from esper_kernel.seeds import TIMING_KNOBS, Knobs, Point, Timeline, initial_knobs
 from esper_kernel.specs import HeadSpec
 from esper_kernel.stages import Op
+
+if TYPE_CHECKING:
+    import torch
+
+# torch is imported inside the methods that build tensors, not at the top: composing a
+# space (``esper levers list``) checks heads and conditions in plain Python, and
+# importing torch would cost a listing command about 1.2 s of its 1.6 s.
 
 N_OPS = len(Op)
 OP_HEAD = "op"
@@ -64,27 +71,16 @@ class ActionSpace:
         self.op_index = self.names.index(OP_HEAD)
         self._timelines: dict[tuple[Any, ...], Timeline] = {}
         self._offsets: dict[tuple[Any, ...], torch.Tensor] = {}
-        # Static relevance by op, then the head conditions applied per action.
-        rel = torch.zeros(N_OPS, self.n_heads, dtype=torch.bool)
-        valid = torch.zeros(self.n_heads, self.max_choices, dtype=torch.bool)
-        for h in self.heads:
-            for op in h.spec.ops:
-                rel[int(op), h.index] = True
-            valid[h.index, : h.spec.size] = True
-        self.relevance_by_op = rel
-        #: ``[n_heads, max_choices]``: True where a choice exists (padding is False).
-        self.valid_choices = valid
-        self.defaults = torch.tensor([h.spec.default_index for h in self.heads], dtype=torch.long)
         #: For each timing knob some head sets, its smallest choice: what the quickest seed gets.
         self.quickest: dict[str, Any] = {}
         for h in self.heads:
             if h.spec.knob in TIMING_KNOBS:
                 least = min(h.spec.values)
                 self.quickest[h.spec.knob] = min(self.quickest.get(h.spec.knob, least), least)
-        conditions = self._condition_masks()  # first: it names a missing or bad condition head
+        conditions = self._condition_choices()  # first: it names a missing or bad condition head
         order = self._dependency_order()
         rank = {head: pos for pos, head in enumerate(order)}
-        self._conditions = sorted(conditions, key=lambda c: rank[c[0]])
+        self._condition_order = sorted(conditions, key=lambda c: rank[c[0]])
         #: Per head, in dependency order: (index, name, ops, condition as (cond index, allowed choice indices)).
         self._plain: list[tuple[int, str, frozenset[Op], tuple[int, frozenset[int]] | None]] = []
         for i in order:
@@ -96,9 +92,9 @@ class ActionSpace:
                 plain_cond = (target.index, frozenset(target.spec.choices.index(c) for c in cond.choices))
             self._plain.append((i, h.name, h.spec.ops, plain_cond))
 
-    def _condition_masks(self) -> list[tuple[int, int, torch.Tensor]]:
-        """Per conditioned head: (its index, the conditioning head's index, its allowed choices as a mask)."""
-        out: list[tuple[int, int, torch.Tensor]] = []
+    def _condition_choices(self) -> list[tuple[int, int, tuple[int, ...]]]:
+        """Per conditioned head: (its index, the conditioning head's index, its allowed choice indices)."""
+        out: list[tuple[int, int, tuple[int, ...]]] = []
         for h in self.heads:
             cond = h.spec.condition
             if cond is None:
@@ -107,13 +103,51 @@ class ActionSpace:
             target = self._by_name.get(cond.head)
             if target is None:
                 raise PluginError(f"{where} head {cond.head!r}, which no installed lever declares")
-            allowed = torch.zeros(self.max_choices, dtype=torch.bool)
             for c in cond.choices:
                 if c not in target.spec.choices:
                     choices = list(target.spec.choices)
                     raise PluginError(f"{where} {cond.head}={c!r}, but {cond.head!r} has choices {choices}")
-                allowed[target.spec.choices.index(c)] = True
-            out.append((h.index, target.index, allowed))
+            out.append((h.index, target.index, tuple(target.spec.choices.index(c) for c in cond.choices)))
+        return out
+
+    @cached_property
+    def relevance_by_op(self) -> torch.Tensor:
+        """``[n_ops, n_heads]`` bool: which heads matter for which op, before head conditions."""
+        import torch
+
+        rel = torch.zeros(N_OPS, self.n_heads, dtype=torch.bool)
+        for h in self.heads:
+            for op in h.spec.ops:
+                rel[int(op), h.index] = True
+        return rel
+
+    @cached_property
+    def valid_choices(self) -> torch.Tensor:
+        """``[n_heads, max_choices]``: True where a choice exists (padding is False)."""
+        import torch
+
+        valid = torch.zeros(self.n_heads, self.max_choices, dtype=torch.bool)
+        for h in self.heads:
+            valid[h.index, : h.spec.size] = True
+        return valid
+
+    @cached_property
+    def defaults(self) -> torch.Tensor:
+        """``[n_heads]``: every head's default choice index."""
+        import torch
+
+        return torch.tensor([h.spec.default_index for h in self.heads], dtype=torch.long)
+
+    @cached_property
+    def _conditions(self) -> list[tuple[int, int, torch.Tensor]]:
+        """:meth:`_condition_choices` in dependency order, each allowed set as a ``[max_choices]`` mask."""
+        import torch
+
+        out = []
+        for head_i, cond_i, allowed in self._condition_order:
+            mask = torch.zeros(self.max_choices, dtype=torch.bool)
+            mask[list(allowed)] = True
+            out.append((head_i, cond_i, mask))
         return out
 
     def _dependency_order(self) -> list[int]:
@@ -166,6 +200,8 @@ class ActionSpace:
             spec = self.head(head).spec
             knob = spec.knob
             per = [self.timeline(max_epochs, {**overrides, knob: v} if knob else overrides) for v in spec.values]
+            import torch
+
             got = self._offsets[key] = torch.tensor([t.at(point) for t in per])
         return got
 
@@ -255,6 +291,8 @@ class MaskView:
 
     def ones(self, head: str) -> torch.Tensor:
         """An all-legal ``[n_envs, n_choices]`` mask for ``head``."""
+        import torch
+
         return torch.ones(self.n_envs, self.space.head(head).spec.size, dtype=torch.bool)
 
     def knobs(self, **overrides: Any) -> Knobs:
@@ -324,18 +362,27 @@ class MaskComposer:
     def __init__(self, space: ActionSpace, sources: Sequence[MaskSource]) -> None:
         self.space = space
         self.sources = tuple(sources)
-        need = space.relevance_by_op.clone()
-        need[:, space.op_index] = True
-        self._need = need
         #: Levers taken out of the run; their heads may only take their default.
         self.frozen: set[str] = set()
         #: ``(lever, hook, error) -> True`` if the lever was taken out and composition may go on.
         self.on_fault: Callable[[str, str, BaseException], bool] | None = None
         #: Seconds spent in each lever's hooks, ``{lever: {hook: s}}`` (shared with the registry).
         self.timings: dict[str, dict[str, float]] = {}
+
+    @cached_property
+    def _need(self) -> torch.Tensor:
+        need = self.space.relevance_by_op.clone()
+        need[:, self.space.op_index] = True
+        return need
+
+    @cached_property
+    def _only_default(self) -> torch.Tensor:
+        import torch
+
+        space = self.space
         only_default = torch.zeros(space.n_heads, space.max_choices, dtype=torch.bool)
         only_default[torch.arange(space.n_heads), space.defaults] = True
-        self._only_default = only_default
+        return only_default
 
     def __call__(self, view: MaskView) -> torch.Tensor:
         while True:
@@ -399,6 +446,8 @@ class MaskComposer:
         where = f"lever {src.lever!r} ({src.distribution}): mask for head {name!r}"
         if not isinstance(name, str) or name not in self.space:
             raise MaskError(f"{where}: no such head; heads are {list(self.space.names)}")
+        import torch
+
         h = self.space.head(name)
         if not isinstance(m, torch.Tensor) or m.dtype != torch.bool:
             raise MaskError(f"{where}: must be a bool tensor, got {getattr(m, 'dtype', type(m))}")
@@ -438,7 +487,7 @@ class MaskComposer:
         # one is decisive (several levers together), every source that masked anything.
         culprits: list[MaskSource] = []
         for i, (src, _row) in enumerate(rows):
-            others = torch.ones_like(_row)
+            others = _row.new_ones(_row.shape)
             for j, (_src, other) in enumerate(rows):
                 if j != i:
                     others &= other

@@ -28,6 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from esper_kernel import names
+
 __all__ = [
     "TOPOLOGIES",
     "Blueprint",
@@ -38,7 +40,7 @@ __all__ = [
     "param_count",
 ]
 
-TOPOLOGIES: tuple[str, ...] = ("cnn", "transformer")
+TOPOLOGIES: tuple[str, ...] = names.TOPOLOGIES
 
 
 class UnknownBlueprintError(KeyError, ValueError):
@@ -347,6 +349,11 @@ _REGISTRY: dict[str, dict[str, Blueprint]] = {
         Blueprint("gated_mlp", "transformer", "SwiGLU MLP (hidden D)", _tf_gated_mlp),
     ),
 }
+
+
+if {t: tuple(r) for t, r in _REGISTRY.items()} != names.BLUEPRINTS:
+    # The listing commands compose the blueprint head from esper_kernel.names, without torch.
+    raise RuntimeError("esper_kernel.names.BLUEPRINTS must list exactly the blueprints built here, in order")
 
 
 def _topology_registry(topology: str) -> dict[str, Blueprint]:

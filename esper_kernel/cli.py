@@ -45,10 +45,12 @@ DEFAULT_SLOTS = 3
 
 def default_core(topology: str = DEFAULT_TOPOLOGY, n_slots: int = DEFAULT_SLOTS) -> CoreHeads:
     """The kernel's own heads for ``topology``, with every blueprint it has."""
-    from esper_kernel.blueprints import blueprint_names
     from esper_kernel.core import CoreHeads
+    from esper_kernel.names import BLUEPRINTS
 
-    return CoreHeads(n_slots=n_slots, blueprints=blueprint_names(topology), topology=topology)
+    if topology not in BLUEPRINTS:
+        raise EsperError(f"unknown topology {topology!r}; known topologies: {', '.join(BLUEPRINTS)}")
+    return CoreHeads(n_slots=n_slots, blueprints=BLUEPRINTS[topology], topology=topology)
 
 
 def _emit(report: LeversReport, selection: Selection, as_json: bool) -> None:

@@ -7,15 +7,20 @@ the registry composes them exactly like a third-party lever.
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
 
 from esper_kernel import hookimpl
-from esper_kernel.actions import N_OPS, MaskView
-from esper_kernel.slots import BLENDS
+from esper_kernel.actions import N_OPS
+from esper_kernel.names import BLENDS
 from esper_kernel.specs import CompileSafety, HeadSpec, Safety
 from esper_kernel.stages import LIVE_STAGES, Op, Stage
 
-_LIVE = torch.tensor(sorted(int(s) for s in LIVE_STAGES))
+if TYPE_CHECKING:
+    import torch
+
+    from esper_kernel.actions import MaskView
+
+_LIVE = sorted(int(s) for s in LIVE_STAGES)
 
 
 class CoreHeads:
@@ -68,9 +73,11 @@ class CoreHeads:
 
     @hookimpl
     def mask(self, view: MaskView) -> dict[str, torch.Tensor]:
+        import torch  # here, not at the top: composing the heads for a listing needs no torch
+
         stage = view.slot_stage
         dormant = stage == int(Stage.DORMANT)
-        live = torch.isin(stage, _LIVE)
+        live = torch.isin(stage, torch.tensor(_LIVE))
         fossil = view.fossilize_ok & (stage == int(Stage.PROBATIONARY))
         op = torch.ones(view.n_envs, N_OPS, dtype=torch.bool)
         op[:, Op.GERMINATE] = dormant.any(1)

@@ -12,11 +12,10 @@ import importlib.metadata as md
 import os
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import attrs
 import pluggy
-import torch
 
 from esper_kernel import hookspecs
 from esper_kernel.actions import ActionSpace, ComposedHead, MaskComposer, MaskFn, MaskSource, MaskView
@@ -24,6 +23,9 @@ from esper_kernel.errors import PluginError, SelectionError
 from esper_kernel.seeds import BUILD_KNOBS, KNOB_NAMES, SeedState
 from esper_kernel.specs import UNDECLARED_SAFETY, CompileSafety, HeadSpec, Safety, TelemetryField
 from esper_kernel.stages import Stage
+
+if TYPE_CHECKING:  # composing levers is plain Python; only their masks, called later, make tensors
+    import torch
 
 ENTRY_POINT_GROUP = "esper.levers"
 CORE_NAME = "esper"

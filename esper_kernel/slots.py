@@ -20,6 +20,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from esper_kernel import names
+
 __all__ = [
     "BLENDS",
     "SeedSlot",
@@ -28,8 +30,8 @@ __all__ = [
     "alpha_sigmoid",
 ]
 
-BLENDS: tuple[str, ...] = ("linear", "sigmoid", "gated")
-_TOPOLOGIES: tuple[str, ...] = ("cnn", "transformer")
+BLENDS: tuple[str, ...] = names.BLENDS
+_TOPOLOGIES: tuple[str, ...] = names.TOPOLOGIES
 
 
 def alpha_linear(step: int, total: int) -> float:

@@ -12,9 +12,12 @@ forward pass entirely.
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
 
 import esper_kernel as ek
+
+if TYPE_CHECKING:  # a mask returns tensors, but listing the lever must not import torch
+    import torch
 
 HEAD = "lr"
 CHOICES = ("CAUTIOUS", "STANDARD", "AGGRESSIVE")

@@ -11,9 +11,12 @@ Compile safety: counted by the Python lifecycle; the forward pass never sees it.
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
 
 import esper_kernel as ek
+
+if TYPE_CHECKING:  # a mask returns tensors, but listing the lever must not import torch
+    import torch
 
 HEAD = "probation"
 CHOICES = ("SHORT", "STANDARD", "LONG")
@@ -34,7 +37,9 @@ def mask(view: ek.MaskView) -> dict[str, torch.Tensor]:
     # masked, so the policy does not spread its probability over one outcome.
     times_out = view.left_after_each(HEAD, "timeout") >= 0
     # EPOCHS ascend, so times_out is a prefix: legal = that prefix plus the next choice.
-    return {HEAD: torch.arange(len(EPOCHS))[None, :] <= times_out.sum(dim=1, keepdim=True)}
+    legal = times_out.roll(1, dims=1)
+    legal[:, 0] = True
+    return {HEAD: legal}
 
 
 def probation_epochs_remaining(ctx: ek.FieldContext) -> float | None:

@@ -40,6 +40,54 @@ def test_help_does_not_import_torch(args: tuple[str, ...]) -> None:
     assert "torch" not in modules
 
 
+#: Runs one ``esper`` command in a fresh interpreter, then says whether torch got imported on the way.
+_IN_PROCESS = """
+import sys
+from click.testing import CliRunner
+from esper_kernel.cli import main
+result = CliRunner().invoke(main, sys.argv[1:], catch_exceptions=False)
+assert result.exit_code == 0, result.output
+assert result.output.strip(), "the command printed nothing"
+print("TORCH" if "torch" in sys.modules else "NO-TORCH", sorted(main.commands))
+"""
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ("levers", "list"),
+        ("levers", "list", "--json"),
+        ("levers", "show", "tempo"),
+        ("levers", "show", "probation", "--json"),
+        ("tasks", "list"),
+    ],
+)
+def test_listing_commands_do_not_import_torch(args: tuple[str, ...]) -> None:
+    # The listings compose every lever's head and field, as a run would, from plain Python only.
+    from esper_kernel.cli import main
+
+    if args[0] not in main.commands:
+        pytest.skip(f"esper {args[0]} is not a command yet")
+    proc = subprocess.run(
+        [sys.executable, "-c", _IN_PROCESS, *args], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.startswith("NO-TORCH"), f"esper {' '.join(args)} imported torch"
+
+
+def test_the_torch_probe_can_fail() -> None:
+    # The probe above, with torch imported first: it must say so, or it proves nothing.
+    proc = subprocess.run(
+        [sys.executable, "-c", "import torch\n" + _IN_PROCESS, "levers", "list"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.startswith("TORCH")
+
+
 def test_report_of_an_eval_does_not_import_torch(tmp_path: Path) -> None:
     from test_report import EVAL
 

@@ -1,0 +1,21 @@
+"""The names the kernel composes heads from, without torch: topologies, blends and blueprints.
+
+``esper levers list`` composes the kernel's heads to show every lever beside
+them; these names are all it needs of the modules that build seeds, and
+importing those (torch) would cost a listing command most of its time.
+:mod:`esper_kernel.blueprints` and :mod:`esper_kernel.slots` check at import
+that what they build is exactly what is named here.
+"""
+
+from __future__ import annotations
+
+TOPOLOGIES: tuple[str, ...] = ("cnn", "transformer")
+
+#: How a seed's alpha ramps in, the ``blend`` head's choices.
+BLENDS: tuple[str, ...] = ("linear", "sigmoid", "gated")
+
+#: Each topology's blueprints, in the documented order (the ``blueprint`` head's choices).
+BLUEPRINTS: dict[str, tuple[str, ...]] = {
+    "cnn": ("norm", "attention", "depthwise", "bottleneck", "conv_small", "conv_light", "conv_heavy", "dilated"),
+    "transformer": ("norm", "lora8", "lora32", "attention", "mlp_small", "mlp_large", "conv1d", "gated_mlp"),
+}
