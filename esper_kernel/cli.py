@@ -235,8 +235,9 @@ def runtime_options(*, amp: bool = True, tensorboard: bool = True) -> Callable[[
     "--policy",
     default=None,
     help=(
-        "heuristic (default), random, pretrained (the policy shipped for the task) or an `esper train` "
-        "policy file; greedy:pretrained or greedy:FILE plays its most probable choices."
+        "Any policy esper eval accepts (docs/eval.md): heuristic (default), random, wait, static:N, pretrained "
+        "(the policy shipped for the task) or an `esper train` policy file; greedy:pretrained or greedy:FILE "
+        "plays its most probable choices; +HEAD=CHOICE forces a lever head."
     ),
 )
 @click.option("--levers", default=None, metavar="A,B", help="Levers to activate (default: every installed one).")

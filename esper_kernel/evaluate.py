@@ -6,15 +6,13 @@ policy's per-seed outcome is paired against a reference policy's (``wait``,
 the no-growth control, by default) and summarised as the mean difference,
 its standard error and a 95% t-interval (:mod:`esper_kernel.stats`).
 
-Policy specs:
-
-* ``heuristic``, ``random``, ``wait`` or a policy file from ``esper train``;
-* any of them with lever heads forced: ``heuristic+tempo=GLACIAL+lr=CAUTIOUS``.
-  A forced choice that is illegal in a state falls back to the nearest legal
-  choice of that head (by position in the head's choice list) and is counted;
-* ``static`` (the starting host widened to the final parameter count of the
-  first growing policy in the list, never growing) or ``static:N`` (widened to
-  about ``N`` parameters).
+Policy specs are those of the policy catalogue (:mod:`esper_kernel.tamiyo.catalogue`),
+the same for ``esper run``, ``esper eval`` and ``esper sweep``: ``heuristic``,
+``random``, ``wait``, ``pretrained``, a policy file, ``greedy:`` before a learned
+policy, ``+HEAD=CHOICE`` forcing a lever head (the nearest legal choice where
+it is illegal, counted), and ``static`` / ``static:N`` (the starting host
+widened to the first growing policy's final parameter count, or to about
+``N``, never growing).
 
 The output (``eval.json``, schema ``esper.eval/1``, and ``eval.md``) is
 documented in ``docs/eval.md``.
@@ -32,15 +30,23 @@ import attrs
 import torch
 
 from esper_kernel.config import converter
-from esper_kernel.env import EnvBatch, EnvConfig, MorphoEnv, build_registry, cnn_host_config, load_task
+from esper_kernel.env import EnvBatch, EnvConfig, MorphoEnv, build_registry, load_task
 from esper_kernel.errors import EsperError
 from esper_kernel.files import write_text_atomic
-from esper_kernel.hosts import CNNHost
 from esper_kernel.lifecycle import CORE_HEADS
 from esper_kernel.registry import Registry, Selection
 from esper_kernel.stages import Op, Stage
 from esper_kernel.stats import mean_se, paired_difference
-from esper_kernel.tamiyo.policies import ForcedPolicy, Policy, WaitPolicy
+from esper_kernel.tamiyo.catalogue import (
+    BuildContext,
+    PolicySpec,
+    build_policy,
+    check_spec,
+    parse_force,
+    parse_policy,
+    static_width,
+)
+from esper_kernel.tamiyo.policies import ForcedPolicy
 from esper_kernel.telemetry import null_log
 from esper_kernel.workers import iter_jobs
 
@@ -51,72 +57,17 @@ __all__ = [
     "PolicySpec",
     "document",
     "evaluate",
+    "parse_force",
     "parse_policy",
     "parse_seeds",
     "play_episode",
     "render_markdown",
+    "static_width",
 ]
 
 EVAL_SCHEMA = "esper.eval/1"
 #: The outcomes every policy is compared on, seed by seed.
 METRICS = ("final_val_accuracy", "return", "params", "mean_params")
-
-
-@attrs.frozen
-class PolicySpec:
-    """One row of an eval: a policy, lever heads it is forced to, or a static-host control."""
-
-    policy: str
-    forced: tuple[tuple[str, str], ...] = ()
-    #: For ``static``: the parameter count to widen the host to (None: match a growing policy).
-    static_params: int | None = None
-    static: bool = False
-    #: For a policy file: take each head's most probable legal choice instead of sampling.
-    greedy: bool = False
-
-    @property
-    def name(self) -> str:
-        if self.static:
-            return "static" if self.static_params is None else f"static:{self.static_params}"
-        policy = f"greedy:{self.policy}" if self.greedy else self.policy
-        return "+".join([policy, *(f"{h}={c}" for h, c in self.forced)])
-
-
-def parse_policy(text: str, extra_forced: Sequence[tuple[str, str]] = ()) -> PolicySpec:
-    """``heuristic+tempo=GLACIAL`` -> PolicySpec; ``extra_forced`` (``--force``) applies unless static/wait."""
-    parts = [p.strip() for p in text.split("+")]
-    head, rest = parts[0], parts[1:]
-    if not head:
-        raise EsperError(f"--policies: empty policy name in {text!r}")
-    if head == "static" or head.startswith("static:"):
-        if rest:
-            raise EsperError(f"--policies: {text!r}: a static host makes no decisions, so nothing can be forced")
-        if head == "static":
-            return PolicySpec("wait", static=True)
-        n = head.removeprefix("static:")
-        if not n.isdigit() or int(n) < 1:
-            raise EsperError(f"--policies: {text!r}: expected static:N with N a positive parameter count")
-        return PolicySpec("wait", static=True, static_params=int(n))
-    greedy = head.startswith("greedy:")
-    head = head.removeprefix("greedy:")
-    if greedy and head in ("heuristic", "random", "wait"):
-        raise EsperError(f"--policies: {text!r}: greedy: applies to a policy file (or pretrained), not to {head}")
-    forced = [_parse_force(p, where=f"--policies {text!r}") for p in rest]
-    if head != "wait":
-        forced += [f for f in extra_forced if f[0] not in {h for h, _ in forced}]
-    return PolicySpec(head, tuple(forced), greedy=greedy)
-
-
-def _parse_force(text: str, where: str) -> tuple[str, str]:
-    head, sep, choice = text.partition("=")
-    if not sep or not head or not choice:
-        raise EsperError(f"{where}: expected HEAD=CHOICE, got {text!r}")
-    return head.strip(), choice.strip()
-
-
-def parse_force(text: str) -> tuple[str, str]:
-    """``tempo=GLACIAL`` -> ``("tempo", "GLACIAL")`` (the ``--force`` option)."""
-    return _parse_force(text, where="--force")
 
 
 def parse_seeds(text: str) -> tuple[int, ...]:
@@ -174,38 +125,11 @@ class EpisodeResult:
         return self.ret if metric == "return" else float(getattr(self, metric))
 
 
-def _make_policy(spec: PolicySpec, registry: Registry, obs_dim: int, seed: int, env: EnvConfig) -> Policy:
-    from esper_kernel.run import make_policy
-
-    base: Policy = WaitPolicy() if spec.policy == "wait" else make_policy(spec.policy, registry, obs_dim, seed, env)
-    if spec.greedy:
-        base.greedy = True  # type: ignore[attr-defined]  # parse_policy allows greedy: on policy files only
-    if not spec.forced:
-        return base
-    _check_forced(spec, registry)
-    return ForcedPolicy(base, dict(spec.forced))
-
-
-def _check_forced(spec: PolicySpec, registry: Registry) -> None:
-    for head, choice in spec.forced:
-        if head not in registry.space or head in ("op", "slot"):
-            levers = ", ".join(n for n in registry.space.names if n not in ("op", "slot"))
-            raise EsperError(f"--force {head}={choice}: no head {head!r} to force; heads: {levers}")
-        if choice not in registry.space.head(head).spec.choices:
-            known = ", ".join(registry.space.head(head).spec.choices)
-            raise EsperError(f"--force {head}={choice}: head {head!r} has no choice {choice!r}; choices: {known}")
-
-
 def _check_specs(env: EnvConfig, specs: Sequence[PolicySpec], levers: tuple[str, ...] | None) -> None:
-    """Every forced head and policy file checked once, before any episode starts."""
+    """Every forced head, policy file and schedule checked once, before any episode starts."""
     registry = build_registry(env, Selection.from_env(levers=levers))
     for spec in specs:
-        _check_forced(spec, registry)
-        if spec.policy not in ("heuristic", "random", "wait", "pretrained") and not Path(spec.policy).exists():
-            raise EsperError(
-                f"--policies {spec.name!r}: {spec.policy!r} is neither heuristic, random, wait, pretrained "
-                "nor a policy file"
-            )
+        check_spec(spec, registry)
 
 
 def play_episode(job: EvalJob) -> EpisodeResult:
@@ -218,7 +142,7 @@ def play_episode(job: EvalJob) -> EpisodeResult:
     env = MorphoEnv(cfg, registry, task, null_log(), index=0)
     envs = EnvBatch([env])
     obs = envs.reset([job.seed])
-    policy = _make_policy(job.policy, registry, env.obs_dim, job.seed, cfg)
+    policy = build_policy(job.policy, BuildContext(registry, env.obs_dim, job.seed, cfg))
     space = registry.space
     levers = [n for n in space.names if Op.GERMINATE in space.head(n).spec.ops and n not in CORE_HEADS]
     multi = dict.fromkeys(levers, 0)
@@ -264,19 +188,6 @@ def play_episode(job: EvalJob) -> EpisodeResult:
         curve=tuple(env.acc_history),
         germinate=tuple(decided),
     )
-
-
-def static_width(env: EnvConfig, num_classes: int, params: float) -> int:
-    """The smallest host width whose parameter count reaches ``params`` (the static-host control)."""
-    width = 1
-    while _host_params(env, num_classes, width) < params and width < 4096:
-        width += 1
-    return width
-
-
-def _host_params(env: EnvConfig, num_classes: int, width: int) -> int:
-    host = CNNHost(cnn_host_config(attrs.evolve(env, width=width), num_classes))
-    return sum(p.numel() for p in host.parameters())
 
 
 def evaluate(

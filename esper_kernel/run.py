@@ -35,7 +35,15 @@ from esper_kernel.registry import (
     check_compile_safety,
     installed_entry_points,
 )
-from esper_kernel.tamiyo.policies import HeuristicPolicy, Policy, RandomPolicy
+from esper_kernel.tamiyo.catalogue import (
+    BuildContext,
+    build_policy,
+    load_run_state,
+    parse_policy,
+    run_state,
+    static_env,
+)
+from esper_kernel.tamiyo.policies import Policy
 from esper_kernel.telemetry import Telemetry
 from esper_kernel.watch import CompileWatch, HookWatch
 
@@ -80,34 +88,12 @@ def log_started(log: Any, registry: Registry, **fields: Any) -> None:
 
 
 def make_policy(spec: str, registry: Registry, obs_dim: int, seed: int, env: EnvConfig | None = None) -> Policy:
-    """``heuristic``, ``random``, ``pretrained`` (the policy shipped for ``env.task``) or a policy file;
-    ``greedy:`` before either of the last two takes each head's most probable choice instead of sampling.
+    """The policy ``spec`` names (any spec of :mod:`esper_kernel.tamiyo.catalogue`), for an episode on ``seed``.
 
-    With ``env``, a policy file stamped with another task, episode length or
-    slot count than ``env``'s is refused, naming what differs.
+    A policy file stamped with another task than ``env``'s is refused, naming both.
     """
-    name = spec.removeprefix("greedy:")
-    if not name:
-        raise EsperError(f"--policy {spec!r}: name a policy file or pretrained after greedy:")
-    if name != spec and name in ("heuristic", "random"):
-        raise EsperError(f"--policy {spec!r}: greedy: applies to a policy file or pretrained, not to {name}")
-    if name == "heuristic":
-        return HeuristicPolicy()
-    if name == "random":
-        return RandomPolicy(seed)
-    from esper_kernel.tamiyo.ppo import load_policy, pretrained_path, trained_on
-
-    if name == "pretrained":
-        path = pretrained_path(env.task if env is not None else EnvConfig().task)
-    else:
-        path = Path(name)
-        if not path.exists():
-            raise EsperError(
-                f"--policy {spec!r} is neither 'heuristic', 'random', 'pretrained' nor an existing policy file"
-            )
-    policy = load_policy(path, registry, obs_dim, trained_on=trained_on(env) if env is not None else None)
-    policy.greedy = name != spec
-    return policy
+    parsed = parse_policy(spec, flag="--policy")
+    return build_policy(parsed, BuildContext(registry, obs_dim, seed, env if env is not None else EnvConfig()))
 
 
 def check_out(out: Path, *, overwrite: bool, flag: str = "--out") -> None:
@@ -281,6 +267,10 @@ def _set_up(config: RunConfig, resume: Path | None, overwrite: bool) -> _Setup:
         check_out(out, overwrite=overwrite)
     registry = _open_registry(config, state, resume)
     task = load_task(config.env, config.seed)
+    if state is None:
+        # static:N plays a wider host that never grows; the widened width is stored in the config.
+        wide = static_env(parse_policy(config.policy, flag="--policy"), config.env, task.num_classes)
+        config = attrs.evolve(config, env=wide)
     size = measure_host(
         lambda: make_host(config.env, task), task.train_x[:1], config.env.batch_size, max_params=MAX_HOST_PARAMS
     )
@@ -349,7 +339,7 @@ def _play(setup: _Setup, tel: Telemetry, tell: _Reporting, stop_after: int | Non
     total = 0.0
     if state is not None:
         env.load_state_dict(state["env"])
-        _load_policy_state(policy, state["policy"])
+        load_run_state(policy, state["policy"])
         set_rng_states({"cpu": state["rng"], **({"cuda": state["cuda_rng"]} if state.get("cuda_rng") else {})})
         total = float(state["return"])
         obs = envs.observe()
@@ -390,16 +380,6 @@ def _stages(env: MorphoEnv) -> tuple[str, ...]:
     return tuple(s.name for s in env.lifecycle.stages)
 
 
-def _policy_state(policy: Policy) -> dict[str, Any]:
-    # A learned policy is its file; only the built-in policies carry run state (RNG, counters).
-    return policy.state_dict() if isinstance(policy, HeuristicPolicy | RandomPolicy) else {}
-
-
-def _load_policy_state(policy: Policy, state: dict[str, Any]) -> None:
-    if isinstance(policy, HeuristicPolicy | RandomPolicy):
-        policy.load_state_dict(state)
-
-
 def _save(
     out: Path,
     config: RunConfig,
@@ -424,7 +404,7 @@ def _save(
             "run_id": run_id,
             "config": unstructure_config(config),
             "env": env.state_dict(),
-            "policy": _policy_state(policy),
+            "policy": run_state(policy),
             "rng": torch.get_rng_state(),
             "cuda_rng": rng_states().get("cuda"),
             "return": total,

@@ -158,16 +158,16 @@ def _policy_epochs(f: RunFlags, config: Any) -> int | None:
     """
     import tomllib
 
-    from esper_kernel.tamiyo.ppo import pretrained_path, stamped_epochs
+    from esper_kernel.tamiyo.catalogue import learned_policy_file
+    from esper_kernel.tamiyo.ppo import stamped_epochs
 
-    name = str(config.policy).removeprefix("greedy:")
-    if f.epochs is not None or name in ("heuristic", "random"):
+    path = learned_policy_file(str(config.policy), config.env.task)
+    if f.epochs is not None or path is None:
         return None
     if f.config_file is not None:
         table = tomllib.loads(Path(f.config_file).read_text(encoding="utf-8")).get("env", {})
         if "epochs" in table:
             return None
-    path = pretrained_path(config.env.task) if name == "pretrained" else Path(name)
     return stamped_epochs(path) if path.is_file() else None
 
 

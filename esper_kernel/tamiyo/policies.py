@@ -6,7 +6,8 @@ action they take is legal under the composed masks by construction.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Protocol
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import attrs
 import torch
@@ -24,16 +25,40 @@ class Policy(Protocol):
     def act(self, obs: torch.Tensor, masks: torch.Tensor, envs: EnvBatch) -> Sampled: ...
 
 
+@runtime_checkable
+class CarriesRunState(Protocol):
+    """A policy whose decisions depend on what it saw earlier in the episode (a generator, a counter).
+
+    ``esper run`` stores :meth:`run_state` in every checkpoint and hands it
+    back on ``--resume``, so a resumed run decides as the uninterrupted one.
+    A policy without it carries nothing (a learned policy is its file).
+    """
+
+    def run_state(self) -> dict[str, Any]: ...
+
+    def load_run_state(self, state: Mapping[str, Any]) -> None: ...
+
+
+def run_state(policy: Policy) -> dict[str, Any]:
+    """What ``policy`` carries into a checkpoint (empty for a policy that carries nothing)."""
+    return policy.run_state() if isinstance(policy, CarriesRunState) else {}
+
+
+def load_run_state(policy: Policy, state: Mapping[str, Any]) -> None:
+    if isinstance(policy, CarriesRunState) and state:
+        policy.load_run_state(state)
+
+
 class RandomPolicy:
     """Uniform over legal choices, head by head: the baseline every policy must beat."""
 
     def __init__(self, seed: int = 0) -> None:
         self.generator = torch.Generator().manual_seed(seed)
 
-    def state_dict(self) -> dict[str, Any]:
+    def run_state(self) -> dict[str, Any]:
         return {"generator": self.generator.get_state()}
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
+    def load_run_state(self, state: Mapping[str, Any]) -> None:
         self.generator.set_state(state["generator"])
 
     def act(self, obs: torch.Tensor, masks: torch.Tensor, envs: EnvBatch) -> Sampled:
@@ -70,6 +95,13 @@ class ForcedPolicy:
         self.base = base
         self.forced = forced
         self.fallbacks = 0
+
+    def run_state(self) -> dict[str, Any]:
+        return {"fallbacks": self.fallbacks, "base": run_state(self.base)}
+
+    def load_run_state(self, state: Mapping[str, Any]) -> None:
+        self.fallbacks = int(state["fallbacks"])
+        load_run_state(self.base, state["base"])
 
     def act(self, obs: torch.Tensor, masks: torch.Tensor, envs: EnvBatch) -> Sampled:
         out = self.base.act(obs, masks, envs)
@@ -116,10 +148,10 @@ class HeuristicPolicy:
         self.min_left = min_left
         self._next_blueprint = 0
 
-    def state_dict(self) -> dict[str, Any]:
+    def run_state(self) -> dict[str, Any]:
         return {"next_blueprint": self._next_blueprint}
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
+    def load_run_state(self, state: Mapping[str, Any]) -> None:
         self._next_blueprint = int(state["next_blueprint"])
 
     def act(self, obs: torch.Tensor, masks: torch.Tensor, envs: EnvBatch) -> Sampled:

@@ -1,0 +1,297 @@
+"""The policy catalogue: every policy spec Esper accepts, parsed in one place and built in one place.
+
+``esper run --policy``, ``esper eval --policies`` and ``esper sweep --policies``
+all read a spec through :func:`parse_policy` and build it with
+:func:`build_policy`, so the three commands accept the same names. A spec is
+
+* a kind from :data:`KINDS` (``heuristic``, ``random``, ``wait``, ``pretrained``,
+  ``schedule:FILE``, ...) or a policy file written by ``esper train``;
+* ``greedy:`` before a learned policy (a file or ``pretrained``): each head's
+  most probable legal choice instead of a draw;
+* ``+HEAD=CHOICE`` after it, any number of times: that lever head forced
+  (the nearest legal choice where it is illegal, counted as a fallback);
+* ``static`` or ``static:N``: the starting host widened (to a growing
+  policy's final size in an eval, or to about ``N`` parameters) and never grown.
+
+A new policy kind is one :func:`register` call: its name, whether it takes an
+argument (``name:ARG``), how to check the argument before any episode starts,
+and how to build it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import attrs
+
+from esper_kernel.config import EnvConfig
+from esper_kernel.errors import EsperError
+from esper_kernel.registry import Registry
+from esper_kernel.tamiyo.policies import (
+    CarriesRunState,
+    ForcedPolicy,
+    HeuristicPolicy,
+    Policy,
+    RandomPolicy,
+    WaitPolicy,
+    load_run_state,
+    run_state,
+)
+
+__all__ = [
+    "KINDS",
+    "BuildContext",
+    "CarriesRunState",
+    "PolicyKind",
+    "PolicySpec",
+    "build_policy",
+    "check_forced",
+    "check_spec",
+    "learned_policy_file",
+    "load_run_state",
+    "parse_force",
+    "parse_policy",
+    "register",
+    "run_state",
+]
+
+
+@attrs.frozen
+class PolicySpec:
+    """One parsed policy spec: a policy, lever heads it is forced to, or a static-host control."""
+
+    policy: str
+    forced: tuple[tuple[str, str], ...] = ()
+    #: For ``static``: the parameter count to widen the host to (None: match a growing policy).
+    static_params: int | None = None
+    static: bool = False
+    #: For a learned policy: take each head's most probable legal choice instead of sampling.
+    greedy: bool = False
+    #: A schedule resolved before any episode starts (``recipe:``): its TOML text.
+    resolved: str | None = None
+
+    @property
+    def name(self) -> str:
+        if self.static:
+            return "static" if self.static_params is None else f"static:{self.static_params}"
+        policy = f"greedy:{self.policy}" if self.greedy else self.policy
+        return "+".join([policy, *(f"{h}={c}" for h, c in self.forced)])
+
+
+@attrs.frozen
+class BuildContext:
+    """What a policy is built for: the composed levers, the observation size, the episode seed, the env."""
+
+    registry: Registry
+    obs_dim: int
+    seed: int
+    env: EnvConfig
+
+
+@attrs.frozen
+class PolicyKind:
+    """One kind of policy the catalogue knows."""
+
+    name: str
+    #: One line for help texts and ``docs/eval.md``.
+    summary: str
+    #: ``(argument, spec, context) -> policy``; the argument is what follows ``name:`` (or the name itself).
+    build: Callable[[str, PolicySpec, BuildContext], Policy]
+    #: Written ``name:ARG`` (``schedule:FILE``) rather than ``name``.
+    takes_argument: bool = False
+    #: ``greedy:`` applies (a learned policy).
+    learned: bool = False
+    #: Raises a one-line :class:`EsperError` for an argument that cannot work, before any episode starts.
+    check: Callable[[str, str], None] | None = None
+    #: Makes no decision of its own, so ``--force`` does not apply to it.
+    decides: bool = True
+
+
+KINDS: dict[str, PolicyKind] = {}
+
+
+def register(kind: PolicyKind) -> PolicyKind:
+    """Add a kind of policy; every command accepts it from then on."""
+    if kind.name in KINDS:
+        raise ValueError(f"policy kind {kind.name!r} is registered twice")
+    KINDS[kind.name] = kind
+    return kind
+
+
+def _build_learned(arg: str, spec: PolicySpec, ctx: BuildContext) -> Policy:
+    from esper_kernel.tamiyo.ppo import load_policy, pretrained_path, trained_on
+
+    path = pretrained_path(ctx.env.task) if arg == "pretrained" else Path(arg)
+    policy = load_policy(path, ctx.registry, ctx.obs_dim, trained_on=trained_on(ctx.env))
+    policy.greedy = spec.greedy
+    return policy
+
+
+def _check_file(arg: str, text: str) -> None:
+    if not Path(arg).exists():
+        known = ", ".join(n for n, k in KINDS.items() if k.name != FILE)
+        raise EsperError(f"policy {text!r}: {arg!r} is neither a policy kind ({known}) nor an existing policy file")
+
+
+#: The kind of a spec that names no registered kind: a policy file.
+FILE = "file"
+
+register(
+    PolicyKind(
+        "heuristic", "germinate on a plateau, fossilize what helps, cull what hurts", lambda *_: HeuristicPolicy()
+    )
+)
+register(
+    PolicyKind(
+        "random", "uniform over legal choices, seeded by the episode seed", lambda _a, _s, c: RandomPolicy(c.seed)
+    )
+)
+register(
+    PolicyKind("wait", "never grows: the control growth is paired against", lambda *_: WaitPolicy(), decides=False)
+)
+register(PolicyKind("pretrained", "the policy shipped for the task", _build_learned, learned=True))
+register(PolicyKind(FILE, "a policy file written by esper train", _build_learned, learned=True, check=_check_file))
+
+
+def kind_of(name: str) -> tuple[PolicyKind, str]:
+    """The kind a policy name (no ``greedy:``, no ``+HEAD=CHOICE``) names, and its argument."""
+    kind = KINDS.get(name)
+    if kind is not None and not kind.takes_argument and name != FILE:
+        return kind, name
+    prefix, sep, arg = name.partition(":")
+    kind = KINDS.get(prefix)
+    if sep and kind is not None and kind.takes_argument:
+        return kind, arg
+    return KINDS[FILE], name
+
+
+def _parse_force(text: str, where: str) -> tuple[str, str]:
+    head, sep, choice = text.partition("=")
+    if not sep or not head or not choice:
+        raise EsperError(f"{where}: expected HEAD=CHOICE, got {text!r}")
+    return head.strip(), choice.strip()
+
+
+def parse_force(text: str) -> tuple[str, str]:
+    """``tempo=GLACIAL`` -> ``("tempo", "GLACIAL")`` (the ``--force`` option)."""
+    return _parse_force(text, where="--force")
+
+
+def _parse_static(head: str, text: str, rest: Sequence[str], flag: str) -> PolicySpec:
+    if rest:
+        raise EsperError(f"{flag}: {text!r}: a static host makes no decisions, so nothing can be forced")
+    if head == "static":
+        return PolicySpec("wait", static=True)
+    n = head.removeprefix("static:")
+    if not n.isdigit() or int(n) < 1:
+        raise EsperError(f"{flag}: {text!r}: expected static:N with N a positive parameter count")
+    return PolicySpec("wait", static=True, static_params=int(n))
+
+
+def parse_policy(text: str, extra_forced: Sequence[tuple[str, str]] = (), *, flag: str = "--policies") -> PolicySpec:
+    """``heuristic+tempo=GLACIAL`` -> PolicySpec; ``extra_forced`` (``--force``) applies to policies that decide.
+
+    Checks the grammar only; :func:`check_spec` checks files and forced heads against the levers.
+    """
+    parts = [p.strip() for p in text.split("+")]
+    head, rest = parts[0], parts[1:]
+    if not head:
+        raise EsperError(f"{flag}: empty policy name in {text!r}")
+    if head == "static" or head.startswith("static:"):
+        return _parse_static(head, text, rest, flag)
+    greedy = head.startswith("greedy:")
+    head = head.removeprefix("greedy:")
+    if greedy and not head:
+        raise EsperError(f"{flag} {text!r}: name a policy file or pretrained after greedy:")
+    kind, _ = kind_of(head)
+    if greedy and not kind.learned:
+        raise EsperError(f"{flag} {text!r}: greedy: applies to a policy file or pretrained, not to {head}")
+    forced = [_parse_force(p, where=f"{flag} {text!r}") for p in rest]
+    if kind.decides:
+        forced += [f for f in extra_forced if f[0] not in {h for h, _ in forced}]
+    return PolicySpec(head, tuple(forced), greedy=greedy)
+
+
+def check_forced(spec: PolicySpec, registry: Registry) -> None:
+    """Every forced head exists and has the forced choice, or a one-line error naming it."""
+    for head, choice in spec.forced:
+        if head not in registry.space or head in ("op", "slot"):
+            levers = ", ".join(n for n in registry.space.names if n not in ("op", "slot"))
+            raise EsperError(f"--force {head}={choice}: no head {head!r} to force; heads: {levers}")
+        if choice not in registry.space.head(head).spec.choices:
+            known = ", ".join(registry.space.head(head).spec.choices)
+            raise EsperError(f"--force {head}={choice}: head {head!r} has no choice {choice!r}; choices: {known}")
+
+
+def check_spec(spec: PolicySpec, registry: Registry) -> None:
+    """What can be checked before an episode starts: the kind's argument (a file, a schedule) and forced heads."""
+    check_forced(spec, registry)
+    if spec.static or spec.resolved is not None:
+        return
+    kind, arg = kind_of(spec.policy)
+    if kind.check is not None:
+        kind.check(arg, spec.name)
+
+
+def build_policy(spec: PolicySpec, ctx: BuildContext) -> Policy:
+    """The policy ``spec`` names, for one episode (``ctx.seed``), with its forced heads."""
+    if spec.static:
+        base: Policy = WaitPolicy()
+    else:
+        kind, arg = kind_of(spec.policy)
+        if kind.check is not None and spec.resolved is None:
+            kind.check(arg, spec.name)
+        base = kind.build(arg, spec, ctx)
+    if not spec.forced:
+        return base
+    check_forced(spec, ctx.registry)
+    return ForcedPolicy(base, dict(spec.forced))
+
+
+def static_width(env: EnvConfig, num_classes: int, params: float) -> int:
+    """The smallest host width whose parameter count reaches ``params`` (the static-host control)."""
+    width = 1
+    while _host_params(env, num_classes, width) < params and width < 4096:
+        width += 1
+    return width
+
+
+def _host_params(env: EnvConfig, num_classes: int, width: int) -> int:
+    from esper_kernel.env import cnn_host_config
+    from esper_kernel.hosts import CNNHost
+
+    host = CNNHost(cnn_host_config(attrs.evolve(env, width=width), num_classes))
+    return sum(p.numel() for p in host.parameters())
+
+
+def static_env(spec: PolicySpec, env: EnvConfig, num_classes: int, flag: str = "--policy") -> EnvConfig:
+    """``env`` with the host widened for a ``static:N`` spec (``env`` itself for any other spec)."""
+    if not spec.static:
+        return env
+    if spec.static_params is None:
+        raise EsperError(
+            f"{flag} static: give the parameter count to widen the host to, static:N "
+            "(a bare static matches a growing policy's size, which only esper eval has)"
+        )
+    if env.topology != "cnn":
+        raise EsperError(f"{flag} {spec.name}: a static-host control needs a CNN task; {env.task!r} is {env.topology}")
+    return attrs.evolve(env, width=static_width(env, num_classes, spec.static_params))
+
+
+def learned_policy_file(text: str, task: str) -> Path | None:
+    """The policy file a spec plays (``pretrained``'s for ``task``), or None for a policy that is not learned."""
+    spec = parse_policy(text, flag="--policy")
+    if spec.static:
+        return None
+    kind, arg = kind_of(spec.policy)
+    if not kind.learned:
+        return None
+    from esper_kernel.tamiyo.ppo import pretrained_path
+
+    return pretrained_path(task) if arg == "pretrained" else Path(arg)
+
+
+def describe_kinds() -> str:
+    """Every registered kind, one per line (help texts and docs)."""
+    return "\n".join(f"{k.name}{':ARG' if k.takes_argument else ''}: {k.summary}" for k in KINDS.values())
