@@ -8,6 +8,7 @@ hook once; the per-step path then calls plain functions.
 
 from __future__ import annotations
 
+import copy
 import importlib.metadata as md
 import os
 import time
@@ -35,9 +36,8 @@ ENV_DISABLED = "ESPER_DISABLED_LEVERS"
 ENV_NO_AUTOLOAD = "ESPER_DISABLE_PLUGIN_AUTOLOAD"
 ENV_STRICT = "ESPER_STRICT_PLUGINS"
 
-#: The distribution and package of the builtin levers: a plugin never displaces them.
+#: The builtin levers ship with the kernel, in its own distribution: a plugin never displaces them.
 BUILTIN_DISTRIBUTION = "esper-kernel"
-BUILTIN_PACKAGE = "esper_levers_builtin"
 
 
 @attrs.frozen
@@ -58,11 +58,11 @@ class LeverInfo:
 
     @property
     def builtin(self) -> bool:
-        return _is_builtin(self.distribution, self.entry_point)
+        return _is_builtin(self.distribution)
 
 
-def _is_builtin(distribution: str, entry_point: str) -> bool:
-    return distribution == BUILTIN_DISTRIBUTION and entry_point.split(".")[0].split(":")[0] == BUILTIN_PACKAGE
+def _is_builtin(distribution: str) -> bool:
+    return distribution == BUILTIN_DISTRIBUTION
 
 
 @attrs.frozen
@@ -94,7 +94,8 @@ class Quarantine:
     def describe(self) -> str:
         return (
             f"lever {self.lever!r} ({self.distribution}): {self.hook} failed ({self.error}); "
-            "its heads stay at their defaults and its hooks are skipped for the rest of the run"
+            "its heads stay at their defaults, the knobs it wrote are restored and its hooks are skipped "
+            "for the rest of the run"
         )
 
 
@@ -238,7 +239,7 @@ def _by_name(
 
 
 def _ep_builtin(ep: md.EntryPoint) -> bool:
-    return _is_builtin(_dist_name(ep), ep.value)
+    return _is_builtin(_dist_name(ep))
 
 
 def _load_one(name: str, ep: md.EntryPoint, sel: Selection, listing: bool) -> LeverInfo | LoadFailure:
@@ -370,6 +371,11 @@ class Registry:
         #: "stop": a lever failing at run time stops the run; "quarantine": the lever is frozen and the run goes on.
         self.fault_policy = "stop"
         self.quarantined: dict[str, Quarantine] = {}
+        #: Per lever, per seed: the seed, and for each knob the lever wrote, its value before the
+        #: lever's first write and after its last, so a quarantine can take the writes back.
+        self._written: dict[str, dict[str, tuple[SeedState, dict[str, Any], dict[str, Any]]]] = {}
+        #: The seed whose module is about to be built (build knobs may still change).
+        self._building: str | None = None
         #: Told of every quarantine as it happens (the run logs and shows it).
         self.on_quarantine: Callable[[Quarantine], None] | None = None
         #: Seconds spent in each lever's run-time hooks, ``{lever: {hook: s}}``.
@@ -561,10 +567,16 @@ class Registry:
         """Set the declared knobs for ``new``, then run every ``on_enter_stage`` in lever order."""
         for setting in self.settings:
             if setting.stage is new and setting.head in seed.values and setting.lever not in self.quarantined:
+                before = attrs.asdict(seed.knobs)
                 setattr(seed.knobs, setting.knob, seed.values[setting.head])
+                self._note_writes(setting.lever, seed, before)
         args = {"seed": seed, "old": old, "new": new}
-        for hook in self.stage_hooks:
-            self._call(hook, "on_enter_stage", args, f"on_enter_stage({old.name} -> {new.name})", new)
+        self._building = seed.seed_id if new is Stage.GERMINATED else None
+        try:
+            for hook in self.stage_hooks:
+                self._call(hook, "on_enter_stage", args, f"on_enter_stage({old.name} -> {new.name})", new)
+        finally:
+            self._building = None
 
     def on_epoch(self, seed: SeedState, epoch: int) -> None:
         """Run every lever's ``on_epoch`` for a live seed, before ``epoch`` runs."""
@@ -576,14 +588,44 @@ class Registry:
         """One lever's seed hook, timed; a failure (or a knob write it may not make) stops the run or quarantines it."""
         if hook.lever in self.quarantined:
             return
+        seed: SeedState = args["seed"]
+        before = attrs.asdict(seed.knobs)
         started = time.perf_counter()
         try:
-            _run(hook, args, where, building=new is Stage.GERMINATED)
+            try:
+                _run(hook, args, where, before, building=new is Stage.GERMINATED)
+            finally:
+                # Noted even when the hook raised after writing: a quarantine must take that write back too.
+                self._note_writes(hook.lever, seed, before)
         except PluginError as err:
             if not self.quarantine(hook.lever, name, err):
                 raise
         finally:
             self.add_time(hook.lever, name, time.perf_counter() - started)
+
+    def _note_writes(self, lever: str, seed: SeedState, before: Mapping[str, Any]) -> None:
+        after = attrs.asdict(seed.knobs)
+        changed = [k for k, v in before.items() if after[k] != v]
+        if not changed:
+            return
+        _, first, last = self._written.setdefault(lever, {}).setdefault(seed.seed_id, (seed, {}, {}))
+        for knob in changed:
+            first.setdefault(knob, before[knob])
+            last[knob] = after[knob]
+
+    def _take_back(self, lever: str) -> None:
+        """Restore every knob ``lever`` wrote to its value before the lever wrote it.
+
+        A knob another lever has written since keeps that lever's value: it is
+        the later word, and undoing it would take back a write that did not fail.
+        A build knob of a seed already built stays: the module was built with it.
+        """
+        for seed, first, last in self._written.pop(lever, {}).values():
+            for knob, value in first.items():
+                if knob in BUILD_KNOBS and seed.seed_id != self._building:
+                    continue
+                if getattr(seed.knobs, knob) == last[knob]:
+                    setattr(seed.knobs, knob, copy.deepcopy(value))
 
     def add_time(self, lever: str, hook: str, seconds: float) -> None:
         per = self.timings.setdefault(lever, {})
@@ -602,6 +644,7 @@ class Registry:
         q = Quarantine(lever, info.distribution, hook, _one_line(error))
         self.quarantined[lever] = q
         self.masks.frozen.add(lever)
+        self._take_back(lever)
         if self.on_quarantine is not None:
             self.on_quarantine(q)
         return True
@@ -610,10 +653,9 @@ class Registry:
         return tuple(f for f in self.fields if f.spec.observed)
 
 
-def _run(hook: StageHook, args: Mapping[str, Any], where: str, *, building: bool) -> None:
+def _run(hook: StageHook, args: Mapping[str, Any], where: str, before: Mapping[str, Any], *, building: bool) -> None:
     """Call a seed hook; a knob it writes without owning it, or too late to matter, is an error."""
     seed: SeedState = args["seed"]
-    before = attrs.asdict(seed.knobs)
     label = f"lever {hook.lever!r} ({hook.distribution})"
     try:
         hook.fn(**{a: args[a] for a in hook.argnames})
@@ -635,14 +677,10 @@ def _run(hook: StageHook, args: Mapping[str, Any], where: str, *, building: bool
         )
 
 
-def _kept(info: LeverInfo) -> bool:
-    """The kernel's own heads and the builtin levers keep their names against any plugin."""
-    return info.builtin or (info.name == CORE_NAME and info.distribution == BUILTIN_DISTRIBUTION)
-
-
 def _head_clash(head: str, first: LeverInfo, second: LeverInfo) -> str:
-    if _kept(first) != _kept(second):
-        kept, plugin = (first, second) if _kept(first) else (second, first)
+    """The kernel's own heads and the builtin levers keep their names: the plugin is named as the one at fault."""
+    if first.builtin != second.builtin:
+        kept, plugin = (first, second) if first.builtin else (second, first)
         return f"{plugin.label}: head {head!r} is already declared by the builtin {kept.label}, which keeps it"
     return f"head {head!r} is declared twice: by {first.label} and by {second.label}"
 

@@ -11,12 +11,14 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import CliRunner, LeverDists, make_view
+from conftest import CliRunner, LeverDists, make_core, make_seed, make_view
 
 from esper_kernel.config import RunConfig, with_overrides
 from esper_kernel.errors import MaskError, PluginError
-from esper_kernel.registry import ENV_STRICT, Selection
+from esper_kernel.harness import Harness
+from esper_kernel.registry import ENV_STRICT, Registry, Selection, installed_entry_points
 from esper_kernel.run import EVENTS, run
+from esper_kernel.stages import Stage
 from esper_kernel.telemetry import read_events
 from esper_kernel.watch import SLOW_HOOK_SHARE
 
@@ -268,10 +270,6 @@ def test_host_sizing_counts_exactly_and_never_builds_an_oversized_host() -> None
 
 
 def _with_builtins(lever_dist: LeverDists, selection: Selection) -> Any:
-    from conftest import make_core
-
-    from esper_kernel.registry import Registry, installed_entry_points
-
     return Registry.open(make_core(), selection, installed_entry_points())
 
 
@@ -338,3 +336,60 @@ def test_levers_list_marks_a_broken_relation_and_exits_0(
     assert why in fail["error"]
     human = run_esper("levers", "list")
     assert human.returncode == 0 and "needy" in human.stdout and "failed to load" in human.stdout
+
+
+# -- quarantine takes back what the lever wrote ---------------------------------------------
+
+MEDDLER = (
+    HEAD.format(head="speed")
+    + """
+from esper_kernel import Stage
+
+writes = ("lr_scale", "probation_epochs")
+composes = ("lr_scale",)
+
+@hookimpl
+def on_enter_stage(seed, old, new):
+    if new is Stage.GERMINATED:
+        seed.knobs.lr_scale = 1.0
+        seed.knobs.probation_epochs = 99
+    elif new is Stage.TRAINING:
+        seed.knobs.probation_epochs = 77
+        raise RuntimeError("meddler gives up")
+"""
+)
+
+
+def test_quarantine_restores_every_knob_the_lever_wrote(lever_dist: LeverDists) -> None:
+    lever_dist("meddler", MEDDLER, dist="acme-meddler")
+    reg = Registry.open(make_core(), Selection(only=("lr", "meddler")), installed_entry_points())
+    reg.fault_policy = "quarantine"
+    seed = make_seed(reg, lr="AGGRESSIVE")
+    probation = seed.knobs.probation_epochs
+    reg.enter_stage(seed, Stage.DORMANT, Stage.GERMINATED)
+    assert seed.knobs.lr_scale == 1.0  # the meddler overwrote the lr lever's 2.0
+
+    reg.enter_stage(seed, Stage.GERMINATED, Stage.TRAINING)
+
+    assert set(reg.quarantined) == {"meddler"}
+    # Every knob the meddler wrote, including the one it wrote just before raising, is back.
+    assert seed.knobs.lr_scale == 2.0
+    assert seed.knobs.probation_epochs == probation
+    reg.enter_stage(seed, Stage.TRAINING, Stage.BLENDING)
+    assert seed.knobs.lr_scale == 2.0
+
+
+def test_quarantine_gives_the_seed_its_chosen_learning_rate_back(lever_dist: LeverDists) -> None:
+    lever_dist("meddler", MEDDLER, dist="acme-meddler")
+    reg = Registry.open(make_core(), Selection(only=("lr", "meddler")), installed_entry_points())
+    reg.fault_policy = "quarantine"
+    h = Harness(registry=reg, blocks=3)
+    seed = h.germinate(0, lr="AGGRESSIVE")
+    host_lr = h.lifecycle.config.host_lr
+    assert h.seed_group_lr(0) == pytest.approx(host_lr)
+    while seed.stage is Stage.GERMINATED:
+        h.end_epoch()
+    assert set(reg.quarantined) == {"meddler"}
+    h.end_epoch()
+    # The seed trains at the rate it chose, for the rest of its life.
+    assert h.seed_group_lr(0) == pytest.approx(2 * host_lr)
