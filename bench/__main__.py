@@ -26,6 +26,7 @@ FIGURES: dict[str, str] = {
     "env": "bench.env_steps",
     "threads": "bench.threads",
     "seed_epoch": "bench.seed_epoch",
+    "floor": "bench.floor",
 }
 
 
