@@ -217,8 +217,7 @@ class MorphoEnv:
         )
         self.lifecycle.apply(decision, self.epoch)
         prev_acc = self.last.val_accuracy if self.last else None
-        result = self.runner.run_epoch(self.epoch)
-        self.fields = compute_fields(self.registry, self.lifecycle, result, log=self.log)
+        result = self.runner.run_epoch(self.epoch, observe=self._observe_fields)
         self.last = result
         self.acc_history.append(result.val_accuracy)
         self.loss_history.append(result.val_loss)
@@ -240,6 +239,10 @@ class MorphoEnv:
         self.epoch += 1
         reward = self.reward(prev_acc, result.val_accuracy)
         return StepResult(self.observe(), reward, self.done, result)
+
+    def _observe_fields(self, result: EpochResult) -> None:
+        # Read for the epoch just trained, before on_epoch sets the next epoch's state.
+        self.fields = compute_fields(self.registry, self.lifecycle, result, log=self.log)
 
     def legal_choices(self, decision: Decision) -> dict[str, list[str]]:
         """What each relevant head but the op could have chosen, under the decision's op, in this state.

@@ -236,8 +236,13 @@ class Lifecycle:
 
     # -- the automatic part --------------------------------------------------
 
-    def end_epoch(self, measure: EpochMeasure) -> None:
-        """Record what the epoch measured, then advance every slot by its gates."""
+    def end_epoch(self, measure: EpochMeasure, observe: Callable[[], None] | None = None) -> None:
+        """Record what the epoch measured, advance every slot by its gates, then prepare the next epoch.
+
+        ``observe`` runs between the two (the run computes the levers' telemetry
+        there): after it, ``on_epoch`` sets the next epoch's state, which the
+        epoch just trained did not have.
+        """
         epoch = measure.epoch
         for slot, seed in enumerate(self.seeds):
             if seed is None:
@@ -246,6 +251,8 @@ class Lifecycle:
                 continue
             self._record(seed, measure, slot)
             self._advance(seed, epoch)
+        if observe is not None:
+            observe()
         if epoch + 1 < self.config.max_epochs:
             for live in self.live_seeds():
                 self._before_epoch(live, epoch + 1)

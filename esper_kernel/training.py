@@ -8,6 +8,7 @@ through the same code a real run uses. The runner owns the host's optimizer
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 from collections.abc import Callable
@@ -211,7 +212,8 @@ class EpochRunner:
         self.amp = amp
         self._host_snapshot: torch.Tensor | None = None
 
-    def run_epoch(self, epoch: int) -> EpochResult:
+    def run_epoch(self, epoch: int, observe: Callable[[EpochResult], None] | None = None) -> EpochResult:
+        """Train and measure one epoch; ``observe`` sees its result before the next epoch's ``on_epoch`` runs."""
         lc = self.lifecycle
         host = lc.host
         slots = lc.slots
@@ -261,8 +263,7 @@ class EpochRunner:
         measure = EpochMeasure(
             epoch=epoch, val_accuracy=val_acc, host_grad_norm=host_norm, slots=measures, host_weight_change=change
         )
-        lc.end_epoch(measure)
-        return EpochResult(
+        result = EpochResult(
             epoch=epoch,
             train_loss=float(loss_sum) / max(count, 1),
             train_accuracy=int(correct) / max(count, 1),
@@ -271,6 +272,8 @@ class EpochRunner:
             host_grad_norm=host_norm,
             measure=measure,
         )
+        lc.end_epoch(measure, None if observe is None else functools.partial(observe, result))
+        return result
 
     def _guarded_step(self, trained: list[torch.Tensor]) -> None:
         # One non-finite step turns every weight into NaN for good, and one huge step

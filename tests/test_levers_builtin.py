@@ -137,9 +137,10 @@ class Rig:
 
     def step(self) -> EpochResult:
         self.events.epoch = self.epoch
-        result = self.runner.run_epoch(self.epoch)
+        result = self.runner.run_epoch(
+            self.epoch, observe=lambda r: self.fields.append(compute_fields(self.registry, self.lifecycle, r))
+        )
         self.results.append(result)
-        self.fields.append(compute_fields(self.registry, self.lifecycle, result))
         self.epoch += 1
         return result
 

@@ -96,3 +96,50 @@ def test_docs_warmup_passes_the_contract(check: str) -> None:
 
 def test_docs_warmup_is_selectable_by_name(warmup: LeverDists) -> None:
     assert warmup.registry(Selection(only=("warmup",))).names == ("warmup",)
+
+
+HOOKS_DOC = DOC.parent / "hooks.md"
+
+
+def _hooks_on_epoch_example() -> str:
+    section = HOOKS_DOC.read_text().split("## on_epoch", 1)[1].split("\n## ", 1)[0]
+    (block,) = re.findall(r"```python\n(.*?)```", section, flags=re.DOTALL)
+    return block
+
+
+def test_hooks_doc_on_epoch_example_runs_beside_the_builtin_levers(lever_dist: LeverDists) -> None:
+    from conftest import make_core
+
+    from esper_kernel.registry import Registry, installed_entry_points
+
+    lever_dist("warmup", _hooks_on_epoch_example(), dist="esper-lever-warmup")
+    # A default install: every builtin lever, the builtin lr among them, beside the docs' example.
+    reg = Registry.open(make_core(), Selection(), installed_entry_points())
+    assert not reg.failures, [f.describe() for f in reg.failures]
+    assert "warmup" in reg.names and "lr" in reg.names
+    h = Harness(["lr", "warmup"])
+    h.germinate(0, lr="AGGRESSIVE", warmup="short")
+    aggressive = 2.0 * h.lifecycle.config.host_lr
+    assert _lr_per_epoch(h, 4) == pytest.approx([aggressive / 3, 2 * aggressive / 3, aggressive, aggressive])
+
+
+@pytest.mark.usefixtures("warmup")
+def test_docs_warmup_telemetry_is_for_the_epoch_that_was_trained(tmp_path: Path) -> None:
+    from esper_kernel.env import EnvConfig, MorphoEnv, build_registry, load_task
+    from esper_kernel.telemetry import Telemetry, read_events
+
+    cfg = EnvConfig(epochs=5, slots=2, batch_size=32, train_size=64, val_size=32, width=4)
+    reg = build_registry(cfg, Selection(only=("warmup",)))
+    path = tmp_path / "events.jsonl"
+    trained_at: list[float] = []
+    with Telemetry(path, "warmup", console=False) as tel:
+        env = MorphoEnv(cfg, reg, load_task(cfg, 0), tel.log)
+        env.reset(0)
+        env.step(reg.space.encode([{"op": "germinate", "slot": "s0", "warmup": "SHORT"}])[0])
+        while not env.done:
+            trained_at.append(env.runner.optimizer.seed_group_lr(0) / env.lifecycle.config.host_lr)
+            env.step(reg.space.encode([{"op": "wait"}])[0])
+    ramp = [e["warmup.ramp"][0] for e in read_events(path) if e["event"] == "epoch.completed"]
+    # Epoch e's field reads the rate epoch e trained at: a third in the germination epoch, not two thirds.
+    assert ramp[:3] == pytest.approx([1 / 3, 2 / 3, 1.0])
+    assert ramp[1 : 1 + len(trained_at)] == pytest.approx(trained_at)
