@@ -378,6 +378,11 @@ class Registry:
         self._building: str | None = None
         #: Told of every quarantine as it happens (the run logs and shows it).
         self.on_quarantine: Callable[[Quarantine], None] | None = None
+        #: ESPER_STRICT_PLUGINS: a lever's invalid run-time output (NaN telemetry) is an error, not a warning.
+        self.strict = False
+        #: Where a lever's run-time warnings reach a person (the console); each is shown once per run.
+        self.on_warning: Callable[[str], None] | None = None
+        self._warned: set[str] = set()
         #: Seconds spent in each lever's run-time hooks, ``{lever: {hook: s}}``.
         self.timings: Timings = self.masks.timings
         self.masks.on_fault = self.quarantine
@@ -404,7 +409,9 @@ class Registry:
         named = set(sel.only or ())
         while True:
             try:
-                return cls(core, levers, failures, installed=result.installed)
+                registry = cls(core, levers, failures, installed=result.installed)
+                registry.strict = sel.strict
+                return registry
             except PluginError as exc:
                 # Tolerant means tolerant: a lever whose declarations are invalid is
                 # dropped and reported like one that fails to import, unless the
@@ -648,6 +655,12 @@ class Registry:
         if self.on_quarantine is not None:
             self.on_quarantine(q)
         return True
+
+    def warn_once(self, key: str, message: str) -> None:
+        """Show ``message`` to the person running this, the first time ``key`` comes up."""
+        if key not in self._warned and self.on_warning is not None:
+            self._warned.add(key)
+            self.on_warning(message)
 
     def observed_fields(self) -> tuple[ComposedField, ...]:
         return tuple(f for f in self.fields if f.spec.observed)

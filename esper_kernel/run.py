@@ -334,6 +334,7 @@ def _play(setup: _Setup, tel: Telemetry, tell: _Reporting, stop_after: int | Non
         tell.warn(f"quarantined {q.describe()}")
 
     registry.on_quarantine = quarantined
+    registry.on_warning = tell.warn
     envs = EnvBatch([env])
     obs = envs.reset([config.seed])
     total = 0.0

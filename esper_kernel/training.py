@@ -21,7 +21,7 @@ from torch import nn
 
 from esper_kernel.errors import PluginError
 from esper_kernel.lifecycle import EpochMeasure, Lifecycle, LifecycleError, SlotMeasure
-from esper_kernel.registry import ComposedField, Registry
+from esper_kernel.registry import ENV_STRICT, ComposedField, Registry
 from esper_kernel.seeds import SeedState
 from esper_kernel.slots import SeedSlot
 from esper_kernel.specs import FieldContext
@@ -370,8 +370,9 @@ def compute_fields(
     Fields see the seed that lived in the slot during the epoch, including one
     culled or fossilized at its end, so the last epoch of a seed is reported too.
     A non-finite value is reported as None, and as a ``telemetry.invalid``
-    warning on ``log`` naming the lever, so it never reaches Tamiyo as a NaN
-    and is never silently dropped.
+    warning on ``log`` naming the lever (and once on the console), so it never
+    reaches Tamiyo as a NaN and is never silently dropped; under strict
+    plugins it is an error instead.
     """
     chosen = fields if fields is not None else registry.fields
     out: dict[str, list[float | None]] = {f.key: [] for f in chosen}
@@ -381,19 +382,31 @@ def compute_fields(
         for f in chosen:
             value = _field_value(registry, f, ctx)
             if value is not None and not math.isfinite(value):
-                if log is not None:
-                    info = registry.info(f.lever)
-                    log.warning(
-                        "telemetry.invalid",
-                        field=f.key,
-                        slot=slot,
-                        value=repr(value),
-                        lever=info.name,
-                        distribution=info.distribution,
-                    )
+                _not_finite(registry, f, slot, value, log)
                 value = None
             out[f.key].append(value)
     return out
+
+
+def _not_finite(registry: Registry, f: ComposedField, slot: int, value: float, log: Any) -> None:
+    """A NaN or infinite field: an error under strict plugins, else a logged warning shown once on the console."""
+    info = registry.info(f.lever)
+    what = f"{info.label}: telemetry field {f.key!r} returned {value!r} for slot {slot}"
+    if registry.strict:
+        err = PluginError(f"{what}; it must return a finite number or None ({ENV_STRICT}=1)")
+        if not registry.quarantine(f.lever, "telemetry_fields", err):
+            raise err
+        return
+    if log is not None:
+        log.warning(
+            "telemetry.invalid",
+            field=f.key,
+            slot=slot,
+            value=repr(value),
+            lever=info.name,
+            distribution=info.distribution,
+        )
+    registry.warn_once(f"telemetry.invalid:{f.key}", f"{what}; recorded as null (shown once per field)")
 
 
 def _field_value(registry: Registry, f: ComposedField, ctx: FieldContext) -> float | None:

@@ -393,3 +393,27 @@ def test_quarantine_gives_the_seed_its_chosen_learning_rate_back(lever_dist: Lev
     h.end_epoch()
     # The seed trains at the rate it chose, for the rest of its life.
     assert h.seed_group_lr(0) == pytest.approx(2 * host_lr)
+
+
+# -- NaN telemetry ------------------------------------------------------------------------
+
+NAN_FIELD = HEAD.format(head="speed") + (
+    "\n@hookimpl\ndef telemetry_fields():\n    return [TelemetryField('nan', 'always NaN', lambda ctx: float('nan'))]\n"
+)
+
+
+def test_nan_telemetry_is_shown_on_the_console_and_an_error_when_strict(
+    lever_dist: LeverDists, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    lever_dist("nanny", NAN_FIELD, dist="acme-nanny")
+    warnings: list[str] = []
+    run(tiny(tmp_path / "lax", ("nanny",), epochs=2), on_warning=warnings.append)
+    shown = [w for w in warnings if "'nanny.nan'" in w]
+    assert len(shown) == 1 and "lever 'nanny' (acme-nanny 1.0)" in shown[0] and "nan" in shown[0]
+
+    monkeypatch.setenv(ENV_STRICT, "1")
+    strict = tmp_path / "strict"
+    with pytest.raises(PluginError, match=rf"'nanny' \(acme-nanny 1.0\): telemetry field 'nanny.nan'.*{ENV_STRICT}=1"):
+        run(tiny(strict, ("nanny",), epochs=2))
+    last = read_events(strict / EVENTS)[-1]
+    assert last["event"] == "run.failed" and "'nanny.nan'" in last["error"]
