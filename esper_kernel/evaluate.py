@@ -27,10 +27,10 @@ from pathlib import Path
 from typing import Any
 
 import attrs
-import torch
 
 from esper_kernel.config import converter
 from esper_kernel.env import EnvBatch, EnvConfig, MorphoEnv, build_registry, load_task
+from esper_kernel.episode import Observer, Step, play_batch
 from esper_kernel.errors import EsperError
 from esper_kernel.files import write_text_atomic
 from esper_kernel.lifecycle import CORE_HEADS
@@ -132,6 +132,40 @@ def _check_specs(env: EnvConfig, specs: Sequence[PolicySpec], levers: tuple[str,
         check_spec(spec, registry)
 
 
+@attrs.define
+class _Tally(Observer):
+    """What an eval records of an episode: GERMINATE decisions and their legal choices, the size each epoch."""
+
+    env: MorphoEnv
+    levers: list[str]
+    multi: dict[str, int]
+    legal: dict[str, dict[str, int]]
+    germinations: int = 0
+    decided: list[dict[str, dict[str, Any]]] = attrs.Factory(list)
+    params: list[int] = attrs.Factory(list)
+
+    @classmethod
+    def of(cls, env: MorphoEnv) -> _Tally:
+        space = env.registry.space
+        levers = [n for n in space.names if Op.GERMINATE in space.head(n).spec.ops and n not in CORE_HEADS]
+        legal = {n: dict.fromkeys(space.head(n).spec.choices, 0) for n in levers}
+        return cls(env, levers, dict.fromkeys(levers, 0), legal)
+
+    def on_step(self, step: Step) -> bool:
+        space = self.env.registry.space
+        if int(step.sampled.actions[0, space.op_index]) == Op.GERMINATE:
+            self.germinations += 1
+            for name in self.levers:
+                row = step.masks[0, Op.GERMINATE, space.names.index(name), : len(self.legal[name])]
+                self.multi[name] += int(row.sum()) > 1
+                for choice, ok in zip(self.legal[name], row.tolist(), strict=True):
+                    self.legal[name][choice] += bool(ok)
+            if self.env.last_choice is not None:
+                self.decided.append(self.env.last_choice)
+        self.params.append(self.env.param_count())
+        return True
+
+
 def play_episode(job: EvalJob) -> EpisodeResult:
     """Play one episode of ``job.policy`` on ``job.seed``; no files written."""
     cfg = converter.structure(job.env, EnvConfig)
@@ -143,50 +177,26 @@ def play_episode(job: EvalJob) -> EpisodeResult:
     envs = EnvBatch([env])
     obs = envs.reset([job.seed])
     policy = build_policy(job.policy, BuildContext(registry, env.obs_dim, job.seed, cfg))
-    space = registry.space
-    levers = [n for n in space.names if Op.GERMINATE in space.head(n).spec.ops and n not in CORE_HEADS]
-    multi = dict.fromkeys(levers, 0)
-    legal: dict[str, dict[str, int]] = {n: dict.fromkeys(space.head(n).spec.choices, 0) for n in levers}
-    germinations = 0
-    decided: list[dict[str, dict[str, Any]]] = []
-    total = 0.0
-    params: list[int] = []
+    tally = _Tally.of(env)
     started = time.perf_counter()
-    while not env.done:
-        masks = envs.masks()
-        with torch.no_grad():
-            sampled = policy.act(obs, masks, envs)
-        germinating = int(sampled.actions[0, space.op_index]) == Op.GERMINATE
-        if germinating:
-            germinations += 1
-            for name in levers:
-                row = masks[0, Op.GERMINATE, space.names.index(name), : len(legal[name])]
-                multi[name] += int(row.sum()) > 1
-                for choice, ok in zip(legal[name], row.tolist(), strict=True):
-                    legal[name][choice] += bool(ok)
-        result = envs.step(sampled.actions)[0]
-        if germinating and env.last_choice is not None:
-            decided.append(env.last_choice)
-        total += result.reward
-        params.append(env.param_count())
-        obs = result.obs[None]
+    (total,) = play_batch(envs, policy, obs, [tally])
     fates = [s.stage for s in env.lifecycle.history]
     return EpisodeResult(
         seed=job.seed,
         final_val_accuracy=env.acc_history[-1],
         best_val_accuracy=env.best,
         params=env.param_count(),
-        mean_params=sum(params) / len(params),
+        mean_params=sum(tally.params) / len(tally.params),
         ret=total,
         fallbacks=policy.fallbacks if isinstance(policy, ForcedPolicy) else 0,
         fossilized=sum(s is Stage.FOSSILIZED for s in fates),
         culled=sum(s is not Stage.FOSSILIZED for s in fates),
-        germinate_decisions=germinations,
-        multi_legal=multi,
-        legal_counts=legal,
+        germinate_decisions=tally.germinations,
+        multi_legal=tally.multi,
+        legal_counts=tally.legal,
         wall_seconds=round(time.perf_counter() - started, 2),
         curve=tuple(env.acc_history),
-        germinate=tuple(decided),
+        germinate=tuple(tally.decided),
     )
 
 

@@ -25,6 +25,7 @@ from esper_kernel.checkpoint import CheckpointError
 from esper_kernel.config import EnvConfig, RunConfig, structure_config, unstructure_config
 from esper_kernel.devices import rng_states, set_rng_states
 from esper_kernel.env import EnvBatch, MorphoEnv, build_registry, load_task, make_host, observation_names
+from esper_kernel.episode import Observer, Step, play_batch
 from esper_kernel.errors import EsperError, SelectionError
 from esper_kernel.files import write_text_atomic
 from esper_kernel.registry import (
@@ -348,22 +349,34 @@ def _play(setup: _Setup, tel: Telemetry, tell: _Reporting, stop_after: int | Non
     compile_watch = CompileWatch(registry, tel.log, tell.warn) if config.env.compile else None
     if tell.on_start is not None:
         tell.on_start(config.env.epochs, env.epoch)
-    while not env.done:
-        watch.epoch_started()
-        masks = envs.masks()
-        with torch.no_grad():
-            sampled = policy.act(obs, masks, envs)
-        result = envs.step(sampled.actions)[0]
-        total += result.reward
-        obs = result.obs[None]
-        watch.epoch_ended(env.epoch - 1)
-        if env.epoch % config.checkpoint_every == 0 or env.done:
-            _save(setup.out, config, setup.run_id, env, policy, total, registry, tel)
-        if tell.on_epoch is not None:
-            tell.on_epoch(EpochReport(env.epoch, config.env.epochs, result.epoch.val_accuracy, _stages(env)))
-        if stop_after is not None and env.epoch >= stop_after and not env.done:
-            break
+    observer = _RunObserver(setup, tel, tell, env, watch, stop_after)
+    (total,) = play_batch(envs, policy, obs, [observer], t=env.epoch, returns=[total])
     return _Played(env, total, watch, compile_watch)
+
+
+@attrs.define
+class _RunObserver(Observer):
+    """Hook timing, checkpoints, the progress display and ``stop_after``: what ``esper run`` does each epoch."""
+
+    setup: _Setup
+    tel: Telemetry
+    tell: _Reporting
+    env: MorphoEnv
+    watch: HookWatch
+    stop_after: int | None
+
+    def before_decision(self, t: int) -> None:
+        self.watch.epoch_started()
+
+    def on_step(self, step: Step) -> bool:
+        env, config = self.env, self.setup.config
+        self.watch.epoch_ended(env.epoch - 1)
+        if env.epoch % config.checkpoint_every == 0 or env.done:
+            s = self.setup
+            _save(s.out, config, s.run_id, env, s.policy, step.returns[0], s.registry, self.tel)
+        if self.tell.on_epoch is not None:
+            self.tell.on_epoch(EpochReport(env.epoch, config.env.epochs, env.acc_history[-1], _stages(env)))
+        return self.stop_after is None or env.epoch < self.stop_after or env.done
 
 
 def _finish(setup: _Setup, played: _Played, wall: float) -> dict[str, Any]:

@@ -30,6 +30,7 @@ from torch import nn
 
 from esper_kernel import checkpoint
 from esper_kernel.env import EnvBatch, EnvConfig, MorphoEnv, load_task, observation_names
+from esper_kernel.episode import PoolEnvs, play, play_batch
 from esper_kernel.errors import EsperError
 from esper_kernel.lifecycle import CORE_HEADS
 from esper_kernel.registry import Registry, Selection
@@ -505,13 +506,9 @@ def evaluate_on_pool(policy: PPOPolicy, pool: EnvPool, seeds: Sequence[int]) -> 
     try:
         for start in range(0, len(seeds), pool.n_envs):
             chunk = list(seeds[start : start + pool.n_envs])
-            step = pool.reset(chunk, [-1] * len(chunk))
-            returns = [0.0] * len(chunk)
-            while step.masks is not None:
-                sampled, _ = policy.act_with_value(step.obs, step.masks)
-                step = pool.step(sampled.actions)
-                returns = [a + r for a, r in zip(returns, step.rewards, strict=True)]
-            out += returns
+            first = pool.reset(chunk, [-1] * len(chunk))
+            act = lambda o, m: policy.act_with_value(o, m)[0]  # noqa: E731
+            out += play(PoolEnvs(pool, first), act, first.obs)
     finally:
         policy.greedy = greedy
         policy.generator.set_state(gen_state)
@@ -715,11 +712,4 @@ def evaluate_policy(
 ) -> list[float]:
     """One episode per seed (task data and host both from that seed), all envs stepped together; the returns."""
     envs = EnvBatch([MorphoEnv(env_config, registry, load_task(env_config, s), log, i) for i, s in enumerate(seeds)])
-    obs = envs.reset(seeds)
-    returns = [0.0] * len(seeds)
-    while not envs.envs[0].done:
-        sampled = policy.act(obs, envs.masks(), envs)
-        results = envs.step(sampled.actions)
-        returns = [a + r.reward for a, r in zip(returns, results, strict=True)]
-        obs = torch.stack([r.obs for r in results])
-    return returns
+    return list(play_batch(envs, policy, envs.reset(seeds)))
