@@ -94,7 +94,8 @@ def make_policy(spec: str, registry: Registry, obs_dim: int, seed: int, env: Env
     A policy file stamped with another task than ``env``'s is refused, naming both.
     """
     parsed = parse_policy(spec, flag="--policy")
-    return build_policy(parsed, BuildContext(registry, obs_dim, seed, env if env is not None else EnvConfig()))
+    ctx = BuildContext(registry, obs_dim, seed, env if env is not None else EnvConfig())
+    return build_policy(parsed, ctx, flag="--policy")
 
 
 def check_out(out: Path, *, overwrite: bool, flag: str = "--out") -> None:

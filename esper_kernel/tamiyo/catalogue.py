@@ -102,7 +102,8 @@ class PolicyKind:
     takes_argument: bool = False
     #: ``greedy:`` applies (a learned policy).
     learned: bool = False
-    #: Raises a one-line :class:`EsperError` for an argument that cannot work, before any episode starts.
+    #: ``(argument, where)``: raises a one-line :class:`EsperError` starting with ``where`` (the flag and
+    #: the spec) for an argument that cannot work, before any episode starts.
     check: Callable[[str, str], None] | None = None
     #: Makes no decision of its own, so ``--force`` does not apply to it.
     decides: bool = True
@@ -128,10 +129,10 @@ def _build_learned(arg: str, spec: PolicySpec, ctx: BuildContext) -> Policy:
     return policy
 
 
-def _check_file(arg: str, text: str) -> None:
+def _check_file(arg: str, where: str) -> None:
     if not Path(arg).exists():
         known = ", ".join(n for n, k in KINDS.items() if k.name != FILE)
-        raise EsperError(f"policy {text!r}: {arg!r} is neither a policy kind ({known}) nor an existing policy file")
+        raise EsperError(f"{where}: {arg!r} is neither a policy kind ({known}) nor an existing policy file")
 
 
 #: The kind of a spec that names no registered kind: a policy file.
@@ -224,24 +225,24 @@ def check_forced(spec: PolicySpec, registry: Registry) -> None:
             raise EsperError(f"--force {head}={choice}: head {head!r} has no choice {choice!r}; choices: {known}")
 
 
-def check_spec(spec: PolicySpec, registry: Registry) -> None:
+def check_spec(spec: PolicySpec, registry: Registry, flag: str = "--policies") -> None:
     """What can be checked before an episode starts: the kind's argument (a file, a schedule) and forced heads."""
     check_forced(spec, registry)
     if spec.static or spec.resolved is not None:
         return
     kind, arg = kind_of(spec.policy)
     if kind.check is not None:
-        kind.check(arg, spec.name)
+        kind.check(arg, f"{flag} {spec.name!r}")
 
 
-def build_policy(spec: PolicySpec, ctx: BuildContext) -> Policy:
+def build_policy(spec: PolicySpec, ctx: BuildContext, flag: str = "--policies") -> Policy:
     """The policy ``spec`` names, for one episode (``ctx.seed``), with its forced heads."""
     if spec.static:
         base: Policy = WaitPolicy()
     else:
         kind, arg = kind_of(spec.policy)
         if kind.check is not None and spec.resolved is None:
-            kind.check(arg, spec.name)
+            kind.check(arg, f"{flag} {spec.name!r}")
         base = kind.build(arg, spec, ctx)
     if not spec.forced:
         return base
