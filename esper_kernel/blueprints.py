@@ -209,6 +209,68 @@ def _cnn_dilated(c: int, ws: float) -> nn.Module:
     )
 
 
+# ------------------------------------------------------------------ 1-D CNN seeds
+# Signals ``[B, C, L]`` (MNIST-1D): the same recipes as the image seeds, one axis fewer.
+# The spatial ones (dilated, wide, conv_small) widen the host's receptive field, which is
+# what an under-capacity 1-D host lacks; norm and attention only rescale what it sees.
+
+
+def _conv1(cin: int, cout: int, k: int, *, dilation: int = 1, groups: int = 1, zero: bool = False) -> nn.Conv1d:
+    """Same-padding 1-D convolution, optionally zero-initialised."""
+    conv = nn.Conv1d(cin, cout, k, padding=dilation * (k // 2), dilation=dilation, groups=groups)
+    if zero:
+        _zero_(conv)
+    return conv
+
+
+class _SqueezeExcite1dDelta(nn.Module):
+    """Channel attention over a signal as a delta (see :class:`_SqueezeExciteDelta`)."""
+
+    def __init__(self, channels: int, hidden: int) -> None:
+        super().__init__()
+        self.fc1 = _linear(channels, hidden)
+        self.fc2 = _linear(hidden, channels, zero=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        scale = torch.tanh(self.fc2(F.relu(self.fc1(x.mean(dim=2)))))
+        return x * scale[:, :, None]
+
+
+def _c1_norm(c: int, ws: float) -> nn.Module:
+    return nn.Sequential(nn.GroupNorm(_groups(c), c), _conv1(c, c, 1, zero=True))
+
+
+def _c1_attention(c: int, ws: float) -> nn.Module:
+    return _SqueezeExcite1dDelta(c, _hidden(c / 4, ws))
+
+
+def _c1_conv_small(c: int, ws: float) -> nn.Module:
+    h = _hidden(c, ws)
+    return nn.Sequential(_conv1(c, h, 3), nn.ReLU(), _conv1(h, c, 1, zero=True))
+
+
+def _c1_wide(c: int, ws: float) -> nn.Module:
+    h = _hidden(c, ws)
+    return nn.Sequential(_conv1(c, h, 5), nn.ReLU(), _conv1(h, c, 5, zero=True))
+
+
+def _c1_dilated(dilation: int) -> Callable[[int, float], nn.Module]:
+    def factory(c: int, ws: float) -> nn.Module:
+        h = _hidden(c, ws)
+        return nn.Sequential(
+            _conv1(c, h, 3, dilation=dilation),
+            nn.ReLU(),
+            _conv1(h, c, 3, dilation=dilation, zero=True),
+        )
+
+    return factory
+
+
+def _c1_bottleneck(c: int, ws: float) -> nn.Module:
+    h = _hidden(c / 2, ws)
+    return nn.Sequential(_conv1(c, h, 1), nn.ReLU(), _conv1(h, h, 3), nn.ReLU(), _conv1(h, c, 1, zero=True))
+
+
 # ------------------------------------------------------------- transformer seeds
 
 
@@ -328,6 +390,15 @@ _REGISTRY: dict[str, dict[str, Blueprint]] = {
         Blueprint("conv_heavy", "cnn", "three 3x3 convs with GroupNorm (hidden 2C)", _cnn_conv_heavy),
         Blueprint("dilated", "cnn", "two dilation-2 3x3 convs (hidden C/2)", _cnn_dilated),
     ),
+    "cnn1d": _registry(
+        Blueprint("norm", "cnn1d", "GroupNorm then zero-init 1-wide conv", _c1_norm, scalable=False),
+        Blueprint("attention", "cnn1d", "squeeze-excite channel attention (hidden C/4)", _c1_attention),
+        Blueprint("conv_small", "cnn1d", "3-wide conv -> 1-wide conv (hidden C)", _c1_conv_small),
+        Blueprint("bottleneck", "cnn1d", "1 -> 3 -> 1-wide bottleneck (hidden C/2)", _c1_bottleneck),
+        Blueprint("wide", "cnn1d", "two 5-wide convs (hidden C): +8 receptive field", _c1_wide),
+        Blueprint("dilated", "cnn1d", "two dilation-2 3-wide convs (hidden C): +8 receptive field", _c1_dilated(2)),
+        Blueprint("dilated4", "cnn1d", "two dilation-4 3-wide convs (hidden C): +16 receptive field", _c1_dilated(4)),
+    ),
     "transformer": _registry(
         Blueprint("norm", "transformer", "LayerNorm then zero-init linear", _tf_norm, scalable=False),
         Blueprint("lora8", "transformer", "low-rank A.B delta, rank 8", _tf_lora(8)),
@@ -369,7 +440,7 @@ def blueprint_names(topology: str) -> tuple[str, ...]:
     """Names of the blueprints for ``topology``, in a stable documented order.
 
     Raises:
-        UnknownBlueprintError: ``topology`` is not ``"cnn"`` or ``"transformer"``.
+        UnknownBlueprintError: ``topology`` is not one of :data:`TOPOLOGIES`.
     """
     return tuple(_topology_registry(topology))
 

@@ -89,15 +89,15 @@ _ENV_CHECKS: dict[str, Callable[[Any], str | None]] = {
 
 def env_problems(env: EnvConfig, prefix: str = "env.") -> list[str]:
     """Every out-of-range value of an episode's config, as ``env.key: what is wrong``."""
-    from esper_kernel.tasks import TASKS
+    from esper_kernel.taskplugins import task_names
 
     problems: list[str] = []
     for key, check in _ENV_CHECKS.items():
         value = getattr(env, key, None)
         if value is not None and (msg := check(value)) is not None:
             problems.append(f"{prefix}{key}: {msg}")
-    if env.task not in TASKS:
-        problems.append(f"{prefix}task: unknown task {env.task!r}; known tasks: {', '.join(sorted(TASKS))}")
+    if env.task not in (names := task_names()):
+        problems.append(f"{prefix}task: unknown task {env.task!r}; installed tasks: {', '.join(names)}")
     if env.data_dir is not None and not env.data_dir.strip():
         problems.append(f"{prefix}data_dir: is empty; leave it out for the generated tasks")
     return problems

@@ -184,6 +184,45 @@ def new_lever(name: str, parent: Path) -> None:
     click.echo(f"created {root}; next: pip install -e {root} && pytest {root / 'tests'}")
 
 
+# -- esper tasks ----------------------------------------------------------------
+
+
+@main.group()
+def tasks() -> None:
+    """Inspect the installed task plugins (the esper.tasks entry-point group)."""
+
+
+@tasks.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON (schema esper.tasks/1, see docs/tasks.md).")
+def list_tasks_command(as_json: bool) -> None:
+    """List installed tasks and the task plugins that failed to load.
+
+    Loads each task's declaration only (no data, no host, no torch); a broken
+    task plugin is listed with its distribution, never fatal, except that
+    ESPER_STRICT_PLUGINS=1 then makes the command fail after listing.
+    """
+    import json
+
+    from esper_kernel.taskplugins import ENV_STRICT, list_tasks, strict_mode
+
+    listing = list_tasks()
+    if as_json:
+        click.echo(json.dumps(listing.to_json(), indent=2))
+    else:
+        for info in listing.tasks:
+            t = info.task
+            data = "reads --data-dir" if t.requires_data_dir else "generated"
+            click.echo(
+                f"{t.name:<12} {t.topology:<11} metric {t.metric:<8} {data:<16} "
+                f"({info.distribution} {info.version})  {t.description}"
+            )
+        for failure in listing.failures:
+            click.echo(f"FAILED: {failure.describe()}")
+    if strict_mode() and listing.failures:
+        names = ", ".join(f"{f.name!r} ({f.distribution})" for f in listing.failures)
+        raise PluginError(f"{len(listing.failures)} task plugin(s) failed to load: {names} ({ENV_STRICT}=1)")
+
+
 # -- options every training command shares ---------------------------------------
 
 
@@ -229,7 +268,7 @@ def runtime_options(*, amp: bool = True, tensorboard: bool = True) -> Callable[[
 
 
 @main.command("run")
-@click.option("--task", default=None, help="Task: pairs (default, the growth task), shapes, sequences, cifar10, text.")
+@click.option("--task", default=None, help="Task: pairs (default, the growth task) or any of `esper tasks list`.")
 @click.option("--data-dir", default=None, type=click.Path(file_okay=True), help="Directory for cifar10 / text data.")
 @click.option(
     "--policy",
@@ -303,7 +342,7 @@ def run_command(**flags: Any) -> None:
 @click.option("--train-size", type=click.IntRange(min=1), default=None, help="Training examples (default 1024).")
 @click.option("--val-size", type=click.IntRange(min=1), default=None, help="Validation examples (default 512).")
 @click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Host batch size (default 64).")
-@click.option("--data-dir", type=click.Path(file_okay=False), default=None, help="Data for tasks that read files.")
+@click.option("--data-dir", type=click.Path(), default=None, help="Data for tasks that read files.")
 @click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None, help="PPO lr (default 3e-3).")
 @click.option("--hidden", type=click.IntRange(min=1), default=None, help="Policy MLP width (default 64).")
 @click.option(

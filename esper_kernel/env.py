@@ -21,12 +21,13 @@ from esper_kernel.config import EnvConfig as EnvConfig  # re-exported: callers h
 from esper_kernel.config import LifecycleConfig
 from esper_kernel.core import CoreHeads
 from esper_kernel.devices import resolve_device
-from esper_kernel.errors import EsperError
-from esper_kernel.hosts import CNNHostConfig, Host, TransformerHostConfig, build_host
+from esper_kernel.errors import EsperError, PluginError
+from esper_kernel.hosts import CNN1DHost, CNNHost, CNNHostConfig, Host, TransformerHost
 from esper_kernel.lifecycle import EpochMeasure, Lifecycle
 from esper_kernel.registry import Registry, Selection
 from esper_kernel.stages import Stage
-from esper_kernel.tasks import TASKS, TaskData, TaskError, get_task
+from esper_kernel.taskplugins import HostShape, build_data, find_task
+from esper_kernel.tasks import TaskData, TaskError
 from esper_kernel.training import EpochResult, EpochRunner, compute_fields
 
 N_STAGES = len(Stage)
@@ -36,23 +37,30 @@ HISTORY = 3
 
 
 def cnn_host_config(config: EnvConfig, num_classes: int) -> CNNHostConfig:
-    """The CNN host for ``config``: the task's own host shape, with the user's width if given."""
-    shape = dict(TASKS[config.task].cnn_host) if config.task in TASKS else {}
-    if config.width is not None:
-        shape["width"] = config.width
-    return CNNHostConfig(num_classes=num_classes, blocks=config.slots, **shape)
+    """The config of ``config``'s (image) task's starting host, with the user's width if given."""
+    host = find_task(config.task).task.host(HostShape(num_classes), config.slots, config.width)
+    if not isinstance(host.config, CNNHostConfig):
+        raise EsperError(f"task {config.task!r} has a {host.topology} host, not an image CNN")
+    return host.config
 
 
 def load_task(config: EnvConfig, seed: int) -> TaskData:
+    """``config``'s task data; ``--train-size``/``--val-size`` given to a task that cannot take them are refused."""
     sizes: dict[str, Any] = {}
-    if config.task in ("pairs", "shapes", "sequences"):
-        sizes = {"n_train": config.train_size, "n_val": config.val_size}
+    if config.train_size is not None:
+        sizes["n_train"] = config.train_size
+    if config.val_size is not None:
+        sizes["n_val"] = config.val_size
     data_dir = Path(config.data_dir) if config.data_dir else None
+    info = find_task(config.task)
     try:
-        return get_task(config.task, seed=seed, data_dir=data_dir, **sizes)
+        data = build_data(info, seed, data_dir, sizes)
     except TaskError as exc:
         # A missing --data-dir or a bad data file is the user's to fix: one line, not a traceback.
         raise EsperError(str(exc)) from exc
+    if not isinstance(data, TaskData):
+        raise PluginError(f"task {info.name!r} ({info.distribution}) built a {type(data).__name__}, not a TaskData")
+    return data
 
 
 def task_on(task: TaskData, device: torch.device) -> TaskData:
@@ -67,13 +75,15 @@ def task_on(task: TaskData, device: torch.device) -> TaskData:
 
 
 def make_host(config: EnvConfig, task: TaskData) -> Host:
-    """The episode's host for ``config`` and ``task`` (the one place its shape is decided)."""
-    if config.topology == "cnn":
-        return build_host("cnn", cnn_host_config(config, task.num_classes))
-    seq = task.seq_len or 32
-    return build_host(
-        "transformer", TransformerHostConfig(vocab_size=task.num_classes, layers=config.slots, max_len=seq)
-    )
+    """The episode's host for ``config`` and ``task``: the task plugin's, at ``config.width`` if given."""
+    info = find_task(config.task)
+    host = info.task.host(HostShape.of(task), config.slots, config.width)
+    if not isinstance(host, CNNHost | CNN1DHost | TransformerHost):
+        raise PluginError(
+            f"task {info.name!r} ({info.distribution}) built a {type(host).__name__} host, "
+            "not one of esper_kernel.hosts' (CNNHost, CNN1DHost, TransformerHost)"
+        )
+    return host
 
 
 def build_registry(config: EnvConfig, selection: Selection | None = None) -> Registry:

@@ -47,6 +47,7 @@ from esper_kernel.tamiyo.catalogue import (
     static_width,
 )
 from esper_kernel.tamiyo.policies import ForcedPolicy
+from esper_kernel.taskplugins import HostShape
 from esper_kernel.telemetry import null_log
 from esper_kernel.workers import iter_jobs
 
@@ -221,8 +222,6 @@ def evaluate(
         raise EsperError(f"--policies names a policy twice: {', '.join(names)}")
     if reference not in names:
         raise EsperError(f"--reference {reference!r} is not among the policies: {', '.join(names)}")
-    if any(p.static for p in policies) and env.topology != "cnn":
-        raise EsperError(f"a static-host control needs a CNN task; {env.task!r} is {env.topology}")
     _check_specs(env, policies, levers)
     started = time.perf_counter()
     data = converter.unstructure(env)
@@ -231,14 +230,14 @@ def evaluate(
     statics = [p for p in policies if p.static]
     results = _run(growing, data, seeds, levers, workers, book, on_done)
     if statics:
-        num_classes = load_task(attrs.evolve(env, train_size=1, val_size=1), seeds[0]).num_classes
+        shape = HostShape.of(load_task(attrs.evolve(env, train_size=1, val_size=1), seeds[0]))
         target = _static_target(growing, results)
         jobs_for = {}
         for p in statics:
             params = p.static_params if p.static_params is not None else target
             if params is None:
                 raise EsperError("'static' matches the first growing policy's parameter count: list one before it")
-            jobs_for[p.name] = static_width(env, num_classes, params)
+            jobs_for[p.name] = static_width(env, shape, params)
         results |= _run(statics, data, seeds, levers, workers, book, on_done, widths=jobs_for)
     return document(env, policies, seeds, levers, reference, results, time.perf_counter() - started)
 

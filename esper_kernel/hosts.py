@@ -4,6 +4,7 @@ Two families are provided, deliberately small by default so experiments run on
 a CPU:
 
 * :class:`CNNHost` -- a conv-BN-ReLU image classifier, ``[B, C, H, W] -> [B, classes]``.
+* :class:`CNN1DHost` -- the same for signals, ``[B, C, L] -> [B, classes]`` (MNIST-1D).
 * :class:`TransformerHost` -- a GPT-style causal LM, ``[B, T] long -> [B, T, vocab]``.
 
 Both expose the same surface: ``slots`` (a ``ModuleList`` of
@@ -24,6 +25,8 @@ from esper_kernel.slots import SeedSlot
 
 __all__ = [
     "MAX_WIDTH_FACTOR",
+    "CNN1DHost",
+    "CNN1DHostConfig",
     "CNNHost",
     "CNNHostConfig",
     "Host",
@@ -68,6 +71,28 @@ class CNNHostConfig:
 
 
 @attrs.frozen
+class CNN1DHostConfig:
+    """Shape of a :class:`CNN1DHost`: :class:`CNNHostConfig`'s fields for signals ``[B, C, L]``.
+
+    ``stem_kernel`` is the stem's width; with ``block_kernel`` 1 it is the host's whole receptive
+    field, which is how a 1-D host is made under capacity (a seed's convs then widen it).
+    """
+
+    in_channels: int = attrs.field(default=1, validator=_positive)
+    num_classes: int = attrs.field(default=10, validator=_positive)
+    width: int = attrs.field(default=16, validator=_positive)
+    blocks: int = attrs.field(default=3, validator=_positive)
+    block_kernel: int = attrs.field(default=3, validator=_positive)
+    stem_kernel: int = attrs.field(default=3, validator=_positive)
+    downsample: bool = False
+
+    def __attrs_post_init__(self) -> None:
+        for key in ("block_kernel", "stem_kernel"):
+            if getattr(self, key) % 2 == 0:
+                raise ValueError(f"{key} must be odd, got {getattr(self, key)}")
+
+
+@attrs.frozen
 class TransformerHostConfig:
     """Shape of a :class:`TransformerHost`.
 
@@ -90,7 +115,7 @@ class TransformerHostConfig:
             raise ValueError(f"dim ({self.dim}) must be divisible by heads ({self.heads})")
 
 
-HostConfig: TypeAlias = CNNHostConfig | TransformerHostConfig
+HostConfig: TypeAlias = CNNHostConfig | CNN1DHostConfig | TransformerHostConfig
 
 
 #: The widest CNN block, as a multiple of the configured width.
@@ -171,6 +196,52 @@ class CNNHost(_SlottedHost):
         return out
 
 
+class CNN1DHost(_SlottedHost):
+    """Signal classifier with a seed slot after every block (:class:`CNNHost` with one axis fewer).
+
+    ``stem (conv-BN-ReLU, stem_kernel wide)`` -> ``blocks`` x ``(conv-BN-ReLU, slot)`` -> global
+    average pool over the signal -> linear. With ``downsample`` later blocks halve the length
+    and double the channels (capped at ``MAX_WIDTH_FACTOR * width``).
+    """
+
+    def __init__(self, config: CNN1DHostConfig | None = None) -> None:
+        super().__init__()
+        cfg = config or CNN1DHostConfig()
+        self.config = cfg
+        self.topology = "cnn1d"
+        self.stem = nn.Sequential(
+            nn.Conv1d(cfg.in_channels, cfg.width, cfg.stem_kernel, padding=cfg.stem_kernel // 2, bias=False),
+            nn.BatchNorm1d(cfg.width),
+            nn.ReLU(),
+        )
+        dims: list[int] = []
+        blocks: list[nn.Module] = []
+        cin, k = cfg.width, cfg.block_kernel
+        for i in range(cfg.blocks):
+            grow = i > 0 and cfg.downsample
+            cout, stride = (min(2 * cin, MAX_WIDTH_FACTOR * cfg.width), 2) if grow else (cin, 1)
+            blocks.append(
+                nn.Sequential(
+                    nn.Conv1d(cin, cout, k, stride=stride, padding=k // 2, bias=False),
+                    nn.BatchNorm1d(cout),
+                    nn.ReLU(),
+                )
+            )
+            dims.append(cout)
+            cin = cout
+        self.blocks = nn.ModuleList(blocks)
+        self.slot_dims = tuple(dims)
+        self.slots = nn.ModuleList(SeedSlot(d, "cnn1d") for d in dims)
+        self.head = nn.Linear(cin, cfg.num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.stem(x)
+        for block, slot in zip(self.blocks, self.slots, strict=True):
+            h = slot(block(h))
+        out: torch.Tensor = self.head(h.mean(dim=2))
+        return out
+
+
 class _CausalSelfAttention(nn.Module):
     def __init__(self, dim: int, heads: int) -> None:
         super().__init__()
@@ -238,7 +309,7 @@ class TransformerHost(_SlottedHost):
         return out
 
 
-Host: TypeAlias = CNNHost | TransformerHost
+Host: TypeAlias = CNNHost | CNN1DHost | TransformerHost
 
 
 def build_host(topology: str, config: HostConfig | None = None) -> Host:
@@ -253,8 +324,12 @@ def build_host(topology: str, config: HostConfig | None = None) -> Host:
         if config is not None and not isinstance(config, CNNHostConfig):
             raise ValueError(f"cnn host needs a CNNHostConfig, got {type(config).__name__}")
         return CNNHost(config)
+    if topology == "cnn1d":
+        if config is not None and not isinstance(config, CNN1DHostConfig):
+            raise ValueError(f"cnn1d host needs a CNN1DHostConfig, got {type(config).__name__}")
+        return CNN1DHost(config)
     if topology == "transformer":
         if config is not None and not isinstance(config, TransformerHostConfig):
             raise ValueError(f"transformer host needs a TransformerHostConfig, got {type(config).__name__}")
         return TransformerHost(config)
-    raise ValueError(f"unknown topology {topology!r}; known topologies: cnn, transformer")
+    raise ValueError(f"unknown topology {topology!r}; known topologies: cnn, cnn1d, transformer")

@@ -409,7 +409,7 @@ class Lifecycle:
     def _probe_input(self, slot: int) -> torch.Tensor:
         dim = self._dim(slot)
         device = next(self.host.parameters()).device
-        shape = (2, dim, 4, 4) if self.topology == "cnn" else (2, 4, dim)
+        shape = {"cnn": (2, dim, 4, 4), "cnn1d": (2, dim, 8)}.get(self.topology, (2, 4, dim))
         return torch.randn(shape, device=device)
 
     def _emit_gate(self, seed: SeedState, gate: GateResult, epoch: int) -> None:

@@ -9,7 +9,7 @@ that what they build is exactly what is named here.
 
 from __future__ import annotations
 
-TOPOLOGIES: tuple[str, ...] = ("cnn", "transformer")
+TOPOLOGIES: tuple[str, ...] = ("cnn", "cnn1d", "transformer")
 
 #: How a seed's alpha ramps in, the ``blend`` head's choices.
 BLENDS: tuple[str, ...] = ("linear", "sigmoid", "gated")
@@ -17,5 +17,6 @@ BLENDS: tuple[str, ...] = ("linear", "sigmoid", "gated")
 #: Each topology's blueprints, in the documented order (the ``blueprint`` head's choices).
 BLUEPRINTS: dict[str, tuple[str, ...]] = {
     "cnn": ("norm", "attention", "depthwise", "bottleneck", "conv_small", "conv_light", "conv_heavy", "dilated"),
+    "cnn1d": ("norm", "attention", "conv_small", "bottleneck", "wide", "dilated", "dilated4"),
     "transformer": ("norm", "lora8", "lora32", "attention", "mlp_small", "mlp_large", "conv1d", "gated_mlp"),
 }

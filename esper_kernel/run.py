@@ -45,6 +45,7 @@ from esper_kernel.tamiyo.catalogue import (
     static_env,
 )
 from esper_kernel.tamiyo.policies import Policy
+from esper_kernel.taskplugins import HostShape
 from esper_kernel.telemetry import Telemetry
 from esper_kernel.watch import CompileWatch, HookWatch
 
@@ -271,7 +272,7 @@ def _set_up(config: RunConfig, resume: Path | None, overwrite: bool) -> _Setup:
     task = load_task(config.env, config.seed)
     if state is None:
         # static:N plays a wider host that never grows; the widened width is stored in the config.
-        wide = static_env(parse_policy(config.policy, flag="--policy"), config.env, task.num_classes)
+        wide = static_env(parse_policy(config.policy, flag="--policy"), config.env, HostShape.of(task))
         config = attrs.evolve(config, env=wide)
     size = measure_host(
         lambda: make_host(config.env, task), task.train_x[:1], config.env.batch_size, max_params=MAX_HOST_PARAMS
@@ -316,6 +317,9 @@ def _log_start(setup: _Setup, tel: Telemetry, superseded: int, tell: _Reporting)
         superseded_events=superseded,
         heads=list(registry.space.names),
         host_params=setup.size.params,
+        # The split the episode really trains and validates on (the task's own when no size was given).
+        n_train=setup.task.n_train,
+        n_val=setup.task.n_val,
         host_memory_bytes=setup.size.memory_bytes,
     )
     tell.warn(setup.size.describe())

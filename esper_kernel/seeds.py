@@ -180,5 +180,5 @@ class SeedState:
     @property
     def isolated_when_blending(self) -> bool:
         if self.knobs.isolate_blending is None:
-            return self.topology == "cnn"
+            return self.topology in ("cnn", "cnn1d")
         return self.knobs.isolate_blending

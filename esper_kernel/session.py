@@ -345,12 +345,12 @@ def _fresh_train_config(f: TrainFlags) -> TrainConfig:
 def _train_problems(config: TrainConfig, f: TrainFlags) -> None:
     """Ranges and names, each naming its flag, before anything is written."""
     from esper_kernel.bounds import env_problems, finite_problems
-    from esper_kernel.tasks import TASKS
+    from esper_kernel.taskplugins import task_names
 
     check_device(config.env.device)
-    if config.env.task not in TASKS:
+    if config.env.task not in (names := task_names()):
         raise click.BadParameter(
-            f"unknown task {config.env.task!r}; known tasks: {', '.join(sorted(TASKS))}", param_hint="--task"
+            f"unknown task {config.env.task!r}; installed tasks: {', '.join(names)}", param_hint="--task"
         )
     problems = env_problems(config.env, prefix="--") + finite_problems(
         **{"--lr": config.ppo.lr, "--entropy-coef": config.ppo.entropy_coef}

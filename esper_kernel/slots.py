@@ -166,14 +166,16 @@ class _SampleGate(nn.Module):
 
     def __init__(self, dim: int, topology: str) -> None:
         super().__init__()
-        self.pool_spatial = topology == "cnn"
+        # Image and signal features pool over their spatial axes; token features keep time.
+        self.pool_dims: tuple[int, ...] | None = {"cnn": (2, 3), "cnn1d": (2,)}.get(topology)
         self.proj = nn.Linear(dim, 1)
         nn.init.zeros_(self.proj.weight)
         nn.init.zeros_(self.proj.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.pool_spatial:
-            return torch.sigmoid(self.proj(x.mean(dim=(2, 3))))[:, :, None, None]
+        if self.pool_dims is not None:
+            gate = torch.sigmoid(self.proj(x.mean(dim=self.pool_dims)))
+            return gate.view(*gate.shape, *([1] * len(self.pool_dims)))
         return torch.sigmoid(self.proj(x))
 
 

@@ -1,6 +1,6 @@
 """Training tasks for Esper: generated benchmarks and loaders for local data sets.
 
-Five tasks are registered in :data:`TASKS`:
+The builtin tasks are registered as ``esper.tasks`` entry points (:mod:`esper_kernel.builtin_tasks`):
 
 * ``pairs`` -- the default growth task: generated 10-class 3x12x12 images of dot or bar pairs
   at fixed offsets (:func:`make_pairs`), paired with a host whose receptive field is too small
@@ -11,6 +11,7 @@ Five tasks are registered in :data:`TASKS`:
 * ``cifar10`` -- CIFAR-10 read from the python-pickle files on local disk (:func:`load_cifar10`),
   through an unpickler that admits only the types those files use.
 * ``text`` -- a character-level language model task over local UTF-8 text (:func:`load_text`).
+* ``mnist1d`` -- MNIST-1D generated locally by the ``mnist1d`` package (:func:`load_mnist1d`).
 
 Nothing here downloads anything: the two loaders read only what is already on disk and
 raise :class:`TaskError` naming the expected path when it is missing.
@@ -20,7 +21,7 @@ from __future__ import annotations
 
 import math
 import pickle
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -28,15 +29,16 @@ import attrs
 import torch
 from torch import Tensor
 
+from esper_kernel.taskplugins import TaskError as TaskError  # re-exported: it has always been found here
+
 __all__ = [
     "CIFAR10_MEAN",
     "CIFAR10_STD",
-    "TASKS",
     "TaskData",
     "TaskError",
-    "TaskSpec",
     "get_task",
     "load_cifar10",
+    "load_mnist1d",
     "load_text",
     "make_pairs",
     "make_sequences",
@@ -63,10 +65,6 @@ _SHAPES_CLASS_NAMES: tuple[str, ...] = (
     "horizontal_stripes",
     "vertical_stripes",
 )
-
-
-class TaskError(ValueError):
-    """A task cannot be built: bad arguments, missing or malformed data."""
 
 
 @attrs.frozen
@@ -600,6 +598,17 @@ def _as_uint8_rows(data: Any, path: Path) -> Tensor:
     return tensor
 
 
+def _first(x: Tensor, y: Tensor, n: int | None, key: str, where: str) -> tuple[Tensor, Tensor]:
+    """The first ``n`` examples; more than there are is refused, never silently fewer."""
+    if n is None:
+        return x, y
+    if n < 1:
+        raise TaskError(f"{key} must be >= 1, got {n}")
+    if n > x.shape[0]:
+        raise TaskError(f"{key}={n}, but {where} holds only {x.shape[0]} examples")
+    return x[:n], y[:n]
+
+
 def _normalise_cifar(images: Tensor) -> Tensor:
     mean = torch.tensor(CIFAR10_MEAN).view(1, 3, 1, 1)
     std = torch.tensor(CIFAR10_STD).view(1, 3, 1, 1)
@@ -638,10 +647,8 @@ def load_cifar10(data_dir: Path, n_train: int | None = None, n_val: int | None =
     train_x = torch.cat([x for x, _ in train_parts])
     train_y = torch.cat([y for _, y in train_parts])
     val_x, val_y = _read_cifar_batch(root / "test_batch")
-    if n_train is not None:
-        train_x, train_y = train_x[:n_train], train_y[:n_train]
-    if n_val is not None:
-        val_x, val_y = val_x[:n_val], val_y[:n_val]
+    train_x, train_y = _first(train_x, train_y, n_train, "n_train", f"the training batches in {root}")
+    val_x, val_y = _first(val_x, val_y, n_val, "n_val", f"{root / 'test_batch'}")
     return TaskData(
         name="cifar10",
         topology="cnn",
@@ -679,7 +686,13 @@ def _read_text(data_dir: Path) -> str:
     return "".join(parts)
 
 
-def load_text(data_dir: Path, seq_len: int = 64, n_val_frac: float = 0.1) -> TaskData:
+def load_text(
+    data_dir: Path,
+    seq_len: int = 64,
+    n_val_frac: float = 0.1,
+    n_train: int | None = None,
+    n_val: int | None = None,
+) -> TaskData:
     """Build a character-level causal LM task from local UTF-8 text; never downloads.
 
     ``data_dir`` is a text file or a directory whose ``*.txt`` files are concatenated in
@@ -688,6 +701,8 @@ def load_text(data_dir: Path, seq_len: int = 64, n_val_frac: float = 0.1) -> Tas
     each with its next-character targets; the last ``n_val_frac`` of the windows (at least
     one) form the validation split, so validation text is never seen in training.
     At least ``2 * seq_len + 1`` characters are needed (one window per split).
+    ``n_train``/``n_val`` keep the first that many windows of each split; asking for more
+    windows than the text holds is refused.
     """
     if seq_len < 1:
         raise TaskError(f"seq_len must be >= 1, got {seq_len}")
@@ -707,18 +722,82 @@ def load_text(data_dir: Path, seq_len: int = 64, n_val_frac: float = 0.1) -> Tas
     tokens = torch.tensor([index[ch] for ch in text], dtype=torch.long)
     x = tokens[: n_windows * seq_len].view(n_windows, seq_len)
     y = tokens[1 : n_windows * seq_len + 1].view(n_windows, seq_len)
-    n_val = min(n_windows - 1, max(1, round(n_windows * n_val_frac)))
-    n_train = n_windows - n_val
+    val_windows = min(n_windows - 1, max(1, round(n_windows * n_val_frac)))
+    split = n_windows - val_windows
+    where = f"{path} ({len(text):,} characters, seq_len {seq_len})"
+    train_x, train_y = _first(x[:split], y[:split], n_train, "n_train", f"the training split of {where}")
+    val_x, val_y = _first(x[split:], y[split:], n_val, "n_val", f"the validation split of {where}")
     return TaskData(
         name="text",
         topology="transformer",
-        train_x=x[:n_train].contiguous(),
-        train_y=y[:n_train].contiguous(),
-        val_x=x[n_train:].contiguous(),
-        val_y=y[n_train:].contiguous(),
+        train_x=train_x.contiguous(),
+        train_y=train_y.contiguous(),
+        val_x=val_x.contiguous(),
+        val_y=val_y.contiguous(),
         num_classes=len(vocab),
         seq_len=seq_len,
         vocab=vocab,
+    )
+
+
+# --------------------------------------------------------------------------------------
+# MNIST-1D
+# --------------------------------------------------------------------------------------
+
+#: The standard split of ``mnist1d.make_dataset()`` with its default arguments.
+MNIST1D_TRAIN, MNIST1D_TEST, MNIST1D_LENGTH = 4000, 1000, 40
+_MNIST1D_CACHE: dict[str, tuple[Tensor, Tensor, Tensor, Tensor]] = {}
+
+
+def _mnist1d_arrays() -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """``mnist1d.make_dataset()`` with its default arguments, once per process.
+
+    ``make_dataset`` generates the data from templates in about a second; it never
+    downloads (``get_dataset`` would, so it is never called). It seeds numpy's and
+    Python's global generators, so their state is put back afterwards.
+    """
+    if "default" not in _MNIST1D_CACHE:
+        import random
+
+        import numpy as np
+        from mnist1d.data import make_dataset
+
+        np_state, py_state = np.random.get_state(), random.getstate()
+        try:
+            ds = make_dataset()
+        finally:
+            np.random.set_state(np_state)
+            random.setstate(py_state)
+        _MNIST1D_CACHE["default"] = (
+            torch.as_tensor(np.asarray(ds["x"], dtype=np.float32))[:, None, :],
+            torch.as_tensor(np.asarray(ds["y"], dtype=np.int64)),
+            torch.as_tensor(np.asarray(ds["x_test"], dtype=np.float32))[:, None, :],
+            torch.as_tensor(np.asarray(ds["y_test"], dtype=np.int64)),
+        )
+    return _MNIST1D_CACHE["default"]
+
+
+def load_mnist1d(n_train: int | None = None, n_val: int | None = None) -> TaskData:
+    """MNIST-1D (Greydanus 2020) as ``make_dataset()`` generates it: signals ``[N, 1, 40]``.
+
+    The split is the package's standard one, 4,000 training and 1,000 test signals (the
+    test signals are the validation split, as the published accuracies are measured on
+    them); ``n_train``/``n_val`` keep the first that many of each, and more is refused.
+    The data does not depend on the episode seed: every seed sees the same benchmark.
+    Needs the ``mnist1d`` extra (``pip install 'esper-kernel[mnist1d]'``).
+    """
+    train_x, train_y, val_x, val_y = _mnist1d_arrays()
+    train_x, train_y = _first(train_x, train_y, n_train, "n_train", "MNIST-1D's training split")
+    val_x, val_y = _first(val_x, val_y, n_val, "n_val", "MNIST-1D's test split")
+    return TaskData(
+        name="mnist1d",
+        topology="cnn1d",
+        train_x=train_x.contiguous(),
+        train_y=train_y.contiguous(),
+        val_x=val_x.contiguous(),
+        val_y=val_y.contiguous(),
+        num_classes=10,
+        seq_len=None,
     )
 
 
@@ -727,108 +806,15 @@ def load_text(data_dir: Path, seq_len: int = 64, n_val_frac: float = 0.1) -> Tas
 # --------------------------------------------------------------------------------------
 
 
-@attrs.frozen
-class TaskSpec:
-    """A registered task: how to build it and which size arguments it accepts."""
-
-    name: str
-    topology: str
-    description: str
-    requires_data_dir: bool
-    size_params: tuple[str, ...]
-    build: Callable[..., TaskData]
-    #: The CNN host this task is meant for (``CNNHostConfig`` fields), unless the user overrides.
-    cnn_host: Mapping[str, Any] = attrs.field(factory=lambda: {"width": 16})
-
-
-def _build_pairs(seed: int, data_dir: Path | None, **sizes: Any) -> TaskData:
-    return make_pairs(seed, **sizes)
-
-
-def _build_shapes(seed: int, data_dir: Path | None, **sizes: Any) -> TaskData:
-    return make_shapes(seed, **sizes)
-
-
-def _build_sequences(seed: int, data_dir: Path | None, **sizes: Any) -> TaskData:
-    return make_sequences(seed, **sizes)
-
-
-def _build_cifar10(seed: int, data_dir: Path | None, **sizes: Any) -> TaskData:
-    assert data_dir is not None  # get_task checks this first
-    return load_cifar10(data_dir, **sizes)
-
-
-def _build_text(seed: int, data_dir: Path | None, **sizes: Any) -> TaskData:
-    assert data_dir is not None  # get_task checks this first
-    return load_text(data_dir, **sizes)
-
-
-TASKS: dict[str, TaskSpec] = {
-    spec.name: spec
-    for spec in (
-        TaskSpec(
-            "pairs",
-            "cnn",
-            "generated 10-class 3x12x12 dot/bar pairs at fixed offsets: the growth task (docs/tasks.md)",
-            False,
-            ("n_train", "n_val"),
-            _build_pairs,
-            # 3x3 stem, then 1x1 blocks at full resolution: a 3x3 receptive field, too small for
-            # any pair, so the host alone stalls at 20% and every spatial seed widens its view.
-            {"width": 8, "block_kernel": 1, "downsample": False},
-        ),
-        TaskSpec(
-            "shapes",
-            "cnn",
-            "generated 10-class 3x32x32 shapes with clutter and noise",
-            False,
-            ("n_train", "n_val"),
-            _build_shapes,
-        ),
-        TaskSpec(
-            "sequences",
-            "transformer",
-            "generated token sequences: progressions, repeats, Markov walks",
-            False,
-            ("n_train", "n_val", "seq_len", "vocab_size"),
-            _build_sequences,
-        ),
-        TaskSpec(
-            "cifar10",
-            "cnn",
-            "CIFAR-10 from local python-pickle batches",
-            True,
-            ("n_train", "n_val"),
-            _build_cifar10,
-        ),
-        TaskSpec(
-            "text",
-            "transformer",
-            "character-level LM over local UTF-8 *.txt files",
-            True,
-            ("seq_len", "n_val_frac"),
-            _build_text,
-        ),
-    )
-}
-
-
 def get_task(name: str, *, seed: int, data_dir: Path | None = None, **sizes: Any) -> TaskData:
-    """Build the task registered as ``name``.
+    """Build the data of the task plugin registered as ``name`` (see :mod:`esper_kernel.taskplugins`).
 
-    ``sizes`` are passed to the task's builder and must be among its
-    :attr:`TaskSpec.size_params`. ``seed`` only affects generated tasks; the loaders for
-    local data are deterministic without it. Raises :class:`TaskError` (a ``ValueError``)
-    for an unknown name, an unsupported size argument, or a data task without ``data_dir``.
+    ``sizes`` are passed to the task's builder and must be among its ``size_params``.
+    ``seed`` only affects generated tasks. Raises :class:`TaskError` (a ``ValueError``)
+    for an unsupported size argument or a data task without ``data_dir``, and
+    :class:`~esper_kernel.errors.PluginError` for an unknown or broken task.
     """
-    spec = TASKS.get(name)
-    if spec is None:
-        raise TaskError(f"unknown task {name!r}; known tasks: {', '.join(sorted(TASKS))}")
-    unknown = sorted(set(sizes) - set(spec.size_params))
-    if unknown:
-        raise TaskError(
-            f"task {name!r} does not accept {', '.join(unknown)}; it accepts: {', '.join(spec.size_params)}"
-        )
-    if spec.requires_data_dir and data_dir is None:
-        raise TaskError(f"task {name!r} reads local data: --data-dir is required")
-    return spec.build(seed, None if data_dir is None else Path(data_dir), **sizes)
+    from esper_kernel.taskplugins import build_data, find_task
+
+    data: TaskData = build_data(find_task(name), seed, None if data_dir is None else Path(data_dir), sizes)
+    return data

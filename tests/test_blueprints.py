@@ -26,7 +26,8 @@ CNN_NAMES = (
     "dilated",
 )
 TF_NAMES = ("norm", "lora8", "lora32", "attention", "mlp_small", "mlp_large", "conv1d", "gated_mlp")
-ALL = [("cnn", n) for n in CNN_NAMES] + [("transformer", n) for n in TF_NAMES]
+C1_NAMES = ("norm", "attention", "conv_small", "bottleneck", "wide", "dilated", "dilated4")
+ALL = [("cnn", n) for n in CNN_NAMES] + [("cnn1d", n) for n in C1_NAMES] + [("transformer", n) for n in TF_NAMES]
 
 CNN_DIM, TF_DIM = 16, 32
 
@@ -34,15 +35,18 @@ CNN_DIM, TF_DIM = 16, 32
 def _input(topology: str, batch: int = 2) -> torch.Tensor:
     if topology == "cnn":
         return torch.randn(batch, CNN_DIM, 6, 6)
+    if topology == "cnn1d":
+        return torch.randn(batch, CNN_DIM, 40)
     return torch.randn(batch, 5, TF_DIM)
 
 
 def _dim(topology: str) -> int:
-    return CNN_DIM if topology == "cnn" else TF_DIM
+    return CNN_DIM if topology in ("cnn", "cnn1d") else TF_DIM
 
 
 def test_names_are_the_documented_stable_order() -> None:
     assert blueprint_names("cnn") == CNN_NAMES
+    assert blueprint_names("cnn1d") == C1_NAMES
     assert blueprint_names("transformer") == TF_NAMES
 
 

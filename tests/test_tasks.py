@@ -10,10 +10,10 @@ import pytest
 import torch
 from torch import nn
 
+from esper_kernel.errors import EsperError
 from esper_kernel.tasks import (
     CIFAR10_MEAN,
     CIFAR10_STD,
-    TASKS,
     TaskData,
     TaskError,
     get_task,
@@ -390,15 +390,20 @@ def test_text_errors_name_the_path(tmp_path: Path) -> None:
 # --------------------------------------------------------------------------------------
 
 
-def test_registry_lists_the_five_tasks() -> None:
-    assert set(TASKS) == {"pairs", "shapes", "sequences", "cifar10", "text"}
-    assert {name: spec.topology for name, spec in TASKS.items()} == {
-        "pairs": "cnn",
-        "shapes": "cnn",
-        "sequences": "transformer",
-        "cifar10": "cnn",
-        "text": "transformer",
+def test_the_builtin_tasks_are_entry_points_of_esper_kernel() -> None:
+    from esper_kernel.taskplugins import list_tasks
+
+    listing = list_tasks()
+    found = {t.name: (t.task.topology, t.distribution) for t in listing.tasks}
+    assert found == {
+        "pairs": ("cnn", "esper-kernel"),
+        "shapes": ("cnn", "esper-kernel"),
+        "sequences": ("transformer", "esper-kernel"),
+        "cifar10": ("cnn", "esper-kernel"),
+        "text": ("transformer", "esper-kernel"),
+        "mnist1d": ("cnn1d", "esper-kernel"),
     }
+    assert listing.failures == ()
 
 
 def test_get_task_builds_generated_tasks_with_sizes() -> None:
@@ -415,10 +420,38 @@ def test_get_task_reads_local_data(tmp_path: Path) -> None:
 
 
 def test_get_task_errors() -> None:
-    with pytest.raises(ValueError, match="unknown task 'mnist'; known tasks: cifar10, pairs, sequences"):
+    with pytest.raises(EsperError, match="unknown task 'mnist'; installed tasks: cifar10, mnist1d, pairs, sequences"):
         get_task("mnist", seed=0)
     for name in ("cifar10", "text"):
         with pytest.raises(TaskError, match="--data-dir is required"):
             get_task(name, seed=0)
     with pytest.raises(TaskError, match="does not accept seq_len; it accepts: n_train, n_val"):
         get_task("shapes", seed=0, seq_len=3)
+
+
+def test_text_honours_train_and_val_sizes_and_refuses_more_than_it_holds(tmp_path: Path) -> None:
+    path = tmp_path / "corpus.txt"
+    path.write_text(_TEXT, encoding="utf-8")
+    whole = load_text(path, seq_len=8)
+    part = load_text(path, seq_len=8, n_train=5, n_val=2)
+    assert (part.n_train, part.n_val) == (5, 2)
+    assert torch.equal(part.train_x, whole.train_x[:5]) and torch.equal(part.val_x, whole.val_x[:2])
+    with pytest.raises(TaskError, match=f"n_train={whole.n_train + 1}, but the training split of .* holds only"):
+        load_text(path, seq_len=8, n_train=whole.n_train + 1)
+
+
+def test_text_validation_text_never_appears_in_training(tmp_path: Path) -> None:
+    # Every character distinct from its neighbours' windows: a validation window found in training is a leak.
+    text = "".join(chr(0x4E00 + i) for i in range(400))
+    (tmp_path / "c.txt").write_text(text, encoding="utf-8")
+    task = load_text(tmp_path, seq_len=10, n_val_frac=0.2)
+    # (The last training target is the first validation character: next-character prediction across the cut.)
+    seen = {t for w in task.train_x.tolist() for t in w}
+    assert not seen & ({t for w in task.val_x.tolist() for t in w} | {t for w in task.val_y.tolist() for t in w})
+    assert len(task.vocab) == 400
+
+
+def test_cifar10_refuses_more_examples_than_its_batches_hold(tmp_path: Path) -> None:
+    _make_cifar_dir(tmp_path, ["data_batch_1", "test_batch"], n=10)
+    with pytest.raises(TaskError, match=r"n_val=11, but .*test_batch holds only 10 examples"):
+        load_cifar10(tmp_path, n_val=11)

@@ -38,6 +38,7 @@ from esper_kernel.tamiyo.policies import (
     load_run_state,
     run_state,
 )
+from esper_kernel.taskplugins import HostShape
 
 __all__ = [
     "KINDS",
@@ -250,23 +251,28 @@ def build_policy(spec: PolicySpec, ctx: BuildContext, flag: str = "--policies") 
     return ForcedPolicy(base, dict(spec.forced))
 
 
-def static_width(env: EnvConfig, num_classes: int, params: float) -> int:
-    """The smallest host width whose parameter count reaches ``params`` (the static-host control)."""
+def static_width(env: EnvConfig, shape: int | HostShape, params: float) -> int:
+    """The smallest width of the task's host whose parameter count reaches ``params`` (the static control).
+
+    ``shape`` is the task's :class:`~esper_kernel.taskplugins.HostShape` (an int: the classes of a
+    3-channel image task). The host is the task plugin's own, at other widths.
+    """
+    hs = HostShape(shape) if isinstance(shape, int) else shape
     width = 1
-    while _host_params(env, num_classes, width) < params and width < 4096:
+    while host_params(env, hs, width) < params and width < 4096:
         width += 1
     return width
 
 
-def _host_params(env: EnvConfig, num_classes: int, width: int) -> int:
-    from esper_kernel.env import cnn_host_config
-    from esper_kernel.hosts import CNNHost
+def host_params(env: EnvConfig, shape: HostShape, width: int | None) -> int:
+    """Parameters of ``env``'s task host at ``width`` (None: the task's own)."""
+    from esper_kernel.taskplugins import find_task
 
-    host = CNNHost(cnn_host_config(attrs.evolve(env, width=width), num_classes))
+    host = find_task(env.task).task.host(shape, env.slots, width)
     return sum(p.numel() for p in host.parameters())
 
 
-def static_env(spec: PolicySpec, env: EnvConfig, num_classes: int, flag: str = "--policy") -> EnvConfig:
+def static_env(spec: PolicySpec, env: EnvConfig, num_classes: int | HostShape, flag: str = "--policy") -> EnvConfig:
     """``env`` with the host widened for a ``static:N`` spec (``env`` itself for any other spec)."""
     if not spec.static:
         return env
@@ -275,8 +281,6 @@ def static_env(spec: PolicySpec, env: EnvConfig, num_classes: int, flag: str = "
             f"{flag} static: give the parameter count to widen the host to, static:N "
             "(a bare static matches a growing policy's size, which only esper eval has)"
         )
-    if env.topology != "cnn":
-        raise EsperError(f"{flag} {spec.name}: a static-host control needs a CNN task; {env.task!r} is {env.topology}")
     return attrs.evolve(env, width=static_width(env, num_classes, spec.static_params))
 
 
