@@ -34,6 +34,11 @@ MAX_BATCH = 65_536
 MAX_CHECKPOINT_EVERY = MAX_EPOCHS
 #: Most parameters a host may start with (400 MiB of float32 weights).
 MAX_HOST_PARAMS = 100_000_000
+#: Most memory training the starting host may take, by :func:`measure_host`'s estimate (1 GiB).
+#: Past it a CPU epoch takes minutes and the process climbs past the estimate: refused, not started.
+MAX_TRAIN_MEMORY = 2**30
+#: Fewest seed slots: the slot head needs two choices to be a decision.
+MIN_SLOTS = 2
 #: Seeds must fit torch's 64-bit generator seed.
 MAX_SEED = 2**63 - 1
 
@@ -77,7 +82,7 @@ def _finite(lo: float, lo_open: bool, hi: float) -> Callable[[Any], str | None]:
 
 _ENV_CHECKS: dict[str, Callable[[Any], str | None]] = {
     "epochs": _int_range(1, MAX_EPOCHS),
-    "slots": _int_range(1, MAX_SLOTS),
+    "slots": _int_range(MIN_SLOTS, MAX_SLOTS),
     "batch_size": _int_range(1, MAX_BATCH),
     "train_size": _int_range(1, MAX_EXAMPLES),
     "val_size": _int_range(1, MAX_EXAMPLES),
@@ -150,6 +155,21 @@ class HostSize:
     def describe(self) -> str:
         return f"host: {self.params:,} parameters, about {_human_bytes(self.memory_bytes)} to train"
 
+    def problem(self, slots: int, width: int | None) -> str | None:
+        """Why a host of this size is refused (one line naming the keys and flags), or None."""
+        keys = f"env.slots={slots} (--slots), env.width={width if width is not None else 'default'} (--width)"
+        if self.params > MAX_HOST_PARAMS:
+            return (
+                f"{keys}: the host would have {self.params:,} parameters, over the maximum of "
+                f"{MAX_HOST_PARAMS:,}; use fewer slots or a smaller width"
+            )
+        if self.memory_bytes > MAX_TRAIN_MEMORY:
+            return (
+                f"{keys}: the host would take about {_human_bytes(self.memory_bytes)} to train, over the limit of "
+                f"{_human_bytes(MAX_TRAIN_MEMORY)} (see docs/config.md, Limits); use fewer slots or a smaller width"
+            )
+        return None
+
 
 def _human_bytes(n: int) -> str:
     size = float(n)
@@ -161,20 +181,26 @@ def _human_bytes(n: int) -> str:
 
 
 def measure_host(
-    host_factory: Callable[[], Any], example: Any, batch_size: int, max_params: int | None = None
+    host_factory: Callable[[], Any],
+    example: Any,
+    batch_size: int,
+    max_params: int | None = None,
+    max_memory: int | None = None,
 ) -> HostSize:
     """Size a host: parameters counted on torch's meta device (nothing allocated), then, if
-    within ``max_params``, activations from one forward pass of a batch of one.
+    within ``max_params`` and its weights alone within ``max_memory``, activations from one
+    forward pass of a batch of one.
 
-    Above ``max_params`` the activations are not measured (0), so a host too big to build is
-    never built. The global RNG is left as it was: sizing must not change the run.
+    Otherwise the activations are not measured (0), so a host too big to build is never
+    built. The global RNG is left as it was: sizing must not change the run.
     """
     import torch
 
     with torch.device("meta"), _skip_in_place():
         params = sum(p.numel() for p in host_factory().parameters())
-    if max_params is not None and params > max_params:
-        return HostSize(params, 0, 4 * 4 * params)
+    weights = 4 * 4 * params
+    if (max_params is not None and params > max_params) or (max_memory is not None and weights > max_memory):
+        return HostSize(params, 0, weights)
     acts = 0
 
     def count(_m: Any, _inp: Any, out: Any) -> None:

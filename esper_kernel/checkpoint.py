@@ -8,6 +8,7 @@ mid-write leaves the previous checkpoint intact, never a torn file.
 
 from __future__ import annotations
 
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +53,23 @@ def load(path: Path) -> dict[str, Any]:
     return read_state(path, FORMAT, CheckpointError, missing=f"no checkpoint at {path}", what="checkpoint")
 
 
+def unreadable(path: Path, exc: BaseException) -> str:
+    """Why torch could not read ``path``, in words a user can act on.
+
+    A torch file is a zip archive whose directory is written last, so a file
+    cut short by a full disk or a copy, or a file of another kind, is not one:
+    say that rather than torch's internal error (``OSError: [Errno 22]``).
+    """
+    try:
+        if path.stat().st_size == 0:
+            return "the file is empty"
+        if not zipfile.is_zipfile(path):
+            return "not a complete torch file (it is truncated, or another kind of file)"
+    except OSError as err:
+        return f"{type(err).__name__}: {err}"
+    return f"{type(exc).__name__}: {str(exc).split('. ')[0]}"
+
+
 def read_state(path: Path, fmt: str, error: type[Exception], *, missing: str, what: str) -> dict[str, Any]:
     """A dict saved by torch with ``format == fmt``, tensors and plain data only; else ``error``."""
     if not path.exists():
@@ -59,7 +77,7 @@ def read_state(path: Path, fmt: str, error: type[Exception], *, missing: str, wh
     try:
         data = torch.load(path, weights_only=True, map_location="cpu")
     except Exception as exc:
-        raise error(f"cannot read {what} {path}: {type(exc).__name__}: {exc}") from exc
+        raise error(f"cannot read {what} {path}: {unreadable(path, exc)}") from exc
     if not isinstance(data, dict) or data.get("format") != fmt:
         raise error(f"{path} is not an Esper {what} (format {fmt})")
     return data

@@ -17,6 +17,7 @@ import torch
 
 from esper_kernel.actions import Decision, MaskView
 from esper_kernel.blueprints import blueprint_names
+from esper_kernel.bounds import MAX_HOST_PARAMS, MAX_TRAIN_MEMORY, HostSize, measure_host
 from esper_kernel.config import EnvConfig as EnvConfig  # re-exported: callers have always found it here
 from esper_kernel.config import LifecycleConfig
 from esper_kernel.core import CoreHeads
@@ -84,6 +85,20 @@ def make_host(config: EnvConfig, task: TaskData) -> Host:
             "not one of esper_kernel.hosts' (CNNHost, CNN1DHost, TransformerHost)"
         )
     return host
+
+
+def size_host(config: EnvConfig, task: TaskData) -> HostSize:
+    """The starting host's size, measured before it is built; a host over the limits is refused."""
+    size = measure_host(
+        lambda: make_host(config, task),
+        task.train_x[:1],
+        config.batch_size,
+        max_params=MAX_HOST_PARAMS,
+        max_memory=MAX_TRAIN_MEMORY,
+    )
+    if (problem := size.problem(config.slots, config.width)) is not None:
+        raise EsperError(problem)
+    return size
 
 
 def build_registry(config: EnvConfig, selection: Selection | None = None) -> Registry:

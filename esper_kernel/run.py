@@ -20,11 +20,10 @@ import attrs
 import torch
 
 from esper_kernel import checkpoint
-from esper_kernel.bounds import MAX_HOST_PARAMS, measure_host
 from esper_kernel.checkpoint import CheckpointError
 from esper_kernel.config import EnvConfig, RunConfig, structure_config, unstructure_config
 from esper_kernel.devices import rng_states, set_rng_states
-from esper_kernel.env import EnvBatch, MorphoEnv, build_registry, load_task, make_host, observation_names
+from esper_kernel.env import EnvBatch, MorphoEnv, build_registry, load_task, observation_names, size_host
 from esper_kernel.episode import Observer, Step, play_batch
 from esper_kernel.errors import EsperError, SelectionError
 from esper_kernel.files import write_text_atomic
@@ -45,6 +44,7 @@ from esper_kernel.tamiyo.catalogue import (
     static_env,
 )
 from esper_kernel.tamiyo.policies import Policy
+from esper_kernel.tamiyo.ppo import PolicyLoadError
 from esper_kernel.taskplugins import HostShape
 from esper_kernel.telemetry import Telemetry
 from esper_kernel.watch import CompileWatch, HookWatch
@@ -96,7 +96,12 @@ def make_policy(spec: str, registry: Registry, obs_dim: int, seed: int, env: Env
     """
     parsed = parse_policy(spec, flag="--policy")
     ctx = BuildContext(registry, obs_dim, seed, env if env is not None else EnvConfig())
-    return build_policy(parsed, ctx, flag="--policy")
+    try:
+        return build_policy(parsed, ctx, flag="--policy")
+    except PolicyLoadError as exc:
+        if "--policy" in str(exc):
+            raise
+        raise PolicyLoadError(f"--policy {spec}: {exc}") from exc
 
 
 def check_out(out: Path, *, overwrite: bool, flag: str = "--out") -> None:
@@ -274,14 +279,7 @@ def _set_up(config: RunConfig, resume: Path | None, overwrite: bool) -> _Setup:
         # static:N plays a wider host that never grows; the widened width is stored in the config.
         wide = static_env(parse_policy(config.policy, flag="--policy"), config.env, HostShape.of(task))
         config = attrs.evolve(config, env=wide)
-    size = measure_host(
-        lambda: make_host(config.env, task), task.train_x[:1], config.env.batch_size, max_params=MAX_HOST_PARAMS
-    )
-    if size.params > MAX_HOST_PARAMS:
-        raise EsperError(
-            f"env.slots={config.env.slots}, env.width={config.env.width}: the host would have {size.params:,} "
-            f"parameters, over the maximum of {MAX_HOST_PARAMS:,}; use fewer slots or a smaller width"
-        )
+    size = size_host(config.env, task)
     obs_dim = len(observation_names(registry, config.env.slots))
     policy = make_policy(config.policy, registry, obs_dim, config.seed, config.env)
     run_id = state["run_id"] if state is not None else uuid.uuid4().hex[:12]

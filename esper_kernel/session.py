@@ -159,7 +159,7 @@ def _policy_epochs(f: RunFlags, config: Any) -> int | None:
     import tomllib
 
     from esper_kernel.tamiyo.catalogue import learned_policy_file
-    from esper_kernel.tamiyo.ppo import stamped_epochs
+    from esper_kernel.tamiyo.ppo import PolicyLoadError, stamped_epochs
 
     path = learned_policy_file(str(config.policy), config.env.task)
     if f.epochs is not None or path is None:
@@ -168,7 +168,10 @@ def _policy_epochs(f: RunFlags, config: Any) -> int | None:
         table = tomllib.loads(Path(f.config_file).read_text(encoding="utf-8")).get("env", {})
         if "epochs" in table:
             return None
-    return stamped_epochs(path) if path.is_file() else None
+    try:
+        return stamped_epochs(path) if path.is_file() else None
+    except PolicyLoadError as exc:
+        raise PolicyLoadError(f"--policy {config.policy}: {exc}") from exc
 
 
 class RunProgress:

@@ -81,9 +81,13 @@ def tiny_config(out: Path, **overrides: Any) -> RunConfig:
         (["--epochs", "100000000000000000000000"], ["--epochs", "100000000000000000000000"]),
         (["--epochs", "1e23"], ["--epochs", "1e23"]),
         (["--slots", "0"], ["env.slots", "--slots", "got 0"]),
-        (["--slots", "100"], ["env.slots", "--slots", "between 1 and 8", "got 100"]),
+        (["--slots", "1"], ["env.slots", "--slots", "between 2 and 8", "got 1"]),
+        (["--slots", "100"], ["env.slots", "--slots", "between 2 and 8", "got 100"]),
         (["--seed", "-1"], ["seed", "--seed"]),
         (["--task", "shapes", "--width", "1024", "--slots", "8"], ["env.width=1024", "parameters", "maximum"]),
+        (["--width", "1024", "--slots", "8"], ["env.width=1024", "--width", "--slots", "GiB to train", "limit"]),
+        (["--task", "shapes", "--width", "512"], ["env.width=512", "--width", "GiB to train", "1.0 GiB"]),
+        (["--policy", "/etc/passwd"], ["--policy", "/etc/passwd", "not a complete torch file"]),
         (["--width", "0"], ["env.width", "--width", "got 0"]),
         (["--levers", ""], ["--levers", "names no lever"]),
         (["--levers", ","], ["--levers", "names no lever"]),
@@ -283,3 +287,38 @@ def test_bad_train_value_is_one_line_and_writes_nothing(tmp_path: Path, args: li
     out = tmp_path / "train"
     one_line_error(esper("train", "--episodes", "1", "--envs", "1", "--out", str(out), *args), *names)
     assert not out.exists()
+
+
+@pytest.mark.parametrize("keep", [0, 0.5, 0.99])
+def test_resume_from_a_truncated_checkpoint_is_one_line_naming_the_file(tmp_path: Path, keep: float) -> None:
+    out = tmp_path / "x"
+    assert run(tiny_config(out), stop_after=2) == {"interrupted_at": 2}
+    ckpt = out / CHECKPOINT
+    data = ckpt.read_bytes()
+    ckpt.write_bytes(data[: int(len(data) * keep)])
+    before = snapshot(out)
+    line = one_line_error(esper("run", "--quiet", "--resume", str(out)), str(ckpt))
+    assert "empty" in line if keep == 0 else "truncated" in line
+    assert "Errno" not in line and "miniz" not in line
+    assert snapshot(out) == before
+
+
+def test_host_over_the_memory_limit_is_never_built() -> None:
+    from esper_kernel.bounds import MAX_HOST_PARAMS, MAX_TRAIN_MEMORY, measure_host
+    from esper_kernel.env import EnvConfig, make_host, size_host
+    from esper_kernel.errors import EsperError
+    from esper_kernel.tasks import get_task
+
+    task = get_task("shapes", seed=0, n_train=2, n_val=2)
+    built: list[int] = []
+
+    def big() -> torch.nn.Module:
+        built.append(1)
+        return make_host(EnvConfig(task="shapes", slots=3, width=1000), task)
+
+    size = measure_host(big, task.train_x[:1], 64, MAX_HOST_PARAMS, MAX_TRAIN_MEMORY)
+    assert size.params < MAX_HOST_PARAMS and size.memory_bytes > MAX_TRAIN_MEMORY
+    assert built == [1] and size.activations == 0  # counted on the meta device only: never allocated
+    with pytest.raises(EsperError, match=r"env.slots=3 \(--slots\), env.width=512 \(--width\).*GiB to train"):
+        size_host(EnvConfig(task="shapes", width=512), task)
+    assert size_host(EnvConfig(task="shapes"), task).memory_bytes < MAX_TRAIN_MEMORY

@@ -20,6 +20,7 @@ import torch
 from torch import nn
 
 from esper_kernel.actions import ActionSpace
+from esper_kernel.checkpoint import unreadable
 from esper_kernel.config import EnvConfig
 from esper_kernel.errors import EsperError
 from esper_kernel.files import write_atomic
@@ -341,7 +342,7 @@ def _read_record(path: Path) -> _Record:
     except FileNotFoundError:
         raise PolicyLoadError(f"policy file {str(path)!r} does not exist") from None
     except Exception as exc:
-        raise PolicyLoadError(f"policy file {str(path)!r} could not be read: {type(exc).__name__}: {exc}") from exc
+        raise PolicyLoadError(f"policy file {str(path)!r} could not be read: {unreadable(path, exc)}") from exc
     if not isinstance(rec, dict) or rec.get("format") != POLICY_FORMAT:
         raise PolicyLoadError(f"{str(path)!r} is not an Esper policy file (expected format {POLICY_FORMAT})")
     try:
