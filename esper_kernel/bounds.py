@@ -45,62 +45,15 @@ MAX_SEED = 2**63 - 1
 #: What ``on_lever_error`` may say: stop the run, or quarantine the lever and continue.
 LEVER_ERROR_POLICIES = ("stop", "quarantine")
 
-#: The flag that sets each key on ``esper run``, so a message can name what the user typed.
-FLAGS = {
-    "policy": "--policy",
-    "levers": "--levers",
-    "seed": "--seed",
-    "out": "--out",
-    "env.task": "--task",
-    "env.data_dir": "--data-dir",
-    "env.epochs": "--epochs",
-    "env.slots": "--slots",
-    "env.width": "--width",
-    "on_lever_error": "--on-lever-error",
-}
-
-
-def _int_range(lo: int, hi: int) -> Callable[[Any], str | None]:
-    def check(v: Any) -> str | None:
-        if not lo <= v <= hi:
-            return f"must be between {lo} and {hi}, got {v}"
-        return None
-
-    return check
-
-
-def _finite(lo: float, lo_open: bool, hi: float) -> Callable[[Any], str | None]:
-    def check(v: Any) -> str | None:
-        if not math.isfinite(v):
-            return f"must be a finite number, got {v}"
-        if v < lo or (lo_open and v == lo) or v > hi:
-            return f"must be {'>' if lo_open else '>='} {lo} and <= {hi}, got {v}"
-        return None
-
-    return check
-
-
-_ENV_CHECKS: dict[str, Callable[[Any], str | None]] = {
-    "epochs": _int_range(1, MAX_EPOCHS),
-    "slots": _int_range(MIN_SLOTS, MAX_SLOTS),
-    "batch_size": _int_range(1, MAX_BATCH),
-    "train_size": _int_range(1, MAX_EXAMPLES),
-    "val_size": _int_range(1, MAX_EXAMPLES),
-    "width": _int_range(1, MAX_WIDTH),
-    "host_lr": _finite(0.0, True, 10.0),
-    "param_rent": _finite(0.0, False, 1e6),
-}
-
 
 def env_problems(env: EnvConfig, prefix: str = "env.") -> list[str]:
-    """Every out-of-range value of an episode's config, as ``env.key: what is wrong``."""
+    """What an episode's config names that does not exist, as ``env.key: what is wrong``.
+
+    Ranges are the settings' own (:func:`esper_kernel.settings.range_problems`).
+    """
     from esper_kernel.taskplugins import task_names
 
     problems: list[str] = []
-    for key, check in _ENV_CHECKS.items():
-        value = getattr(env, key, None)
-        if value is not None and (msg := check(value)) is not None:
-            problems.append(f"{prefix}{key}: {msg}")
     if env.task not in (names := task_names()):
         problems.append(f"{prefix}task: unknown task {env.task!r}; installed tasks: {', '.join(names)}")
     if env.data_dir is not None and not env.data_dir.strip():
@@ -116,12 +69,8 @@ def finite_problems(**values: float | None) -> list[str]:
 
 
 def config_problems(config: RunConfig) -> list[str]:
-    """Every out-of-range value in ``config``, as ``key: what is wrong`` (empty if none)."""
+    """Every value in ``config`` that ranges alone do not catch, as ``key: what is wrong`` (empty if none)."""
     problems = env_problems(config.env)
-    if (msg := _int_range(1, MAX_CHECKPOINT_EVERY)(config.checkpoint_every)) is not None:
-        problems.append(f"checkpoint_every: {msg}")
-    if (msg := _int_range(0, MAX_SEED)(config.seed)) is not None:
-        problems.append(f"seed: {msg}")
     if config.levers is not None:
         names = [n.strip() for n in config.levers]
         if not any(names):
@@ -131,10 +80,6 @@ def config_problems(config: RunConfig) -> list[str]:
             )
         elif not all(names):
             problems.append(f"levers: has an empty name in {list(config.levers)}")
-    if config.on_lever_error not in LEVER_ERROR_POLICIES:
-        problems.append(
-            f"on_lever_error: must be one of {', '.join(LEVER_ERROR_POLICIES)}, got {config.on_lever_error!r}"
-        )
     if not config.out.strip():
         problems.append("out: is empty")
     if not config.policy.strip():

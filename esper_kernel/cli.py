@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 from rich.console import Console
 
+from esper_kernel import config, settings
 from esper_kernel.errors import EsperError, PluginError, SelectionError
 from esper_kernel.report.levers import LEVERS_SCHEMA as LEVERS_SCHEMA
 from esper_kernel.report.levers import LeversReport, failure_record, failures_panel, levers_report, render
@@ -226,8 +227,8 @@ def list_tasks_command(as_json: bool) -> None:
 # -- options every training command shares ---------------------------------------
 
 
-def runtime_options(*, amp: bool = True, tensorboard: bool = True) -> Callable[[F], F]:
-    """``--threads`` and ``--device`` (and ``--amp``, ``--tensorboard``): one meaning in every command."""
+def runtime_options(*, tensorboard: bool = True) -> Callable[[F], F]:
+    """``--threads`` (and ``--tensorboard``): how, not what, a command computes; no config key holds them."""
     options = [
         click.option(
             "--threads",
@@ -235,16 +236,7 @@ def runtime_options(*, amp: bool = True, tensorboard: bool = True) -> Callable[[
             default=None,
             help="Torch intra-op threads per process (default: OMP_NUM_THREADS if set, else 1; 0: torch's own choice).",
         ),
-        click.option(
-            "--device",
-            type=click.Choice(["cpu", "cuda", "auto"]),
-            default=None,
-            help="Where the host, batches and accumulators live (default cpu; auto: CUDA when present).",
-        ),
     ]
-    if amp:
-        help_amp = "bf16 autocast for the host's forward pass (fastest on a GPU)."
-        options.append(click.option("--amp", is_flag=True, default=None, help=help_amp))
     if tensorboard:
         options.append(
             click.option(
@@ -264,44 +256,19 @@ def runtime_options(*, amp: bool = True, tensorboard: bool = True) -> Callable[[
     return apply
 
 
+def _settings(command: settings.Command) -> Callable[[F], F]:
+    """Every setting ``command`` takes, as declared once on the config classes (esper_kernel.settings)."""
+    return settings.options(command, config.SETTINGS_OF[command])
+
+
 # -- esper run ----------------------------------------------------------------
 
 
 @main.command("run")
-@click.option("--task", default=None, help="Task: pairs (default, the growth task) or any of `esper tasks list`.")
-@click.option("--data-dir", default=None, type=click.Path(file_okay=True), help="Directory for cifar10 / text data.")
-@click.option(
-    "--policy",
-    default=None,
-    help=(
-        "Any policy esper eval accepts (docs/eval.md): heuristic (default), random, wait, static:N, pretrained "
-        "(the policy shipped for the task) or an `esper train` policy file; greedy:pretrained or greedy:FILE "
-        "plays its most probable choices; +HEAD=CHOICE forces a lever head."
-    ),
-)
-@click.option("--levers", default=None, metavar="A,B", help="Levers to activate (default: every installed one).")
-@click.option(
-    "--epochs",
-    type=int,
-    default=None,
-    help="Host epochs in the episode (default 40; a learned policy's default is the length it was trained on).",
-)
-@click.option("--slots", type=int, default=None, help="Seed slots in the host (default 3).")
-@click.option("--width", type=int, default=None, help="CNN host width (default: the task's own, pairs 8).")
-@click.option("--seed", type=int, default=None, help="Random seed (default 0).")
-@click.option("--out", default=None, type=click.Path(file_okay=False), help="Output directory (default runs/latest).")
+@_settings("run")
 @click.option("--config", "config_file", default=None, type=click.Path(dir_okay=False), help="TOML run config.")
 @click.option("--resume", default=None, type=click.Path(file_okay=False), help="Continue the run in this directory.")
-@click.option("--compile", "compile_", is_flag=True, default=None, help="Run the host under torch.compile.")
-@click.option("--allow-graph-breaks", is_flag=True, default=None, help="With --compile, allow BREAKS_GRAPH levers.")
 @click.option("--overwrite", is_flag=True, help="Replace the run already in --out (refused otherwise).")
-@click.option(
-    "--on-lever-error",
-    type=click.Choice(["stop", "quarantine"]),
-    default=None,
-    help="A lever failing at run time stops the run (default), or is quarantined: its heads frozen at their "
-    "defaults, its hooks skipped, the run goes on.",
-)
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @runtime_options()
 def run_command(**flags: Any) -> None:
@@ -313,68 +280,14 @@ def run_command(**flags: Any) -> None:
     """
     from esper_kernel import session
 
-    session.esper_run(session.RunFlags(**flags))
+    session.esper_run(session.RunFlags.split(flags))
 
 
 # -- esper train -------------------------------------------------------------
 
 
 @main.command("train")
-@click.option(
-    "--episodes",
-    type=click.IntRange(min=1),
-    default=None,
-    help="Episodes in all, over all envs (default 32); with --resume, train the run further to this many.",
-)
-@click.option("--envs", "n_envs", type=click.IntRange(min=1), default=None, help="Envs per rollout (default 4).")
-@click.option("--task", default=None, help="Task the hosts train on (default pairs).")
-@click.option("--levers", "only", metavar="A,B", default=None, help="Load only these levers (overrides ESPER_LEVERS).")
-@click.option("--epochs", type=click.IntRange(min=1), default=None, help="Epochs (steps) per episode (default 40).")
-@click.option("--slots", type=click.IntRange(min=2), default=None, help="Seed slots per host (default 3).")
-@click.option("--seed", type=int, default=None, help="Random seed (default 0).")
-@click.option(
-    "--out",
-    "out_dir",
-    type=click.Path(file_okay=False),
-    default=None,
-    help="Writes policy.pt, best_policy.pt, train_state.pt, events.jsonl and train_summary.json (default runs/train).",
-)
-@click.option("--train-size", type=click.IntRange(min=1), default=None, help="Training examples (default 1024).")
-@click.option("--val-size", type=click.IntRange(min=1), default=None, help="Validation examples (default 512).")
-@click.option("--batch-size", type=click.IntRange(min=1), default=None, help="Host batch size (default 64).")
-@click.option("--data-dir", type=click.Path(), default=None, help="Data for tasks that read files.")
-@click.option("--lr", type=click.FloatRange(min=0, min_open=True), default=None, help="PPO lr (default 3e-3).")
-@click.option("--hidden", type=click.IntRange(min=1), default=None, help="Policy MLP width (default 64).")
-@click.option(
-    "--update-epochs", type=click.IntRange(min=1), default=None, help="PPO passes over each rollout (default 10)."
-)
-@click.option("--minibatch-size", type=click.IntRange(min=1), default=None, help="PPO minibatch rows (default 8).")
-@click.option("--entropy-coef", type=click.FloatRange(min=0), default=None, help="Entropy weight (default 0.003).")
-@click.option(
-    "--group-size",
-    type=click.IntRange(min=1),
-    default=None,
-    help="Envs per rollout sharing one episode seed, each learning relative to the others (default 4; 1: off).",
-)
-@click.option(
-    "--init-policy",
-    default=None,
-    metavar="FILE",
-    help="Start from this policy file's weights (same levers and heads), e.g. one trained at another --epochs.",
-)
-@click.option(
-    "--workers",
-    type=click.IntRange(min=0),
-    default=None,
-    help="Env worker processes, one intra-op thread each (default 0: one per usable core; 1: in this process).",
-)
-@click.option(
-    "--eval-every",
-    type=click.IntRange(min=0),
-    default=None,
-    help="Evaluate on the held-out seeds every N updates and after the last, keeping best_policy.pt (default 5).",
-)
-@click.option("--eval-seeds", metavar="A,B", default=None, help="Held-out episode seeds to evaluate on (default 0,1).")
+@_settings("train")
 @click.option("--config", "config_file", default=None, type=click.Path(dir_okay=False), help="TOML train config.")
 @click.option(
     "--resume",
@@ -403,7 +316,7 @@ def train(**flags: Any) -> None:
     # Imported here so ``esper levers`` does not pay for the training stack.
     from esper_kernel import session
 
-    session.esper_train(session.TrainFlags(**flags))
+    session.esper_train(session.TrainFlags.split(flags))
 
 
 # -- esper sweep -------------------------------------------------------------
@@ -426,11 +339,7 @@ def train(**flags: Any) -> None:
     help="One grid value of forced choices (repeat: tempo=GLACIAL, tempo=FAST; several heads: tempo=FAST+lr=BOLD).",
 )
 @click.option("--seeds", default="0-2", show_default=True, help="Seeds, paired across cells: 0-9 or 1,4,7.")
-@click.option("--task", default=None, help="Task (default: the env default).")
-@click.option("--data-dir", default=None, type=click.Path(), help="Directory for cifar10 / text data.")
-@click.option("--epochs", type=click.IntRange(min=1), default=None, help="Host epochs per episode.")
-@click.option("--train-size", type=click.IntRange(min=1), default=None, help="Training examples.")
-@click.option("--val-size", type=click.IntRange(min=1), default=None, help="Validation examples.")
+@_settings("sweep")
 @click.option("--config", "config_file", default=None, type=click.Path(dir_okay=False), help="TOML run config.")
 @click.option("--workers", type=click.IntRange(min=1), default=None, help="Trials at once (default: usable cores).")
 @click.option(
@@ -443,7 +352,7 @@ def train(**flags: Any) -> None:
     help='Run the trials with Ray Tune at ADDRESS (default: RAY_ADDRESS, else a local Ray); needs "esper-kernel[ray]".',
 )
 @click.option("--out", default="runs/sweep", show_default=True, type=click.Path(file_okay=False))
-@runtime_options(amp=False, tensorboard=False)
+@runtime_options(tensorboard=False)
 def sweep_command(**flags: Any) -> None:
     """A grid of eval cells (lever sets x forced choices x policies x seeds), one table at the end.
 
@@ -454,7 +363,7 @@ def sweep_command(**flags: Any) -> None:
     """
     from esper_kernel import session
 
-    session.esper_sweep(session.SweepFlags(**flags))
+    session.esper_sweep(session.SweepFlags.split(flags))
 
 
 # -- esper report / compare ------------------------------------------------------
@@ -534,10 +443,7 @@ def compare_command(dirs: tuple[Path, ...], as_json: bool, reference: Path | Non
     help="Add policy P with each lever head held at its default, and write attribution.md (which levers earned "
     "their keep).",
 )
-@click.option("--task", default=None, help="Task (default: pairs, the growth task).")
-@click.option("--data-dir", default=None, type=click.Path(), help="Directory for cifar10 / text data.")
-@click.option("--levers", default=None, metavar="A,B", help="Levers to activate (default: every installed one).")
-@click.option("--epochs", type=click.IntRange(min=1), default=None, help="Host epochs per episode.")
+@_settings("eval")
 @click.option("--config", "config_file", default=None, type=click.Path(dir_okay=False), help="TOML run config.")
 @click.option("--workers", type=click.IntRange(min=1), default=None, help="Worker processes (default: usable cores).")
 @click.option("--out", default="runs/eval", show_default=True, type=click.Path(file_okay=False))
@@ -554,7 +460,7 @@ def eval_command(**flags: Any) -> None:
     """
     from esper_kernel import session
 
-    session.esper_eval(session.EvalFlags(**flags))
+    session.esper_eval(session.EvalFlags.split(flags))
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ import json
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import attrs
 import click
@@ -31,6 +31,34 @@ if TYPE_CHECKING:
     from esper_kernel.tamiyo.train import TrainConfig, TrainSummary
 
 C = TypeVar("C")
+FlagsT = TypeVar("FlagsT", bound="Flags")
+
+
+@attrs.frozen
+class Flags:
+    """A command's own flags (the subclass's fields) and the settings given on its command line.
+
+    The settings are declared once on the config classes (:mod:`esper_kernel.settings`); here they are
+    only what the user typed, as ``with_overrides`` keys, and the flags a resumed run must refuse.
+    """
+
+    #: Settings given, as ``with_overrides`` keys: ``{"env__epochs": 4}``.
+    given: dict[str, Any] = attrs.field(factory=dict, kw_only=True)
+    #: The flags given that would change what a resumed run computes.
+    changes: tuple[str, ...] = attrs.field(default=(), kw_only=True)
+
+    #: Which command's settings these flags carry.
+    COMMAND: ClassVar[str] = ""
+
+    @classmethod
+    def split(cls: type[FlagsT], flags: Mapping[str, Any]) -> FlagsT:
+        """click's keyword arguments, split into this command's own flags and its settings."""
+        from esper_kernel.config import command_settings
+        from esper_kernel.settings import given_flags, overrides
+
+        declared = command_settings(cls.COMMAND)
+        own = {a.name: flags[a.name] for a in attrs.fields(cls) if a.name in flags}
+        return cls(**own, given=overrides(flags, declared), changes=tuple(given_flags(flags, declared)))
 
 
 # -- what every command shares ------------------------------------------------------------
@@ -41,11 +69,6 @@ def setup_threads(threads: int | None) -> int:
     from esper_kernel.workers import configure_threads
 
     return configure_threads(threads)
-
-
-def names(csv: str | None) -> tuple[str, ...] | None:
-    """``--levers A,B`` as a tuple of names; None when the flag was not given."""
-    return tuple(x for x in csv.split(",") if x) if csv is not None else None
 
 
 def load_config(cls: type[C], path: str | None, **overrides: Any) -> C:
@@ -63,9 +86,9 @@ def check_device(device: str) -> None:
     resolve_device(device)
 
 
-def refuse_with_resume(reason: str, given: Mapping[str, object]) -> None:
+def refuse_with_resume(reason: str, changes: Sequence[str], more: Mapping[str, object] | None = None) -> None:
     """A resumed run is the run it saved: a flag that would change it is refused, not ignored."""
-    extra = [flag for flag, value in given.items() if value is not None]
+    extra = [*changes, *(flag for flag, value in (more or {}).items() if value is not None)]
     if extra:
         raise click.UsageError(f"{reason}; drop {', '.join(extra)}")
 
@@ -93,28 +116,16 @@ def stderr() -> Console:
 
 
 @attrs.frozen
-class RunFlags:
-    """``esper run``'s flags, None where not given."""
+class RunFlags(Flags):
+    """``esper run``'s own flags; its settings are in ``given``."""
 
-    task: str | None = None
-    data_dir: str | None = None
-    policy: str | None = None
-    levers: str | None = None
-    epochs: int | None = None
-    slots: int | None = None
-    width: int | None = None
-    seed: int | None = None
-    out: str | None = None
+    COMMAND: ClassVar[str] = "run"
+
     config_file: str | None = None
     resume: str | None = None
-    compile_: bool | None = None
-    allow_graph_breaks: bool | None = None
     overwrite: bool = False
-    on_lever_error: str | None = None
     quiet: bool = False
     threads: int | None = None
-    device: str | None = None
-    amp: bool | None = None
     tensorboard_dir: Path | None = None
 
 
@@ -123,29 +134,9 @@ def run_config(f: RunFlags) -> Any:
     from esper_kernel.config import RunConfig
 
     if f.resume is not None:
-        changes = ("task", "data_dir", "policy", "levers", "epochs", "slots", "width", "seed", "out")
-        given: dict[str, object] = {f"--{k.replace('_', '-')}": getattr(f, k) for k in changes}
-        given |= {"--config": f.config_file, "--compile": f.compile_, "--allow-graph-breaks": f.allow_graph_breaks}
-        given |= {"--on-lever-error": f.on_lever_error, "--overwrite": f.overwrite or None}
-        refuse_with_resume("--resume continues the run as its checkpoint configured it", given)
-    config = load_config(
-        RunConfig,
-        f.config_file,
-        policy=f.policy,
-        levers=names(f.levers),
-        seed=f.seed,
-        out=f.out,
-        allow_graph_breaks=f.allow_graph_breaks,
-        env__task=f.task,
-        env__data_dir=f.data_dir,
-        env__epochs=f.epochs,
-        env__slots=f.slots,
-        env__width=f.width,
-        env__compile=f.compile_,
-        env__device=f.device,
-        env__amp=f.amp,
-        on_lever_error=f.on_lever_error,
-    )
+        extra = {"--config": f.config_file, "--overwrite": f.overwrite or None}
+        refuse_with_resume("--resume continues the run as its checkpoint configured it", f.changes, extra)
+    config = load_config(RunConfig, f.config_file, **f.given)
     check_device(config.env.device)
     return config
 
@@ -162,7 +153,7 @@ def _policy_epochs(f: RunFlags, config: Any) -> int | None:
     from esper_kernel.tamiyo.ppo import PolicyLoadError, stamped_epochs
 
     path = learned_policy_file(str(config.policy), config.env.task)
-    if f.epochs is not None or path is None:
+    if "env__epochs" in f.given or path is None:
         return None
     if f.config_file is not None:
         table = tomllib.loads(Path(f.config_file).read_text(encoding="utf-8")).get("env", {})
@@ -252,37 +243,15 @@ def esper_run(f: RunFlags) -> None:
 
 
 @attrs.frozen
-class TrainFlags:
-    """``esper train``'s flags, None where not given."""
+class TrainFlags(Flags):
+    """``esper train``'s own flags; its settings are in ``given``."""
 
-    episodes: int | None = None
-    n_envs: int | None = None
-    task: str | None = None
-    only: str | None = None
-    epochs: int | None = None
-    slots: int | None = None
-    seed: int | None = None
-    out_dir: str | None = None
-    train_size: int | None = None
-    val_size: int | None = None
-    batch_size: int | None = None
-    data_dir: str | None = None
-    lr: float | None = None
-    hidden: int | None = None
-    update_epochs: int | None = None
-    minibatch_size: int | None = None
-    entropy_coef: float | None = None
-    group_size: int | None = None
-    init_policy: str | None = None
-    workers: int | None = None
-    eval_every: int | None = None
-    eval_seeds: str | None = None
+    COMMAND: ClassVar[str] = "train"
+
     config_file: str | None = None
     resume: str | None = None
     ray_address: str | None = None
     threads: int | None = None
-    device: str | None = None
-    amp: bool | None = None
     tensorboard_dir: Path | None = None
 
 
@@ -301,67 +270,11 @@ class TrainSession:
         return Path(self.config.out)
 
 
-def _eval_seeds(text: str | None) -> list[int] | None:
-    if text is None:
-        return None
-    try:
-        return [int(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise click.BadParameter(
-            f"expected whole numbers like 0,1,2, got {text!r}", param_hint="--eval-seeds"
-        ) from None
-
-
-def _fresh_train_config(f: TrainFlags) -> TrainConfig:
-    from esper_kernel.tamiyo.train import TrainConfig
-
-    return load_config(
-        TrainConfig,
-        f.config_file,
-        levers=names(f.only),
-        out=f.out_dir,
-        workers=f.workers,
-        eval_every=f.eval_every,
-        eval_seeds=_eval_seeds(f.eval_seeds),
-        env__task=f.task,
-        env__data_dir=f.data_dir,
-        env__epochs=f.epochs,
-        env__slots=f.slots,
-        env__batch_size=f.batch_size,
-        env__train_size=f.train_size,
-        env__val_size=f.val_size,
-        env__device=f.device,
-        env__amp=f.amp,
-        ppo__episodes=f.episodes,
-        ppo__n_envs=f.n_envs,
-        ppo__lr=f.lr,
-        ppo__hidden=f.hidden,
-        ppo__seed=f.seed,
-        ppo__update_epochs=f.update_epochs,
-        ppo__minibatch_size=f.minibatch_size,
-        ppo__entropy_coef=f.entropy_coef,
-        ppo__group_size=f.group_size,
-        ppo__init_policy=f.init_policy,
-    )
-
-
-def _train_problems(config: TrainConfig, f: TrainFlags) -> None:
-    """Ranges and names, each naming its flag, before anything is written."""
-    from esper_kernel.bounds import env_problems, finite_problems
-    from esper_kernel.taskplugins import task_names
-
+def _train_problems(config: TrainConfig) -> None:
+    """What ranges do not catch, before anything is written."""
     check_device(config.env.device)
-    if config.env.task not in (names := task_names()):
-        raise click.BadParameter(
-            f"unknown task {config.env.task!r}; installed tasks: {', '.join(names)}", param_hint="--task"
-        )
-    problems = env_problems(config.env, prefix="--") + finite_problems(
-        **{"--lr": config.ppo.lr, "--entropy-coef": config.ppo.entropy_coef}
-    )
-    if f.only is not None and not any(x.strip() for x in f.only.split(",")):
-        problems.append("--levers: names no lever; leave it out for every installed lever")
-    if problems:
-        raise click.UsageError("; ".join(p.replace("_", "-") for p in problems))
+    if config.levers is not None and not any(x.strip() for x in config.levers):
+        raise click.UsageError("--levers: names no lever; leave it out for every installed lever")
 
 
 def train_session(f: TrainFlags) -> TrainSession:
@@ -376,29 +289,21 @@ def train_session(f: TrainFlags) -> TrainSession:
 
     state = None
     if f.resume is not None:
-        _eval_seeds(f.eval_seeds)  # a malformed value is still named, as without --resume
         state = load_train_state(Path(f.resume) / STATE_FILE)
         where = f"{Path(f.resume) / STATE_FILE} config"
         config = structure_as(state["meta"]["config"], TrainConfig, where=where)
-        # Every flag but these would change the run; they are refused rather than ignored.
-        may_change = {"resume", "episodes", "workers", "threads", "ray_address", "tensorboard_dir"}
-        flag = {"only": "levers", "n_envs": "envs", "out_dir": "out", "config_file": "config"}
-        given = {
-            "--" + flag.get(a.name, a.name).replace("_", "-"): getattr(f, a.name)
-            for a in attrs.fields(TrainFlags)
-            if a.name not in may_change
-        }
-        refuse_with_resume("--resume continues a run with its own settings", given)
+        refuse_with_resume("--resume continues a run with its own settings", f.changes, {"--config": f.config_file})
         # --episodes trains a run further: the result is the longer run's, as if it had been asked for at first.
-        config = with_overrides(config, out=f.resume, workers=f.workers, ppo__episodes=f.episodes)
+        more = {k: f.given.get(k) for k in ("workers", "ppo__episodes")}
+        config = with_overrides(config, out=f.resume, **more)
         problem = extension_problem(state["ppo_config"], len(state["returns"]), config.ppo.episodes)
         if problem is not None:
             raise click.BadParameter(problem, param_hint="--episodes")
         run_id = str(state["meta"]["run_id"])
     else:
-        config = _fresh_train_config(f)
+        config = load_config(TrainConfig, f.config_file, **f.given)
         run_id = f"train-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
-    _train_problems(config, f)
+    _train_problems(config)
     selection = Selection.from_env(levers=config.levers)
     reg = build_registry(config.env, selection)
     if state is not None and list(state["levers"]) != list(reg.names):
@@ -512,26 +417,22 @@ def _write_train_summary(s: TrainSession, n_workers: int, summary: TrainSummary)
 
 
 @attrs.frozen
-class EvalFlags:
-    """``esper eval``'s flags, None where not given."""
+class EvalFlags(Flags):
+    """``esper eval``'s own flags; its settings are in ``given``."""
 
-    policies: str
-    forces: tuple[str, ...]
-    seeds: str
-    reference: str
-    effects: bool
-    out: str
+    COMMAND: ClassVar[str] = "eval"
+
+    policies: str = "heuristic,random,wait"
+    forces: tuple[str, ...] = ()
+    seeds: str = "0-9"
+    reference: str = "wait"
+    effects: bool = False
+    out: str = "runs/eval"
     #: A policy spec whose levers to attribute: it, and it with each lever head held at its default.
     attribution: str | None = None
-    task: str | None = None
-    data_dir: str | None = None
-    levers: str | None = None
-    epochs: int | None = None
     config_file: str | None = None
     workers: int | None = None
     threads: int | None = None
-    device: str | None = None
-    amp: bool | None = None
 
 
 def _policy_specs(f: EvalFlags, config: Any) -> list[PolicySpec]:
@@ -557,10 +458,7 @@ def esper_eval(f: EvalFlags) -> None:
     from esper_kernel.config import RunConfig
     from esper_kernel.workers import usable_cores
 
-    env_flags = {"env__task": f.task, "env__data_dir": f.data_dir, "env__epochs": f.epochs}
-    config = load_config(
-        RunConfig, f.config_file, levers=names(f.levers), env__device=f.device, env__amp=f.amp, **env_flags
-    )
+    config = load_config(RunConfig, f.config_file, **f.given)
     check_device(config.env.device)
     specs = _policy_specs(f, config)
     seed_list = ev.parse_seeds(f.seeds)
@@ -612,24 +510,20 @@ def effect_specs(config: Any) -> list[PolicySpec]:
 
 
 @attrs.frozen
-class SweepFlags:
-    """``esper sweep``'s flags, None where not given."""
+class SweepFlags(Flags):
+    """``esper sweep``'s own flags; its settings are in ``given``."""
 
-    lever_sets: tuple[str, ...]
-    policies: str
-    forces: tuple[str, ...]
-    seeds: str
-    out: str
-    task: str | None = None
-    data_dir: str | None = None
-    epochs: int | None = None
-    train_size: int | None = None
-    val_size: int | None = None
+    COMMAND: ClassVar[str] = "sweep"
+
+    lever_sets: tuple[str, ...] = ()
+    policies: str = "heuristic"
+    forces: tuple[str, ...] = ()
+    seeds: str = "0-2"
+    out: str = "runs/sweep"
     config_file: str | None = None
     workers: int | None = None
     ray_address: str | None = None
     threads: int | None = None
-    device: str | None = None
 
 
 def esper_sweep(f: SweepFlags) -> None:
@@ -641,8 +535,7 @@ def esper_sweep(f: SweepFlags) -> None:
     from esper_kernel.workers import usable_cores
 
     setup_threads(f.threads)
-    env_flags = {"env__task": f.task, "env__data_dir": f.data_dir, "env__epochs": f.epochs, "env__device": f.device}
-    config = load_config(RunConfig, f.config_file, env__train_size=f.train_size, env__val_size=f.val_size, **env_flags)
+    config = load_config(RunConfig, f.config_file, **f.given)
     check_device(config.env.device)
     sets = [parse_lever_set(s) for s in f.lever_sets] or [config.levers]
     cells = build_grid(sets, [p.strip() for p in f.policies.split(",") if p.strip()], f.forces)

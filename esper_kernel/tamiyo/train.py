@@ -29,6 +29,8 @@ import torch
 from torch import nn
 
 from esper_kernel import checkpoint
+from esper_kernel.config import PPOConfig as PPOConfig  # re-exported: its old home
+from esper_kernel.config import TrainConfig as TrainConfig
 from esper_kernel.env import EnvBatch, EnvConfig, MorphoEnv, load_task, observation_names
 from esper_kernel.episode import PoolEnvs, play, play_batch
 from esper_kernel.errors import EsperError
@@ -38,42 +40,6 @@ from esper_kernel.tamiyo.envpool import EnvPool, EnvShard
 from esper_kernel.tamiyo.policies import Policy
 from esper_kernel.tamiyo.ppo import PPOPolicy, load_policy, save_policy, trained_on
 from esper_kernel.tamiyo.sampling import Sampled
-
-
-@attrs.frozen
-class PPOConfig:
-    """PPO's hyperparameters. ``episodes`` counts episodes over all envs."""
-
-    episodes: int = 32
-    n_envs: int = 4
-    lr: float = 3e-3
-    #: No discount: an episode is a fixed 40-odd epochs and its rewards telescope to the final accuracy,
-    #: so any gamma < 1 pays for early gains over ending well (0.99 taught Tamiyo a fast lr that ends worse).
-    gamma: float = 1.0
-    gae_lambda: float = 0.95
-    clip: float = 0.2
-    update_epochs: int = 10
-    minibatch_size: int = 8
-    entropy_coef: float = 0.003
-    value_coef: float = 0.5
-    max_grad_norm: float = 0.5
-    hidden: int = 64
-    seed: int = 0
-    #: Envs of a rollout that share one episode seed and learn relative to each other; 1 turns pairing off.
-    group_size: int = 4
-    #: Stop an update's passes once the approximate KL over the whole rollout exceeds this; None: never.
-    target_kl: float | None = 0.05
-    #: Hold every lever head at its default choice, so only op, slot, blueprint and blend are learned:
-    #: the fixed-levers control that says whether the levers are worth having.
-    fix_levers: bool = False
-    #: A policy file to start from instead of fresh weights (a curriculum: trained on one episode length,
-    #: trained on at another); its heads, levers, hidden size and fixed heads must be this run's.
-    init_policy: str | None = None
-
-    def __attrs_post_init__(self) -> None:
-        for name in ("episodes", "n_envs", "update_epochs", "minibatch_size", "hidden", "group_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"PPOConfig.{name} must be at least 1, got {getattr(self, name)}")
 
 
 class RolloutBuffer:
@@ -391,26 +357,6 @@ ProgressFn = Callable[[int, int, float], None]
 STATE_FORMAT = "esper.train-state/1"
 STATE_FILE = "train_state.pt"
 BEST_POLICY = "best_policy.pt"
-
-
-@attrs.frozen
-class TrainConfig:
-    """Everything ``esper train`` needs, as a TOML file mirrors it: top-level keys, ``[env]`` and ``[ppo]``."""
-
-    env: EnvConfig = attrs.Factory(EnvConfig)
-    ppo: PPOConfig = attrs.Factory(PPOConfig)
-    levers: tuple[str, ...] | None = None
-    out: str = "runs/train"
-    #: Env worker processes; 0: one per usable core (never more than the envs).
-    workers: int = 0
-    #: Evaluate on ``eval_seeds`` every this many updates and after the last; 0: never.
-    eval_every: int = 5
-    eval_seeds: tuple[int, ...] = (0, 1)
-
-    def __attrs_post_init__(self) -> None:
-        for name in ("workers", "eval_every"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be 0 or more, got {getattr(self, name)}")
 
 
 class TrainStateError(EsperError):
