@@ -41,6 +41,7 @@ from esper_kernel.tamiyo.catalogue import (
     BuildContext,
     PolicySpec,
     build_policy,
+    check_forced,
     check_spec,
     parse_force,
     parse_policy,
@@ -126,7 +127,24 @@ class EpisodeResult:
         return self.ret if metric == "return" else float(getattr(self, metric))
 
 
-def _check_specs(env: EnvConfig, specs: Sequence[PolicySpec], levers: tuple[str, ...] | None) -> None:
+def check_forces(
+    env: EnvConfig, forced: Sequence[tuple[str, str]], specs: Sequence[PolicySpec], levers: tuple[str, ...] | None
+) -> None:
+    """``--force``: every head and choice exist, and some policy takes the force; never silently dropped."""
+    if not forced:
+        return
+    registry = build_registry(env, Selection.from_env(levers=levers))
+    check_forced(PolicySpec("wait", tuple(forced)), registry)
+    taken = [s.name for s in specs if all(pair in s.forced for pair in forced)]
+    if not taken:
+        given = " ".join(f"--force {h}={c}" for h, c in forced)
+        raise EsperError(
+            f"{given}: no policy in --policies makes decisions to force ({', '.join(s.name for s in specs)}); "
+            "add one that does (heuristic, random, a policy file) or drop --force"
+        )
+
+
+def check_policies(env: EnvConfig, specs: Sequence[PolicySpec], levers: tuple[str, ...] | None) -> None:
     """Every forced head, policy file and schedule checked once, before any episode starts."""
     registry = build_registry(env, Selection.from_env(levers=levers))
     for spec in specs:
@@ -220,9 +238,10 @@ def evaluate(
     names = [p.name for p in policies]
     if len(set(names)) != len(names):
         raise EsperError(f"--policies names a policy twice: {', '.join(names)}")
+    # The policies first: a bad force in one is what the user mistyped, not the reference it renamed.
+    check_policies(env, policies, levers)
     if reference not in names:
         raise EsperError(f"--reference {reference!r} is not among the policies: {', '.join(names)}")
-    _check_specs(env, policies, levers)
     started = time.perf_counter()
     data = converter.unstructure(env)
     book = Journal(journal, {"schema": EVAL_SCHEMA, "env": data, "levers": list(levers) if levers else levers})

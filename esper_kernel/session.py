@@ -440,6 +440,9 @@ def _policy_specs(f: EvalFlags, config: Any) -> list[PolicySpec]:
 
     forced = [ev.parse_force(x) for x in f.forces]
     specs = [ev.parse_policy(p, forced) for p in f.policies.split(",") if p.strip()]
+    # Checked before anything is printed or played, so a mistyped force is the only line the user sees.
+    ev.check_policies(config.env, specs, config.levers)
+    ev.check_forces(config.env, forced, specs, config.levers)
     if f.effects:
         specs += [s for s in effect_specs(config) if s.name not in {x.name for x in specs}]
     if f.attribution:

@@ -322,3 +322,19 @@ def test_host_over_the_memory_limit_is_never_built() -> None:
     with pytest.raises(EsperError, match=r"env.slots=3 \(--slots\), env.width=512 \(--width\).*GiB to train"):
         size_host(EnvConfig(task="shapes", width=512), task)
     assert size_host(EnvConfig(task="shapes"), task).memory_bytes < MAX_TRAIN_MEMORY
+
+
+@pytest.mark.parametrize(
+    ("args", "names"),
+    [
+        (["--policies", "heuristic+tempo=NOPE"], ["--policies", "heuristic+tempo=NOPE", "'NOPE'", "GLACIAL"]),
+        (["--policies", "wait,random+tempo=NOPE"], ["--policies", "random+tempo=NOPE", "'NOPE'"]),
+        (["--policies", "wait,heuristic+nohead=X"], ["--policies", "nohead=X", "no head 'nohead'"]),
+        (["--force", "tempo=NOPE", "--policies", "wait"], ["--force tempo=NOPE", "'NOPE'"]),
+        (["--force", "tempo=GLACIAL", "--policies", "wait"], ["--force tempo=GLACIAL", "no policy", "wait"]),
+    ],
+)
+def test_bad_forced_head_in_eval_is_one_line_naming_it(tmp_path: Path, args: list[str], names: list[str]) -> None:
+    out = tmp_path / "eval"
+    one_line_error(esper("eval", "--seeds", "0", "--epochs", "1", "--workers", "1", "--out", str(out), *args), *names)
+    assert not out.exists()

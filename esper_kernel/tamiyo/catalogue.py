@@ -215,20 +215,21 @@ def parse_policy(text: str, extra_forced: Sequence[tuple[str, str]] = (), *, fla
     return PolicySpec(head, tuple(forced), greedy=greedy)
 
 
-def check_forced(spec: PolicySpec, registry: Registry) -> None:
-    """Every forced head exists and has the forced choice, or a one-line error naming it."""
+def check_forced(spec: PolicySpec, registry: Registry, where: str = "--force") -> None:
+    """Every forced head exists and has the forced choice, or a one-line error naming it and ``where`` it was typed."""
     for head, choice in spec.forced:
+        at = f"--force {head}={choice}" if where == "--force" else f"{where}: {head}={choice}"
         if head not in registry.space or head in ("op", "slot"):
             levers = ", ".join(n for n in registry.space.names if n not in ("op", "slot"))
-            raise EsperError(f"--force {head}={choice}: no head {head!r} to force; heads: {levers}")
+            raise EsperError(f"{at}: no head {head!r} to force; heads: {levers}")
         if choice not in registry.space.head(head).spec.choices:
             known = ", ".join(registry.space.head(head).spec.choices)
-            raise EsperError(f"--force {head}={choice}: head {head!r} has no choice {choice!r}; choices: {known}")
+            raise EsperError(f"{at}: head {head!r} has no choice {choice!r}; choices: {known}")
 
 
 def check_spec(spec: PolicySpec, registry: Registry, flag: str = "--policies") -> None:
     """What can be checked before an episode starts: the kind's argument (a file, a schedule) and forced heads."""
-    check_forced(spec, registry)
+    check_forced(spec, registry, f"{flag} {spec.name!r}")
     if spec.static or spec.resolved is not None:
         return
     kind, arg = kind_of(spec.policy)
