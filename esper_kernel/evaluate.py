@@ -47,7 +47,7 @@ from esper_kernel.tamiyo.catalogue import (
     parse_policy,
     static_width,
 )
-from esper_kernel.tamiyo.policies import ForcedPolicy
+from esper_kernel.tamiyo.policies import fallbacks
 from esper_kernel.taskplugins import HostShape
 from esper_kernel.telemetry import null_log
 from esper_kernel.workers import iter_jobs
@@ -148,7 +148,7 @@ def check_policies(env: EnvConfig, specs: Sequence[PolicySpec], levers: tuple[st
     """Every forced head, policy file and schedule checked once, before any episode starts."""
     registry = build_registry(env, Selection.from_env(levers=levers))
     for spec in specs:
-        check_spec(spec, registry)
+        check_spec(spec, registry, env)
 
 
 @attrs.define
@@ -207,7 +207,7 @@ def play_episode(job: EvalJob) -> EpisodeResult:
         params=env.param_count(),
         mean_params=sum(tally.params) / len(tally.params),
         ret=total,
-        fallbacks=policy.fallbacks if isinstance(policy, ForcedPolicy) else 0,
+        fallbacks=fallbacks(policy),
         fossilized=sum(s is Stage.FOSSILIZED for s in fates),
         culled=sum(s is not Stage.FOSSILIZED for s in fates),
         germinate_decisions=tally.germinations,

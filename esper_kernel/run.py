@@ -43,7 +43,7 @@ from esper_kernel.tamiyo.catalogue import (
     run_state,
     static_env,
 )
-from esper_kernel.tamiyo.policies import Policy
+from esper_kernel.tamiyo.policies import Policy, fallbacks
 from esper_kernel.tamiyo.ppo import PolicyLoadError
 from esper_kernel.taskplugins import HostShape
 from esper_kernel.telemetry import Telemetry
@@ -387,6 +387,8 @@ def _finish(setup: _Setup, played: _Played, wall: float) -> dict[str, Any]:
     compile_stats = played.compile_watch.episode_ended() if played.compile_watch is not None else None
     summary = _summary(setup.run_id, setup.config, played.env, setup.registry, played.total, wall, setup.out)
     summary["hook_seconds"] = played.watch.totals()
+    # Forced heads that fell back and schedule steps skipped as illegal, as esper eval counts them.
+    summary["policy_fallbacks"] = fallbacks(setup.policy)
     summary["quarantined"] = [attrs.asdict(q) for q in setup.registry.quarantined.values()]
     if compile_stats is not None:
         summary["compile"] = compile_stats

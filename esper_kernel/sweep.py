@@ -30,6 +30,7 @@ from esper_kernel import evaluate as ev
 from esper_kernel.config import converter
 from esper_kernel.env import EnvConfig
 from esper_kernel.errors import EsperError
+from esper_kernel.tamiyo.catalogue import expand
 from esper_kernel.workers import map_jobs
 
 REFERENCE = "wait"
@@ -84,7 +85,7 @@ def build_grid(
     cells: list[Cell] = []
     for levers in lever_sets or [None]:
         specs = [ev.parse_policy(REFERENCE)]
-        for policy in policies:
+        for policy in [p for text in policies for p in expand(text)]:
             for forced in forced_sets:
                 spec = ev.parse_policy("+".join([policy, *(f"{h}={c}" for h, c in forced)]))
                 if spec.static:

@@ -103,9 +103,9 @@ class PolicyKind:
     takes_argument: bool = False
     #: ``greedy:`` applies (a learned policy).
     learned: bool = False
-    #: ``(argument, where)``: raises a one-line :class:`EsperError` starting with ``where`` (the flag and
+    #: ``(argument, where, registry, env)``: raises a one-line :class:`EsperError` starting with ``where`` (the flag and
     #: the spec) for an argument that cannot work, before any episode starts.
-    check: Callable[[str, str], None] | None = None
+    check: Callable[[str, str, Registry, EnvConfig], None] | None = None
     #: Makes no decision of its own, so ``--force`` does not apply to it.
     decides: bool = True
 
@@ -130,7 +130,7 @@ def _build_learned(arg: str, spec: PolicySpec, ctx: BuildContext) -> Policy:
     return policy
 
 
-def _check_file(arg: str, where: str) -> None:
+def _check_file(arg: str, where: str, _registry: Registry, _env: EnvConfig) -> None:
     if not Path(arg).exists():
         known = ", ".join(n for n, k in KINDS.items() if k.name != FILE)
         raise EsperError(f"{where}: {arg!r} is neither a policy kind ({known}) nor an existing policy file")
@@ -154,6 +154,39 @@ register(
 )
 register(PolicyKind("pretrained", "the policy shipped for the task", _build_learned, learned=True))
 register(PolicyKind(FILE, "a policy file written by esper train", _build_learned, learned=True, check=_check_file))
+
+
+def _schedule(arg: str, spec: PolicySpec, ctx: BuildContext) -> Policy:
+    from esper_kernel.tamiyo.schedule import SchedulePolicy, check_schedule, load_schedule, parse_schedule
+
+    if spec.resolved is not None:
+        schedule = parse_schedule(spec.resolved, spec.policy)
+        check_schedule(schedule, ctx.registry, ctx.env.slots)
+    else:
+        schedule = load_schedule(arg)  # checked by _check_schedule
+    return SchedulePolicy(schedule)
+
+
+def _check_schedule(arg: str, where: str, registry: Registry, env: EnvConfig) -> None:
+    from esper_kernel.tamiyo.schedule import ScheduleError, check_schedule, load_schedule
+
+    if not arg:
+        raise EsperError(f"{where}: name a schedule file after schedule:")
+    try:
+        check_schedule(load_schedule(arg), registry, env.slots)
+    except ScheduleError as exc:
+        raise EsperError(f"{where}: {exc}") from None
+
+
+register(
+    PolicyKind(
+        "schedule",
+        "a TOML file of growth steps played open-loop (docs/eval.md, Schedules)",
+        _schedule,
+        takes_argument=True,
+        check=_check_schedule,
+    )
+)
 
 
 def kind_of(name: str) -> tuple[PolicyKind, str]:
@@ -227,14 +260,14 @@ def check_forced(spec: PolicySpec, registry: Registry, where: str = "--force") -
             raise EsperError(f"{at}: head {head!r} has no choice {choice!r}; choices: {known}")
 
 
-def check_spec(spec: PolicySpec, registry: Registry, flag: str = "--policies") -> None:
+def check_spec(spec: PolicySpec, registry: Registry, env: EnvConfig, flag: str = "--policies") -> None:
     """What can be checked before an episode starts: the kind's argument (a file, a schedule) and forced heads."""
     check_forced(spec, registry, f"{flag} {spec.name!r}")
     if spec.static or spec.resolved is not None:
         return
     kind, arg = kind_of(spec.policy)
     if kind.check is not None:
-        kind.check(arg, f"{flag} {spec.name!r}")
+        kind.check(arg, f"{flag} {spec.name!r}", registry, env)
 
 
 def build_policy(spec: PolicySpec, ctx: BuildContext, flag: str = "--policies") -> Policy:
@@ -244,7 +277,7 @@ def build_policy(spec: PolicySpec, ctx: BuildContext, flag: str = "--policies") 
     else:
         kind, arg = kind_of(spec.policy)
         if kind.check is not None and spec.resolved is None:
-            kind.check(arg, f"{flag} {spec.name!r}")
+            kind.check(arg, f"{flag} {spec.name!r}", ctx.registry, ctx.env)
         base = kind.build(arg, spec, ctx)
     if not spec.forced:
         return base
@@ -296,6 +329,21 @@ def learned_policy_file(text: str, task: str) -> Path | None:
     from esper_kernel.tamiyo.ppo import pretrained_path
 
     return pretrained_path(task) if arg == "pretrained" else Path(arg)
+
+
+def expand(text: str) -> list[str]:
+    """``schedule:DIR/*.toml`` -> one spec per matching file, sorted (a grid of schedules); other specs as given."""
+    import glob
+
+    head, plus, rest = text.partition("+")
+    kind, arg = kind_of(head.removeprefix("greedy:"))
+    if not kind.takes_argument or not glob.has_magic(arg):
+        return [text]
+    files = sorted(glob.glob(arg))
+    if not files:
+        raise EsperError(f"--policies {text!r}: {arg!r} matches no file")
+    prefix = head[: len(head) - len(arg)]
+    return [f"{prefix}{f}{plus}{rest}" for f in files]
 
 
 def describe_kinds() -> str:

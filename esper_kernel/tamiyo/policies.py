@@ -6,7 +6,7 @@ action they take is legal under the composed masks by construction.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import attrs
@@ -16,6 +16,7 @@ from esper_kernel.stages import Op, Stage
 from esper_kernel.tamiyo.sampling import Sampled, sample, score, select_masks
 
 if TYPE_CHECKING:
+    from esper_kernel.actions import ActionSpace
     from esper_kernel.env import EnvBatch, MorphoEnv
 
 
@@ -47,6 +48,32 @@ def run_state(policy: Policy) -> dict[str, Any]:
 def load_run_state(policy: Policy, state: Mapping[str, Any]) -> None:
     if isinstance(policy, CarriesRunState) and state:
         policy.load_run_state(state)
+
+
+def fallbacks(policy: Policy) -> int:
+    """How often ``policy`` could not do what it was told: forced heads' fallbacks, a schedule's skipped steps."""
+    own = getattr(policy, "fallbacks", 0)
+    base = policy.base if isinstance(policy, ForcedPolicy) else None
+    return (own if isinstance(own, int) else 0) + (fallbacks(base) if base is not None else 0)
+
+
+def decide_rows(space: ActionSpace, rows: Sequence[Mapping[str, str]], masks: torch.Tensor) -> Sampled:
+    """Rule-based decisions (head -> choice per env) as a :class:`Sampled`, legal under ``masks``.
+
+    A head a row does not name takes its default; where a lever masks the
+    default, or the named choice, the first legal choice of that head instead.
+    """
+    actions = space.encode(rows)
+    op = actions[:, space.op_index]
+    sel = select_masks(space, masks, op)
+    legal = sel.gather(-1, actions[..., None]).squeeze(-1)
+    first = sel.to(torch.int8).argmax(-1)
+    actions = torch.where(legal, actions, first)
+    relevance = space.relevance(actions)
+    actions = torch.where(relevance, actions, space.defaults)
+    logits = torch.zeros(actions.shape[0], space.n_heads, space.max_choices)
+    log_prob, entropy = score(space, logits, sel, actions, relevance)
+    return Sampled(actions, sel, relevance, log_prob, entropy)
 
 
 class RandomPolicy:
@@ -156,19 +183,7 @@ class HeuristicPolicy:
 
     def act(self, obs: torch.Tensor, masks: torch.Tensor, envs: EnvBatch) -> Sampled:
         space = envs.registry.space
-        rows = [self._choose(env, masks[i]) for i, env in enumerate(envs.envs)]
-        actions = space.encode(rows)
-        op = actions[:, space.op_index]
-        sel = select_masks(space, masks, op)
-        # Where a default is illegal, fall back to the first legal choice of that head.
-        legal = sel.gather(-1, actions[..., None]).squeeze(-1)
-        first = sel.to(torch.int8).argmax(-1)
-        actions = torch.where(legal, actions, first)
-        relevance = space.relevance(actions)
-        actions = torch.where(relevance, actions, space.defaults)
-        logits = torch.zeros(actions.shape[0], space.n_heads, space.max_choices)
-        log_prob, entropy = score(space, logits, sel, actions, relevance)
-        return Sampled(actions, sel, relevance, log_prob, entropy)
+        return decide_rows(space, [self._choose(env, masks[i]) for i, env in enumerate(envs.envs)], masks)
 
     def _choose(self, env: MorphoEnv, mask: torch.Tensor) -> dict[str, str]:
         space = env.registry.space
