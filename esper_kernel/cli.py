@@ -463,5 +463,34 @@ def eval_command(**flags: Any) -> None:
     session.esper_eval(session.EvalFlags.split(flags))
 
 
+@main.command("frontier")
+@click.option(
+    "--policies", default="heuristic", show_default=True, metavar="P,Q", help="Growing policies (eval specs)."
+)
+@click.option("--seeds", default="0-9", show_default=True, help="Seeds, paired across every run: 0-9 or 1,4,7.")
+@click.option("--widths", default=None, metavar="A,B,C,D", help="Static-host widths (default: the task's own family).")
+@click.option("--no-scratch", is_flag=True, help="Skip the from-scratch control (grown architectures from epoch 0).")
+@click.option("--task", default=None, help="Task (default: pairs).")
+@click.option("--data-dir", default=None, type=click.Path(), help="Data for tasks that read files.")
+@click.option("--levers", default=None, metavar="A,B", help="Levers to activate (default: every installed one).")
+@click.option("--epochs", type=click.IntRange(min=1), default=None, help="Host epochs per episode.")
+@click.option("--config", "config_file", default=None, type=click.Path(dir_okay=False), help="TOML run config.")
+@click.option("--workers", type=click.IntRange(min=1), default=None, help="Worker processes (default: usable cores).")
+@click.option("--out", default="runs/frontier", show_default=True, type=click.Path(file_okay=False))
+@click.option("--threads", type=click.IntRange(min=0), default=None, help="Torch intra-op threads per process.")
+def frontier_command(**flags: Any) -> None:
+    """Static hosts at every width beside growing policies: OUT/frontier.json, frontier.md, frontier.png.
+
+    Each run's final accuracy (or validation loss, for tasks judged on it)
+    against its mean parameters and its training FLOPs (estimated per epoch
+    from the host and the live seeds), plus the from-scratch control: the
+    architecture each growing run ended with, trained from epoch 0, paired by
+    seed. Schema esper.frontier/1 in docs/growth.md.
+    """
+    from esper_kernel import session
+
+    session.esper_frontier(flags)
+
+
 if __name__ == "__main__":
     main()

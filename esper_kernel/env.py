@@ -16,7 +16,7 @@ import attrs
 import torch
 
 from esper_kernel.actions import Decision, MaskView
-from esper_kernel.blueprints import blueprint_names
+from esper_kernel.blueprints import blueprint_names, build_seed
 from esper_kernel.bounds import MAX_HOST_PARAMS, MAX_TRAIN_MEMORY, HostSize, measure_host
 from esper_kernel.config import EnvConfig as EnvConfig  # re-exported: callers have always found it here
 from esper_kernel.config import LifecycleConfig
@@ -101,6 +101,15 @@ def size_host(config: EnvConfig, task: TaskData) -> HostSize:
     return size
 
 
+def add_fossils(host: Host, fossils: Sequence[tuple[int, str, float]]) -> None:
+    """Build fresh ``(slot, blueprint, width_scale)`` modules into ``host`` as fossils (full weight, no gate)."""
+    slots = host.seed_slots()
+    for slot, blueprint, width_scale in fossils:
+        if not 0 <= slot < len(slots):
+            raise EsperError(f"fossil in slot {slot}: the host has {len(slots)} slots")
+        slots[slot].fossils.append(build_seed(host.topology, blueprint, slots[slot].dim, width_scale))
+
+
 def build_registry(config: EnvConfig, selection: Selection | None = None) -> Registry:
     """Load the selected levers and compose them with the kernel's heads for this config."""
     return Registry.open(CoreHeads(config.slots, blueprint_names(config.topology), config.topology), selection)
@@ -182,6 +191,9 @@ class MorphoEnv:
         self.lifecycle: Lifecycle
         self.runner: EpochRunner
         self.host: Host
+        #: Modules built into the host at every reset, as fossils present from epoch 0:
+        #: ``(slot, blueprint, width_scale)``. The from-scratch control trains a grown architecture this way.
+        self.scratch_fossils: tuple[tuple[int, str, float], ...] = ()
 
     # -- episode -------------------------------------------------------------
 
@@ -193,6 +205,7 @@ class MorphoEnv:
         self.log = self.base_log.bind(episode=episode, epoch=0)
         cfg = self.config
         self.host = make_host(cfg, self.task)
+        add_fossils(self.host, self.scratch_fossils)
         self.host.to(self.device)
         self.base_params = sum(p.numel() for p in self.host.parameters())
         self.lifecycle = Lifecycle(

@@ -33,6 +33,7 @@ from esper_kernel.env import EnvBatch, EnvConfig, MorphoEnv, build_registry, loa
 from esper_kernel.episode import Observer, Step, play_batch
 from esper_kernel.errors import EsperError
 from esper_kernel.files import write_text_atomic
+from esper_kernel.flops import epoch_flops
 from esper_kernel.lifecycle import CORE_HEADS
 from esper_kernel.registry import Registry, Selection
 from esper_kernel.stages import Op, Stage
@@ -69,7 +70,7 @@ __all__ = [
 
 EVAL_SCHEMA = "esper.eval/1"
 #: The outcomes every policy is compared on, seed by seed.
-METRICS = ("final_val_accuracy", "return", "params", "mean_params")
+METRICS = ("final_val_accuracy", "final_val_loss", "return", "params", "mean_params", "flops")
 
 
 def parse_seeds(text: str) -> tuple[int, ...]:
@@ -97,6 +98,8 @@ class EvalJob:
     levers: tuple[str, ...] | None
     #: Width of the host for a static-host control (None: the task's own width).
     static_width: int | None = None
+    #: For the from-scratch control: ``(slot, blueprint, width_scale)`` modules present from epoch 0.
+    fossils: tuple[tuple[int, str, float], ...] = ()
 
 
 @attrs.frozen
@@ -122,6 +125,14 @@ class EpisodeResult:
     #: Every GERMINATE decision: ``{"choices": {head: choice}, "legal": {head: [legal choices]}}`` over the
     #: relevant heads (op aside); the emergence report tests choices against uniform-over-legal with it.
     germinate: tuple[dict[str, dict[str, Any]], ...] = ()
+    #: Validation loss after the last epoch (nats per token; text tasks are judged on it), and after every epoch.
+    final_val_loss: float | None = None
+    loss_curve: tuple[float, ...] = ()
+    #: Estimated training FLOPs of the episode (esper_kernel.flops), and of each epoch.
+    flops: float | None = None
+    flops_curve: tuple[float, ...] = ()
+    #: The grown architecture: ``(slot, blueprint, width_scale)`` of every fossilized seed, in order.
+    fossil_modules: tuple[tuple[int, str, float], ...] = ()
 
     def outcome(self, metric: str) -> float:
         return self.ret if metric == "return" else float(getattr(self, metric))
@@ -162,6 +173,7 @@ class _Tally(Observer):
     germinations: int = 0
     decided: list[dict[str, dict[str, Any]]] = attrs.Factory(list)
     params: list[int] = attrs.Factory(list)
+    flops: list[float] = attrs.Factory(list)
 
     @classmethod
     def of(cls, env: MorphoEnv) -> _Tally:
@@ -182,6 +194,8 @@ class _Tally(Observer):
             if self.env.last_choice is not None:
                 self.decided.append(self.env.last_choice)
         self.params.append(self.env.param_count())
+        task = self.env.task
+        self.flops.append(float(epoch_flops(self.env.host, task.val_x[:1], task.n_train, task.n_val)))
         return True
 
 
@@ -193,6 +207,7 @@ def play_episode(job: EvalJob) -> EpisodeResult:
     registry = build_registry(cfg, Selection.from_env(levers=job.levers))
     task = load_task(cfg, job.seed)
     env = MorphoEnv(cfg, registry, task, null_log(), index=0)
+    env.scratch_fossils = job.fossils
     envs = EnvBatch([env])
     obs = envs.reset([job.seed])
     policy = build_policy(job.policy, BuildContext(registry, env.obs_dim, job.seed, cfg))
@@ -216,6 +231,15 @@ def play_episode(job: EvalJob) -> EpisodeResult:
         wall_seconds=round(time.perf_counter() - started, 2),
         curve=tuple(env.acc_history),
         germinate=tuple(tally.decided),
+        final_val_loss=env.loss_history[-1],
+        loss_curve=tuple(env.loss_history),
+        flops=sum(tally.flops),
+        flops_curve=tuple(tally.flops),
+        fossil_modules=tuple(
+            (s.slot, s.blueprint, float(s.knobs.width_scale))
+            for s in env.lifecycle.history
+            if s.stage is Stage.FOSSILIZED
+        ),
     )
 
 
@@ -392,6 +416,10 @@ def _seed_row(r: EpisodeResult) -> dict[str, Any]:
         "germinate_decisions": r.germinate_decisions,
         "wall_seconds": r.wall_seconds,
         "val_accuracy_curve": list(r.curve),
+        "final_val_loss": r.final_val_loss,
+        "val_loss_curve": list(r.loss_curve),
+        "flops": r.flops,
+        "fossil_modules": [list(f) for f in r.fossil_modules],
     }
 
 
@@ -441,9 +469,9 @@ def render_markdown(doc: dict[str, Any]) -> str:
         f"Seeds {doc['seeds']}; paired differences are against `{ref}`, mean with 95% t-interval. "
         f"Wall time {doc['wall_seconds']} s.",
         "",
-        f"| policy | final acc | Δ acc vs {ref} | return | Δ return vs {ref} "
-        "| final params | mean params | fallbacks |",
-        "|---|---|---|---|---|---|---|---|",
+        f"| policy | final acc | Δ acc vs {ref} | val loss | Δ val loss vs {ref} | return | Δ return vs {ref} "
+        "| final params | mean params | train GFLOPs | fallbacks |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for p in doc["policies"]:
         m, v = p["mean"], p["vs_reference"]
@@ -451,8 +479,9 @@ def render_markdown(doc: dict[str, Any]) -> str:
         lines.append(
             f"| {p['name']} | {m['final_val_accuracy']:.3f} ± {p['se']['final_val_accuracy']:.3f} "
             f"| {'—' if same else _fmt_diff(v['final_val_accuracy'])} "
+            f"| {m['final_val_loss']:.3f} | {'—' if same else _fmt_diff(v['final_val_loss'])} "
             f"| {m['return']:.3f} | {'—' if same else _fmt_diff(v['return'])} "
-            f"| {m['params']:,.0f} | {m['mean_params']:,.0f} | {p['fallbacks']} |"
+            f"| {m['params']:,.0f} | {m['mean_params']:,.0f} | {m['flops'] / 1e9:,.2f} | {p['fallbacks']} |"
         )
     return "\n".join(lines) + "\n"
 

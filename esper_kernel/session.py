@@ -558,3 +558,49 @@ def esper_sweep(f: SweepFlags) -> None:
     doc = run_sweep(config.env, cells, seed_list, out, workers=n_workers, ray=f.ray_address, on_done=on_done)
     click.echo(ev.render_markdown(doc))
     console.print(f"wrote {f.out}/sweep.json, {f.out}/sweep.md and {doc['sweep']['trials']} trial directories")
+
+
+# -- esper frontier ------------------------------------------------------------------------
+
+
+def esper_frontier(flags: Mapping[str, Any]) -> None:
+    """``esper frontier``: static hosts at every width beside the growing policies and their from-scratch controls."""
+    setup_threads(flags["threads"])
+    from esper_kernel import frontier as fr
+    from esper_kernel.config import RunConfig
+    from esper_kernel.evaluate import parse_seeds
+    from esper_kernel.workers import usable_cores
+
+    env_flags = {"env__task": flags["task"], "env__data_dir": flags["data_dir"], "env__epochs": flags["epochs"]}
+    config = load_config(RunConfig, flags["config_file"], levers=names(flags["levers"]), **env_flags)
+    widths = None
+    if flags["widths"]:
+        try:
+            widths = tuple(int(w) for w in flags["widths"].split(",") if w.strip())
+        except ValueError:
+            raise click.BadParameter(f"expected widths like 8,16,32,64, got {flags['widths']!r}") from None
+    seeds = parse_seeds(flags["seeds"])
+    out = Path(flags["out"])
+    console = stderr()
+    console.print(f"esper frontier: {config.env.task} ({config.env.epochs} epochs), seeds {flags['seeds']}")
+
+    def on_done(name: str, r: EpisodeResult) -> None:
+        console.print(
+            f"  {name} seed {r.seed}: acc {r.final_val_accuracy:.3f} loss {r.final_val_loss:.3f} "
+            f"params {r.params:,} ({r.wall_seconds}s)"
+        )
+
+    doc = fr.frontier(
+        config.env,
+        [p for p in flags["policies"].split(",") if p.strip()],
+        seeds,
+        widths=widths,
+        levers=config.levers,
+        scratch=not flags["no_scratch"],
+        workers=flags["workers"] or usable_cores(),
+        out=out,
+        on_done=on_done,
+    )
+    paths = fr.write_outputs(doc, out)
+    click.echo(fr.render_markdown(doc))
+    console.print(f"wrote {', '.join(map(str, paths))} in {doc['wall_seconds']} s")
