@@ -572,7 +572,8 @@ def esper_frontier(flags: Mapping[str, Any]) -> None:
     from esper_kernel.workers import usable_cores
 
     env_flags = {"env__task": flags["task"], "env__data_dir": flags["data_dir"], "env__epochs": flags["epochs"]}
-    config = load_config(RunConfig, flags["config_file"], levers=names(flags["levers"]), **env_flags)
+    levers = tuple(x for x in flags["levers"].split(",") if x) if flags["levers"] is not None else None
+    config = load_config(RunConfig, flags["config_file"], levers=levers, **env_flags)
     widths = None
     if flags["widths"]:
         try:

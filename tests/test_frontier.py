@@ -29,9 +29,8 @@ def doc(tmp_path_factory: pytest.TempPathFactory) -> dict:
 
 def test_the_document_follows_the_documented_schema(doc: dict) -> None:
     assert doc["schema"] == FRONTIER_SCHEMA
-    assert {"task", "metric", "metric_key", "higher_is_better", "epochs", "seeds", "env", "points", "comparisons"} <= set(
-        doc
-    )
+    keys = {"task", "metric", "metric_key", "higher_is_better", "epochs", "seeds", "env", "points", "comparisons"}
+    assert keys <= set(doc)
     assert (doc["metric"], doc["metric_key"], doc["higher_is_better"]) == ("accuracy", "final_val_accuracy", True)
     kinds = [(p["kind"], p["name"], p["width"]) for p in doc["points"]]
     assert kinds == [
