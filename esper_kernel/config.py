@@ -8,6 +8,7 @@ kernel layer above ``tasks``: everything that runs imports its config from here.
 
 from __future__ import annotations
 
+import math
 import tomllib
 from pathlib import Path
 from typing import Any, TypeVar
@@ -25,8 +26,6 @@ from esper_kernel.bounds import (
     MAX_SLOTS,
     MAX_WIDTH,
     MIN_SLOTS,
-    config_problems,
-    env_problems,
 )
 from esper_kernel.errors import EsperError
 from esper_kernel.settings import (
@@ -43,6 +42,47 @@ from esper_kernel.settings import (
 )
 
 C = TypeVar("C")
+
+
+def env_problems(env: EnvConfig, prefix: str = "env.") -> list[str]:
+    """What an episode's config names that does not exist, as ``env.key: what is wrong``.
+
+    Ranges are the settings' own (:func:`esper_kernel.settings.range_problems`).
+    """
+    from esper_kernel.taskplugins import task_names
+
+    problems: list[str] = []
+    if env.task not in (names := task_names()):
+        problems.append(f"{prefix}task: unknown task {env.task!r}; installed tasks: {', '.join(names)}")
+    if env.data_dir is not None and not env.data_dir.strip():
+        problems.append(f"{prefix}data_dir: is empty; leave it out for the generated tasks")
+    return problems
+
+
+def finite_problems(**values: float | None) -> list[str]:
+    """``name: must be a finite number`` for every NaN or infinite value given (None is skipped)."""
+    return [
+        f"{k}: must be a finite number, got {v}" for k, v in values.items() if v is not None and not math.isfinite(v)
+    ]
+
+
+def config_problems(config: RunConfig) -> list[str]:
+    """Every value in ``config`` that ranges alone do not catch, as ``key: what is wrong`` (empty if none)."""
+    problems = env_problems(config.env)
+    if config.levers is not None:
+        names = [n.strip() for n in config.levers]
+        if not any(names):
+            problems.append(
+                "levers: names no lever; leave it out for every installed lever, "
+                "or set ESPER_DISABLE_PLUGIN_AUTOLOAD=1 to run with none"
+            )
+        elif not all(names):
+            problems.append(f"levers: has an empty name in {list(config.levers)}")
+    if not config.out.strip():
+        problems.append("out: is empty")
+    if not config.policy.strip():
+        problems.append("policy: is empty; use 'heuristic', 'random' or a policy file")
+    return problems
 
 
 def _check_device_name(name: str) -> str:

@@ -17,7 +17,7 @@ import torch
 
 from esper_kernel.actions import Decision, MaskView
 from esper_kernel.blueprints import blueprint_names, build_seed
-from esper_kernel.bounds import MAX_HOST_PARAMS, MAX_TRAIN_MEMORY, HostSize, measure_host
+from esper_kernel.bounds import MAX_HOST_PARAMS, MAX_TRAIN_MEMORY
 from esper_kernel.config import EnvConfig as EnvConfig  # re-exported: callers have always found it here
 from esper_kernel.config import LifecycleConfig
 from esper_kernel.core import CoreHeads
@@ -26,6 +26,7 @@ from esper_kernel.errors import EsperError, PluginError
 from esper_kernel.hosts import CNN1DHost, CNNHost, CNNHostConfig, Host, TransformerHost
 from esper_kernel.lifecycle import EpochMeasure, Lifecycle
 from esper_kernel.registry import Registry, Selection
+from esper_kernel.sizing import HostSize, measure_host
 from esper_kernel.stages import Stage
 from esper_kernel.taskplugins import HostShape, build_data, find_task
 from esper_kernel.tasks import TaskData, TaskError

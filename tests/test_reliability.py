@@ -304,9 +304,10 @@ def test_resume_from_a_truncated_checkpoint_is_one_line_naming_the_file(tmp_path
 
 
 def test_host_over_the_memory_limit_is_never_built() -> None:
-    from esper_kernel.bounds import MAX_HOST_PARAMS, MAX_TRAIN_MEMORY, measure_host
+    from esper_kernel.bounds import MAX_HOST_PARAMS, MAX_TRAIN_MEMORY
     from esper_kernel.env import EnvConfig, make_host, size_host
     from esper_kernel.errors import EsperError
+    from esper_kernel.sizing import measure_host
     from esper_kernel.tasks import get_task
 
     task = get_task("shapes", seed=0, n_train=2, n_val=2)

@@ -242,8 +242,9 @@ def test_compile_watch_names_levers_whose_none_declaration_a_graph_break_contrad
 
 
 def test_host_sizing_counts_exactly_and_never_builds_an_oversized_host() -> None:
-    from esper_kernel.bounds import MAX_HOST_PARAMS, measure_host
+    from esper_kernel.bounds import MAX_HOST_PARAMS
     from esper_kernel.env import EnvConfig, make_host
+    from esper_kernel.sizing import measure_host
     from esper_kernel.tasks import get_task
 
     task = get_task("shapes", seed=0, n_train=2, n_val=2)
