@@ -25,6 +25,7 @@ found in the child too.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import multiprocessing as mp
 import os
@@ -91,11 +92,36 @@ _PRELOAD = ["torch", "esper_kernel.env", "esper_kernel.tamiyo.ppo"]
 
 
 def _context() -> Any:
+    global _helpers_stopped_at_exit
+    if not _helpers_stopped_at_exit:
+        atexit.register(stop_helpers)
+        _helpers_stopped_at_exit = True
     if "forkserver" in mp.get_all_start_methods():
         ctx = mp.get_context("forkserver")
         ctx.set_forkserver_preload(_PRELOAD)
         return ctx
     return mp.get_context("spawn")
+
+
+_helpers_stopped_at_exit = False
+
+
+def stop_helpers() -> None:
+    """Stop multiprocessing's fork server and resource tracker, and wait until they are gone.
+
+    Left alone they exit only once they notice their parent has, so for a
+    moment after ``esper`` returns they are still in its process group, where
+    a shell's job control or a CI's cleanup finds them. Stopping them is best
+    effort: a helper that is already gone is not an error at exit.
+    """
+    from multiprocessing import forkserver, resource_tracker
+
+    for helper in (forkserver._forkserver, resource_tracker._resource_tracker):
+        stop = getattr(helper, "_stop", None)
+        if stop is None:
+            continue
+        with contextlib.suppress(OSError, ChildProcessError, AttributeError):
+            stop()
 
 
 def _init_worker(threads: int) -> None:

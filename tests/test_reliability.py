@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -339,3 +341,31 @@ def test_bad_forced_head_in_eval_is_one_line_naming_it(tmp_path: Path, args: lis
     out = tmp_path / "eval"
     one_line_error(esper("eval", "--seeds", "0", "--epochs", "1", "--workers", "1", "--out", str(out), *args), *names)
     assert not out.exists()
+
+
+def _group_members(pgid: int) -> list[str]:
+    left = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if os.getpgid(int(pid)) == pgid:
+                left.append(f"{pid}: {Path(f'/proc/{pid}/cmdline').read_bytes()!r}")
+        except (ProcessLookupError, FileNotFoundError, PermissionError):
+            continue
+    return left
+
+
+@pytest.mark.skipif(not Path("/proc").is_dir(), reason="reads the process table from /proc")
+def test_train_with_worker_processes_leaves_none_behind(tmp_path: Path) -> None:
+    args = ["train", "--episodes", "2", "--envs", "2", "--workers", "2", "--epochs", "2"]
+    args += ["--train-size", "32", "--val-size", "16", "--out", str(tmp_path / "t")]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "esper_kernel.cli", *args],
+        start_new_session=True,  # its own process group, as a shell job is
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err.decode()
+    # The moment the command has exited: no worker, fork server or resource tracker is left in its group.
+    assert _group_members(proc.pid) == []
