@@ -27,6 +27,7 @@ FIGURES: dict[str, str] = {
     "threads": "bench.threads",
     "seed_epoch": "bench.seed_epoch",
     "floor": "bench.floor",
+    "counterfactual": "bench.counterfactual",
 }
 
 

@@ -195,6 +195,14 @@ class CNNHost(_SlottedHost):
         out: torch.Tensor = self.head(h.mean(dim=(2, 3)))
         return out
 
+    def forward_from(self, slot: int, h: torch.Tensor) -> torch.Tensor:
+        """The rest of :meth:`forward` from slot ``slot``'s input ``h`` (block ``slot``'s output) on."""
+        h = self.slots[slot](h)
+        for block, later in zip(self.blocks[slot + 1 :], self.slots[slot + 1 :], strict=True):
+            h = later(block(h))
+        out: torch.Tensor = self.head(h.mean(dim=(2, 3)))
+        return out
+
 
 class CNN1DHost(_SlottedHost):
     """Signal classifier with a seed slot after every block (:class:`CNNHost` with one axis fewer).
@@ -305,6 +313,14 @@ class TransformerHost(_SlottedHost):
         h = self.tok_emb(idx) + self.pos_emb(pos)
         for block, slot in zip(self.blocks, self.slots, strict=True):
             h = slot(block(h))
+        out: torch.Tensor = self.head(self.ln_f(h))
+        return out
+
+    def forward_from(self, slot: int, h: torch.Tensor) -> torch.Tensor:
+        """The rest of :meth:`forward` from slot ``slot``'s input ``h`` (block ``slot``'s output) on."""
+        h = self.slots[slot](h)
+        for block, later in zip(self.blocks[slot + 1 :], self.slots[slot + 1 :], strict=True):
+            h = later(block(h))
         out: torch.Tensor = self.head(self.ln_f(h))
         return out
 

@@ -255,13 +255,15 @@ class SeedSlot(nn.Module):
         self.input_transform: Callable[[torch.Tensor], torch.Tensor] | None = None
         # Diagnostics for one eager batch per epoch; never set under torch.compile.
         self.probe: bool = False
+        #: Set only by :meth:`seed_skipped` (eager counterfactuals): the live seed is not run.
+        self._seed_skipped = False
         self.probe_grad_norm: float = 0.0
         self.probe_alpha_var: float = 0.0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for fossil in self.fossils:
             x = x + fossil(x)
-        if self.seed is None:
+        if self.seed is None or (not torch.compiler.is_compiling() and self._seed_skipped):
             return x
         if not torch.compiler.is_compiling() and self._isolated:
             # Isolated, eager: the seed's input gradient would be computed only to be
@@ -399,6 +401,20 @@ class SeedSlot(nn.Module):
             yield
         finally:
             self.alpha.copy_(saved)
+
+    @contextmanager
+    def seed_skipped(self) -> Iterator[None]:
+        """Temporarily output ``x`` plus the fossils without running the live seed (eager passes only).
+
+        Under ``alpha_forced(0.0)`` that is the slot's output anyway (the seed's
+        term is zero in value): a counterfactual pass need not compute it. A
+        compiled graph never reads the flag, so it never recompiles for it.
+        """
+        self._seed_skipped = True
+        try:
+            yield
+        finally:
+            self._seed_skipped = False
 
     # ------------------------------------------------------------ inspection
 

@@ -11,8 +11,8 @@ from __future__ import annotations
 import functools
 import math
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, cast
 
 import attrs
 import torch
@@ -23,7 +23,6 @@ from esper_kernel.errors import PluginError
 from esper_kernel.lifecycle import EpochMeasure, Lifecycle, LifecycleError, SlotMeasure
 from esper_kernel.registry import ENV_STRICT, ComposedField, Registry
 from esper_kernel.seeds import SeedState
-from esper_kernel.slots import SeedSlot
 from esper_kernel.specs import FieldContext
 from esper_kernel.stages import Stage
 from esper_kernel.tasks import TaskData
@@ -50,12 +49,46 @@ def task_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
     return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y.reshape(-1))
 
 
-def _grad_norm(params: list[nn.Parameter]) -> torch.Tensor:
+def _grad_norm(params: Sequence[torch.Tensor]) -> torch.Tensor:
     grads = [p.grad for p in params if p.grad is not None]
     if not grads:
         return torch.zeros(())
     norms: torch.Tensor = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(grads)))
     return norms
+
+
+class StepNorms:
+    """One gradient-norm pass per batch: the step's total norm and the host's and each seed's share.
+
+    Each gradient's norm is taken once; the host's, each seed's and the whole
+    step's norms (what clipping and the finiteness check use) are norms of
+    subsets of those, combined exactly as ``clip_grad_norm_`` combines them,
+    so every figure is bit-for-bit what separate passes gave.
+    """
+
+    def __init__(self, trained: list[torch.Tensor], host: list[nn.Parameter], seeds: dict[int, list[nn.Parameter]]):
+        self.trained = trained
+        at = {id(p): k for k, p in enumerate(trained)}
+        self.parts: dict[int | None, list[int]] = {None: [at[id(p)] for p in host if id(p) in at]}
+        self.parts.update({i: [at[id(p)] for p in ps if id(p) in at] for i, ps in seeds.items()})
+        # A parameter measured but not trained (none today) would be missed by the shared pass.
+        self.extra: dict[int | None, list[nn.Parameter]] = {None: [p for p in host if id(p) not in at]}
+        self.extra.update({i: [p for p in ps if id(p) not in at] for i, ps in seeds.items()})
+
+    def measure(self) -> tuple[torch.Tensor, dict[int | None, torch.Tensor]]:
+        """(the step's total norm, ``{None: host norm, slot: seed norm}``) of the gradients now held."""
+        held = [k for k, p in enumerate(self.trained) if p.grad is not None]
+        grads = [g for k in held if (g := self.trained[k].grad) is not None]
+        norms = dict(zip(held, torch._foreach_norm(grads), strict=True))
+        total = torch.linalg.vector_norm(torch.stack(list(norms.values()))) if norms else torch.tensor(0.0)
+        parts: dict[int | None, torch.Tensor] = {}
+        for key, idx in self.parts.items():
+            if self.extra[key]:
+                parts[key] = _grad_norm([*(self.trained[k] for k in idx), *self.extra[key]])
+                continue
+            mine = [norms[k] for k in idx if k in norms]
+            parts[key] = torch.linalg.vector_norm(torch.stack(mine)) if mine else torch.zeros(())
+        return total, parts
 
 
 class HostOptimizer:
@@ -174,15 +207,56 @@ class HostOptimizer:
 @torch.no_grad()
 def evaluate(model: Callable[[torch.Tensor], torch.Tensor], task: TaskData, batch_size: int) -> tuple[float, float]:
     """Validation (loss, accuracy) of ``model``, summed on the data's device and read once."""
+    return _score(task, ((model(x), y) for x, y in task.val_batches(batch_size)))
+
+
+def _score(task: TaskData, outputs: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> tuple[float, float]:
+    """(loss, accuracy) over validation ``(logits, targets)`` batches."""
     total_loss = torch.zeros((), dtype=torch.float64, device=task.val_x.device)
     correct = torch.zeros((), dtype=torch.long, device=task.val_x.device)
     count = 0
-    for x, y in task.val_batches(batch_size):
-        logits = model(x).float()
+    for raw, y in outputs:
+        logits = raw.float()
         total_loss += task_loss(logits, y).double() * y.numel()
         correct += (logits.argmax(-1) == y).sum()
         count += y.numel()
     return float(total_loss) / max(count, 1), int(correct) / max(count, 1)
+
+
+#: Most bytes of slot inputs kept from the validation pass for the counterfactual passes; a
+#: task whose activations are larger measures its counterfactuals with whole forward passes.
+CACHE_BYTES = 64 * 2**20
+
+
+class _SlotInputs:
+    """What the validation pass fed each slot whose seed is measured, so counterfactuals start there.
+
+    With its alpha forced to 0, a seed changes nothing before its slot: the
+    counterfactual pass runs from the slot on (``Host.forward_from``) over the
+    very activations the validation pass computed, which gives bit-for-bit the
+    accuracy a whole forward pass gives, for the slot and what follows it only.
+    """
+
+    def __init__(self, host: Any, slots: list[int]) -> None:
+        self.inputs: dict[int, list[torch.Tensor]] = {i: [] for i in slots}
+        self.bytes = 0
+        self.full = False
+        self._handles = [host.slots[i].register_forward_pre_hook(self._keeper(i)) for i in slots]
+
+    def _keeper(self, slot: int) -> Callable[[nn.Module, tuple[torch.Tensor, ...]], None]:
+        def keep(_module: nn.Module, args: tuple[torch.Tensor, ...]) -> None:
+            self.bytes += args[0].numel() * args[0].element_size()
+            self.full = self.full or self.bytes > CACHE_BYTES
+            if not self.full:
+                self.inputs[slot].append(args[0])
+
+        return keep
+
+    def close(self) -> None:
+        for h in self._handles:
+            h.remove()
+        if self.full:
+            self.inputs.clear()
 
 
 class EpochRunner:
@@ -211,6 +285,8 @@ class EpochRunner:
         #: bf16 autocast around the host's forward pass and loss (on the host's device).
         self.amp = amp
         self._host_snapshot: torch.Tensor | None = None
+        #: Per measured slot, its validation-pass inputs this epoch (None: counterfactuals run whole passes).
+        self._slot_inputs: dict[int, list[torch.Tensor]] | None = None
 
     def run_epoch(self, epoch: int, observe: Callable[[EpochResult], None] | None = None) -> EpochResult:
         """Train and measure one epoch; ``observe`` sees its result before the next epoch's ``on_epoch`` runs."""
@@ -230,6 +306,7 @@ class EpochRunner:
         count = 0
         host_norm_sum = torch.zeros((), device=device)
         seed_norm_sum = {i: torch.zeros((), device=device) for i in live}
+        step_norms = StepNorms(trained, host_params, seed_params)
         batches = list(self.task.batches(self.batch_size, self.generator))[: self.max_batches]
         n = len(batches)
         for b, (x, y) in enumerate(batches):
@@ -242,18 +319,18 @@ class EpochRunner:
                 loss = task_loss(logits.float(), y)
             self.optimizer.zero_grad()
             loss.backward()  # type: ignore[no-untyped-call]
-            host_norm_sum += _grad_norm(host_params)
+            total, parts = step_norms.measure()
+            host_norm_sum += parts[None]
             for i in live:
-                g = _grad_norm(seed_params[i])
-                seed_norm_sum[i] += g
-            self._guarded_step(trained)
+                seed_norm_sum[i] += parts[i]
+            self._guarded_step(trained, total)
             loss_sum += loss.detach() * y.numel()  # mean over predictions, like val
             correct += (logits.detach().argmax(-1) == y).sum()
             count += y.numel()
         for i in live:
             slots[i].probe = False
         host.eval()
-        val_loss, val_acc = evaluate(self.model, self.task, self.batch_size)
+        val_loss, val_acc = self._validate(live)
         host_norm = float(host_norm_sum) / max(n, 1)
         host_rms = host_norm / math.sqrt(max(sum(p.numel() for p in host_params), 1))
         seed_norms = {i: float(seed_norm_sum[i]) / max(n, 1) for i in live}
@@ -275,12 +352,22 @@ class EpochRunner:
         lc.end_epoch(measure, None if observe is None else functools.partial(observe, result))
         return result
 
-    def _guarded_step(self, trained: list[torch.Tensor]) -> None:
+    def _guarded_step(self, trained: list[torch.Tensor], total: torch.Tensor) -> None:
         # One non-finite step turns every weight into NaN for good, and one huge step
         # (a seed diverging at a high learning rate) wrecks the host it feeds: clip the
         # whole step far above a healthy one, and skip it when it is not finite. The
         # norms recorded before it still show the explosion to the gates and telemetry.
-        total = torch.nn.utils.clip_grad_norm_(trained, MAX_STEP_NORM)
+        # ``total`` is the norm clip_grad_norm_ would take, from the batch's one norm pass.
+        if total.device.type == "cpu":
+            # On the CPU reading the norm costs nothing: skip the step, or the scaling by 1, in Python.
+            if not math.isfinite(float(total)):
+                return
+            coef = torch.clamp(MAX_STEP_NORM / (total + 1e-6), max=1.0)
+            if float(coef) < 1.0:
+                torch.nn.utils.clip_grads_with_norm_(trained, MAX_STEP_NORM, total)
+            self.optimizer.step()
+            return
+        torch.nn.utils.clip_grads_with_norm_(trained, MAX_STEP_NORM, total)
         if bool(torch.isfinite(total)):
             self.optimizer.step()
 
@@ -304,7 +391,7 @@ class EpochRunner:
                 grad_norm=gn,
                 grad_ratio=seed_rms / host_rms if host_rms > 0 else 0.0,
                 host_grad_via_seed=slot.probe_grad_norm,
-                contribution=self._contribution(slot, seed.stage, val_acc),
+                contribution=self._contribution(i, seed.stage, val_acc),
                 alpha_batch_var=slot.probe_alpha_var,
                 coadaptation_delta=self._coadaptation(i, seed, last_batch) if first_blend and last_batch else None,
             )
@@ -344,13 +431,41 @@ class EpochRunner:
             host.load_state_dict(saved)
         return losses[True] - losses[False]
 
-    def _contribution(self, slot: SeedSlot, stage: Stage, val_acc: float) -> float | None:
+    def _validate(self, live: list[int]) -> tuple[float, float]:
+        """The epoch's validation pass, keeping what the measured seeds' slots were fed (eager hosts only)."""
+        self._slot_inputs = None
+        measured = [i for i in live if _measured(self.lifecycle.stages[i])]
+        host = self.lifecycle.host
+        if not measured or self.model is not host or not hasattr(host, "forward_from"):
+            return evaluate(self.model, self.task, self.batch_size)
+        kept = _SlotInputs(host, measured)
+        try:
+            return evaluate(self.model, self.task, self.batch_size)
+        finally:
+            kept.close()
+            self._slot_inputs = kept.inputs or None
+
+    def _contribution(self, slot_index: int, stage: Stage, val_acc: float) -> float | None:
         """Counterfactual: accuracy with the seed against accuracy with its alpha forced to 0."""
-        if stage not in (Stage.BLENDING, Stage.PROBATIONARY):
+        if not _measured(stage):
             return None  # before blending the seed cannot change the output
+        slot = self.lifecycle.slots[slot_index]
+        inputs = (self._slot_inputs or {}).get(slot_index)
         with slot.alpha_forced(0.0):
-            _, acc0 = evaluate(self.model, self.task, self.batch_size)
+            if inputs is None:
+                _, acc0 = evaluate(self.model, self.task, self.batch_size)
+                return val_acc - acc0
+            with slot.seed_skipped():
+                forward_from = cast("Callable[[int, torch.Tensor], torch.Tensor]", self.lifecycle.host.forward_from)
+                batches = zip(inputs, self.task.val_batches(self.batch_size), strict=True)
+                with torch.no_grad():
+                    _, acc0 = _score(self.task, ((forward_from(slot_index, h), y) for h, (_, y) in batches))
         return val_acc - acc0
+
+
+def _measured(stage: Stage) -> bool:
+    """Whether a seed in ``stage`` gets a counterfactual contribution each epoch."""
+    return stage in (Stage.BLENDING, Stage.PROBATIONARY)
 
 
 def _flat(params: list[nn.Parameter]) -> torch.Tensor:
