@@ -374,12 +374,14 @@ class _RunObserver(Observer):
     def on_step(self, step: Step) -> bool:
         env, config = self.env, self.setup.config
         self.watch.epoch_ended(env.epoch - 1)
-        if env.epoch % config.checkpoint_every == 0 or env.done:
+        go_on = self.stop_after is None or env.epoch < self.stop_after or env.done
+        # A run stopped here is resumed from here, whatever checkpoint_every says.
+        if env.epoch % config.checkpoint_every == 0 or env.done or not go_on:
             s = self.setup
             _save(s.out, config, s.run_id, env, s.policy, step.returns[0], s.registry, self.tel)
         if self.tell.on_epoch is not None:
             self.tell.on_epoch(EpochReport(env.epoch, config.env.epochs, env.acc_history[-1], _stages(env)))
-        return self.stop_after is None or env.epoch < self.stop_after or env.done
+        return go_on
 
 
 def _finish(setup: _Setup, played: _Played, wall: float) -> dict[str, Any]:

@@ -66,7 +66,13 @@ class StepNorms:
     so every figure is bit-for-bit what separate passes gave.
     """
 
-    def __init__(self, trained: list[torch.Tensor], host: list[nn.Parameter], seeds: dict[int, list[nn.Parameter]]):
+    def __init__(
+        self,
+        trained: list[torch.Tensor],
+        host: list[nn.Parameter],
+        seeds: dict[int, list[nn.Parameter]],
+        device: torch.device,
+    ) -> None:
         self.trained = trained
         at = {id(p): k for k, p in enumerate(trained)}
         self.parts: dict[int | None, list[int]] = {None: [at[id(p)] for p in host if id(p) in at]}
@@ -74,21 +80,23 @@ class StepNorms:
         # A parameter measured but not trained (none today) would be missed by the shared pass.
         self.extra: dict[int | None, list[nn.Parameter]] = {None: [p for p in host if id(p) not in at]}
         self.extra.update({i: [p for p in ps if id(p) not in at] for i, ps in seeds.items()})
+        #: ``{None: host, slot: seed}``: the norms summed over the epoch's batches, on the host's device
+        #: (a float() per batch would wait for the GPU every batch).
+        self.sums = {key: torch.zeros((), device=device) for key in self.parts}
 
-    def measure(self) -> tuple[torch.Tensor, dict[int | None, torch.Tensor]]:
-        """(the step's total norm, ``{None: host norm, slot: seed norm}``) of the gradients now held."""
+    def measure(self) -> torch.Tensor:
+        """The step's total norm of the gradients now held; the host's and seeds' norms go to :attr:`sums`."""
         held = [k for k, p in enumerate(self.trained) if p.grad is not None]
         grads = [g for k in held if (g := self.trained[k].grad) is not None]
         norms = dict(zip(held, torch._foreach_norm(grads), strict=True))
         total = torch.linalg.vector_norm(torch.stack(list(norms.values()))) if norms else torch.tensor(0.0)
-        parts: dict[int | None, torch.Tensor] = {}
         for key, idx in self.parts.items():
             if self.extra[key]:
-                parts[key] = _grad_norm([*(self.trained[k] for k in idx), *self.extra[key]])
+                self.sums[key] += _grad_norm([*(self.trained[k] for k in idx), *self.extra[key]])
                 continue
             mine = [norms[k] for k in idx if k in norms]
-            parts[key] = torch.linalg.vector_norm(torch.stack(mine)) if mine else torch.zeros(())
-        return total, parts
+            self.sums[key] += torch.linalg.vector_norm(torch.stack(mine)) if mine else torch.zeros(())
+        return total
 
 
 class HostOptimizer:
@@ -304,9 +312,7 @@ class EpochRunner:
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), dtype=torch.long, device=device)
         count = 0
-        host_norm_sum = torch.zeros((), device=device)
-        seed_norm_sum = {i: torch.zeros((), device=device) for i in live}
-        step_norms = StepNorms(trained, host_params, seed_params)
+        norms = StepNorms(trained, host_params, seed_params, device)
         batches = list(self.task.batches(self.batch_size, self.generator))[: self.max_batches]
         n = len(batches)
         for b, (x, y) in enumerate(batches):
@@ -319,11 +325,7 @@ class EpochRunner:
                 loss = task_loss(logits.float(), y)
             self.optimizer.zero_grad()
             loss.backward()  # type: ignore[no-untyped-call]
-            total, parts = step_norms.measure()
-            host_norm_sum += parts[None]
-            for i in live:
-                seed_norm_sum[i] += parts[i]
-            self._guarded_step(trained, total)
+            self._guarded_step(trained, norms.measure())
             loss_sum += loss.detach() * y.numel()  # mean over predictions, like val
             correct += (logits.detach().argmax(-1) == y).sum()
             count += y.numel()
@@ -331,9 +333,9 @@ class EpochRunner:
             slots[i].probe = False
         host.eval()
         val_loss, val_acc = self._validate(live)
-        host_norm = float(host_norm_sum) / max(n, 1)
+        host_norm = float(norms.sums[None]) / max(n, 1)
         host_rms = host_norm / math.sqrt(max(sum(p.numel() for p in host_params), 1))
-        seed_norms = {i: float(seed_norm_sum[i]) / max(n, 1) for i in live}
+        seed_norms = {i: float(norms.sums[i]) / max(n, 1) for i in live}
         measures = self._slot_measures(seed_norms, seed_params, host_rms, val_acc, batches[-1] if batches else None)
         after = _flat(host_params)
         change = float(torch.linalg.vector_norm(after - before) / (torch.linalg.vector_norm(before) + 1e-12))
