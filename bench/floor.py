@@ -21,11 +21,10 @@ Two pairs, each timed in CPU seconds of this process, sides alternating:
 
 from __future__ import annotations
 
-import contextlib
 import statistics
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +39,6 @@ from esper_kernel.blueprints import build_seed
 from esper_kernel.config import EnvConfig, RunConfig
 from esper_kernel.env import load_task, make_host
 from esper_kernel.hosts import CNNHost
-from esper_kernel.tamiyo.policies import WaitPolicy
 from esper_kernel.tasks import TaskData
 from esper_kernel.training import MAX_STEP_NORM, EpochRunner, evaluate, task_loss
 
@@ -54,27 +52,11 @@ def _config(settings: Settings, policy: str, epochs: int, out: Path, seed: int) 
     return RunConfig(env=env, policy=policy, levers=BUILTIN_LEVERS, seed=seed, out=str(out))
 
 
-@contextlib.contextmanager
-def _wait_policy() -> Iterator[None]:
-    """``--policy wait``, whether or not this checkout's catalogue names it yet."""
-    real = run_module.make_policy
-
-    def make(spec: str, *args: Any, **kwargs: Any) -> Any:
-        return WaitPolicy() if spec == "wait" else real(spec, *args, **kwargs)
-
-    run_module.make_policy = make  # type: ignore[assignment]
-    try:
-        yield
-    finally:
-        run_module.make_policy = real  # type: ignore[assignment]
-
-
 def _esper_run(config: RunConfig) -> tuple[float, float]:
     """(CPU seconds, final validation accuracy) of one ``esper run``."""
-    with _wait_policy():
-        t0 = time.process_time()
-        summary = run_module.run(config, overwrite=True)
-        cpu = time.process_time() - t0
+    t0 = time.process_time()
+    summary = run_module.run(config, overwrite=True)
+    cpu = time.process_time() - t0
     return cpu, float(summary["final_val_accuracy"])
 
 
@@ -133,7 +115,7 @@ def _record_plan(config: RunConfig) -> list[_EpochPlan]:
     plans: list[_EpochPlan] = []
     real = EpochRunner.run_epoch
 
-    def recording(runner: EpochRunner, epoch: int) -> Any:
+    def recording(runner: EpochRunner, epoch: int, *args: Any, **kwargs: Any) -> Any:
         lc = runner.lifecycle
         live = tuple(
             None
@@ -148,7 +130,7 @@ def _record_plan(config: RunConfig) -> list[_EpochPlan]:
             if s.stage.name == "FOSSILIZED":
                 fossils[s.slot].append((s.seed_id, s.blueprint))
         plans.append(_EpochPlan(live, tuple(tuple(f) for f in fossils)))
-        return real(runner, epoch)
+        return real(runner, epoch, *args, **kwargs)
 
     EpochRunner.run_epoch = recording  # type: ignore[method-assign]
     try:
