@@ -17,6 +17,7 @@ share; the levers report they print is :mod:`esper_kernel.report.levers`.
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -25,7 +26,7 @@ import click
 from rich.console import Console
 
 from esper_kernel import config, settings
-from esper_kernel.errors import EsperError, PluginError, SelectionError
+from esper_kernel.errors import EsperError, PluginError, SelectionError, Terminated
 from esper_kernel.report.levers import LEVERS_SCHEMA as LEVERS_SCHEMA
 from esper_kernel.report.levers import LeversReport, failure_record, failures_panel, levers_report, render
 from esper_kernel.report.levers import dash as _dash
@@ -87,6 +88,10 @@ class EsperGroup(click.Group):
         except MemoryError:
             click.echo("esper: error: out of memory; use fewer --slots, a smaller --width or batch size", err=True)
             ctx.exit(2)
+        except Terminated:
+            # The stream already ends with run.interrupted; exit as a process killed by SIGTERM does.
+            click.echo("esper: stopped by SIGTERM (continue with --resume)", err=True)
+            ctx.exit(128 + signal.SIGTERM)
         except RuntimeError as exc:
             # torch reports a failed allocation as a RuntimeError; anything else is a bug worth its traceback.
             if "allocate" not in str(exc) and "out of memory" not in str(exc):

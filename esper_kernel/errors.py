@@ -21,3 +21,10 @@ class SelectionError(EsperError):
 
 class MaskError(PluginError):
     """A mask had the wrong shape, or left a decision with no legal choice."""
+
+
+class Terminated(BaseException):
+    """The process got SIGTERM: raised where it was, so open streams and files are closed properly.
+
+    A BaseException, like KeyboardInterrupt, so no ``except Exception`` swallows it.
+    """

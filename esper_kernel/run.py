@@ -370,6 +370,7 @@ class _RunObserver(Observer):
 
     def before_decision(self, t: int) -> None:
         self.watch.epoch_started()
+        self.tel.at(self.env.epoch)  # a stop from here on is recorded as in this epoch
 
     def on_step(self, step: Step) -> bool:
         env, config = self.env, self.setup.config

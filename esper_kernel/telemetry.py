@@ -9,13 +9,17 @@ from __future__ import annotations
 import json
 import math
 import os
+import signal
 import sys
+import threading
 import time
 from collections.abc import MutableMapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
 import structlog
+
+from esper_kernel.errors import Terminated
 
 #: Events shown on the console; everything goes to the JSON file.
 CONSOLE_EVENTS = frozenset(
@@ -49,8 +53,15 @@ class JsonLinesSink:
 
     def __init__(self, stream: IO[str]) -> None:
         self.stream = stream
+        #: The epoch and episode of the latest events that had one: where a run that stops now stopped.
+        self.epoch: Any = None
+        self.episode: Any = None
 
     def __call__(self, _logger: Any, _method: str, event_dict: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+        if event_dict.get("epoch") is not None:
+            self.epoch = event_dict["epoch"]
+        if event_dict.get("episode") is not None:
+            self.episode = event_dict["episode"]
         line = json.dumps(_finite(dict(event_dict)), default=_json_default, sort_keys=False)
         self.stream.write(line + "\n")
         self.stream.flush()
@@ -93,12 +104,17 @@ class Telemetry:
         self.path = path
         self.run_id = run_id
         self._file: IO[str] | None = None
+        self._sink: JsonLinesSink | None = None
         self._sinks = tuple(sinks)
+        self._sigterm: Any = None
+        #: The epoch being played, set by the run (:meth:`at`); else the latest event's.
+        self.epoch: int | None = None
         processors: list[Any] = [structlog.processors.add_log_level, _timestamp]
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
             self._file = path.open("a" if append else "w", encoding="utf-8")
-            processors.append(JsonLinesSink(self._file))
+            self._sink = JsonLinesSink(self._file)
+            processors.append(self._sink)
         processors.extend(self._sinks)
         processors.append(ConsoleFilter(console))
         processors.append(structlog.dev.ConsoleRenderer(colors=False, sort_keys=False))
@@ -108,6 +124,16 @@ class Telemetry:
             wrapper_class=structlog.BoundLogger,
             cache_logger_on_first_use=False,
         ).bind(run_id=run_id, env=None, episode=None, epoch=None)
+
+    def at(self, epoch: int) -> None:
+        """The run is now playing ``epoch``: a stop from here on is recorded as in it."""
+        self.epoch = epoch
+
+    def _where(self) -> dict[str, Any]:
+        sink = self._sink
+        epoch = self.epoch if self.epoch is not None else (sink.epoch if sink is not None else None)
+        episode = sink.episode if sink is not None else None
+        return {"epoch": epoch} if episode is None else {"epoch": epoch, "episode": episode}
 
     def position(self) -> int | None:
         """Bytes written to the event file so far (None without a file)."""
@@ -127,19 +153,32 @@ class Telemetry:
             self._file = None
 
     def __enter__(self) -> Telemetry:
+        # SIGTERM (kill, timeout, a scheduler) becomes an exception where the run is, so it
+        # ends the stream like Ctrl-C does. Only the main thread may set a signal handler.
+        if threading.current_thread() is threading.main_thread():
+            self._sigterm = signal.signal(signal.SIGTERM, _raise_terminated)
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, _tb: object) -> None:
         # A stream that just stops cannot be told from one still being written:
-        # a run that stops on an error says so, and why, as its last event.
+        # a run that stops on an error says so, and why, and in which epoch, as its last event.
         try:
+            if self._sigterm is not None:
+                signal.signal(signal.SIGTERM, self._sigterm)
+                self._sigterm = None
             if exc is not None and self._file is not None:
-                if isinstance(exc, KeyboardInterrupt):
-                    self.log.warning("run.interrupted", reason="KeyboardInterrupt")
+                where = self._where()
+                if isinstance(exc, KeyboardInterrupt | Terminated):
+                    reason = "SIGTERM" if isinstance(exc, Terminated) else "KeyboardInterrupt"
+                    self.log.warning("run.interrupted", reason=reason, **where)
                 else:
-                    self.log.error("run.failed", error=one_line(exc), error_type=type(exc).__name__)
+                    self.log.error("run.failed", error=one_line(exc), error_type=type(exc).__name__, **where)
         finally:
             self.close()
+
+
+def _raise_terminated(_signum: int, _frame: Any) -> None:
+    raise Terminated("SIGTERM")
 
 
 def one_line(exc: BaseException) -> str:

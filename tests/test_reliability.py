@@ -9,8 +9,10 @@ from __future__ import annotations
 import json
 import os
 import pickle
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -234,11 +236,12 @@ def test_run_that_stops_on_an_error_ends_its_stream_with_run_failed(
     with pytest.raises(RuntimeError, match="disk on fire"):
         run(tiny_config(out))
     last = read_events(out / EVENTS)[-1]
-    assert (last["event"], last["level"], last["error"], last["error_type"]) == (
+    assert (last["event"], last["level"], last["error"], last["error_type"], last["epoch"]) == (
         "run.failed",
         "error",
         "disk on fire",
         "RuntimeError",
+        1,  # the epoch it failed in
     )
 
 
@@ -369,3 +372,33 @@ def test_train_with_worker_processes_leaves_none_behind(tmp_path: Path) -> None:
     assert proc.returncode == 0, err.decode()
     # The moment the command has exited: no worker, fork server or resource tracker is left in its group.
     assert _group_members(proc.pid) == []
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_sigterm_or_ctrl_c_ends_the_stream_with_the_epoch_and_the_run_resumes(tmp_path: Path, sig: int) -> None:
+    out = tmp_path / "x"
+    config = tmp_path / "slow.toml"
+    config.write_text("[env]\nepochs = 30\ntrain_size = 256\nval_size = 64\nbatch_size = 16\nwidth = 8\n")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "esper_kernel.cli", "run", "--quiet", "--config", str(config), "--out", str(out)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    events = out / EVENTS
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not (events.exists() and b"epoch.completed" in events.read_bytes()):
+        time.sleep(0.1)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == (128 + signal.SIGTERM if sig == signal.SIGTERM else 1), err.decode()
+    assert b"Traceback" not in err
+    stream = read_events(events)
+    last = stream[-1]
+    assert last["event"] == "run.interrupted"
+    assert last["reason"] == ("SIGTERM" if sig == signal.SIGTERM else "KeyboardInterrupt")
+    completed = [e["epoch"] for e in stream if e["event"] == "epoch.completed"]
+    assert last["epoch"] in (completed[-1], completed[-1] + 1)
+    resumed = esper("run", "--quiet", "--resume", str(out))
+    assert resumed.exit_code == 0, resumed.output
+    assert [e["epoch"] for e in read_events(events) if e["event"] == "epoch.completed"] == list(range(30))
