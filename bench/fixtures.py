@@ -11,8 +11,9 @@ import random
 import torch
 
 from esper_kernel.actions import MaskView
+from esper_kernel.discovery import Selection
 from esper_kernel.env import EnvConfig, build_registry
-from esper_kernel.registry import Registry, Selection
+from esper_kernel.registry import Registry
 from esper_kernel.seeds import SeedState
 from esper_kernel.stages import Stage
 from esper_kernel.telemetry import null_log

@@ -29,8 +29,9 @@ import attrs
 import torch
 
 from esper_kernel.cli import default_core
+from esper_kernel.discovery import Selection
 from esper_kernel.env import EnvConfig, observation_names
-from esper_kernel.registry import Registry, Selection
+from esper_kernel.registry import Registry
 from esper_kernel.tamiyo.policies import Policy, RandomPolicy
 from esper_kernel.tamiyo.ppo import load_policy
 from esper_kernel.tamiyo.train import evaluate_policy

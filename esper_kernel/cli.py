@@ -35,7 +35,8 @@ if TYPE_CHECKING:
     # The registry composes heads with torch; importing it here would make
     # `esper --help` and `esper report` pay for torch (seconds) on every start.
     from esper_kernel.core import CoreHeads
-    from esper_kernel.registry import Registry, Selection
+    from esper_kernel.discovery import Selection
+    from esper_kernel.registry import Registry
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -129,7 +130,8 @@ def list_levers(as_json: bool, only: str | None) -> None:
     For each lever: its distribution, entry point, heads, telemetry fields,
     compile safety, hooks and relations to other levers.
     """
-    from esper_kernel.registry import Registry, Selection
+    from esper_kernel.discovery import Selection
+    from esper_kernel.registry import Registry
 
     selection = Selection.from_env(levers=only)
     # The listing is how a user finds what is broken, so it always lists; strict mode then fails it.
@@ -139,7 +141,7 @@ def list_levers(as_json: bool, only: str | None) -> None:
 
 
 def _strict_failures(reg: Registry, selection: Selection) -> None:
-    from esper_kernel.registry import ENV_STRICT
+    from esper_kernel.discovery import ENV_STRICT
 
     if selection.strict and reg.failures:
         names = ", ".join(f"{f.name!r} ({f.distribution})" for f in reg.failures)
@@ -151,7 +153,8 @@ def _strict_failures(reg: Registry, selection: Selection) -> None:
 @click.option("--json", "as_json", is_flag=True, help=_JSON_HELP)
 def show_lever(name: str, as_json: bool) -> None:
     """Show one active lever in full."""
-    from esper_kernel.registry import Registry, Selection
+    from esper_kernel.discovery import Selection
+    from esper_kernel.registry import Registry
 
     selection = Selection.from_env()
     reg = Registry.open(default_core(), selection, listing=True)
@@ -183,7 +186,7 @@ def show_lever(name: str, as_json: bool) -> None:
 )
 def new_lever(name: str, parent: Path) -> None:
     """Create esper-lever-NAME/: a working lever, its pyproject.toml and contract tests."""
-    from esper_kernel.registry import kernel_version
+    from esper_kernel.discovery import kernel_version
     from esper_kernel.scaffold import scaffold
 
     root = scaffold(name, parent, kernel_version())

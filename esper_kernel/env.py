@@ -22,10 +22,11 @@ from esper_kernel.config import EnvConfig as EnvConfig  # re-exported: callers h
 from esper_kernel.config import LifecycleConfig
 from esper_kernel.core import CoreHeads
 from esper_kernel.devices import resolve_device
+from esper_kernel.discovery import Selection
 from esper_kernel.errors import EsperError, PluginError
 from esper_kernel.hosts import CNN1DHost, CNNHost, CNNHostConfig, Host, TransformerHost
 from esper_kernel.lifecycle import EpochMeasure, Lifecycle
-from esper_kernel.registry import Registry, Selection
+from esper_kernel.registry import Registry
 from esper_kernel.sizing import HostSize, measure_host
 from esper_kernel.stages import Stage
 from esper_kernel.taskplugins import HostShape, build_data, find_task

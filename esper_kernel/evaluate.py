@@ -29,13 +29,14 @@ from typing import Any
 import attrs
 
 from esper_kernel.config import converter
+from esper_kernel.discovery import Selection
 from esper_kernel.env import EnvBatch, EnvConfig, MorphoEnv, build_registry, load_task
 from esper_kernel.episode import Observer, Step, play_batch
 from esper_kernel.errors import EsperError
 from esper_kernel.files import write_text_atomic
 from esper_kernel.flops import epoch_flops
 from esper_kernel.lifecycle import CORE_HEADS
-from esper_kernel.registry import Registry, Selection
+from esper_kernel.registry import Registry
 from esper_kernel.stages import Op, Stage
 from esper_kernel.stats import mean_se, paired_difference
 from esper_kernel.tamiyo.catalogue import (

@@ -24,9 +24,10 @@ import torch
 from esper_kernel.actions import Decision, MaskView
 from esper_kernel.blueprints import blueprint_names
 from esper_kernel.core import CoreHeads
+from esper_kernel.discovery import LeverInfo, Selection, installed_entry_points
 from esper_kernel.hosts import CNNHostConfig, build_host
 from esper_kernel.lifecycle import EpochMeasure, Lifecycle, LifecycleConfig, SlotMeasure
-from esper_kernel.registry import ComposedField, LeverInfo, Registry, Selection, installed_entry_points
+from esper_kernel.registry import ComposedField, Registry
 from esper_kernel.seeds import SeedState
 from esper_kernel.specs import CompileSafety, HeadSpec
 from esper_kernel.stages import LIVE_STAGES, Stage

@@ -23,18 +23,13 @@ from esper_kernel import checkpoint
 from esper_kernel.checkpoint import CheckpointError
 from esper_kernel.config import EnvConfig, RunConfig, structure_config, unstructure_config
 from esper_kernel.devices import rng_states, set_rng_states
+from esper_kernel.discovery import LoadFailure, Selection, installed_entry_points
 from esper_kernel.env import EnvBatch, MorphoEnv, build_registry, load_task, observation_names, size_host
 from esper_kernel.episode import Observer, Step, play_batch
 from esper_kernel.errors import EsperError, SelectionError
 from esper_kernel.files import write_text_atomic
-from esper_kernel.registry import (
-    LoadFailure,
-    Quarantine,
-    Registry,
-    Selection,
-    check_compile_safety,
-    installed_entry_points,
-)
+from esper_kernel.registry import Registry, check_compile_safety
+from esper_kernel.runtime import Quarantine
 from esper_kernel.tamiyo.catalogue import (
     BuildContext,
     build_policy,

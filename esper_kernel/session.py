@@ -25,8 +25,9 @@ import click
 from rich.console import Console
 
 if TYPE_CHECKING:
+    from esper_kernel.discovery import LoadFailure, Selection
     from esper_kernel.evaluate import EpisodeResult, PolicySpec
-    from esper_kernel.registry import LoadFailure, Registry, Selection
+    from esper_kernel.registry import Registry
     from esper_kernel.run import EpochReport
     from esper_kernel.tamiyo.train import TrainConfig, TrainSummary
 
@@ -283,8 +284,8 @@ def train_session(f: TrainFlags) -> TrainSession:
     import uuid
 
     from esper_kernel.config import structure_as, with_overrides
+    from esper_kernel.discovery import Selection
     from esper_kernel.env import build_registry
-    from esper_kernel.registry import Selection
     from esper_kernel.tamiyo.train import STATE_FILE, TrainConfig, extension_problem, load_train_state
 
     state = None
@@ -446,8 +447,8 @@ def _policy_specs(f: EvalFlags, config: Any) -> list[PolicySpec]:
     if f.effects:
         specs += [s for s in effect_specs(config) if s.name not in {x.name for x in specs}]
     if f.attribution:
+        from esper_kernel.discovery import Selection
         from esper_kernel.env import build_registry
-        from esper_kernel.registry import Selection
 
         reg = build_registry(config.env, Selection.from_env(levers=config.levers))
         specs += [s for s in ev.attribution_specs(f.attribution, reg) if s.name not in {x.name for x in specs}]
@@ -497,10 +498,10 @@ def esper_eval(f: EvalFlags) -> None:
 
 def effect_specs(config: Any) -> list[PolicySpec]:
     """``heuristic``, and ``heuristic`` with each lever head forced to its first and its last choice."""
+    from esper_kernel.discovery import Selection
     from esper_kernel.env import build_registry
     from esper_kernel.evaluate import PolicySpec
     from esper_kernel.lifecycle import CORE_HEADS
-    from esper_kernel.registry import Selection
 
     reg = build_registry(config.env, Selection.from_env(levers=config.levers))
     specs = [PolicySpec("heuristic")]

@@ -50,6 +50,7 @@ import torch
 
 from esper_kernel.actions import N_OPS
 from esper_kernel.checkpoint import FORMAT, load, save_atomic
+from esper_kernel.discovery import installed_entry_points
 from esper_kernel.errors import PluginError
 from esper_kernel.harness import (
     _STAGE_PATH,
@@ -62,7 +63,7 @@ from esper_kernel.harness import (
     random_view,
     seed_in_stage,
 )
-from esper_kernel.registry import Registry, check_compile_safety, installed_entry_points
+from esper_kernel.registry import Registry, check_compile_safety
 from esper_kernel.seeds import SeedState
 from esper_kernel.specs import FieldContext, Safety
 from esper_kernel.stages import LIVE_STAGES, TRANSITIONS, Op, Stage

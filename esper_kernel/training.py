@@ -19,9 +19,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from esper_kernel.discovery import ENV_STRICT
 from esper_kernel.errors import PluginError
 from esper_kernel.lifecycle import EpochMeasure, Lifecycle, LifecycleError, SlotMeasure
-from esper_kernel.registry import ENV_STRICT, ComposedField, Registry
+from esper_kernel.registry import ComposedField, Registry
 from esper_kernel.seeds import SeedState
 from esper_kernel.specs import FieldContext
 from esper_kernel.stages import Stage

@@ -25,7 +25,8 @@ import torch
 
 from esper_kernel.actions import MaskView
 from esper_kernel.core import CoreHeads
-from esper_kernel.registry import ENTRY_POINT_GROUP, LoadResult, Registry, Selection, load_levers
+from esper_kernel.discovery import ENTRY_POINT_GROUP, LoadResult, Selection, load_levers
+from esper_kernel.registry import Registry
 from esper_kernel.seeds import SeedState
 from esper_kernel.stages import Stage
 

@@ -16,8 +16,8 @@ from esper_kernel import checkpoint
 from esper_kernel.cli import main
 from esper_kernel.config import RunConfig, structure_config
 from esper_kernel.devices import DeviceError, resolve_device
+from esper_kernel.discovery import Selection
 from esper_kernel.env import EnvConfig, MorphoEnv, build_registry, load_task
-from esper_kernel.registry import Selection
 from esper_kernel.telemetry import null_log
 
 TINY = EnvConfig(epochs=2, train_size=64, val_size=32, batch_size=32)

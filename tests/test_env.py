@@ -6,8 +6,9 @@ import pytest
 import torch
 from conftest import LeverDists
 
+from esper_kernel.discovery import Selection
 from esper_kernel.env import EnvConfig, MorphoEnv, build_registry, load_task, observation_names
-from esper_kernel.registry import Registry, Selection
+from esper_kernel.registry import Registry
 from esper_kernel.stages import Stage
 from esper_kernel.tasks import TaskData
 from esper_kernel.telemetry import Telemetry

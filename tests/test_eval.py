@@ -11,6 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from esper_kernel.cli import main
+from esper_kernel.discovery import Selection
 from esper_kernel.env import EnvBatch, EnvConfig, MorphoEnv, build_registry, load_task
 from esper_kernel.errors import EsperError
 from esper_kernel.evaluate import (
@@ -25,7 +26,6 @@ from esper_kernel.evaluate import (
     static_width,
     write_outputs,
 )
-from esper_kernel.registry import Selection
 from esper_kernel.stages import Op
 from esper_kernel.tamiyo.policies import ForcedPolicy, RandomPolicy
 from esper_kernel.telemetry import null_log

@@ -13,8 +13,9 @@ import pytest
 from conftest import LeverDists
 
 from esper_kernel.config import RunConfig, with_overrides
+from esper_kernel.discovery import Selection
 from esper_kernel.env import build_registry
-from esper_kernel.registry import Registry, Selection
+from esper_kernel.registry import Registry
 from esper_kernel.run import EVENTS, run
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "telemetry.md"

@@ -7,8 +7,9 @@ import torch
 from conftest import LeverDists
 
 from esper_kernel.actions import Decision
+from esper_kernel.discovery import Selection
 from esper_kernel.env import EnvBatch, EnvConfig, MorphoEnv, build_registry, load_task
-from esper_kernel.registry import Registry, Selection
+from esper_kernel.registry import Registry
 from esper_kernel.seeds import SeedState
 from esper_kernel.stages import Op, Stage
 from esper_kernel.tamiyo.policies import HeuristicPolicy

@@ -14,8 +14,8 @@ import torch
 from conftest import LeverDists, make_seed, make_view
 
 from esper_kernel import hookspecs
+from esper_kernel.discovery import Selection
 from esper_kernel.errors import PluginError
-from esper_kernel.registry import Selection
 from esper_kernel.specs import UNDECLARED_SAFETY, FieldContext, Safety
 from esper_kernel.stages import Op, Stage
 from esper_kernel.testing import Harness

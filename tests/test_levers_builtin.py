@@ -31,9 +31,10 @@ import esper_kernel
 from esper_kernel.actions import MaskView
 from esper_kernel.blueprints import blueprint_names
 from esper_kernel.core import CoreHeads
+from esper_kernel.discovery import Selection, load_levers
 from esper_kernel.hosts import CNNHost, CNNHostConfig, Host, TransformerHost, TransformerHostConfig
 from esper_kernel.lifecycle import EpochMeasure, Lifecycle, LifecycleConfig, SlotMeasure
-from esper_kernel.registry import Registry, Selection, load_levers
+from esper_kernel.registry import Registry
 from esper_kernel.seeds import Knobs, SeedState, default_dwell
 from esper_kernel.slots import alpha_linear, alpha_sigmoid
 from esper_kernel.specs import Safety

@@ -21,6 +21,7 @@ from torch import nn
 from esper_kernel import hookimpl
 from esper_kernel.blueprints import blueprint_names
 from esper_kernel.core import CoreHeads
+from esper_kernel.discovery import LeverInfo
 from esper_kernel.hosts import CNNHost, CNNHostConfig, Host, TransformerHost, TransformerHostConfig
 from esper_kernel.lifecycle import (
     EpochMeasure,
@@ -29,7 +30,7 @@ from esper_kernel.lifecycle import (
     LifecycleError,
     SlotMeasure,
 )
-from esper_kernel.registry import LeverInfo, Registry
+from esper_kernel.registry import Registry
 from esper_kernel.seeds import SeedState
 from esper_kernel.slots import alpha_sigmoid
 from esper_kernel.stages import LIVE_STAGES, TRANSITIONS, IllegalTransition, Stage, check_transition

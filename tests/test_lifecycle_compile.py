@@ -20,9 +20,10 @@ import torch._dynamo
 from esper_kernel import hookimpl
 from esper_kernel.blueprints import blueprint_names
 from esper_kernel.core import CoreHeads
+from esper_kernel.discovery import LeverInfo
 from esper_kernel.hosts import CNNHost, CNNHostConfig, Host, TransformerHost, TransformerHostConfig
 from esper_kernel.lifecycle import Lifecycle, LifecycleConfig
-from esper_kernel.registry import LeverInfo, Registry
+from esper_kernel.registry import Registry
 from esper_kernel.seeds import SeedState
 from esper_kernel.slots import SeedSlot
 from esper_kernel.stages import Stage

@@ -19,9 +19,10 @@ from esper_kernel.actions import N_OPS, ActionSpace
 from esper_kernel.blueprints import blueprint_names
 from esper_kernel.cli import default_core, main
 from esper_kernel.core import CoreHeads
+from esper_kernel.discovery import LeverInfo, Selection
 from esper_kernel.env import EnvBatch, EnvConfig, MorphoEnv, load_task, observation_names
 from esper_kernel.errors import EsperError, MaskError
-from esper_kernel.registry import LeverInfo, Registry, Selection
+from esper_kernel.registry import Registry
 from esper_kernel.tamiyo.policies import RandomPolicy
 from esper_kernel.tamiyo.ppo import PolicyLoadError, PolicyMismatchError, PPOPolicy, load_policy, save_policy
 from esper_kernel.tamiyo.sampling import select_masks

@@ -16,9 +16,9 @@ from typing import Any
 import pytest
 import torch
 
+from esper_kernel.discovery import Selection
 from esper_kernel.env import EnvConfig, build_registry
 from esper_kernel.errors import EsperError
-from esper_kernel.registry import Selection
 from esper_kernel.tamiyo.train import PPOConfig, TrainOptions, train_ppo
 from esper_kernel.telemetry import null_log
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 import pytest
 from conftest import LeverDists, make_seed, make_view
 
+from esper_kernel.discovery import ENV_STRICT, Selection, installed_entry_points, load_levers
 from esper_kernel.errors import MaskError, PluginError, SelectionError
-from esper_kernel.registry import ENV_STRICT, Selection, installed_entry_points, load_levers
 from esper_kernel.stages import Op, Stage
 
 

@@ -14,9 +14,10 @@ import torch
 from conftest import CliRunner, LeverDists, make_core, make_seed, make_view
 
 from esper_kernel.config import RunConfig, with_overrides
+from esper_kernel.discovery import ENV_STRICT, Selection, installed_entry_points
 from esper_kernel.errors import MaskError, PluginError
 from esper_kernel.harness import Harness
-from esper_kernel.registry import ENV_STRICT, Registry, Selection, installed_entry_points
+from esper_kernel.registry import Registry
 from esper_kernel.run import EVENTS, run
 from esper_kernel.stages import Stage
 from esper_kernel.telemetry import read_events

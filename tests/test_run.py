@@ -15,9 +15,9 @@ from conftest import LeverDists
 from esper_kernel.checkpoint import load
 from esper_kernel.cli import main
 from esper_kernel.config import RunConfig, with_overrides
+from esper_kernel.discovery import Selection, installed_entry_points
 from esper_kernel.env import EnvConfig, build_registry, observation_names
 from esper_kernel.errors import PluginError
-from esper_kernel.registry import Selection, installed_entry_points
 from esper_kernel.run import CHECKPOINT, EVENTS, SUMMARY, check_compile_safety, make_policy, run
 from esper_kernel.telemetry import read_events
 

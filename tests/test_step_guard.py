@@ -6,8 +6,8 @@ import pytest
 import torch
 
 import esper_kernel.training as training
+from esper_kernel.discovery import Selection
 from esper_kernel.env import EnvBatch, EnvConfig, MorphoEnv, build_registry, load_task
-from esper_kernel.registry import Selection
 from esper_kernel.telemetry import null_log
 
 CONFIG = EnvConfig(epochs=3, train_size=64, val_size=32, batch_size=16)

@@ -17,8 +17,8 @@ import torch
 from click.testing import CliRunner as ClickRunner
 
 from esper_kernel.cli import main
+from esper_kernel.discovery import Selection
 from esper_kernel.env import EnvConfig, build_registry, observation_names
-from esper_kernel.registry import Selection
 from esper_kernel.tamiyo.envpool import EnvPool, EnvShard
 from esper_kernel.tamiyo.ppo import PPOPolicy
 from esper_kernel.tamiyo.train import PPOConfig, TrainOptions, collect_rollout, load_train_state, train_ppo

@@ -11,7 +11,7 @@ import pytest
 from conftest import LeverDists, make_view
 
 from esper_kernel import Op
-from esper_kernel.registry import Selection
+from esper_kernel.discovery import Selection
 from esper_kernel.testing import Harness, LeverContract, LeverUnderTest, open_registry
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "writing-levers.md"
@@ -110,7 +110,8 @@ def _hooks_on_epoch_example() -> str:
 def test_hooks_doc_on_epoch_example_runs_beside_the_builtin_levers(lever_dist: LeverDists) -> None:
     from conftest import make_core
 
-    from esper_kernel.registry import Registry, installed_entry_points
+    from esper_kernel.discovery import installed_entry_points
+    from esper_kernel.registry import Registry
 
     lever_dist("warmup", _hooks_on_epoch_example(), dist="esper-lever-warmup")
     # A default install: every builtin lever, the builtin lr among them, beside the docs' example.

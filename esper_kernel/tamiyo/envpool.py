@@ -31,9 +31,10 @@ import structlog
 import torch
 
 from esper_kernel.devices import rng_states, set_rng_states
+from esper_kernel.discovery import Selection
 from esper_kernel.env import EnvBatch, EnvConfig, MorphoEnv, build_registry, load_task
 from esper_kernel.errors import EsperError
-from esper_kernel.registry import Registry, Selection
+from esper_kernel.registry import Registry
 from esper_kernel.workers import ProcessActor
 
 

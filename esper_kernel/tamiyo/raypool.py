@@ -13,9 +13,10 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
+from esper_kernel.discovery import Selection
 from esper_kernel.env import EnvConfig
 from esper_kernel.errors import EsperError
-from esper_kernel.registry import Registry, Selection
+from esper_kernel.registry import Registry
 from esper_kernel.tamiyo.envpool import EnvPool, EnvShard, shard_sizes
 from esper_kernel.workers import WorkerError
 

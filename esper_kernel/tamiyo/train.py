@@ -31,11 +31,12 @@ from torch import nn
 from esper_kernel import checkpoint
 from esper_kernel.config import PPOConfig as PPOConfig  # re-exported: its old home
 from esper_kernel.config import TrainConfig as TrainConfig
+from esper_kernel.discovery import Selection
 from esper_kernel.env import EnvBatch, EnvConfig, MorphoEnv, load_task, observation_names
 from esper_kernel.episode import PoolEnvs, play, play_batch
 from esper_kernel.errors import EsperError
 from esper_kernel.lifecycle import CORE_HEADS
-from esper_kernel.registry import Registry, Selection
+from esper_kernel.registry import Registry
 from esper_kernel.tamiyo.envpool import EnvPool, EnvShard
 from esper_kernel.tamiyo.policies import Policy
 from esper_kernel.tamiyo.ppo import PPOPolicy, load_policy, save_policy, trained_on
