@@ -15,6 +15,7 @@ from typing import Any
 import attrs
 import torch
 
+from esper_kernel import observation
 from esper_kernel.actions import Decision, MaskView
 from esper_kernel.blueprints import blueprint_names, build_seed
 from esper_kernel.bounds import MAX_HOST_PARAMS, MAX_TRAIN_MEMORY
@@ -33,10 +34,8 @@ from esper_kernel.taskplugins import HostShape, build_data, find_task
 from esper_kernel.tasks import TaskData, TaskError
 from esper_kernel.training import EpochResult, EpochRunner, compute_fields
 
-N_STAGES = len(Stage)
 #: What a checkpoint keeps of the last epoch: what the observation reads.
 _LAST_KEYS = ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "host_grad_norm")
-HISTORY = 3
 
 
 def cnn_host_config(config: EnvConfig, num_classes: int) -> CNNHostConfig:
@@ -118,36 +117,10 @@ def build_registry(config: EnvConfig, selection: Selection | None = None) -> Reg
 
 
 def observation_names(registry: Registry, n_slots: int) -> tuple[str, ...]:
-    """The meaning of every observation entry, in order (the observation's schema)."""
+    """The meaning of every observation entry, in order (the observation's schema, :mod:`esper_kernel.observation`)."""
     core = registry.info("esper").plugin
     blueprints: tuple[str, ...] = getattr(core, "blueprints", ())
-    base = [
-        "epoch_frac",
-        "train_loss",
-        "val_loss",
-        "train_accuracy",
-        "val_accuracy",
-        "delta_val_accuracy",
-        "delta_val_loss",
-        "plateau_frac",
-        "best_val_accuracy",
-        *(f"val_accuracy_t-{i + 1}" for i in range(HISTORY)),
-        "param_growth",
-        "slot_utilisation",
-    ]
-    per_slot = [
-        "active",
-        *(f"stage_{s.name.lower()}" for s in Stage),
-        "alpha",
-        "contribution",
-        "epochs_in_stage_frac",
-        *(f"blueprint_{b}" for b in blueprints),
-    ]
-    out = list(base)
-    for s in range(n_slots):
-        out += [f"s{s}.{n}" for n in per_slot]
-        out += [f"s{s}.{f.key}" for f in registry.observed_fields()]
-    return tuple(out)
+    return observation.names(blueprints, n_slots, [f.key for f in registry.observed_fields()])
 
 
 @attrs.frozen
@@ -321,49 +294,13 @@ class MorphoEnv:
     # -- observation -----------------------------------------------------------
 
     def observe(self) -> torch.Tensor:
-        cfg = self.config
-        last = self.last
-        hist = self.acc_history
-        prev = hist[-2] if len(hist) >= 2 else (hist[-1] if hist else 0.0)
-        base = [
-            self.epoch / cfg.epochs,
-            last.train_loss if last else 0.0,
-            last.val_loss if last else 0.0,
-            last.train_accuracy if last else 0.0,
-            last.val_accuracy if last else 0.0,
-            (last.val_accuracy - prev) if last else 0.0,
-            (self.loss_history[-1] - self.loss_history[-2]) if len(self.loss_history) >= 2 else 0.0,
-            self.plateau / cfg.epochs,
-            self.best,
-            *[hist[-(i + 1)] if len(hist) > i else 0.0 for i in range(HISTORY)],
-            (self.param_count() - self.base_params) / self.base_params,
-            sum(s is not None for s in self.lifecycle.seeds) / self.n_slots,
-        ]
-        out = list(base)
+        out = observation.episode_values(self)
         for slot in range(self.n_slots):
-            seed = self.lifecycle.seeds[slot]
-            stage = self.lifecycle.stages[slot]
-            onehot = [0.0] * N_STAGES
-            onehot[int(stage)] = 1.0
-            contribution = 0.0
-            if seed is not None:
-                contribution = next((c for c in reversed(seed.metrics.contribution) if c is not None), 0.0)
-            bp = [0.0] * len(self.blueprints)
-            if seed is not None:
-                bp[self.blueprints.index(seed.blueprint)] = 1.0
-            out += [
-                float(seed is not None),
-                *onehot,
-                float(self.lifecycle.slots[slot].alpha),
-                contribution,
-                (seed.epochs_in_stage(self.epoch) / cfg.epochs) if seed is not None else 0.0,
-                *bp,
-            ]
+            out += observation.slot_values(self, slot, self.lifecycle.seeds[slot])
             for f in self.observed:
                 v = self.fields.get(f.key, [None] * self.n_slots)[slot]
                 out.append(0.0 if v is None else float(v))
-        obs = torch.tensor(out, dtype=torch.float32)
-        return obs
+        return torch.tensor(out, dtype=torch.float32)
 
     # -- checkpointing -----------------------------------------------------------
 

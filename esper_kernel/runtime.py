@@ -27,6 +27,7 @@ if TYPE_CHECKING:
     from esper_kernel.discovery import LeverInfo
     from esper_kernel.registry import KnobSetting
 
+
 @attrs.frozen
 class Quarantine:
     """A lever taken out of a run after one of its hooks failed (``--on-lever-error quarantine``)."""
