@@ -35,7 +35,7 @@ from esper_kernel.episode import Observer, Step, play_batch
 from esper_kernel.errors import EsperError
 from esper_kernel.files import write_text_atomic
 from esper_kernel.flops import epoch_flops
-from esper_kernel.lifecycle import CORE_HEADS
+from esper_kernel.names import CORE_HEADS
 from esper_kernel.registry import Registry
 from esper_kernel.stages import Op, Stage
 from esper_kernel.stats import mean_se, paired_difference

@@ -27,6 +27,7 @@ from esper_kernel.core import CoreHeads
 from esper_kernel.discovery import LeverInfo, Selection, installed_entry_points
 from esper_kernel.hosts import CNNHostConfig, build_host
 from esper_kernel.lifecycle import EpochMeasure, Lifecycle, LifecycleConfig, SlotMeasure
+from esper_kernel.names import CORE_HEADS
 from esper_kernel.registry import ComposedField, Registry
 from esper_kernel.seeds import SeedState
 from esper_kernel.specs import CompileSafety, HeadSpec
@@ -175,7 +176,7 @@ def seed_in_stage(
     measurements, as the lifecycle engine would have appended them.
     """
     decision = _germinate_decision(registry, 0, None, "linear", choices or {})
-    lever_heads = {n: c for n, c in decision.choices.items() if decision.relevant[n] and n not in _CORE}
+    lever_heads = {n: c for n, c in decision.choices.items() if decision.relevant[n] and n not in CORE_HEADS}
     seed = SeedState(
         seed_id="seed1-s0",
         slot=0,
@@ -197,9 +198,6 @@ def seed_in_stage(
     if rng is not None:
         _random_metrics(seed, rng, rng.randint(0, 8) if epochs is None else epochs)
     return seed
-
-
-_CORE = frozenset({"op", "slot", "blueprint", "blend"})
 
 
 def _random_metrics(seed: SeedState, rng: random.Random, epochs: int) -> None:

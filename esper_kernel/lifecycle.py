@@ -32,6 +32,7 @@ from esper_kernel.actions import Decision
 from esper_kernel.blueprints import build_seed
 from esper_kernel.config import LifecycleConfig as LifecycleConfig  # re-exported: its old home
 from esper_kernel.errors import EsperError
+from esper_kernel.names import CORE_HEADS as CORE_HEADS  # read by the policies and reports
 from esper_kernel.seeds import SeedState, initial_knobs
 from esper_kernel.slots import SeedSlot, alpha_at
 from esper_kernel.stages import LIVE_STAGES, Op, Stage, check_transition
@@ -67,7 +68,6 @@ class LifecycleListener(Protocol):
 
 
 #: The heads the kernel itself owns; everything else is a lever's choice.
-CORE_HEADS = frozenset({"op", "slot", "blueprint", "blend"})
 
 
 @attrs.frozen

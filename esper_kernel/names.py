@@ -9,6 +9,13 @@ that what they build is exactly what is named here.
 
 from __future__ import annotations
 
+#: The kernel's own heads (esper_kernel.core); every other head is a lever's.
+CORE_HEADS: frozenset[str] = frozenset({"op", "slot", "blueprint", "blend"})
+#: The core heads that place a seed (what, where, which): the report reads them as the placement decision.
+PLACEMENT_HEADS: tuple[str, ...] = ("op", "slot", "blueprint")
+#: The core heads a forced choice cannot name: a force or a schedule step says them as the step itself.
+UNFORCEABLE_HEADS: tuple[str, ...] = ("op", "slot")
+
 TOPOLOGIES: tuple[str, ...] = ("cnn", "cnn1d", "transformer")
 
 #: How a seed's alpha ramps in, the ``blend`` head's choices.

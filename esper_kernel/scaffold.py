@@ -14,6 +14,7 @@ from pathlib import Path
 from string import Template
 
 from esper_kernel.errors import EsperError
+from esper_kernel.names import CORE_HEADS
 
 _PYPROJECT = Template("""\
 [build-system]
@@ -134,7 +135,7 @@ _NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 
 
 def check_name(name: str) -> None:
-    if not _NAME.match(name) or keyword.iskeyword(name) or name in {"op", "slot", "blueprint", "blend"}:
+    if not _NAME.match(name) or keyword.iskeyword(name) or name in CORE_HEADS:
         raise EsperError(
             f"lever name {name!r} must be a lowercase Python identifier (letters, digits, _) "
             "and not one of the kernel's heads op, slot, blueprint, blend"

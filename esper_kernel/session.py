@@ -501,7 +501,7 @@ def effect_specs(config: Any) -> list[PolicySpec]:
     from esper_kernel.discovery import Selection
     from esper_kernel.env import build_registry
     from esper_kernel.evaluate import PolicySpec
-    from esper_kernel.lifecycle import CORE_HEADS
+    from esper_kernel.names import CORE_HEADS
 
     reg = build_registry(config.env, Selection.from_env(levers=config.levers))
     specs = [PolicySpec("heuristic")]

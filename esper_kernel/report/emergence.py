@@ -26,13 +26,14 @@ from typing import Any
 import attrs
 import numpy as np
 
+from esper_kernel.names import PLACEMENT_HEADS
+
 #: A decision with fewer relevant decisions than this in a group is not tested (the p-value would mean little).
 MIN_DECISIONS = 8
 SIMS = 4000
 #: Null draws are made this many at a time, to keep memory flat on long runs.
 _CHUNK = 500
 #: Heads that place a seed rather than tune it: grouped by, not tested within a group.
-PLACEMENT = ("op", "slot", "blueprint")
 
 
 @attrs.frozen
@@ -74,7 +75,7 @@ def picks_of(records: Iterable[Mapping[str, Any]], phase: str) -> list[Pick]:
         choices, legal = rec.get("choices") or {}, rec.get("legal") or {}
         where = (str(choices.get("blueprint", "?")), str(choices.get("slot", "?")))
         for head, could in legal.items():
-            if head in PLACEMENT or head not in choices:
+            if head in PLACEMENT_HEADS or head not in choices:
                 continue
             out.append(Pick(phase, *where, head, str(choices[head]), tuple(str(c) for c in could)))
     return out

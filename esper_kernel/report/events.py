@@ -17,6 +17,7 @@ from typing import Any
 import attrs
 
 from esper_kernel.errors import EsperError
+from esper_kernel.names import PLACEMENT_HEADS
 from esper_kernel.report.emergence import Pick, eval_picks, eval_policies, train_picks
 
 EVENTS = "events.jsonl"
@@ -27,7 +28,6 @@ EVAL_SCHEMA = "esper.eval/1"
 JOURNAL = "episodes.jsonl"
 
 #: Kernel heads that say *where* and *what* a seed is, not how a lever tunes it.
-PLACEMENT_HEADS = frozenset({"op", "slot", "blueprint"})
 
 #: Stage changes marked on the accuracy plot, by the stage entered.
 MARKER_KINDS: Mapping[str, str] = {

@@ -27,6 +27,7 @@ import attrs
 
 from esper_kernel.config import EnvConfig
 from esper_kernel.errors import EsperError
+from esper_kernel.names import UNFORCEABLE_HEADS
 from esper_kernel.registry import Registry
 from esper_kernel.tamiyo.policies import (
     CarriesRunState,
@@ -252,8 +253,8 @@ def check_forced(spec: PolicySpec, registry: Registry, where: str = "--force") -
     """Every forced head exists and has the forced choice, or a one-line error naming it and ``where`` it was typed."""
     for head, choice in spec.forced:
         at = f"--force {head}={choice}" if where == "--force" else f"{where}: {head}={choice}"
-        if head not in registry.space or head in ("op", "slot"):
-            levers = ", ".join(n for n in registry.space.names if n not in ("op", "slot"))
+        if head not in registry.space or head in UNFORCEABLE_HEADS:
+            levers = ", ".join(n for n in registry.space.names if n not in UNFORCEABLE_HEADS)
             raise EsperError(f"{at}: no head {head!r} to force; heads: {levers}")
         if choice not in registry.space.head(head).spec.choices:
             known = ", ".join(registry.space.head(head).spec.choices)

@@ -40,6 +40,7 @@ import attrs
 import torch
 
 from esper_kernel.errors import EsperError
+from esper_kernel.names import UNFORCEABLE_HEADS
 from esper_kernel.registry import Registry
 from esper_kernel.stages import Op
 from esper_kernel.tamiyo.policies import decide_rows
@@ -175,8 +176,8 @@ def check_schedule(schedule: Schedule, registry: Registry, slots: int) -> None:
         if step.slot is not None and step.slot >= slots:
             raise ScheduleError(f"{where}: key 'slot': slot {step.slot} does not exist (this run has {slots} slots)")
         for head, choice in step.choices:
-            if head not in space or head in ("op", "slot"):
-                heads = ", ".join(n for n in space.names if n not in ("op", "slot"))
+            if head not in space or head in UNFORCEABLE_HEADS:
+                heads = ", ".join(n for n in space.names if n not in UNFORCEABLE_HEADS)
                 raise ScheduleError(f"{where}: key {head!r}: no head {head!r}; heads: {heads}")
             spec = space.head(head).spec
             if OPS[step.op] not in spec.ops:

@@ -35,7 +35,7 @@ from esper_kernel.discovery import Selection
 from esper_kernel.env import EnvBatch, EnvConfig, MorphoEnv, load_task, observation_names
 from esper_kernel.episode import PoolEnvs, play, play_batch
 from esper_kernel.errors import EsperError
-from esper_kernel.lifecycle import CORE_HEADS
+from esper_kernel.names import CORE_HEADS
 from esper_kernel.registry import Registry
 from esper_kernel.tamiyo.envpool import EnvPool, EnvShard
 from esper_kernel.tamiyo.policies import Policy
