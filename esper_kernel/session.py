@@ -339,7 +339,7 @@ def esper_train(f: TrainFlags) -> None:
     """``esper train``: PPO with a progress bar; events, policies, state and ``train_summary.json`` in OUT."""
     setup_threads(f.threads)
     from esper_kernel.config import unstructure_config
-    from esper_kernel.run import log_started
+    from esper_kernel.run import log_started, truncate_events
     from esper_kernel.tamiyo.train import STATE_FILE, TrainOptions, train_ppo
     from esper_kernel.tasks import TaskError
     from esper_kernel.telemetry import Telemetry
@@ -361,7 +361,11 @@ def esper_train(f: TrainFlags) -> None:
     )
     # The progress bar owns the terminal; the full event stream goes to the file.
     sinks = tensorboard_sinks(f.tensorboard_dir)
+    # A resume first drops what a killed rollout wrote after the state it continues from.
+    size = s.state.get("events_bytes") if s.state is not None else None
+    superseded = truncate_events(out / "events.jsonl", size) if isinstance(size, int) else 0
     with Telemetry(out / "events.jsonl", s.run_id, console=False, append=s.state is not None, sinks=sinks) as tel:
+        options = attrs.evolve(options, events_position=tel.position)
         log_started(
             tel.log,
             reg,
@@ -373,6 +377,7 @@ def esper_train(f: TrainFlags) -> None:
             workers=n_workers,
             ray=f.ray_address,
             resumed=s.state is not None,
+            superseded_events=superseded,
         )
         console = stderr()
         for fail in reg.failures:

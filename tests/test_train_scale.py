@@ -10,7 +10,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import pytest
 import torch
@@ -109,6 +109,14 @@ def test_kill_9_then_resume_ends_with_the_uninterrupted_weights(tmp_path: Path) 
     events = read_events(cut / "events.jsonl")
     assert [e["update"] for e in events if e["event"] == "ppo.update"][-1] == 4
     assert any(e["event"] == "train.resumed" for e in events)
+
+    # The killed rollout's partial events are dropped on resume: every epoch of every episode appears once,
+    # as in the uninterrupted run, and the resumed run.started says how many were dropped.
+    def epochs(stream: list[dict[str, Any]]) -> list[tuple[Any, ...]]:
+        return sorted((e["episode"], e["env"], e["epoch"]) for e in stream if e["event"] == "epoch.completed")
+
+    assert epochs(events) == epochs(read_events(whole / "events.jsonl"))
+    assert [e["superseded_events"] for e in events if e["event"] == "run.started"][-1] >= 0
 
 
 def test_training_a_finished_run_further_gives_the_longer_run(tmp_path: Path) -> None:

@@ -392,6 +392,9 @@ class TrainOptions:
     ray: str | None = None
     #: Plain data stored in the training state as is (the CLI keeps its config and run id there).
     meta: dict[str, Any] = attrs.field(factory=dict)
+    #: Bytes of the event stream written so far, stored with each state so a resume can cut the
+    #: events a killed rollout wrote after it (see :func:`esper_kernel.run.truncate_events`).
+    events_position: Callable[[], int | None] | None = None
 
 
 def _save_state(path: Path, data: dict[str, Any]) -> None:
@@ -536,10 +539,11 @@ class _Trainer:
         self.prior_seconds = float(state["seconds"])
         log.info("train.resumed", updates_done=self.first, episodes_done=len(self.returns))
 
-    def save(self, path: Path, updates_done: int, meta: dict[str, Any]) -> None:
+    def save(self, path: Path, updates_done: int, meta: dict[str, Any], events_bytes: int | None = None) -> None:
         _save_state(
             path,
             {
+                "events_bytes": events_bytes,
                 "env_config": attrs.asdict(self.env_config),
                 "ppo_config": attrs.asdict(self.cfg),
                 "levers": list(self.registry.names),
@@ -637,7 +641,8 @@ def train_ppo(
             if opts.eval_every > 0 and opts.eval_seeds and ((u + 1) % opts.eval_every == 0 or u + 1 == updates):
                 tr.evaluate(pool, u, opts.eval_seeds, out_path.with_name(BEST_POLICY), log)
             save_policy(tr.policy, out_path)
-            tr.save(out_path.with_name(STATE_FILE), u + 1, opts.meta)
+            position = opts.events_position() if opts.events_position is not None else None
+            tr.save(out_path.with_name(STATE_FILE), u + 1, opts.meta, position)
             if progress is not None:
                 progress(len(tr.returns), cfg.episodes, sum(ep_returns) / len(ep_returns))
     save_policy(tr.policy, out_path)
