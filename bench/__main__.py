@@ -28,6 +28,7 @@ FIGURES: dict[str, str] = {
     "seed_epoch": "bench.seed_epoch",
     "floor": "bench.floor",
     "counterfactual": "bench.counterfactual",
+    "startup": "bench.startup",
 }
 
 

@@ -88,7 +88,8 @@ def configure_threads(threads: int | None) -> int:
     return int(torch.get_num_threads())
 
 
-_PRELOAD = ["torch", "esper_kernel.env", "esper_kernel.tamiyo.ppo"]
+#: Imported once by the fork server, so no worker imports them itself (see esper_kernel.preload).
+_PRELOAD = ["esper_kernel.preload"]
 
 
 def _context() -> Any:
