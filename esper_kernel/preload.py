@@ -18,7 +18,7 @@ import torch._dynamo
 
 import esper_kernel.env
 import esper_kernel.tamiyo.ppo
-from esper_kernel.registry import ENTRY_POINT_GROUP, installed_entry_points
+from esper_kernel.discovery import ENTRY_POINT_GROUP, installed_entry_points
 from esper_kernel.taskplugins import TASK_GROUP
 
 del torch, esper_kernel.env
