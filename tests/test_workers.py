@@ -101,3 +101,19 @@ def test_process_actor_factory_failure_is_reported() -> None:
             actor.call("add", 1)
     finally:
         actor.close()
+
+
+def test_the_fork_server_preload_imports_what_workers_need() -> None:
+    # multiprocessing's fork server skips a preload module that fails to import, silently: check it here.
+    import subprocess
+    import sys
+
+    from esper_kernel import workers
+
+    code = (
+        f"import sys; [__import__(m) for m in {workers._PRELOAD!r}]; "
+        "print(all(m in sys.modules for m in ('torch._dynamo', 'esper_kernel.env', 'esper_levers_builtin.tempo')))"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == "True"
