@@ -29,6 +29,7 @@ FIGURES: dict[str, str] = {
     "floor": "bench.floor",
     "counterfactual": "bench.counterfactual",
     "startup": "bench.startup",
+    "scale": "bench.scale",
 }
 
 
