@@ -9,6 +9,7 @@ uninterrupted run with the same seed gives.
 from __future__ import annotations
 
 import json
+import os
 import tempfile
 import time
 import uuid
@@ -49,6 +50,9 @@ EVENTS = "events.jsonl"
 SUMMARY = "summary.json"
 #: The files that make a directory hold a run.
 RUN_FILES = (EVENTS, SUMMARY, CHECKPOINT)
+#: The default --out: not a directory of its own but a link to the newest run's, so runs
+#: made one after another without --out never collide and ``runs/latest`` is the last one.
+LATEST = "runs/latest"
 
 
 @attrs.frozen
@@ -125,6 +129,30 @@ def check_out(out: Path, *, overwrite: bool, flag: str = "--out") -> None:
         )
 
 
+def fresh_out(out: Path, latest: str = LATEST) -> Path:
+    """Where a run given ``--out out`` writes: for the default (``runs/latest``), a new ``runs/<time>-<id>``.
+
+    ``runs/latest`` itself becomes a link to it (:func:`point_latest`) once the
+    run starts. A ``runs/latest`` that is a real directory (an older layout) is
+    used as it is.
+    """
+    link = Path(latest)
+    if out != link or (out.exists() and not out.is_symlink()):
+        return out
+    return link.parent / f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+
+
+def point_latest(out: Path, latest: str = LATEST) -> None:
+    """Point ``runs/latest`` at ``out`` (atomically), if ``out`` is a fresh run directory beside it."""
+    link = Path(latest)
+    if out == link or out.parent != link.parent or (link.exists() and not link.is_symlink()):
+        return
+    tmp = link.with_name(f".{link.name}.{os.getpid()}.tmp")
+    tmp.unlink(missing_ok=True)
+    tmp.symlink_to(out.name)
+    os.replace(tmp, link)
+
+
 def _prepare_out(out: Path, state: dict[str, Any] | None) -> int:
     """Make ``out`` ready to write; returns how many superseded events a resume dropped.
 
@@ -138,6 +166,7 @@ def _prepare_out(out: Path, state: dict[str, Any] | None) -> int:
     if state is None:
         for name in RUN_FILES:
             (out / name).unlink(missing_ok=True)
+        point_latest(out)
         return 0
     size = state.get("events_bytes")
     if not isinstance(size, int):
@@ -266,7 +295,8 @@ def _set_up(config: RunConfig, resume: Path | None, overwrite: bool) -> _Setup:
         out = resume
         check_out(out, overwrite=True, flag="--resume")
     else:
-        out = Path(config.out)
+        out = fresh_out(Path(config.out))
+        config = attrs.evolve(config, out=str(out))
         check_out(out, overwrite=overwrite)
     registry = _open_registry(config, state, resume)
     task = load_task(config.env, config.seed)

@@ -205,14 +205,17 @@ def test_resume_drops_epochs_run_after_the_checkpoint_and_stale_temp_files(tmp_p
     # Checkpoints at epochs 2 and 4 only: a stop after epoch 3 leaves epoch 2's events past the checkpoint,
     # as a kill between checkpoints would.
     config = tiny_config(out, env={"env__epochs": 5}, checkpoint_every=2)
-    run(config, stop_after=3)
+    run(config, stop_after=2)
+    at_two = (out / CHECKPOINT).read_bytes()
+    run(config, resume=out, stop_after=3)
+    (out / CHECKPOINT).write_bytes(at_two)  # killed before epoch 3's checkpoint: its events are past the file's
     assert [e["epoch"] for e in read_events(out / EVENTS) if e["event"] == "epoch.completed"] == [0, 1, 2]
     (out / f".{CHECKPOINT}.killed.tmp").write_bytes(b"")  # what kill -9 mid-write leaves
 
     run(config, resume=out)
     events = read_events(out / EVENTS)
     assert [e["epoch"] for e in events if e["event"] == "epoch.completed"] == [0, 1, 2, 3, 4]
-    resumed = [e for e in events if e["event"] == "run.started"][1]
+    resumed = [e for e in events if e["event"] == "run.started"][-1]
     assert resumed["resumed_from_epoch"] == 2 and resumed["superseded_events"] > 0
     assert not list(out.glob("*.tmp")) and not list(out.glob(".*.tmp"))
 
@@ -378,7 +381,9 @@ def test_train_with_worker_processes_leaves_none_behind(tmp_path: Path) -> None:
 def test_sigterm_or_ctrl_c_ends_the_stream_with_the_epoch_and_the_run_resumes(tmp_path: Path, sig: int) -> None:
     out = tmp_path / "x"
     config = tmp_path / "slow.toml"
-    config.write_text("[env]\nepochs = 30\ntrain_size = 256\nval_size = 64\nbatch_size = 16\nwidth = 8\n")
+    config.write_text(
+        "checkpoint_every = 1\n[env]\nepochs = 30\ntrain_size = 256\nval_size = 64\nbatch_size = 16\nwidth = 8\n"
+    )
     proc = subprocess.Popen(
         [sys.executable, "-m", "esper_kernel.cli", "run", "--quiet", "--config", str(config), "--out", str(out)],
         stdout=subprocess.DEVNULL,
@@ -387,7 +392,7 @@ def test_sigterm_or_ctrl_c_ends_the_stream_with_the_epoch_and_the_run_resumes(tm
     )
     events = out / EVENTS
     deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and not (events.exists() and b"epoch.completed" in events.read_bytes()):
+    while time.monotonic() < deadline and not (out / CHECKPOINT).exists():  # written after the first epoch
         time.sleep(0.1)
     proc.send_signal(sig)
     _, err = proc.communicate(timeout=120)
@@ -402,3 +407,25 @@ def test_sigterm_or_ctrl_c_ends_the_stream_with_the_epoch_and_the_run_resumes(tm
     resumed = esper("run", "--quiet", "--resume", str(out))
     assert resumed.exit_code == 0, resumed.output
     assert [e["epoch"] for e in read_events(events) if e["event"] == "epoch.completed"] == list(range(30))
+
+
+def test_runs_without_out_follow_one_another_and_runs_latest_is_the_newest(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    tiny = ["--epochs", "2", "--train-size", "32", "--val-size", "16", "--width", "4"]
+    first = esper("run", "--quiet", *tiny)
+    assert first.exit_code == 0, first.output
+    second = esper("run", "--quiet", "--task", "sequences", "--epochs", "2", "--train-size", "32", "--val-size", "16")
+    assert second.exit_code == 0, second.output
+    runs = sorted(p for p in (tmp_path / "runs").iterdir() if not p.is_symlink())
+    assert len(runs) == 2 and all((p / SUMMARY).exists() for p in runs)
+    latest = tmp_path / "runs" / "latest"
+    assert latest.is_symlink()
+    assert json.loads((latest / SUMMARY).read_text())["config"]["env"]["task"] == "sequences"
+    # runs/latest works wherever a run directory does.
+    assert esper("report", "runs/latest").exit_code == 0
+    interrupted = run(tiny_config(Path("runs/latest")), stop_after=1)
+    assert interrupted == {"interrupted_at": 1}
+    assert esper("run", "--quiet", "--resume", "runs/latest").exit_code == 0
+    assert len([p for p in (tmp_path / "runs").iterdir() if not p.is_symlink()]) == 3
