@@ -17,6 +17,7 @@ share; the levers report they print is :mod:`esper_kernel.report.levers`.
 
 from __future__ import annotations
 
+import os
 import signal
 from collections.abc import Callable
 from pathlib import Path
@@ -60,7 +61,7 @@ def _emit(report: LeversReport, selection: Selection, as_json: bool) -> None:
     if as_json:
         click.echo(report.to_json())
     else:
-        Console().print(render(report, selection))
+        _stdout().print(render(report, selection))
 
 
 # -- commands ----------------------------------------------------------------
@@ -99,6 +100,18 @@ class EsperGroup(click.Group):
                 raise
             click.echo(f"esper: error: out of memory ({' '.join(str(exc).split())[:200]})", err=True)
             ctx.exit(2)
+
+
+#: Width of a table written to a file or a pipe: rich's 80 columns there would fold rows mid-word.
+PIPE_WIDTH = 240
+
+
+def _stdout() -> Console:
+    """The console for tables on stdout: the terminal's width, or wide rows when piped (COLUMNS still wins)."""
+    console = Console()
+    if not console.is_terminal and "COLUMNS" not in os.environ:
+        console = Console(width=PIPE_WIDTH)
+    return console
 
 
 @click.group(cls=EsperGroup)
@@ -423,7 +436,7 @@ def compare_command(dirs: tuple[Path, ...], as_json: bool, reference: Path | Non
     if as_json:
         click.echo(comp.to_json())
     else:
-        Console().print(render(comp))
+        _stdout().print(render(comp))
         if plot is not None:
             click.echo(f"wrote {plot}")
 

@@ -8,6 +8,7 @@ uninterrupted run with the same seed gives.
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 import tempfile
@@ -31,6 +32,7 @@ from esper_kernel.errors import EsperError, SelectionError
 from esper_kernel.files import write_text_atomic
 from esper_kernel.registry import Registry, check_compile_safety
 from esper_kernel.runtime import Quarantine
+from esper_kernel.stages import Stage
 from esper_kernel.tamiyo.catalogue import (
     BuildContext,
     build_policy,
@@ -424,7 +426,12 @@ def _finish(setup: _Setup, played: _Played, wall: float) -> dict[str, Any]:
 
 
 def _stages(env: MorphoEnv) -> tuple[str, ...]:
-    return tuple(s.name for s in env.lifecycle.stages)
+    """Each slot's stage and the seeds fossilized in it: a slot is DORMANT again once its seed fossilizes,
+    so the stage alone would show a run that grew seven seeds as one that grew none."""
+    fossils = collections.Counter(s.slot for s in env.lifecycle.history if s.stage is Stage.FOSSILIZED)
+    return tuple(
+        f"{st.name} ({fossils[i]} fossilized)" if fossils[i] else st.name for i, st in enumerate(env.lifecycle.stages)
+    )
 
 
 def _save(

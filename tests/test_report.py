@@ -497,3 +497,27 @@ def test_report_renders_in_headless_chromium_with_every_section_and_image(
         ink[name] = sum(img.histogram()[:200]) / (img.width * img.height)
     assert ink["bare"] > 0.001, "the page shows no text"
     assert ink["page"] > 1.5 * ink["bare"], f"the images add little to the page: {ink}"
+
+
+def test_report_seed_table_says_a_culled_seed_was_culled() -> None:
+    from esper_kernel.report.html import _seeds_html
+
+    # A culled seed's slot is embargoed, so the summary's final stage reads EMBARGOED: the fate is culled.
+    page = _seeds_html([{"seed_id": "seed1-s0", "slot": 0, "final_stage": "EMBARGOED", "cull_reason": "g1_failed"}])
+    assert "CULLED" in page and "EMBARGOED" not in page
+
+
+def test_compare_piped_keeps_each_run_on_one_line(tmp_path: Path) -> None:
+    import sys
+
+    policies = ("heuristic", "random")
+    long = "a-run-directory-with-a-long-name"
+    dirs = [_fake_run(tmp_path, f"{long}-{p}", p, 0, 0.5 + i / 10) for i, p in enumerate(policies)]
+    env = {k: v for k, v in os.environ.items() if k != "COLUMNS"}
+    piped = subprocess.run(
+        [sys.executable, "-m", "esper_kernel.cli", "compare", *map(str, dirs)],
+        capture_output=True, text=True, env=env, check=True,
+    )  # fmt: skip
+    # Written to a pipe (a file, less, grep), no row is folded at 80 columns: each run's directory is whole.
+    for d in dirs:
+        assert any(str(d) in line for line in piped.stdout.splitlines()), piped.stdout

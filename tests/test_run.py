@@ -351,3 +351,22 @@ def test_cli_greedy_pretrained_plays_the_most_probable_choices(tmp_path: Path, t
     assert getattr(policy, "greedy", False) is True
     line = _one_line_error(esper("run", "--policy", "greedy:heuristic", "--out", str(tmp_path / "h")))
     assert "greedy: applies to a policy file or pretrained" in line
+
+
+def test_progress_shows_the_seeds_a_slot_fossilized() -> None:
+    from types import SimpleNamespace
+
+    from esper_kernel.run import _stages
+    from esper_kernel.stages import Stage
+
+    def seed(slot: int, stage: Stage) -> SimpleNamespace:
+        return SimpleNamespace(slot=slot, stage=stage)
+
+    history = [seed(0, Stage.FOSSILIZED), seed(0, Stage.FOSSILIZED), seed(1, Stage.CULLED), seed(2, Stage.FOSSILIZED)]
+    lifecycle = SimpleNamespace(stages=[Stage.DORMANT, Stage.DORMANT, Stage.BLENDING], history=history)
+    # Every slot is dormant or live again after a fossilization; the display still says what grew.
+    assert _stages(SimpleNamespace(lifecycle=lifecycle)) == (  # type: ignore[arg-type]
+        "DORMANT (2 fossilized)",
+        "DORMANT",
+        "BLENDING (1 fossilized)",
+    )

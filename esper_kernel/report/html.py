@@ -14,6 +14,7 @@ import attrs
 from matplotlib.figure import Figure
 
 from esper_kernel.report import plots
+from esper_kernel.report.console import final_stage
 from esper_kernel.report.emergence import HEADER, Pick, choice_tests, markdown, rows
 from esper_kernel.report.events import EvalData, RunData, TrainData, load
 
@@ -146,7 +147,7 @@ def _run_summary_html(run: RunData) -> str:
 def _seeds_html(seeds: list[dict[str, Any]]) -> str:
     seed_rows = [
         (x.get("seed_id"), x.get("slot"), x.get("blueprint"), x.get("blend"), x.get("germinated_epoch"),
-         x.get("final_stage"), x.get("cull_reason"), " ".join(f"{k}={v}" for k, v in (x.get("choices") or {}).items()))
+         final_stage(x), x.get("cull_reason"), " ".join(f"{k}={v}" for k, v in (x.get("choices") or {}).items()))
         for x in seeds
     ]  # fmt: skip
     if not seed_rows:

@@ -161,8 +161,9 @@ class HeuristicPolicy:
        through blueprints;
     4. otherwise WAIT.
 
-    Lever heads take their default choice, or the nearest legal one when a
-    lever's mask forbids the default.
+    Lever heads take their default choice, or the first legal one (in the
+    head's choice order, see :func:`decide_rows`) when a lever's mask forbids
+    the default.
     """
 
     def __init__(
