@@ -521,3 +521,23 @@ def test_compare_piped_keeps_each_run_on_one_line(tmp_path: Path) -> None:
     # Written to a pipe (a file, less, grep), no row is folded at 80 columns: each run's directory is whole.
     for d in dirs:
         assert any(str(d) in line for line in piped.stdout.splitlines()), piped.stdout
+
+
+def test_parameter_plot_legend_names_its_event_lines(runs: dict[str, Path]) -> None:
+    data = load(runs["heuristic"])
+    assert isinstance(data, RunData)
+    fig = plots.accuracy_figure(data)
+    par_ax = fig.axes[-1]
+    legend = {t.get_text() for t in par_ax.get_legend().get_texts()}
+    kinds = {m.kind for m in data.markers()}
+    assert kinds and kinds <= legend
+
+
+def test_timeline_labels_cut_whole_choices_never_a_choice_in_two() -> None:
+    from esper_kernel.report.plots import _choice_text
+
+    choices = {"tempo": "GLACIAL", "isolation": "DETACH", "lr": "AGGRESSIVE"}
+    assert _choice_text(choices) == "tempo=GLACIAL isolation=DETACH lr=AGGRESSIVE"
+    assert _choice_text(choices, 24) == "tempo=GLACIAL …"
+    assert _choice_text(choices, 32) == "tempo=GLACIAL isolation=DETACH …"
+    assert _choice_text(choices, 5) == "…"

@@ -88,8 +88,9 @@ def accuracy_figure(run: RunData) -> Figure:
             mx, [_interp(x, xs, val) for x in mx], marker=shape, s=90, color=colour, zorder=5,
             edgecolors="white", linewidths=0.8, label=kind, gid=f"marker-{kind}",
         )  # fmt: skip
-        for x in mx:
-            par_ax.axvline(x, color=colour, lw=0.8, alpha=0.5)
+        for i, x in enumerate(mx):
+            # One legend entry per kind: the parameter plot's lines mean what the accuracy markers mean.
+            par_ax.axvline(x, color=colour, lw=0.8, alpha=0.5, label=kind if i == 0 else None)
     acc_ax.set_ylabel("accuracy")
     top = max([*val, *(t[1] or 0.0 for t in train), run.chance or 0.0, 0.0])
     acc_ax.set_ylim(0, min(1.02, top + 0.1))
@@ -105,10 +106,26 @@ def accuracy_figure(run: RunData) -> Figure:
     return fig
 
 
-def _choice_text(choices: dict[str, str] | object) -> str:
+def _choice_text(choices: dict[str, str] | object, width: int | None = None) -> str:
+    """``k=v`` pairs; with ``width`` (characters), only the whole pairs that fit, then an ellipsis.
+
+    A pair is never cut in two: ``isolation=DE`` would read as a choice that does not exist.
+    """
     if not isinstance(choices, dict):
         return ""
-    return " ".join(f"{k}={v}" for k, v in choices.items())
+    pairs = [f"{k}={v}" for k, v in choices.items()]
+    if width is None:
+        return " ".join(pairs)
+    kept: list[str] = []
+    for pair in pairs:
+        if len(" ".join([*kept, pair, "…"])) > width:
+            return " ".join([*kept, "…"])
+        kept.append(pair)
+    return " ".join(kept)
+
+
+def _fit(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: max(width - 1, 0)] + "…"
 
 
 def timeline_figure(run: RunData) -> Figure:
@@ -132,9 +149,13 @@ def timeline_figure(run: RunData) -> Figure:
                 [c.x for c in ends], [c.slot - 0.1 for c in ends], marker=shape, s=140,
                 color=STAGE_COLOURS[stage], zorder=5, edgecolors="white", gid=f"end-{stage}",
             )  # fmt: skip
+    # Characters of a 7-point label per epoch of span, from the axes' width (about 10 of the 11 inches).
+    per_epoch = 10.0 / (max(run.total_epochs, 1) + 0.5) / 0.055
     for label in run.labels():
+        width = max(int(max(label.end - label.x, 0.5) * per_epoch), 1)
+        first = _fit(f"{label.seed_id}: {label.blueprint}", width)
         text = ax.text(
-            label.x + 0.05, label.slot + 0.2, f"{label.seed_id}: {label.blueprint}\n{_choice_text(label.choices)}",
+            label.x + 0.05, label.slot + 0.2, f"{first}\n{_choice_text(label.choices, width)}",
             fontsize=7, va="top", ha="left", clip_on=True,
         )  # fmt: skip
         # Each label stays within the epochs its seed occupied, so neighbours never overprint;
