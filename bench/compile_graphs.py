@@ -25,9 +25,9 @@ from torch._dynamo.utils import counters
 
 from bench import fixtures
 from bench.timing import Row, Settings
-from esper_kernel.env import EnvBatch, EnvConfig, MorphoEnv, load_task
-from esper_kernel.hosts import Host
-from esper_kernel.stages import Op
+from esper_kernel.compose.stages import Op
+from esper_kernel.episode.env import EnvBatch, EnvConfig, MorphoEnv, load_task
+from esper_kernel.grow.hosts import Host
 from esper_kernel.tamiyo.policies import RandomPolicy
 
 KEY = "compile"

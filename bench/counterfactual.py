@@ -17,9 +17,9 @@ import statistics
 
 from bench import fixtures
 from bench.timing import Row, Settings, fmt_time, interleaved, median
-from esper_kernel.env import EnvConfig, MorphoEnv, load_task
-from esper_kernel.stages import Stage
-from esper_kernel.training import evaluate
+from esper_kernel.compose.stages import Stage
+from esper_kernel.episode.env import EnvConfig, MorphoEnv, load_task
+from esper_kernel.grow.training import evaluate
 
 KEY = "counterfactual"
 TARGET = 3.0

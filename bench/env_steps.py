@@ -35,9 +35,9 @@ from pathlib import Path
 
 from bench import fixtures
 from bench.timing import Row, Settings, median
-from esper_kernel.discovery import Selection
-from esper_kernel.env import EnvConfig, observation_names
-from esper_kernel.registry import Registry
+from esper_kernel.compose.discovery import Selection
+from esper_kernel.compose.registry import Registry
+from esper_kernel.episode.env import EnvConfig, observation_names
 from esper_kernel.tamiyo.envpool import EnvPool
 from esper_kernel.tamiyo.ppo import PPOPolicy
 from esper_kernel.tamiyo.train import collect_rollout

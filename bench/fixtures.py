@@ -10,13 +10,13 @@ import random
 
 import torch
 
-from esper_kernel.actions import MaskView
-from esper_kernel.discovery import Selection
-from esper_kernel.env import EnvConfig, build_registry
-from esper_kernel.registry import Registry
-from esper_kernel.seeds import SeedState
-from esper_kernel.stages import Stage
-from esper_kernel.telemetry import null_log
+from esper_kernel.compose.actions import MaskView
+from esper_kernel.compose.discovery import Selection
+from esper_kernel.compose.registry import Registry
+from esper_kernel.compose.seeds import SeedState
+from esper_kernel.compose.stages import Stage
+from esper_kernel.episode.env import EnvConfig, build_registry
+from esper_kernel.infra.telemetry import null_log
 
 #: The six built-in levers, named so a third-party lever installed alongside cannot change the figures.
 BUILTIN_LEVERS = ("dwell", "isolation", "lr", "probation", "steepness", "tempo")

@@ -2,7 +2,7 @@
 
 Two pairs, each timed in CPU seconds of this process, sides alternating:
 
-- **wait**: ``esper run --policy wait`` (the kernel's :func:`esper_kernel.run.run`,
+- **wait**: ``esper run --policy wait`` (the kernel's :func:`esper_kernel.commands.run.run`,
   events, checkpoints and summary included) against a hand-written loop over
   the same task data, the same host (built from the same seed), the same
   batches in the same order, SGD with the host's learning rate and momentum,
@@ -34,13 +34,13 @@ from torch import nn
 
 from bench.fixtures import BUILTIN_LEVERS
 from bench.timing import Row, Settings
-from esper_kernel import run as run_module
-from esper_kernel.blueprints import build_seed
-from esper_kernel.config import EnvConfig, RunConfig
-from esper_kernel.env import load_task, make_host
-from esper_kernel.hosts import CNNHost
-from esper_kernel.tasks import TaskData
-from esper_kernel.training import MAX_STEP_NORM, EpochRunner, evaluate, task_loss
+from esper_kernel.commands import run as run_module
+from esper_kernel.data.tasks import TaskData
+from esper_kernel.episode.env import load_task, make_host
+from esper_kernel.grow.blueprints import build_seed
+from esper_kernel.grow.hosts import CNNHost
+from esper_kernel.grow.training import MAX_STEP_NORM, EpochRunner, evaluate, task_loss
+from esper_kernel.settings.config import EnvConfig, RunConfig
 
 KEY = "floor"
 WAIT_TARGET = 1.05

@@ -23,9 +23,9 @@ from typing import Any
 import torch
 
 import esper_kernel
-from esper_kernel import run as esper_run
-from esper_kernel.config import RunConfig
-from esper_kernel.telemetry import read_events
+from esper_kernel.commands import run as esper_run
+from esper_kernel.infra.telemetry import read_events
+from esper_kernel.settings.config import RunConfig
 
 KEYS = ("acc", "ret", "gates", "decisions", "seeds")
 

@@ -20,7 +20,7 @@ import torch
 
 from bench import fixtures
 from bench.timing import median
-from esper_kernel.env import EnvConfig, observation_names
+from esper_kernel.episode.env import EnvConfig, observation_names
 from esper_kernel.tamiyo.envpool import EnvPool
 from esper_kernel.tamiyo.ppo import PPOPolicy
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from esper_kernel.env import EnvConfig, cnn_host_config, load_task
-from esper_kernel.hosts import CNNHost
-from esper_kernel.training import task_loss
+from esper_kernel.episode.env import EnvConfig, cnn_host_config, load_task
+from esper_kernel.grow.hosts import CNNHost
+from esper_kernel.grow.training import task_loss
 
 
 def default_host(seed: int = 0) -> CNNHost:

@@ -13,7 +13,7 @@ import torch
 
 from bench import fixtures, lever_work
 from bench.timing import Row, Settings, calibrate, fmt_time, interleaved, median
-from esper_kernel.env import EnvConfig, MorphoEnv, load_task
+from esper_kernel.episode.env import EnvConfig, MorphoEnv, load_task
 
 KEY = "lever_epoch"
 TARGET = 0.005

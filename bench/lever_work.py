@@ -20,16 +20,16 @@ import attrs
 import torch
 
 from bench import fixtures
-from esper_kernel.actions import N_OPS, Decision, MaskView
-from esper_kernel.env import EnvConfig, cnn_host_config
-from esper_kernel.hosts import build_host
-from esper_kernel.lifecycle import EpochMeasure, Lifecycle, LifecycleConfig
-from esper_kernel.registry import Registry
-from esper_kernel.seeds import SeedState
-from esper_kernel.specs import FieldContext
-from esper_kernel.stages import Op, Stage
-from esper_kernel.tamiyo.sampling import sample
-from esper_kernel.training import EpochResult, compute_fields
+from esper_kernel.compose.actions import N_OPS, Decision, MaskView
+from esper_kernel.compose.registry import Registry
+from esper_kernel.compose.seeds import SeedState
+from esper_kernel.compose.specs import FieldContext
+from esper_kernel.compose.stages import Op, Stage
+from esper_kernel.episode.env import EnvConfig, cnn_host_config
+from esper_kernel.episode.sampling import sample
+from esper_kernel.grow.hosts import build_host
+from esper_kernel.grow.lifecycle import EpochMeasure, Lifecycle, LifecycleConfig
+from esper_kernel.grow.training import EpochResult, compute_fields
 from esper_levers_builtin import dwell, isolation, lr, probation, steepness, tempo
 
 #: The six levers in the registry's order (entry points load sorted by name).

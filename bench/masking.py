@@ -19,9 +19,9 @@ import torch
 
 from bench import policy_rate
 from bench.timing import Row, Settings, fmt_time, interleaved, median, ratio_of
-from esper_kernel.actions import N_OPS
+from esper_kernel.compose.actions import N_OPS
+from esper_kernel.episode.sampling import NEG, gumbel
 from esper_kernel.tamiyo.ppo import PPOPolicy
-from esper_kernel.tamiyo.sampling import NEG, gumbel
 
 KEY = "masking"
 TARGET = 1.2

@@ -1,7 +1,7 @@
 """Figure: policy decisions per second, the fused masked sampler against one Categorical per head.
 
 Candidate: :meth:`PPOPolicy.act_with_value` (trunk forward, then
-:func:`esper_kernel.tamiyo.sampling.sample`: padded logits, one masked
+:func:`esper_kernel.episode.sampling.sample`: padded logits, one masked
 log-softmax, Gumbel-max draws). Baseline: the same forward, then what one
 usually writes: per head, slice its logits, mask them, build a
 ``torch.distributions.Categorical``, sample, and sum log-probs and
@@ -16,10 +16,10 @@ from torch.distributions import Categorical
 
 from bench import fixtures
 from bench.timing import Row, Settings, fmt_time, interleaved, median, ratio_of
-from esper_kernel.actions import ActionSpace
-from esper_kernel.env import EnvConfig, observation_names
+from esper_kernel.compose.actions import ActionSpace
+from esper_kernel.episode.env import EnvConfig, observation_names
+from esper_kernel.episode.sampling import NEG, score
 from esper_kernel.tamiyo.ppo import PPOPolicy
-from esper_kernel.tamiyo.sampling import NEG, score
 
 KEY = "policy"
 TARGET = 5.0

@@ -29,13 +29,13 @@ import attrs
 import torch
 
 from esper_kernel.cli import default_core
-from esper_kernel.discovery import Selection
-from esper_kernel.env import EnvConfig, observation_names
-from esper_kernel.registry import Registry
+from esper_kernel.compose.discovery import Selection
+from esper_kernel.compose.registry import Registry
+from esper_kernel.episode.env import EnvConfig, observation_names
+from esper_kernel.infra.telemetry import null_log
 from esper_kernel.tamiyo.policies import Policy, RandomPolicy
 from esper_kernel.tamiyo.ppo import load_policy
 from esper_kernel.tamiyo.train import evaluate_policy
-from esper_kernel.telemetry import null_log
 
 #: EnvConfig fields settable from the command line, with their types.
 ENV_OPTIONS: dict[str, type] = {

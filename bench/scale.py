@@ -19,11 +19,11 @@ import attrs
 
 from bench.fixtures import BUILTIN_LEVERS
 from bench.timing import Row, Settings
-from esper_kernel.config import EnvConfig
-from esper_kernel.env import MorphoEnv, build_registry, load_task
-from esper_kernel.registry import Selection
-from esper_kernel.tasks import TaskData, make_sequences
-from esper_kernel.telemetry import null_log
+from esper_kernel.compose.registry import Selection
+from esper_kernel.data.tasks import TaskData, make_sequences
+from esper_kernel.episode.env import MorphoEnv, build_registry, load_task
+from esper_kernel.infra.telemetry import null_log
+from esper_kernel.settings.config import EnvConfig
 
 KEY = "scale"
 

@@ -23,8 +23,8 @@ import torch
 from bench import fixtures
 from bench.timing import Row, Settings, fmt_time, median
 from bench.training_seed import HandWiredIncubator
-from esper_kernel.env import EnvConfig, MorphoEnv, load_task
-from esper_kernel.training import evaluate, task_loss
+from esper_kernel.episode.env import EnvConfig, MorphoEnv, load_task
+from esper_kernel.grow.training import evaluate, task_loss
 
 KEY = "seed_epoch"
 TARGET = 1.15

@@ -33,11 +33,11 @@ _CLI = (
 _POOL = """
 import time, sys
 import torch
-from esper_kernel.config import EnvConfig
-from esper_kernel.env import build_registry
-from esper_kernel.registry import Selection
+from esper_kernel.settings.config import EnvConfig
+from esper_kernel.episode.env import build_registry
+from esper_kernel.compose.registry import Selection
 from esper_kernel.tamiyo.envpool import EnvPool
-from esper_kernel.telemetry import null_log
+from esper_kernel.infra.telemetry import null_log
 cfg = EnvConfig(epochs=3, train_size=128, val_size=64) if sys.argv[1] == "quick" else EnvConfig()
 sel = Selection.from_env()
 reg = build_registry(cfg, sel)

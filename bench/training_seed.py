@@ -15,11 +15,11 @@ from torch import nn
 
 from bench import fixtures, host_fixtures
 from bench.timing import Row, Settings, fmt_time, interleaved, median, ratio_of
-from esper_kernel.blueprints import blueprint_names
-from esper_kernel.env import EnvConfig
-from esper_kernel.hosts import CNNHost
-from esper_kernel.lifecycle import Lifecycle, LifecycleConfig
-from esper_kernel.stages import Op, Stage
+from esper_kernel.compose.stages import Op, Stage
+from esper_kernel.episode.env import EnvConfig
+from esper_kernel.grow.blueprints import blueprint_names
+from esper_kernel.grow.hosts import CNNHost
+from esper_kernel.grow.lifecycle import Lifecycle, LifecycleConfig
 
 KEY = "seed"
 TARGET = 1.1

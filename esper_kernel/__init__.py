@@ -10,9 +10,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import pluggy
 
-from esper_kernel.errors import EsperError, MaskError, PluginError, SelectionError
-from esper_kernel.seeds import Knobs, Point, SeedMetrics, SeedState, Timeline
-from esper_kernel.specs import (
+from esper_kernel.compose.seeds import Knobs, Point, SeedMetrics, SeedState, Timeline
+from esper_kernel.compose.specs import (
     CompileSafety,
     FieldContext,
     HeadCondition,
@@ -20,16 +19,17 @@ from esper_kernel.specs import (
     Safety,
     TelemetryField,
 )
-from esper_kernel.stages import Op, Stage
+from esper_kernel.compose.stages import Op, Stage
+from esper_kernel.infra.errors import EsperError, MaskError, PluginError, SelectionError
 
 if TYPE_CHECKING:
-    from esper_kernel.actions import MaskView
+    from esper_kernel.compose.actions import MaskView
 
 
 def __getattr__(name: str) -> Any:
     # MaskView holds tensors, so importing it imports torch; `esper --help` must not pay for that.
     if name == "MaskView":
-        from esper_kernel.actions import MaskView
+        from esper_kernel.compose.actions import MaskView
 
         return MaskView
     raise AttributeError(f"module 'esper_kernel' has no attribute {name!r}")

@@ -1,8 +1,8 @@
 """The builtin tasks, registered as ``esper.tasks`` entry points by the esper-kernel distribution.
 
 Importing this module imports no torch and builds nothing: each task's data and
-host are built by functions that import :mod:`esper_kernel.tasks` and
-:mod:`esper_kernel.hosts` only when a run asks for that task. ``docs/tasks.md``
+host are built by functions that import :mod:`esper_kernel.data.tasks` and
+:mod:`esper_kernel.grow.hosts` only when a run asks for that task. ``docs/tasks.md``
 states, per task, why its starting host is growth-ready.
 """
 
@@ -11,16 +11,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from esper_kernel.taskplugins import HostShape, Task
+from esper_kernel.data.taskplugins import HostShape, Task
 
 if TYPE_CHECKING:
-    from esper_kernel.hosts import Host
-    from esper_kernel.tasks import TaskData
+    from esper_kernel.data.tasks import TaskData
+    from esper_kernel.grow.hosts import Host
 
 
 def _cnn(layout: dict[str, Any]) -> Any:
     def host(shape: HostShape, slots: int, width: int | None) -> Host:
-        from esper_kernel.hosts import CNNHostConfig, build_host
+        from esper_kernel.grow.hosts import CNNHostConfig, build_host
 
         cfg = {**layout, **({} if width is None else {"width": width})}
         return build_host(
@@ -32,7 +32,7 @@ def _cnn(layout: dict[str, Any]) -> Any:
 
 def _cnn1d(layout: dict[str, Any]) -> Any:
     def host(shape: HostShape, slots: int, width: int | None) -> Host:
-        from esper_kernel.hosts import CNN1DHostConfig, build_host
+        from esper_kernel.grow.hosts import CNN1DHostConfig, build_host
 
         cfg = {**layout, **({} if width is None else {"width": width})}
         return build_host(
@@ -44,7 +44,7 @@ def _cnn1d(layout: dict[str, Any]) -> Any:
 
 def _transformer(dim: int, heads: int = 4) -> Any:
     def host(shape: HostShape, slots: int, width: int | None) -> Host:
-        from esper_kernel.hosts import TransformerHostConfig, build_host
+        from esper_kernel.grow.hosts import TransformerHostConfig, build_host
 
         d = dim if width is None else width
         # Any width is a legal control: take the most heads (up to the task's) that divide it.
@@ -60,40 +60,40 @@ def _transformer(dim: int, heads: int = 4) -> Any:
 
 
 def _pairs(seed: int, data_dir: Path | None, **sizes: Any) -> TaskData:
-    from esper_kernel.tasks import make_pairs
+    from esper_kernel.data.tasks import make_pairs
 
     return make_pairs(seed, **sizes)
 
 
 def _shapes(seed: int, data_dir: Path | None, **sizes: Any) -> TaskData:
-    from esper_kernel.tasks import make_shapes
+    from esper_kernel.data.tasks import make_shapes
 
     # 1024/512 is what every run trained on before tasks were plugins (make_shapes' own is 2048).
     return make_shapes(seed, **{"n_train": 1024, "n_val": 512, **sizes})
 
 
 def _sequences(seed: int, data_dir: Path | None, **sizes: Any) -> TaskData:
-    from esper_kernel.tasks import make_sequences
+    from esper_kernel.data.tasks import make_sequences
 
     return make_sequences(seed, **{"n_train": 1024, "n_val": 512, **sizes})
 
 
 def _cifar10(seed: int, data_dir: Path | None, **sizes: Any) -> TaskData:
-    from esper_kernel.tasks import load_cifar10
+    from esper_kernel.data.tasks import load_cifar10
 
     assert data_dir is not None  # build_data checks this first
     return load_cifar10(data_dir, **sizes)
 
 
 def _text(seed: int, data_dir: Path | None, **sizes: Any) -> TaskData:
-    from esper_kernel.tasks import load_text
+    from esper_kernel.data.tasks import load_text
 
     assert data_dir is not None  # build_data checks this first
     return load_text(data_dir, **sizes)
 
 
 def _mnist1d(seed: int, data_dir: Path | None, **sizes: Any) -> TaskData:
-    from esper_kernel.tasks import load_mnist1d
+    from esper_kernel.data.tasks import load_mnist1d
 
     return load_mnist1d(**sizes)
 

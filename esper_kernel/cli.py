@@ -6,12 +6,12 @@ command loads levers with ``Registry.open(default_core(), Selection.from_env(...
 which honours ``--levers`` and the ``ESPER_*`` environment variables exactly
 as a run does, so what ``esper levers list`` shows is what a run would load.
 
-Errors Esper raises on purpose (:class:`~esper_kernel.errors.EsperError`)
+Errors Esper raises on purpose (:class:`~esper_kernel.infra.errors.EsperError`)
 are printed as one line on stderr with exit status 2, never as a traceback:
 they are the user's or a plugin author's to fix, not a crash.
 
 The training commands (``run``, ``train``, ``eval``, ``sweep``) only declare
-their flags here and hand them to :mod:`esper_kernel.session`, the layer they
+their flags here and hand them to :mod:`esper_kernel.commands.session`, the layer they
 share; the levers report they print is :mod:`esper_kernel.report.levers`.
 """
 
@@ -26,18 +26,19 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 from rich.console import Console
 
-from esper_kernel import config, settings
-from esper_kernel.errors import EsperError, PluginError, SelectionError, Terminated
+from esper_kernel.infra.errors import EsperError, PluginError, SelectionError, Terminated
 from esper_kernel.report.levers import LEVERS_SCHEMA as LEVERS_SCHEMA
 from esper_kernel.report.levers import LeversReport, failure_record, failures_panel, levers_report, render
 from esper_kernel.report.levers import dash as _dash
+from esper_kernel.settings import config
+from esper_kernel.settings import declare as settings
 
 if TYPE_CHECKING:
     # The registry composes heads with torch; importing it here would make
     # `esper --help` and `esper report` pay for torch (seconds) on every start.
-    from esper_kernel.core import CoreHeads
-    from esper_kernel.discovery import Selection
-    from esper_kernel.registry import Registry
+    from esper_kernel.compose.core import CoreHeads
+    from esper_kernel.compose.discovery import Selection
+    from esper_kernel.compose.registry import Registry
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -49,8 +50,8 @@ DEFAULT_SLOTS = 3
 
 def default_core(topology: str = DEFAULT_TOPOLOGY, n_slots: int = DEFAULT_SLOTS) -> CoreHeads:
     """The kernel's own heads for ``topology``, with every blueprint it has."""
-    from esper_kernel.core import CoreHeads
-    from esper_kernel.names import BLUEPRINTS
+    from esper_kernel.compose.core import CoreHeads
+    from esper_kernel.compose.names import BLUEPRINTS
 
     if topology not in BLUEPRINTS:
         raise EsperError(f"unknown topology {topology!r}; known topologies: {', '.join(BLUEPRINTS)}")
@@ -143,8 +144,8 @@ def list_levers(as_json: bool, only: str | None) -> None:
     For each lever: its distribution, entry point, heads, telemetry fields,
     compile safety, hooks and relations to other levers.
     """
-    from esper_kernel.discovery import Selection
-    from esper_kernel.registry import Registry
+    from esper_kernel.compose.discovery import Selection
+    from esper_kernel.compose.registry import Registry
 
     selection = Selection.from_env(levers=only)
     # The listing is how a user finds what is broken, so it always lists; strict mode then fails it.
@@ -154,7 +155,7 @@ def list_levers(as_json: bool, only: str | None) -> None:
 
 
 def _strict_failures(reg: Registry, selection: Selection) -> None:
-    from esper_kernel.discovery import ENV_STRICT
+    from esper_kernel.compose.discovery import ENV_STRICT
 
     if selection.strict and reg.failures:
         names = ", ".join(f"{f.name!r} ({f.distribution})" for f in reg.failures)
@@ -166,8 +167,8 @@ def _strict_failures(reg: Registry, selection: Selection) -> None:
 @click.option("--json", "as_json", is_flag=True, help=_JSON_HELP)
 def show_lever(name: str, as_json: bool) -> None:
     """Show one active lever in full."""
-    from esper_kernel.discovery import Selection
-    from esper_kernel.registry import Registry
+    from esper_kernel.compose.discovery import Selection
+    from esper_kernel.compose.registry import Registry
 
     selection = Selection.from_env()
     reg = Registry.open(default_core(), selection, listing=True)
@@ -199,8 +200,8 @@ def show_lever(name: str, as_json: bool) -> None:
 )
 def new_lever(name: str, parent: Path) -> None:
     """Create esper-lever-NAME/: a working lever, its pyproject.toml and contract tests."""
-    from esper_kernel.discovery import kernel_version
-    from esper_kernel.scaffold import scaffold
+    from esper_kernel.commands.scaffold import scaffold
+    from esper_kernel.compose.discovery import kernel_version
 
     root = scaffold(name, parent, kernel_version())
     click.echo(f"created {root}; next: pip install -e {root} && pytest {root / 'tests'}")
@@ -225,7 +226,7 @@ def list_tasks_command(as_json: bool) -> None:
     """
     import json
 
-    from esper_kernel.taskplugins import ENV_STRICT, list_tasks, strict_mode
+    from esper_kernel.data.taskplugins import ENV_STRICT, list_tasks, strict_mode
 
     listing = list_tasks()
     if as_json:
@@ -278,7 +279,7 @@ def runtime_options(*, tensorboard: bool = True) -> Callable[[F], F]:
 
 
 def _settings(command: settings.Command) -> Callable[[F], F]:
-    """Every setting ``command`` takes, as declared once on the config classes (esper_kernel.settings)."""
+    """Every setting ``command`` takes, as declared once on the config classes (esper_kernel.settings.declare)."""
     return settings.options(command, config.SETTINGS_OF[command])
 
 
@@ -299,7 +300,7 @@ def run_command(**flags: Any) -> None:
     `esper report OUT` draws them. An OUT that already holds a run is refused
     unless --overwrite (or --resume OUT).
     """
-    from esper_kernel import session
+    from esper_kernel.commands import session
 
     session.esper_run(session.RunFlags.split(flags))
 
@@ -335,7 +336,7 @@ def train(**flags: Any) -> None:
     quick run. Flags override a --config file's values.
     """
     # Imported here so ``esper levers`` does not pay for the training stack.
-    from esper_kernel import session
+    from esper_kernel.commands import session
 
     session.esper_train(session.TrainFlags.split(flags))
 
@@ -382,7 +383,7 @@ def sweep_command(**flags: Any) -> None:
     set's `wait` control; OUT/sweep.json (schema esper.eval/1) and OUT/sweep.md
     hold the table `esper eval` prints.
     """
-    from esper_kernel import session
+    from esper_kernel.commands import session
 
     session.esper_sweep(session.SweepFlags.split(flags))
 
@@ -479,7 +480,7 @@ def eval_command(**flags: Any) -> None:
     `wait` control by default): mean difference and 95% confidence interval
     of final accuracy, return and parameters. Schema in docs/eval.md.
     """
-    from esper_kernel import session
+    from esper_kernel.commands import session
 
     session.esper_eval(session.EvalFlags.split(flags))
 
@@ -508,7 +509,7 @@ def frontier_command(**flags: Any) -> None:
     architecture each growing run ended with, trained from epoch 0, paired by
     seed. Schema esper.frontier/1 in docs/growth.md.
     """
-    from esper_kernel import session
+    from esper_kernel.commands import session
 
     session.esper_frontier(flags)
 

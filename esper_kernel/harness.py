@@ -21,19 +21,19 @@ from typing import Any
 import attrs
 import torch
 
-from esper_kernel.actions import Decision, MaskView
-from esper_kernel.blueprints import blueprint_names
-from esper_kernel.core import CoreHeads
-from esper_kernel.discovery import LeverInfo, Selection, installed_entry_points
-from esper_kernel.hosts import CNNHostConfig, build_host
-from esper_kernel.lifecycle import EpochMeasure, Lifecycle, LifecycleConfig, SlotMeasure
-from esper_kernel.names import CORE_HEADS
-from esper_kernel.registry import ComposedField, Registry
-from esper_kernel.seeds import SeedState
-from esper_kernel.specs import CompileSafety, HeadSpec
-from esper_kernel.stages import LIVE_STAGES, Stage
-from esper_kernel.telemetry import null_log
-from esper_kernel.training import HostOptimizer
+from esper_kernel.compose.actions import Decision, MaskView
+from esper_kernel.compose.core import CoreHeads
+from esper_kernel.compose.discovery import LeverInfo, Selection, installed_entry_points
+from esper_kernel.compose.names import CORE_HEADS
+from esper_kernel.compose.registry import ComposedField, Registry
+from esper_kernel.compose.seeds import SeedState
+from esper_kernel.compose.specs import CompileSafety, HeadSpec
+from esper_kernel.compose.stages import LIVE_STAGES, Stage
+from esper_kernel.grow.blueprints import blueprint_names
+from esper_kernel.grow.hosts import CNNHostConfig, build_host
+from esper_kernel.grow.lifecycle import EpochMeasure, Lifecycle, LifecycleConfig, SlotMeasure
+from esper_kernel.grow.training import HostOptimizer
+from esper_kernel.infra.telemetry import null_log
 
 __all__ = [
     "MAX_EPOCHS",
@@ -223,7 +223,7 @@ def _random_metrics(seed: SeedState, rng: random.Random, epochs: int) -> None:
 
 
 class Harness:
-    """A :class:`~esper_kernel.lifecycle.Lifecycle` on a tiny CNN host, driven by hand.
+    """A :class:`~esper_kernel.grow.lifecycle.Lifecycle` on a tiny CNN host, driven by hand.
 
     ``germinate`` takes head choices by name; ``end_epoch`` hands the lifecycle
     a fabricated measurement for every live slot, so gates can be driven

@@ -16,12 +16,12 @@ import contextlib
 import torch
 import torch._dynamo
 
-import esper_kernel.env
+import esper_kernel.episode.env
 import esper_kernel.tamiyo.ppo
-from esper_kernel.discovery import ENTRY_POINT_GROUP, installed_entry_points
-from esper_kernel.taskplugins import TASK_GROUP
+from esper_kernel.compose.discovery import ENTRY_POINT_GROUP, installed_entry_points
+from esper_kernel.data.taskplugins import TASK_GROUP
 
-del torch, esper_kernel.env
+del torch, esper_kernel.episode.env
 
 for _group in (ENTRY_POINT_GROUP, TASK_GROUP):
     for _ep in installed_entry_points(_group):

@@ -48,10 +48,12 @@ from typing import ClassVar
 import pytest
 import torch
 
-from esper_kernel.actions import N_OPS
-from esper_kernel.checkpoint import FORMAT, load, save_atomic
-from esper_kernel.discovery import installed_entry_points
-from esper_kernel.errors import PluginError
+from esper_kernel.compose.actions import N_OPS
+from esper_kernel.compose.discovery import installed_entry_points
+from esper_kernel.compose.registry import Registry, check_compile_safety
+from esper_kernel.compose.seeds import SeedState
+from esper_kernel.compose.specs import FieldContext, Safety
+from esper_kernel.compose.stages import LIVE_STAGES, TRANSITIONS, Op, Stage
 from esper_kernel.harness import (
     _STAGE_PATH,
     MAX_EPOCHS,
@@ -63,10 +65,8 @@ from esper_kernel.harness import (
     random_view,
     seed_in_stage,
 )
-from esper_kernel.registry import Registry, check_compile_safety
-from esper_kernel.seeds import SeedState
-from esper_kernel.specs import FieldContext, Safety
-from esper_kernel.stages import LIVE_STAGES, TRANSITIONS, Op, Stage
+from esper_kernel.infra.checkpoint import FORMAT, load, save_atomic
+from esper_kernel.infra.errors import PluginError
 
 __all__ = [
     "CountingBackend",

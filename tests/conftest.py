@@ -23,12 +23,12 @@ import attrs
 import pytest
 import torch
 
-from esper_kernel.actions import MaskView
-from esper_kernel.core import CoreHeads
-from esper_kernel.discovery import ENTRY_POINT_GROUP, LoadResult, Selection, load_levers
-from esper_kernel.registry import Registry
-from esper_kernel.seeds import SeedState
-from esper_kernel.stages import Stage
+from esper_kernel.compose.actions import MaskView
+from esper_kernel.compose.core import CoreHeads
+from esper_kernel.compose.discovery import ENTRY_POINT_GROUP, LoadResult, Selection, load_levers
+from esper_kernel.compose.registry import Registry
+from esper_kernel.compose.seeds import SeedState
+from esper_kernel.compose.stages import Stage
 
 #: Blueprint names for tests' core heads: fixed, so tests do not depend on the blueprint catalogue.
 TEST_BLUEPRINTS = ("conv_small", "attention", "norm")

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from esper_kernel.blueprints import (
+from esper_kernel.grow.blueprints import (
     Blueprint,
     UnknownBlueprintError,
     blueprint_names,

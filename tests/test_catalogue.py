@@ -9,10 +9,10 @@ import pytest
 from click.testing import CliRunner, Result
 
 from esper_kernel.cli import main
-from esper_kernel.env import EnvConfig
-from esper_kernel.errors import EsperError
-from esper_kernel.evaluate import evaluate
-from esper_kernel.run import SUMMARY
+from esper_kernel.commands.evaluate import evaluate
+from esper_kernel.commands.run import SUMMARY
+from esper_kernel.episode.env import EnvConfig
+from esper_kernel.infra.errors import EsperError
 from esper_kernel.tamiyo import catalogue
 from esper_kernel.tamiyo.catalogue import KINDS, PolicyKind, PolicySpec, parse_policy, register
 from esper_kernel.tamiyo.policies import WaitPolicy

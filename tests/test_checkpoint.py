@@ -12,9 +12,9 @@ import pytest
 import torch
 from conftest import LeverDists
 
-from esper_kernel.checkpoint import FORMAT, CheckpointError, load, save_atomic
-from esper_kernel.config import RunConfig, with_overrides
-from esper_kernel.run import CHECKPOINT, run
+from esper_kernel.commands.run import CHECKPOINT, run
+from esper_kernel.infra.checkpoint import FORMAT, CheckpointError, load, save_atomic
+from esper_kernel.settings.config import RunConfig, with_overrides
 
 
 class Smuggled:

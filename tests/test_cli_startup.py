@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from conftest import CliRunner, LeverDists
 
-from esper_kernel.telemetry import read_events
+from esper_kernel.infra.telemetry import read_events
 
 TINY = """
 [env]

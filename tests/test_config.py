@@ -12,7 +12,8 @@ import pytest
 from click.testing import CliRunner
 
 from esper_kernel.cli import main
-from esper_kernel.config import (
+from esper_kernel.episode.env import EnvConfig
+from esper_kernel.settings.config import (
     ConfigError,
     RunConfig,
     load_config,
@@ -20,7 +21,6 @@ from esper_kernel.config import (
     unstructure_config,
     with_overrides,
 )
-from esper_kernel.env import EnvConfig
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "config.md"
 

@@ -12,13 +12,13 @@ import pytest
 import torch
 from click.testing import CliRunner as ClickRunner
 
-from esper_kernel import checkpoint
 from esper_kernel.cli import main
-from esper_kernel.config import RunConfig, structure_config
-from esper_kernel.devices import DeviceError, resolve_device
-from esper_kernel.discovery import Selection
-from esper_kernel.env import EnvConfig, MorphoEnv, build_registry, load_task
-from esper_kernel.telemetry import null_log
+from esper_kernel.compose.discovery import Selection
+from esper_kernel.episode.env import EnvConfig, MorphoEnv, build_registry, load_task
+from esper_kernel.infra import checkpoint
+from esper_kernel.infra.devices import DeviceError, resolve_device
+from esper_kernel.infra.telemetry import null_log
+from esper_kernel.settings.config import RunConfig, structure_config
 
 TINY = EnvConfig(epochs=2, train_size=64, val_size=32, batch_size=32)
 NO_CUDA = not torch.cuda.is_available()

@@ -6,12 +6,12 @@ import pytest
 import torch
 from conftest import LeverDists
 
-from esper_kernel.discovery import Selection
-from esper_kernel.env import EnvConfig, MorphoEnv, build_registry, load_task, observation_names
-from esper_kernel.registry import Registry
-from esper_kernel.stages import Stage
-from esper_kernel.tasks import TaskData
-from esper_kernel.telemetry import Telemetry
+from esper_kernel.compose.discovery import Selection
+from esper_kernel.compose.registry import Registry
+from esper_kernel.compose.stages import Stage
+from esper_kernel.data.tasks import TaskData
+from esper_kernel.episode.env import EnvConfig, MorphoEnv, build_registry, load_task, observation_names
+from esper_kernel.infra.telemetry import Telemetry
 
 CONFIG = EnvConfig(epochs=6, slots=3, train_size=32, val_size=16, batch_size=16)
 

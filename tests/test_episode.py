@@ -5,13 +5,13 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-from esper_kernel.config import converter
-from esper_kernel.env import EnvBatch, EnvConfig, MorphoEnv, build_registry, load_task
-from esper_kernel.episode import Observer, Step, play_batch
-from esper_kernel.evaluate import EvalJob, PolicySpec, play_episode
+from esper_kernel.commands.evaluate import EvalJob, PolicySpec, play_episode
+from esper_kernel.episode.env import EnvBatch, EnvConfig, MorphoEnv, build_registry, load_task
+from esper_kernel.episode.loop import Observer, Step, play_batch
+from esper_kernel.infra.telemetry import null_log
+from esper_kernel.settings.config import converter
 from esper_kernel.tamiyo.policies import RandomPolicy
 from esper_kernel.tamiyo.train import evaluate_policy
-from esper_kernel.telemetry import null_log
 
 TINY = EnvConfig(epochs=4, train_size=48, val_size=24, batch_size=16)
 KERNEL = Path(__file__).resolve().parents[1] / "esper_kernel"
@@ -71,4 +71,4 @@ def test_outside_the_worker_rollout_no_module_steps_envs_in_a_loop_of_its_own() 
                 body = ast.unparse(node)
                 if ("act(" in body or "act_with_value(" in body) and ".step(" in body:
                     loops.append(f"{path.relative_to(KERNEL)}:{node.lineno}")
-    assert [p.split(":")[0] for p in loops] == ["episode.py"]
+    assert [p.split(":")[0] for p in loops] == ["episode/loop.py"]

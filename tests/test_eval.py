@@ -11,10 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from esper_kernel.cli import main
-from esper_kernel.discovery import Selection
-from esper_kernel.env import EnvBatch, EnvConfig, MorphoEnv, build_registry, load_task
-from esper_kernel.errors import EsperError
-from esper_kernel.evaluate import (
+from esper_kernel.commands.evaluate import (
     EVAL_SCHEMA,
     EvalJob,
     PolicySpec,
@@ -26,16 +23,19 @@ from esper_kernel.evaluate import (
     static_width,
     write_outputs,
 )
-from esper_kernel.stages import Op
+from esper_kernel.compose.discovery import Selection
+from esper_kernel.compose.stages import Op
+from esper_kernel.episode.env import EnvBatch, EnvConfig, MorphoEnv, build_registry, load_task
+from esper_kernel.infra.errors import EsperError
+from esper_kernel.infra.telemetry import null_log
 from esper_kernel.tamiyo.policies import ForcedPolicy, RandomPolicy
-from esper_kernel.telemetry import null_log
 
 TINY = EnvConfig(epochs=4, train_size=48, val_size=24, batch_size=16)
 TINY_DATA = {"epochs": 4, "train_size": 48, "val_size": 24, "batch_size": 16}
 
 
 def test_two_evals_of_the_same_policy_and_seed_are_identical() -> None:
-    from esper_kernel.config import converter
+    from esper_kernel.settings.config import converter
 
     job = EvalJob(converter.unstructure(TINY), PolicySpec("random"), seed=3, levers=None)
     a, b = play_episode(job), play_episode(job)
@@ -167,7 +167,7 @@ def test_esper_eval_effects_adds_each_levers_extremes_and_writes_the_table(tmp_p
 
 
 def test_lever_effect_table_pairs_extremes_and_reports_legality() -> None:
-    from esper_kernel.evaluate import lever_effects, render_effects
+    from esper_kernel.commands.evaluate import lever_effects, render_effects
 
     specs = [parse_policy(p) for p in ("heuristic", "heuristic+lr=CAUTIOUS", "heuristic+lr=AGGRESSIVE")]
     doc = evaluate(TINY, specs, [0, 1], reference="heuristic")
@@ -184,7 +184,7 @@ def test_lever_effect_table_pairs_extremes_and_reports_legality() -> None:
 def test_an_interrupted_eval_keeps_its_episodes_and_resumes_where_it_stopped(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import esper_kernel.evaluate as ev
+    import esper_kernel.commands.evaluate as ev
 
     journal = tmp_path / "episodes.jsonl"
     specs = [PolicySpec("wait"), PolicySpec("random")]
@@ -223,7 +223,7 @@ def test_greedy_prefix_names_its_own_row_and_is_refused_where_it_means_nothing()
 
 
 def test_a_greedy_policy_file_repeats_itself_in_its_own_row(tmp_path: Path) -> None:
-    from esper_kernel.env import build_registry, observation_names
+    from esper_kernel.episode.env import build_registry, observation_names
     from esper_kernel.tamiyo.ppo import PPOPolicy, save_policy
 
     reg = build_registry(TINY)
@@ -241,7 +241,7 @@ def test_a_greedy_policy_file_repeats_itself_in_its_own_row(tmp_path: Path) -> N
 
 
 def test_esper_eval_attribution_holds_each_lever_at_its_default_and_writes_the_table(tmp_path: Path) -> None:
-    from esper_kernel.env import build_registry, observation_names
+    from esper_kernel.episode.env import build_registry, observation_names
     from esper_kernel.tamiyo.ppo import PPOPolicy, save_policy
 
     env = {"ESPER_LEVERS": "lr,tempo"}
@@ -259,7 +259,7 @@ def test_esper_eval_attribution_holds_each_lever_at_its_default_and_writes_the_t
     rows = {p["name"]: p for p in doc["policies"]}
     free = [r["return"] for r in rows[f"greedy:{path}"]["per_seed"]]
     held = [r["return"] for r in rows[f"greedy:{path}+lr=STANDARD"]["per_seed"]]
-    from esper_kernel.evaluate import lever_attribution
+    from esper_kernel.commands.evaluate import lever_attribution
 
     lr = next(a for a in lever_attribution(doc, f"greedy:{path}") if a["head"] == "lr")
     assert lr["return"]["mean"] == pytest.approx(sum(a - b for a, b in zip(free, held, strict=True)) / 2)

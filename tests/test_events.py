@@ -12,11 +12,11 @@ from typing import Any
 import pytest
 from conftest import LeverDists
 
-from esper_kernel.config import RunConfig, with_overrides
-from esper_kernel.discovery import Selection
-from esper_kernel.env import build_registry
-from esper_kernel.registry import Registry
-from esper_kernel.run import EVENTS, run
+from esper_kernel.commands.run import EVENTS, run
+from esper_kernel.compose.discovery import Selection
+from esper_kernel.compose.registry import Registry
+from esper_kernel.episode.env import build_registry
+from esper_kernel.settings.config import RunConfig, with_overrides
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "telemetry.md"
 COMMON = ("event", "run_id", "env", "episode", "epoch")

@@ -7,8 +7,8 @@ from typing import BinaryIO
 
 import pytest
 
-from esper_kernel.checkpoint import FORMAT, load, save_atomic
-from esper_kernel.files import write_atomic, write_text_atomic
+from esper_kernel.infra.checkpoint import FORMAT, load, save_atomic
+from esper_kernel.infra.files import write_atomic, write_text_atomic
 
 
 def _plain_mode(tmp_path: Path) -> int:

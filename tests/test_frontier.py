@@ -8,12 +8,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from esper_kernel.blueprints import build_seed, param_count
-from esper_kernel.env import EnvConfig, MorphoEnv, build_registry, load_task
-from esper_kernel.flops import forward_flops
-from esper_kernel.frontier import FRONTIER_SCHEMA, frontier, write_outputs
-from esper_kernel.hosts import CNN1DHost, CNN1DHostConfig
-from esper_kernel.telemetry import null_log
+from esper_kernel.commands.frontier import FRONTIER_SCHEMA, frontier, write_outputs
+from esper_kernel.episode.env import EnvConfig, MorphoEnv, build_registry, load_task
+from esper_kernel.grow.blueprints import build_seed, param_count
+from esper_kernel.grow.flops import forward_flops
+from esper_kernel.grow.hosts import CNN1DHost, CNN1DHostConfig
+from esper_kernel.infra.telemetry import null_log
 
 SMALL = EnvConfig(task="pairs", epochs=2, train_size=64, val_size=32)
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import attrs
 import torch
 
-from esper_kernel.env import EnvConfig, cnn_host_config
-from esper_kernel.hosts import CNNHost
-from esper_kernel.tasks import PAIR_OFFSETS, TaskData, get_task, make_pairs
+from esper_kernel.data.tasks import PAIR_OFFSETS, TaskData, get_task, make_pairs
+from esper_kernel.episode.env import EnvConfig, cnn_host_config
+from esper_kernel.grow.hosts import CNNHost
 
 
 def test_pairs_is_deterministic_by_seed_and_differs_across_seeds() -> None:

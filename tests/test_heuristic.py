@@ -6,16 +6,16 @@ import pytest
 import torch
 from conftest import LeverDists
 
-from esper_kernel.actions import Decision
-from esper_kernel.discovery import Selection
-from esper_kernel.env import EnvBatch, EnvConfig, MorphoEnv, build_registry, load_task
-from esper_kernel.registry import Registry
-from esper_kernel.seeds import SeedState
-from esper_kernel.stages import Op, Stage
+from esper_kernel.compose.actions import Decision
+from esper_kernel.compose.discovery import Selection
+from esper_kernel.compose.registry import Registry
+from esper_kernel.compose.seeds import SeedState
+from esper_kernel.compose.stages import Op, Stage
+from esper_kernel.data.tasks import TaskData
+from esper_kernel.episode.env import EnvBatch, EnvConfig, MorphoEnv, build_registry, load_task
+from esper_kernel.episode.sampling import Sampled
+from esper_kernel.infra.telemetry import Telemetry
 from esper_kernel.tamiyo.policies import HeuristicPolicy
-from esper_kernel.tamiyo.sampling import Sampled
-from esper_kernel.tasks import TaskData
-from esper_kernel.telemetry import Telemetry
 
 CONFIG = EnvConfig(epochs=20, slots=3, train_size=32, val_size=16, batch_size=16)
 

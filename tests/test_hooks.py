@@ -13,20 +13,18 @@ import pytest
 import torch
 from conftest import LeverDists, make_seed, make_view
 
-from esper_kernel import hookspecs
-from esper_kernel.discovery import Selection
-from esper_kernel.errors import PluginError
-from esper_kernel.specs import UNDECLARED_SAFETY, FieldContext, Safety
-from esper_kernel.stages import Op, Stage
+from esper_kernel.compose import hookspecs
+from esper_kernel.compose.discovery import Selection
+from esper_kernel.compose.specs import UNDECLARED_SAFETY, FieldContext, Safety
+from esper_kernel.compose.stages import Op, Stage
+from esper_kernel.infra.errors import PluginError
 from esper_kernel.testing import Harness
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "hooks.md"
 
 IMPORTS = """
 import torch
-from esper_kernel import (
-    CompileSafety, HeadCondition, HeadSpec, Op, Safety, Stage, TelemetryField, hookimpl,
-)
+from esper_kernel import CompileSafety, HeadCondition, HeadSpec, Op, Safety, Stage, TelemetryField, hookimpl
 """
 
 

@@ -10,8 +10,8 @@ import torch
 import torch._dynamo
 from torch import nn
 
-from esper_kernel.blueprints import build_seed, param_count
-from esper_kernel.hosts import (
+from esper_kernel.grow.blueprints import build_seed, param_count
+from esper_kernel.grow.hosts import (
     CNNHost,
     CNNHostConfig,
     Host,
@@ -19,7 +19,7 @@ from esper_kernel.hosts import (
     TransformerHostConfig,
     build_host,
 )
-from esper_kernel.slots import SeedSlot
+from esper_kernel.grow.slots import SeedSlot
 
 CNN_CFG = CNNHostConfig(width=8, blocks=2)
 TF_CFG = TransformerHostConfig(vocab_size=16, dim=32, heads=2, layers=2, max_len=8)

@@ -79,7 +79,12 @@ def _reaches(graph: dict[str, tuple[set[str], set[str]]], start: str) -> set[str
 
 def test_the_named_upward_edges_are_gone() -> None:
     graph = import_graph()
-    for low, high in (("config", "env"), ("testing", "run"), ("lifecycle", "registry"), ("lifecycle", "training")):
+    for low, high in (
+        ("settings.config", "episode.env"),
+        ("testing", "commands.run"),
+        ("grow.lifecycle", "compose.registry"),
+        ("grow.lifecycle", "grow.training"),
+    ):
         assert high not in set.union(*graph[low]), f"{low} imports {high}"
         assert high not in _reaches(graph, low), f"{low} reaches {high} through other modules"
 
@@ -89,14 +94,22 @@ def test_the_kernel_imports_in_layers_without_a_cycle() -> None:
     cycles = sorted(m for m in graph if m in _reaches(graph, m))
     assert cycles == [], f"modules importing themselves through others: {cycles}"
     # Config and data at the bottom: they import nothing that runs episodes.
-    for low in ("config", "tasks", "files", "stages", "errors"):
-        assert not _reaches(graph, low) & {"env", "lifecycle", "training", "registry", "run", "session"}, low
+    for low in ("settings.config", "data.tasks", "infra.files", "compose.stages", "infra.errors"):
+        above = {
+            "episode.env",
+            "grow.lifecycle",
+            "grow.training",
+            "compose.registry",
+            "commands.run",
+            "commands.session",
+        }
+        assert not _reaches(graph, low) & above, low
     # The session layer is on top: only the CLI imports it.
-    assert [m for m, (top, inner) in graph.items() if "session" in top | inner] == ["cli"]
+    assert [m for m, (top, inner) in graph.items() if "commands.session" in top | inner] == ["cli"]
 
 
 def test_the_lifecycle_owns_no_optimizer() -> None:
-    source = (KERNEL / "lifecycle.py").read_text(encoding="utf-8")
+    source = (KERNEL / "grow" / "lifecycle.py").read_text(encoding="utf-8")
     assert "torch.optim" not in source and "param_group" not in source
 
 
@@ -110,6 +123,25 @@ def test_no_kernel_function_is_over_sixty_lines() -> None:
                 if length > 60:
                     long.append(f"{path.relative_to(KERNEL.parent)}:{node.lineno} {node.name} ({length} lines)")
     assert not long, long
+
+
+def test_every_layer_package_is_explained_in_the_architecture_doc(tmp_path: Path) -> None:
+    import runpy
+    import tomllib
+
+    root = KERNEL.parent
+    config = tomllib.loads((root / "pyproject.toml").read_text(encoding="utf-8"))
+    (contract,) = [c for c in config["tool"]["importlinter"]["contracts"] if c["type"] == "layers"]
+    packages = {p.name for p in KERNEL.iterdir() if (p / "__init__.py").exists()}
+    layered = {layer.removeprefix("esper_kernel.") for layer in contract["layers"]}
+    assert packages <= layered, f"packages outside the layers contract: {packages - layered}"
+    doc = (root / "docs" / "architecture.md").read_text(encoding="utf-8")
+    for name in layered:
+        assert f"**`{name}" in doc, f"docs/architecture.md has no paragraph on {name}"
+    # The picture is drawn from the code by the command the doc names.
+    out = tmp_path / "layers.png"
+    runpy.run_path(str(root / "docs" / "architecture.py"))["draw"](out)
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 if __name__ == "__main__":

@@ -28,19 +28,19 @@ import torch
 import torch._dynamo
 
 import esper_kernel
-from esper_kernel.actions import MaskView
-from esper_kernel.blueprints import blueprint_names
-from esper_kernel.core import CoreHeads
-from esper_kernel.discovery import Selection, load_levers
-from esper_kernel.hosts import CNNHost, CNNHostConfig, Host, TransformerHost, TransformerHostConfig
-from esper_kernel.lifecycle import EpochMeasure, Lifecycle, LifecycleConfig, SlotMeasure
-from esper_kernel.registry import Registry
-from esper_kernel.seeds import Knobs, SeedState, default_dwell
-from esper_kernel.slots import alpha_linear, alpha_sigmoid
-from esper_kernel.specs import Safety
-from esper_kernel.stages import LIVE_STAGES, Op, Stage
-from esper_kernel.tasks import TaskData, make_sequences, make_shapes
-from esper_kernel.training import EpochResult, EpochRunner, compute_fields
+from esper_kernel.compose.actions import MaskView
+from esper_kernel.compose.core import CoreHeads
+from esper_kernel.compose.discovery import Selection, load_levers
+from esper_kernel.compose.registry import Registry
+from esper_kernel.compose.seeds import Knobs, SeedState, default_dwell
+from esper_kernel.compose.specs import Safety
+from esper_kernel.compose.stages import LIVE_STAGES, Op, Stage
+from esper_kernel.data.tasks import TaskData, make_sequences, make_shapes
+from esper_kernel.grow.blueprints import blueprint_names
+from esper_kernel.grow.hosts import CNNHost, CNNHostConfig, Host, TransformerHost, TransformerHostConfig
+from esper_kernel.grow.lifecycle import EpochMeasure, Lifecycle, LifecycleConfig, SlotMeasure
+from esper_kernel.grow.slots import alpha_linear, alpha_sigmoid
+from esper_kernel.grow.training import EpochResult, EpochRunner, compute_fields
 
 LEVERS = ("dwell", "isolation", "lr", "probation", "steepness", "tempo")
 CNN_CFG = CNNHostConfig(width=8, blocks=2)
@@ -819,8 +819,8 @@ def test_kernel_scan_catches_a_lever_name() -> None:
 
 
 def test_fields_reach_the_epoch_completed_events(tmp_path: Path) -> None:
-    from esper_kernel.env import EnvConfig, MorphoEnv, build_registry, load_task
-    from esper_kernel.telemetry import Telemetry, read_events
+    from esper_kernel.episode.env import EnvConfig, MorphoEnv, build_registry, load_task
+    from esper_kernel.infra.telemetry import Telemetry, read_events
 
     cfg = EnvConfig(epochs=9, slots=2, batch_size=32, train_size=64, val_size=32, width=8)
     reg = build_registry(cfg, Selection(only=LEVERS))

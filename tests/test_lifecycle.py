@@ -19,23 +19,23 @@ import torch
 from torch import nn
 
 from esper_kernel import hookimpl
-from esper_kernel.blueprints import blueprint_names
-from esper_kernel.core import CoreHeads
-from esper_kernel.discovery import LeverInfo
-from esper_kernel.hosts import CNNHost, CNNHostConfig, Host, TransformerHost, TransformerHostConfig
-from esper_kernel.lifecycle import (
+from esper_kernel.compose.core import CoreHeads
+from esper_kernel.compose.discovery import LeverInfo
+from esper_kernel.compose.registry import Registry
+from esper_kernel.compose.seeds import SeedState
+from esper_kernel.compose.stages import LIVE_STAGES, TRANSITIONS, IllegalTransition, Stage, check_transition
+from esper_kernel.data.tasks import TaskData, make_shapes
+from esper_kernel.grow.blueprints import blueprint_names
+from esper_kernel.grow.hosts import CNNHost, CNNHostConfig, Host, TransformerHost, TransformerHostConfig
+from esper_kernel.grow.lifecycle import (
     EpochMeasure,
     Lifecycle,
     LifecycleConfig,
     LifecycleError,
     SlotMeasure,
 )
-from esper_kernel.registry import Registry
-from esper_kernel.seeds import SeedState
-from esper_kernel.slots import alpha_sigmoid
-from esper_kernel.stages import LIVE_STAGES, TRANSITIONS, IllegalTransition, Stage, check_transition
-from esper_kernel.tasks import TaskData, make_shapes
-from esper_kernel.training import EpochRunner, HostOptimizer
+from esper_kernel.grow.slots import alpha_sigmoid
+from esper_kernel.grow.training import EpochRunner, HostOptimizer
 
 CNN_CFG = CNNHostConfig(width=8, blocks=3)
 TF_CFG = TransformerHostConfig(vocab_size=32, dim=32, heads=2, layers=3, max_len=16)

@@ -18,17 +18,17 @@ import torch
 import torch._dynamo
 
 from esper_kernel import hookimpl
-from esper_kernel.blueprints import blueprint_names
-from esper_kernel.core import CoreHeads
-from esper_kernel.discovery import LeverInfo
-from esper_kernel.hosts import CNNHost, CNNHostConfig, Host, TransformerHost, TransformerHostConfig
-from esper_kernel.lifecycle import Lifecycle, LifecycleConfig
-from esper_kernel.registry import Registry
-from esper_kernel.seeds import SeedState
-from esper_kernel.slots import SeedSlot
-from esper_kernel.stages import Stage
-from esper_kernel.tasks import TaskData, make_sequences, make_shapes
-from esper_kernel.training import EpochRunner
+from esper_kernel.compose.core import CoreHeads
+from esper_kernel.compose.discovery import LeverInfo
+from esper_kernel.compose.registry import Registry
+from esper_kernel.compose.seeds import SeedState
+from esper_kernel.compose.stages import Stage
+from esper_kernel.data.tasks import TaskData, make_sequences, make_shapes
+from esper_kernel.grow.blueprints import blueprint_names
+from esper_kernel.grow.hosts import CNNHost, CNNHostConfig, Host, TransformerHost, TransformerHostConfig
+from esper_kernel.grow.lifecycle import Lifecycle, LifecycleConfig
+from esper_kernel.grow.slots import SeedSlot
+from esper_kernel.grow.training import EpochRunner
 
 LiveKey = tuple[tuple[bool, str | None, int], ...]
 

@@ -16,15 +16,15 @@ import torch
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
-from esper_kernel.actions import MaskView
-from esper_kernel.blueprints import blueprint_names
-from esper_kernel.core import CoreHeads
-from esper_kernel.hosts import CNNHost, CNNHostConfig
-from esper_kernel.lifecycle import EpochMeasure, Lifecycle, LifecycleConfig, LifecycleError, SlotMeasure
-from esper_kernel.registry import Registry
-from esper_kernel.slots import BLENDS
-from esper_kernel.stages import LIVE_STAGES, TRANSITIONS, Op, Stage
-from esper_kernel.training import HostOptimizer
+from esper_kernel.compose.actions import MaskView
+from esper_kernel.compose.core import CoreHeads
+from esper_kernel.compose.registry import Registry
+from esper_kernel.compose.stages import LIVE_STAGES, TRANSITIONS, Op, Stage
+from esper_kernel.grow.blueprints import blueprint_names
+from esper_kernel.grow.hosts import CNNHost, CNNHostConfig
+from esper_kernel.grow.lifecycle import EpochMeasure, Lifecycle, LifecycleConfig, LifecycleError, SlotMeasure
+from esper_kernel.grow.slots import BLENDS
+from esper_kernel.grow.training import HostOptimizer
 
 N_SLOTS = 3
 BLUEPRINTS = blueprint_names("cnn")

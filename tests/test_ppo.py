@@ -15,17 +15,18 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from esper_kernel import HeadSpec, Op, hookimpl
-from esper_kernel.actions import N_OPS, ActionSpace
-from esper_kernel.blueprints import blueprint_names
 from esper_kernel.cli import default_core, main
-from esper_kernel.core import CoreHeads
-from esper_kernel.discovery import LeverInfo, Selection
-from esper_kernel.env import EnvBatch, EnvConfig, MorphoEnv, load_task, observation_names
-from esper_kernel.errors import EsperError, MaskError
-from esper_kernel.registry import Registry
+from esper_kernel.compose.actions import N_OPS, ActionSpace
+from esper_kernel.compose.core import CoreHeads
+from esper_kernel.compose.discovery import LeverInfo, Selection
+from esper_kernel.compose.registry import Registry
+from esper_kernel.episode.env import EnvBatch, EnvConfig, MorphoEnv, load_task, observation_names
+from esper_kernel.episode.sampling import select_masks
+from esper_kernel.grow.blueprints import blueprint_names
+from esper_kernel.infra.errors import EsperError, MaskError
+from esper_kernel.infra.telemetry import Telemetry, read_events
 from esper_kernel.tamiyo.policies import RandomPolicy
 from esper_kernel.tamiyo.ppo import PolicyLoadError, PolicyMismatchError, PPOPolicy, load_policy, save_policy
-from esper_kernel.tamiyo.sampling import select_masks
 from esper_kernel.tamiyo.train import (
     Batch,
     PPOConfig,
@@ -36,7 +37,6 @@ from esper_kernel.tamiyo.train import (
     ppo_update,
     relative_rewards,
 )
-from esper_kernel.telemetry import Telemetry, read_events
 
 TINY = EnvConfig(epochs=3, train_size=64, val_size=32, batch_size=32)
 

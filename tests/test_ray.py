@@ -16,11 +16,11 @@ from typing import Any
 import pytest
 import torch
 
-from esper_kernel.discovery import Selection
-from esper_kernel.env import EnvConfig, build_registry
-from esper_kernel.errors import EsperError
+from esper_kernel.compose.discovery import Selection
+from esper_kernel.episode.env import EnvConfig, build_registry
+from esper_kernel.infra.errors import EsperError
+from esper_kernel.infra.telemetry import null_log
 from esper_kernel.tamiyo.train import PPOConfig, TrainOptions, train_ppo
-from esper_kernel.telemetry import null_log
 
 if os.environ.get("REQUIRE_RAY") != "1":
     pytest.importorskip("ray")

@@ -10,9 +10,9 @@ from __future__ import annotations
 import pytest
 from conftest import LeverDists, make_seed, make_view
 
-from esper_kernel.discovery import ENV_STRICT, Selection, installed_entry_points, load_levers
-from esper_kernel.errors import MaskError, PluginError, SelectionError
-from esper_kernel.stages import Op, Stage
+from esper_kernel.compose.discovery import ENV_STRICT, Selection, installed_entry_points, load_levers
+from esper_kernel.compose.stages import Op, Stage
+from esper_kernel.infra.errors import MaskError, PluginError, SelectionError
 
 
 def head_lever(head: str = "speed", extra: str = "", **spec: str) -> str:

@@ -21,9 +21,9 @@ import torch
 from click.testing import CliRunner, Result
 
 from esper_kernel.cli import main
-from esper_kernel.config import RunConfig, with_overrides
-from esper_kernel.run import CHECKPOINT, EVENTS, SUMMARY, run
-from esper_kernel.telemetry import read_events
+from esper_kernel.commands.run import CHECKPOINT, EVENTS, SUMMARY, run
+from esper_kernel.infra.telemetry import read_events
+from esper_kernel.settings.config import RunConfig, with_overrides
 
 TINY = """
 [env]
@@ -223,7 +223,7 @@ def test_resume_drops_epochs_run_after_the_checkpoint_and_stale_temp_files(tmp_p
 def test_run_that_stops_on_an_error_ends_its_stream_with_run_failed(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from esper_kernel import env as env_module
+    from esper_kernel.episode import env as env_module
 
     calls = {"n": 0}
     real = env_module.MorphoEnv.step
@@ -312,11 +312,11 @@ def test_resume_from_a_truncated_checkpoint_is_one_line_naming_the_file(tmp_path
 
 
 def test_host_over_the_memory_limit_is_never_built() -> None:
-    from esper_kernel.bounds import MAX_HOST_PARAMS, MAX_TRAIN_MEMORY
-    from esper_kernel.env import EnvConfig, make_host, size_host
-    from esper_kernel.errors import EsperError
-    from esper_kernel.sizing import measure_host
-    from esper_kernel.tasks import get_task
+    from esper_kernel.data.tasks import get_task
+    from esper_kernel.episode.env import EnvConfig, make_host, size_host
+    from esper_kernel.grow.sizing import measure_host
+    from esper_kernel.infra.errors import EsperError
+    from esper_kernel.settings.bounds import MAX_HOST_PARAMS, MAX_TRAIN_MEMORY
 
     task = get_task("shapes", seed=0, n_train=2, n_val=2)
     built: list[int] = []

@@ -13,15 +13,15 @@ import pytest
 import torch
 from conftest import CliRunner, LeverDists, make_core, make_seed, make_view
 
-from esper_kernel.config import RunConfig, with_overrides
-from esper_kernel.discovery import ENV_STRICT, Selection, installed_entry_points
-from esper_kernel.errors import MaskError, PluginError
+from esper_kernel.commands.run import EVENTS, run
+from esper_kernel.compose.discovery import ENV_STRICT, Selection, installed_entry_points
+from esper_kernel.compose.registry import Registry
+from esper_kernel.compose.stages import Stage
+from esper_kernel.compose.watch import SLOW_HOOK_SHARE
 from esper_kernel.harness import Harness
-from esper_kernel.registry import Registry
-from esper_kernel.run import EVENTS, run
-from esper_kernel.stages import Stage
-from esper_kernel.telemetry import read_events
-from esper_kernel.watch import SLOW_HOOK_SHARE
+from esper_kernel.infra.errors import MaskError, PluginError
+from esper_kernel.infra.telemetry import read_events
+from esper_kernel.settings.config import RunConfig, with_overrides
 
 HEAD = """
 import time
@@ -192,8 +192,8 @@ def test_host_size_is_reported_at_start(tmp_path: Path) -> None:
 
 
 def _host(started: dict[str, Any]) -> torch.nn.Module:
-    from esper_kernel.env import EnvConfig, make_host
-    from esper_kernel.tasks import get_task
+    from esper_kernel.data.tasks import get_task
+    from esper_kernel.episode.env import EnvConfig, make_host
 
     env = EnvConfig(**started["config"]["env"])
     return make_host(env, get_task(env.task, seed=0, n_train=2, n_val=2))
@@ -215,7 +215,7 @@ def test_contract_suite_accepts_a_lever_without_telemetry_fields(lever_dist: Lev
 def test_compile_watch_names_levers_whose_none_declaration_a_graph_break_contradicts(lever_dist: LeverDists) -> None:
     from torch._dynamo.utils import counters
 
-    from esper_kernel.watch import CompileWatch
+    from esper_kernel.compose.watch import CompileWatch
 
     safety = "\n@hookimpl\ndef compile_safety():\n    return CompileSafety('none', 'claims nothing changes')\n"
     lever_dist("liar", HEAD.format(head="speed") + safety, dist="acme-liar")
@@ -243,10 +243,10 @@ def test_compile_watch_names_levers_whose_none_declaration_a_graph_break_contrad
 
 
 def test_host_sizing_counts_exactly_and_never_builds_an_oversized_host() -> None:
-    from esper_kernel.bounds import MAX_HOST_PARAMS
-    from esper_kernel.env import EnvConfig, make_host
-    from esper_kernel.sizing import measure_host
-    from esper_kernel.tasks import get_task
+    from esper_kernel.data.tasks import get_task
+    from esper_kernel.episode.env import EnvConfig, make_host
+    from esper_kernel.grow.sizing import measure_host
+    from esper_kernel.settings.bounds import MAX_HOST_PARAMS
 
     task = get_task("shapes", seed=0, n_train=2, n_val=2)
     for slots in (1, 8):

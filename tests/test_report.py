@@ -27,12 +27,12 @@ from matplotlib.collections import PathCollection
 from matplotlib.figure import Figure
 
 from esper_kernel.cli import main
+from esper_kernel.infra.stats import paired_difference
+from esper_kernel.infra.telemetry import read_events
 from esper_kernel.report import plots
 from esper_kernel.report.compare import compare
 from esper_kernel.report.console import run_summary
 from esper_kernel.report.events import MARKER_KINDS, SPAN_STAGES, RunData, TrainData, load
-from esper_kernel.stats import paired_difference
-from esper_kernel.telemetry import read_events
 
 TINY = """
 [env]
@@ -368,8 +368,8 @@ def test_tensorboard_scalars_show_while_the_run_is_still_going(tmp_path: Path) -
 
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-    from esper_kernel.telemetry import Telemetry
-    from esper_kernel.tensorboard import TensorBoardSink
+    from esper_kernel.infra.telemetry import Telemetry
+    from esper_kernel.infra.tensorboard import TensorBoardSink
 
     sink = TensorBoardSink(tmp_path / "tb", flush_secs=1)
     with Telemetry(tmp_path / "events.jsonl", "live", console=False, sinks=[sink]) as tel:

@@ -12,14 +12,14 @@ import torch
 from click.testing import CliRunner, Result
 from conftest import LeverDists
 
-from esper_kernel.checkpoint import load
 from esper_kernel.cli import main
-from esper_kernel.config import RunConfig, with_overrides
-from esper_kernel.discovery import Selection, installed_entry_points
-from esper_kernel.env import EnvConfig, build_registry, observation_names
-from esper_kernel.errors import PluginError
-from esper_kernel.run import CHECKPOINT, EVENTS, SUMMARY, check_compile_safety, make_policy, run
-from esper_kernel.telemetry import read_events
+from esper_kernel.commands.run import CHECKPOINT, EVENTS, SUMMARY, check_compile_safety, make_policy, run
+from esper_kernel.compose.discovery import Selection, installed_entry_points
+from esper_kernel.episode.env import EnvConfig, build_registry, observation_names
+from esper_kernel.infra.checkpoint import load
+from esper_kernel.infra.errors import PluginError
+from esper_kernel.infra.telemetry import read_events
+from esper_kernel.settings.config import RunConfig, with_overrides
 
 TINY_TOML = """
 [env]
@@ -356,8 +356,8 @@ def test_cli_greedy_pretrained_plays_the_most_probable_choices(tmp_path: Path, t
 def test_progress_shows_the_seeds_a_slot_fossilized() -> None:
     from types import SimpleNamespace
 
-    from esper_kernel.run import _stages
-    from esper_kernel.stages import Stage
+    from esper_kernel.commands.run import _stages
+    from esper_kernel.compose.stages import Stage
 
     def seed(slot: int, stage: Stage) -> SimpleNamespace:
         return SimpleNamespace(slot=slot, stage=stage)

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from esper_kernel.errors import EsperError
-from esper_kernel.scaffold import scaffold
+from esper_kernel.commands.scaffold import scaffold
+from esper_kernel.infra.errors import EsperError
 
 
 def _esper() -> list[str]:

@@ -10,12 +10,12 @@ import pytest
 from click.testing import CliRunner, Result
 
 from esper_kernel.cli import main
-from esper_kernel.config import RunConfig
-from esper_kernel.env import EnvConfig
-from esper_kernel.evaluate import PolicySpec, evaluate, parse_policy
-from esper_kernel.run import SUMMARY, run
-from esper_kernel.stages import Stage
-from esper_kernel.sweep import build_grid
+from esper_kernel.commands.evaluate import PolicySpec, evaluate, parse_policy
+from esper_kernel.commands.run import SUMMARY, run
+from esper_kernel.commands.sweep import build_grid
+from esper_kernel.compose.stages import Stage
+from esper_kernel.episode.env import EnvConfig
+from esper_kernel.settings.config import RunConfig
 from esper_kernel.tamiyo.schedule import ScheduleError, parse_schedule
 
 TINY = EnvConfig(epochs=10, train_size=128, val_size=64, batch_size=16)

@@ -9,8 +9,8 @@ import pytest
 from click.testing import CliRunner
 
 from esper_kernel.cli import main
-from esper_kernel.config import SETTINGS_OF, command_settings, docs_blocks, with_overrides
-from esper_kernel.settings import COMMANDS, fields_of, sync_blocks
+from esper_kernel.settings.config import SETTINGS_OF, command_settings, docs_blocks, with_overrides
+from esper_kernel.settings.declare import COMMANDS, fields_of, sync_blocks
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "config.md"
 
@@ -22,7 +22,7 @@ def _options(command: str) -> dict[str, click.Option]:
 
 def test_docs_config_tables_are_the_declarations() -> None:
     text = DOCS.read_text(encoding="utf-8")
-    assert sync_blocks(text, docs_blocks()) == text, "run: python -m esper_kernel.config docs/config.md"
+    assert sync_blocks(text, docs_blocks()) == text, "run: python -m esper_kernel.settings.config docs/config.md"
 
 
 def test_every_setting_is_documented_with_help_and_its_key() -> None:

@@ -9,9 +9,9 @@ import pytest
 import torch
 from torch import nn
 
-from esper_kernel.blueprints import blueprint_names, build_seed, param_count
-from esper_kernel.hosts import CNNHost, CNNHostConfig, Host, TransformerHost, TransformerHostConfig
-from esper_kernel.slots import SeedSlot, alpha_at, alpha_linear, alpha_sigmoid
+from esper_kernel.grow.blueprints import blueprint_names, build_seed, param_count
+from esper_kernel.grow.hosts import CNNHost, CNNHostConfig, Host, TransformerHost, TransformerHostConfig
+from esper_kernel.grow.slots import SeedSlot, alpha_at, alpha_linear, alpha_sigmoid
 
 BLENDS = ("linear", "sigmoid", "gated")
 

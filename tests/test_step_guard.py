@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-import esper_kernel.training as training
-from esper_kernel.discovery import Selection
-from esper_kernel.env import EnvBatch, EnvConfig, MorphoEnv, build_registry, load_task
-from esper_kernel.telemetry import null_log
+import esper_kernel.grow.training as training
+from esper_kernel.compose.discovery import Selection
+from esper_kernel.episode.env import EnvBatch, EnvConfig, MorphoEnv, build_registry, load_task
+from esper_kernel.infra.telemetry import null_log
 
 CONFIG = EnvConfig(epochs=3, train_size=64, val_size=32, batch_size=16)
 

@@ -9,8 +9,8 @@ import pytest
 from click.testing import CliRunner as ClickRunner
 
 from esper_kernel.cli import main
-from esper_kernel.errors import EsperError
-from esper_kernel.sweep import build_grid, parse_lever_set
+from esper_kernel.commands.sweep import build_grid, parse_lever_set
+from esper_kernel.infra.errors import EsperError
 
 TINY = ["--epochs", "2", "--train-size", "64", "--val-size", "32"]
 FORCES = ["--force", "tempo=FAST", "--force", "tempo=GLACIAL", "--force", "lr=CAUTIOUS", "--force", "lr=AGGRESSIVE"]

@@ -19,9 +19,9 @@ import attrs
 import pytest
 import torch
 
-from esper_kernel.env import EnvConfig, load_task, make_host
-from esper_kernel.errors import EsperError, PluginError
-from esper_kernel.taskplugins import find_task, list_tasks, task_names
+from esper_kernel.data.taskplugins import find_task, list_tasks, task_names
+from esper_kernel.episode.env import EnvConfig, load_task, make_host
+from esper_kernel.infra.errors import EsperError, PluginError
 
 _GOOD = """
 from esper_kernel.builtin_tasks import PAIRS
@@ -144,7 +144,7 @@ if os.environ.get("REQUIRE_MNIST1D") != "1":
 
 @pytest.fixture
 def fresh_mnist1d(monkeypatch: pytest.MonkeyPatch) -> None:
-    from esper_kernel import tasks
+    from esper_kernel.data import tasks
 
     monkeypatch.setattr(tasks, "_MNIST1D_CACHE", {})
 
@@ -179,7 +179,7 @@ def test_mnist1d_is_the_standard_split_generated_locally_without_network(
 
 
 def test_mnist1d_is_the_same_benchmark_every_time_and_honours_sizes(fresh_mnist1d: None) -> None:
-    from esper_kernel import tasks
+    from esper_kernel.data import tasks
 
     a = load_task(EnvConfig(task="mnist1d"), seed=0)
     tasks._MNIST1D_CACHE.clear()
@@ -192,7 +192,7 @@ def test_mnist1d_is_the_same_benchmark_every_time_and_honours_sizes(fresh_mnist1
 
 
 def test_mnist1d_host_sees_one_sample_and_a_spatial_seed_widens_it() -> None:
-    from esper_kernel.blueprints import build_seed
+    from esper_kernel.grow.blueprints import build_seed
 
     config = EnvConfig(task="mnist1d")
     data = load_task(attrs.evolve(config, train_size=8, val_size=8), 0)

@@ -1,4 +1,4 @@
-"""Tests for esper_kernel.tasks: generated tasks, local-data loaders and the registry."""
+"""Tests for esper_kernel.data.tasks: generated tasks, local-data loaders and the registry."""
 
 from __future__ import annotations
 
@@ -10,8 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from esper_kernel.errors import EsperError
-from esper_kernel.tasks import (
+from esper_kernel.data.tasks import (
     CIFAR10_MEAN,
     CIFAR10_STD,
     TaskData,
@@ -22,6 +21,7 @@ from esper_kernel.tasks import (
     make_sequences,
     make_shapes,
 )
+from esper_kernel.infra.errors import EsperError
 
 
 @pytest.fixture(scope="module")
@@ -391,7 +391,7 @@ def test_text_errors_name_the_path(tmp_path: Path) -> None:
 
 
 def test_the_builtin_tasks_are_entry_points_of_esper_kernel() -> None:
-    from esper_kernel.taskplugins import list_tasks
+    from esper_kernel.data.taskplugins import list_tasks
 
     listing = list_tasks()
     found = {t.name: (t.task.topology, t.distribution) for t in listing.tasks}

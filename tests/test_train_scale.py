@@ -17,12 +17,12 @@ import torch
 from click.testing import CliRunner as ClickRunner
 
 from esper_kernel.cli import main
-from esper_kernel.discovery import Selection
-from esper_kernel.env import EnvConfig, build_registry, observation_names
+from esper_kernel.compose.discovery import Selection
+from esper_kernel.episode.env import EnvConfig, build_registry, observation_names
+from esper_kernel.infra.telemetry import null_log, read_events
 from esper_kernel.tamiyo.envpool import EnvPool, EnvShard
 from esper_kernel.tamiyo.ppo import PPOPolicy
 from esper_kernel.tamiyo.train import PPOConfig, TrainOptions, collect_rollout, load_train_state, train_ppo
-from esper_kernel.telemetry import null_log, read_events
 
 TINY = EnvConfig(epochs=2, train_size=64, val_size=32, batch_size=32)
 TINY_ARGS = ["--epochs", "2", "--train-size", "64", "--val-size", "32", "--batch-size", "32", "--hidden", "16"]

@@ -6,8 +6,8 @@ import os
 
 import pytest
 
-from esper_kernel.errors import EsperError
-from esper_kernel.workers import ProcessActor, WorkerError, map_jobs, resolve_threads
+from esper_kernel.infra.errors import EsperError
+from esper_kernel.infra.workers import ProcessActor, WorkerError, map_jobs, resolve_threads
 
 
 def square_and_pid(x: int) -> tuple[int, int]:
@@ -108,11 +108,12 @@ def test_the_fork_server_preload_imports_what_workers_need() -> None:
     import subprocess
     import sys
 
-    from esper_kernel import workers
+    from esper_kernel.infra import workers
 
     code = (
         f"import sys; [__import__(m) for m in {workers._PRELOAD!r}]; "
-        "print(all(m in sys.modules for m in ('torch._dynamo', 'esper_kernel.env', 'esper_levers_builtin.tempo')))"
+        "print(all(m in sys.modules for m in "
+        "('torch._dynamo', 'esper_kernel.episode.env', 'esper_levers_builtin.tempo')))"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
     assert proc.returncode == 0, proc.stderr[-2000:]

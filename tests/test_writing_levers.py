@@ -11,7 +11,7 @@ import pytest
 from conftest import LeverDists, make_view
 
 from esper_kernel import Op
-from esper_kernel.discovery import Selection
+from esper_kernel.compose.discovery import Selection
 from esper_kernel.testing import Harness, LeverContract, LeverUnderTest, open_registry
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "writing-levers.md"
@@ -110,8 +110,8 @@ def _hooks_on_epoch_example() -> str:
 def test_hooks_doc_on_epoch_example_runs_beside_the_builtin_levers(lever_dist: LeverDists) -> None:
     from conftest import make_core
 
-    from esper_kernel.discovery import installed_entry_points
-    from esper_kernel.registry import Registry
+    from esper_kernel.compose.discovery import installed_entry_points
+    from esper_kernel.compose.registry import Registry
 
     lever_dist("warmup", _hooks_on_epoch_example(), dist="esper-lever-warmup")
     # A default install: every builtin lever, the builtin lr among them, beside the docs' example.
@@ -126,8 +126,8 @@ def test_hooks_doc_on_epoch_example_runs_beside_the_builtin_levers(lever_dist: L
 
 @pytest.mark.usefixtures("warmup")
 def test_docs_warmup_telemetry_is_for_the_epoch_that_was_trained(tmp_path: Path) -> None:
-    from esper_kernel.env import EnvConfig, MorphoEnv, build_registry, load_task
-    from esper_kernel.telemetry import Telemetry, read_events
+    from esper_kernel.episode.env import EnvConfig, MorphoEnv, build_registry, load_task
+    from esper_kernel.infra.telemetry import Telemetry, read_events
 
     cfg = EnvConfig(epochs=5, slots=2, batch_size=32, train_size=64, val_size=32, width=4)
     reg = build_registry(cfg, Selection(only=("warmup",)))

@@ -3,7 +3,7 @@
 Runs are grouped into *arms*: runs whose configuration is the same except for
 the seed and the output directory. The first directory's arm is the reference
 (or ``--reference``'s); each other arm is compared with it seed by seed on the
-seeds both ran, with :func:`esper_kernel.stats.paired_difference`.
+seeds both ran, with :func:`esper_kernel.infra.stats.paired_difference`.
 The ``--json`` schema (``esper.compare/1``) is documented in docs/report.md.
 """
 
@@ -17,8 +17,8 @@ from typing import Any
 
 import attrs
 
+from esper_kernel.infra.stats import paired_difference
 from esper_kernel.report.events import SUMMARY, TRAIN_SUMMARY, ReportError, read_json
-from esper_kernel.stats import paired_difference
 
 COMPARE_SCHEMA = "esper.compare/1"
 METRICS = ("final_val_accuracy", "best_val_accuracy", "return", "params")

@@ -26,7 +26,7 @@ from typing import Any
 import attrs
 import numpy as np
 
-from esper_kernel.names import PLACEMENT_HEADS
+from esper_kernel.compose.names import PLACEMENT_HEADS
 
 #: A decision with fewer relevant decisions than this in a group is not tested (the p-value would mean little).
 MIN_DECISIONS = 8

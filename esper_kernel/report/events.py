@@ -16,8 +16,8 @@ from typing import Any
 
 import attrs
 
-from esper_kernel.errors import EsperError
-from esper_kernel.names import PLACEMENT_HEADS
+from esper_kernel.compose.names import PLACEMENT_HEADS
+from esper_kernel.infra.errors import EsperError
 from esper_kernel.report.emergence import Pick, eval_picks, eval_policies, train_picks
 
 EVENTS = "events.jsonl"

@@ -19,11 +19,11 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from esper_kernel.stages import Op
+from esper_kernel.compose.stages import Op
 
 if TYPE_CHECKING:
-    from esper_kernel.discovery import LeverInfo, LoadFailure, Selection
-    from esper_kernel.registry import Registry
+    from esper_kernel.compose.discovery import LeverInfo, LoadFailure, Selection
+    from esper_kernel.compose.registry import Registry
 
 LEVERS_SCHEMA = "esper.levers/1"
 
@@ -237,7 +237,7 @@ def failures_panel(failures: Sequence[FailureRecord]) -> Panel:
 def render(report: LeversReport, selection: Selection) -> Group:
     parts: list[Any] = [lever_panel(lv) for lv in report.levers]
     if not report.levers:
-        from esper_kernel.discovery import ENV_NO_AUTOLOAD
+        from esper_kernel.compose.discovery import ENV_NO_AUTOLOAD
 
         hint = ""
         if not selection.autoload and selection.only is None:

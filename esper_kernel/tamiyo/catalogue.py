@@ -25,10 +25,11 @@ from pathlib import Path
 
 import attrs
 
-from esper_kernel.config import EnvConfig
-from esper_kernel.errors import EsperError
-from esper_kernel.names import UNFORCEABLE_HEADS
-from esper_kernel.registry import Registry
+from esper_kernel.compose.names import UNFORCEABLE_HEADS
+from esper_kernel.compose.registry import Registry
+from esper_kernel.data.taskplugins import HostShape
+from esper_kernel.infra.errors import EsperError
+from esper_kernel.settings.config import EnvConfig
 from esper_kernel.tamiyo.policies import (
     CarriesRunState,
     ForcedPolicy,
@@ -39,7 +40,6 @@ from esper_kernel.tamiyo.policies import (
     load_run_state,
     run_state,
 )
-from esper_kernel.taskplugins import HostShape
 
 __all__ = [
     "KINDS",
@@ -289,7 +289,7 @@ def build_policy(spec: PolicySpec, ctx: BuildContext, flag: str = "--policies") 
 def static_width(env: EnvConfig, shape: int | HostShape, params: float) -> int:
     """The smallest width of the task's host whose parameter count reaches ``params`` (the static control).
 
-    ``shape`` is the task's :class:`~esper_kernel.taskplugins.HostShape` (an int: the classes of a
+    ``shape`` is the task's :class:`~esper_kernel.data.taskplugins.HostShape` (an int: the classes of a
     3-channel image task). The host is the task plugin's own, at other widths.
     """
     hs = HostShape(shape) if isinstance(shape, int) else shape
@@ -301,7 +301,7 @@ def static_width(env: EnvConfig, shape: int | HostShape, params: float) -> int:
 
 def host_params(env: EnvConfig, shape: HostShape, width: int | None) -> int:
     """Parameters of ``env``'s task host at ``width`` (None: the task's own)."""
-    from esper_kernel.taskplugins import find_task
+    from esper_kernel.data.taskplugins import find_task
 
     host = find_task(env.task).task.host(shape, env.slots, width)
     return sum(p.numel() for p in host.parameters())

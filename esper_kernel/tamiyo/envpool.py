@@ -30,12 +30,13 @@ import attrs
 import structlog
 import torch
 
-from esper_kernel.devices import rng_states, set_rng_states
-from esper_kernel.discovery import Selection
-from esper_kernel.env import EnvBatch, EnvConfig, MorphoEnv, build_registry, load_task
-from esper_kernel.errors import EsperError
-from esper_kernel.registry import Registry
-from esper_kernel.workers import ProcessActor
+from esper_kernel.compose.discovery import Selection
+from esper_kernel.compose.registry import Registry
+from esper_kernel.episode.env import EnvBatch, EnvConfig, MorphoEnv, build_registry, load_task
+from esper_kernel.episode.loop import Transition
+from esper_kernel.infra.devices import rng_states, set_rng_states
+from esper_kernel.infra.errors import EsperError
+from esper_kernel.infra.workers import ProcessActor
 
 
 @attrs.frozen
@@ -360,3 +361,24 @@ def shard_sizes(n_envs: int, workers: int) -> list[int]:
         sizes.append(min(per, left))
         left -= sizes[-1]
     return sizes
+
+
+class PoolEnvs:
+    """An :class:`~esper_kernel.tamiyo.envpool.EnvPool` stepped in lock-step, from the answer to its reset."""
+
+    def __init__(self, pool: EnvPool, first: PoolStep) -> None:
+        self.pool = pool
+        self.last = first
+
+    @property
+    def done(self) -> bool:
+        return self.last.masks is None
+
+    def masks(self) -> torch.Tensor:
+        if self.last.masks is None:
+            raise RuntimeError("the pool's episodes are over")
+        return self.last.masks
+
+    def step(self, actions: torch.Tensor) -> Transition:
+        self.last = self.pool.step(actions)
+        return Transition(self.last.obs, self.last.rewards, self.last.dones)

@@ -12,18 +12,13 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 import attrs
 import torch
 
-from esper_kernel.stages import Op, Stage
-from esper_kernel.tamiyo.sampling import Sampled, sample, score, select_masks
+from esper_kernel.compose.stages import Op, Stage
+from esper_kernel.episode.loop import Policy as Policy  # the loop's contract; policies live here
+from esper_kernel.episode.sampling import Sampled, sample, score, select_masks
 
 if TYPE_CHECKING:
-    from esper_kernel.actions import ActionSpace
-    from esper_kernel.env import EnvBatch, MorphoEnv
-
-
-class Policy(Protocol):
-    """Anything that maps observations and masks to factored actions."""
-
-    def act(self, obs: torch.Tensor, masks: torch.Tensor, envs: EnvBatch) -> Sampled: ...
+    from esper_kernel.compose.actions import ActionSpace
+    from esper_kernel.episode.env import EnvBatch, MorphoEnv
 
 
 @runtime_checkable

@@ -2,7 +2,7 @@
 
 Nothing about the heads is hard-coded: one linear layer produces
 ``n_heads * max_choices`` padded logits for whatever the registry composed,
-and the masked sampler in :mod:`esper_kernel.tamiyo.sampling` does the rest.
+and the masked sampler in :mod:`esper_kernel.episode.sampling` does the rest.
 A saved policy records the heads, observation schema and levers it was
 trained with, so loading it under a different lever set fails with a message
 naming the difference instead of silently steering the wrong heads.
@@ -19,16 +19,16 @@ import attrs
 import torch
 from torch import nn
 
-from esper_kernel.actions import ActionSpace
-from esper_kernel.checkpoint import unreadable
-from esper_kernel.config import EnvConfig
-from esper_kernel.errors import EsperError
-from esper_kernel.files import write_atomic
-from esper_kernel.registry import Registry
-from esper_kernel.tamiyo.sampling import Sampled, gumbel, pin_masks, sample, score
+from esper_kernel.compose.actions import ActionSpace
+from esper_kernel.compose.registry import Registry
+from esper_kernel.episode.sampling import Sampled, gumbel, pin_masks, sample, score
+from esper_kernel.infra.checkpoint import unreadable
+from esper_kernel.infra.errors import EsperError
+from esper_kernel.infra.files import write_atomic
+from esper_kernel.settings.config import EnvConfig
 
 if TYPE_CHECKING:
-    from esper_kernel.env import EnvBatch
+    from esper_kernel.episode.env import EnvBatch
 
 POLICY_FORMAT = "esper.policy/1"
 #: Normalised observations are clipped: a rare huge loss must not saturate the trunk.
@@ -263,8 +263,8 @@ class PPOPolicy(nn.Module):
         """Log-prob ``[B]``, per-head entropy ``[B, H]`` and value ``[B]`` of stored actions.
 
         ``masks_sel`` and ``relevance`` must be the ones recorded at rollout
-        time; :func:`~esper_kernel.tamiyo.sampling.score` raises
-        :class:`~esper_kernel.errors.MaskError` if an action is illegal under them.
+        time; :func:`~esper_kernel.episode.sampling.score` raises
+        :class:`~esper_kernel.infra.errors.MaskError` if an action is illegal under them.
         """
         logits, value = self(obs)
         log_prob, entropy = score(self.space, logits, masks_sel, actions, relevance)

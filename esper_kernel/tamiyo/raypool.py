@@ -13,12 +13,12 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-from esper_kernel.discovery import Selection
-from esper_kernel.env import EnvConfig
-from esper_kernel.errors import EsperError
-from esper_kernel.registry import Registry
+from esper_kernel.compose.discovery import Selection
+from esper_kernel.compose.registry import Registry
+from esper_kernel.episode.env import EnvConfig
+from esper_kernel.infra.errors import EsperError
+from esper_kernel.infra.workers import WorkerError
 from esper_kernel.tamiyo.envpool import EnvPool, EnvShard, shard_sizes
-from esper_kernel.workers import WorkerError
 
 RAY_EXTRA = 'pip install "esper-kernel[ray]"'
 

@@ -39,15 +39,15 @@ from typing import TYPE_CHECKING, Any
 import attrs
 import torch
 
-from esper_kernel.errors import EsperError
-from esper_kernel.names import UNFORCEABLE_HEADS
-from esper_kernel.registry import Registry
-from esper_kernel.stages import Op
+from esper_kernel.compose.names import UNFORCEABLE_HEADS
+from esper_kernel.compose.registry import Registry
+from esper_kernel.compose.stages import Op
+from esper_kernel.episode.sampling import Sampled
+from esper_kernel.infra.errors import EsperError
 from esper_kernel.tamiyo.policies import decide_rows
-from esper_kernel.tamiyo.sampling import Sampled
 
 if TYPE_CHECKING:
-    from esper_kernel.env import EnvBatch
+    from esper_kernel.episode.env import EnvBatch
 
 __all__ = ["Schedule", "SchedulePolicy", "ScheduleStep", "check_schedule", "load_schedule", "parse_schedule"]
 

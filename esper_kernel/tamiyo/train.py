@@ -28,19 +28,19 @@ import attrs
 import torch
 from torch import nn
 
-from esper_kernel import checkpoint
-from esper_kernel.config import PPOConfig as PPOConfig  # re-exported: its old home
-from esper_kernel.config import TrainConfig as TrainConfig
-from esper_kernel.discovery import Selection
-from esper_kernel.env import EnvBatch, EnvConfig, MorphoEnv, load_task, observation_names
-from esper_kernel.episode import PoolEnvs, play, play_batch
-from esper_kernel.errors import EsperError
-from esper_kernel.names import CORE_HEADS
-from esper_kernel.registry import Registry
-from esper_kernel.tamiyo.envpool import EnvPool, EnvShard
+from esper_kernel.compose.discovery import Selection
+from esper_kernel.compose.names import CORE_HEADS
+from esper_kernel.compose.registry import Registry
+from esper_kernel.episode.env import EnvBatch, EnvConfig, MorphoEnv, load_task, observation_names
+from esper_kernel.episode.loop import play, play_batch
+from esper_kernel.episode.sampling import Sampled
+from esper_kernel.infra import checkpoint
+from esper_kernel.infra.errors import EsperError
+from esper_kernel.settings.config import PPOConfig as PPOConfig  # re-exported: its old home
+from esper_kernel.settings.config import TrainConfig as TrainConfig
+from esper_kernel.tamiyo.envpool import EnvPool, EnvShard, PoolEnvs
 from esper_kernel.tamiyo.policies import Policy
 from esper_kernel.tamiyo.ppo import PPOPolicy, load_policy, save_policy, trained_on
-from esper_kernel.tamiyo.sampling import Sampled
 
 
 class RolloutBuffer:
@@ -393,7 +393,7 @@ class TrainOptions:
     #: Plain data stored in the training state as is (the CLI keeps its config and run id there).
     meta: dict[str, Any] = attrs.field(factory=dict)
     #: Bytes of the event stream written so far, stored with each state so a resume can cut the
-    #: events a killed rollout wrote after it (see :func:`esper_kernel.run.truncate_events`).
+    #: events a killed rollout wrote after it (see :func:`esper_kernel.commands.run.truncate_events`).
     events_position: Callable[[], int | None] | None = None
 
 

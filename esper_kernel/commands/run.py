@@ -1,0 +1,522 @@
+"""``esper run``: one episode on a task, every active lever on, Tamiyo deciding.
+
+Writes ``events.jsonl`` (the structlog stream), ``checkpoint.pt`` (after every
+``checkpoint_every`` epochs, atomically) and ``summary.json`` to the output
+directory. ``resume`` continues from a checkpoint to the same result an
+uninterrupted run with the same seed gives.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import attrs
+import torch
+
+from esper_kernel.compose.discovery import LoadFailure, Selection, installed_entry_points
+from esper_kernel.compose.registry import Registry, check_compile_safety
+from esper_kernel.compose.runtime import Quarantine
+from esper_kernel.compose.stages import Stage
+from esper_kernel.compose.watch import CompileWatch, HookWatch
+from esper_kernel.data.taskplugins import HostShape
+from esper_kernel.episode.env import EnvBatch, MorphoEnv, build_registry, load_task, observation_names, size_host
+from esper_kernel.episode.loop import Observer, Step, play_batch
+from esper_kernel.infra import checkpoint
+from esper_kernel.infra.checkpoint import CheckpointError
+from esper_kernel.infra.devices import rng_states, set_rng_states
+from esper_kernel.infra.errors import EsperError, SelectionError
+from esper_kernel.infra.files import write_text_atomic
+from esper_kernel.infra.telemetry import Telemetry
+from esper_kernel.settings.config import EnvConfig, RunConfig, structure_config, unstructure_config
+from esper_kernel.tamiyo.catalogue import (
+    BuildContext,
+    build_policy,
+    load_run_state,
+    parse_policy,
+    run_state,
+    static_env,
+)
+from esper_kernel.tamiyo.policies import Policy, fallbacks
+from esper_kernel.tamiyo.ppo import PolicyLoadError
+
+CHECKPOINT = "checkpoint.pt"
+EVENTS = "events.jsonl"
+SUMMARY = "summary.json"
+#: The files that make a directory hold a run.
+RUN_FILES = (EVENTS, SUMMARY, CHECKPOINT)
+#: The default --out: not a directory of its own but a link to the newest run's, so runs
+#: made one after another without --out never collide and ``runs/latest`` is the last one.
+LATEST = "runs/latest"
+
+
+@attrs.frozen
+class EpochReport:
+    """What the progress display is told after every epoch."""
+
+    epoch: int
+    epochs: int
+    val_accuracy: float
+    stages: tuple[str, ...]
+
+
+def lever_records(registry: Registry) -> list[dict[str, str]]:
+    return [{"name": lv.name, "distribution": lv.distribution, "version": lv.version} for lv in registry.levers]
+
+
+def head_choices(registry: Registry) -> dict[str, list[str]]:
+    """Every head's choice names, in order: what a report needs to read decisions and entropies."""
+    return {h.name: list(h.spec.choices) for h in registry.space.heads}
+
+
+def log_started(log: Any, registry: Registry, **fields: Any) -> None:
+    """The ``run.started`` event every command writes, with its levers, load failures and head
+    choices; then a ``plugin.failed`` warning for each lever that failed to load."""
+    log.info(
+        "run.started",
+        **fields,
+        levers=lever_records(registry),
+        failed_levers=[attrs.asdict(f) for f in registry.failures],
+        head_choices=head_choices(registry),
+    )
+    for failure in registry.failures:
+        log.warning("plugin.failed", **attrs.asdict(failure))
+
+
+def make_policy(spec: str, registry: Registry, obs_dim: int, seed: int, env: EnvConfig | None = None) -> Policy:
+    """The policy ``spec`` names (any spec of :mod:`esper_kernel.tamiyo.catalogue`), for an episode on ``seed``.
+
+    A policy file stamped with another task than ``env``'s is refused, naming both.
+    """
+    parsed = parse_policy(spec, flag="--policy")
+    ctx = BuildContext(registry, obs_dim, seed, env if env is not None else EnvConfig())
+    try:
+        return build_policy(parsed, ctx, flag="--policy")
+    except PolicyLoadError as exc:
+        if "--policy" in str(exc):
+            raise
+        raise PolicyLoadError(f"--policy {spec}: {exc}") from exc
+
+
+def check_out(out: Path, *, overwrite: bool, flag: str = "--out") -> None:
+    """Refuse an output directory that cannot be written, or that holds a run, before touching it.
+
+    Nothing is created or changed here; the nearest existing ancestor is probed
+    with a temporary file because permission bits do not tell the truth for
+    root or for read-only mounts.
+    """
+    for parent in (out, *out.parents):
+        if not parent.exists():
+            continue
+        if not parent.is_dir():
+            raise EsperError(f"{flag} {out}: {parent} is a file, not a directory")
+        try:
+            with tempfile.TemporaryFile(dir=parent):
+                pass
+        except OSError as exc:
+            raise EsperError(f"{flag} {out}: cannot write in {parent} ({exc.strerror or exc})") from None
+        break
+    held = [name for name in RUN_FILES if (out / name).exists()]
+    if held and not overwrite:
+        raise EsperError(
+            f"{flag} {out} already holds a run ({', '.join(held)}); pass --overwrite to replace it, "
+            f"--resume {out} to continue it, or choose another {flag}"
+        )
+
+
+def fresh_out(out: Path, latest: str = LATEST) -> Path:
+    """Where a run given ``--out out`` writes: for the default (``runs/latest``), a new ``runs/<time>-<id>``.
+
+    ``runs/latest`` itself becomes a link to it (:func:`point_latest`) once the
+    run starts. A ``runs/latest`` that is a real directory (an older layout) is
+    used as it is.
+    """
+    link = Path(latest)
+    if out != link or (out.exists() and not out.is_symlink()):
+        return out
+    return link.parent / f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+
+
+def point_latest(out: Path, latest: str = LATEST) -> None:
+    """Point ``runs/latest`` at ``out`` (atomically), if ``out`` is a fresh run directory beside it."""
+    link = Path(latest)
+    if out == link or out.parent != link.parent or (link.exists() and not link.is_symlink()):
+        return
+    tmp = link.with_name(f".{link.name}.{os.getpid()}.tmp")
+    tmp.unlink(missing_ok=True)
+    tmp.symlink_to(out.name)
+    os.replace(tmp, link)
+
+
+def _prepare_out(out: Path, state: dict[str, Any] | None) -> int:
+    """Make ``out`` ready to write; returns how many superseded events a resume dropped.
+
+    A fresh run (validated, so ``--overwrite`` was given if a run was here)
+    removes the old run's files so no stale summary sits beside new events. A
+    resumed run cuts ``events.jsonl`` back to what the checkpoint had seen, so
+    epochs run again after the checkpoint are not listed twice.
+    """
+    out.mkdir(parents=True, exist_ok=True)
+    checkpoint.remove_stale_temps(out)
+    if state is None:
+        for name in RUN_FILES:
+            (out / name).unlink(missing_ok=True)
+        point_latest(out)
+        return 0
+    size = state.get("events_bytes")
+    if not isinstance(size, int):
+        return 0
+    return truncate_events(out / EVENTS, size)
+
+
+def truncate_events(path: Path, size: int) -> int:
+    """Cut the events after byte ``size`` (the checkpoint's), atomically; returns how many were dropped.
+
+    The run's own ``run.*`` events after the checkpoint (an interruption, a
+    failure) are kept: they are history, not epochs that will be run again. A
+    torn last line (a kill mid-write) is dropped with the rest.
+    """
+    if not path.exists():
+        return 0
+    data = path.read_bytes()
+    if len(data) <= size:
+        return 0
+    kept, dropped = [data[:size]], 0
+    for line in data[size:].splitlines(keepends=True):
+        if not line.strip():
+            continue
+        try:
+            event = json.loads(line).get("event", "")
+        except (ValueError, AttributeError):
+            event = ""
+        if isinstance(event, str) and event.startswith("run.") and line.endswith(b"\n"):
+            kept.append(line)
+        else:
+            dropped += 1
+    checkpoint.write_atomic(b"".join(kept), path)
+    return dropped
+
+
+@attrs.frozen
+class _Setup:
+    """A run checked in full, before its output directory is touched."""
+
+    config: RunConfig
+    out: Path
+    state: dict[str, Any] | None
+    registry: Registry
+    task: Any
+    size: Any
+    policy: Policy
+    run_id: str
+
+
+@attrs.frozen
+class _Played:
+    """The episode as the loop left it, and what watched it."""
+
+    env: MorphoEnv
+    total: float
+    watch: HookWatch
+    compile_watch: CompileWatch | None
+
+
+@attrs.frozen
+class _Reporting:
+    """Who hears about the run as it goes (all optional but ``warn``)."""
+
+    warn: Callable[[str], None]
+    on_epoch: Callable[[EpochReport], None] | None = None
+    on_start: Callable[[int, int], None] | None = None
+    on_failures: Callable[[Sequence[LoadFailure]], None] | None = None
+
+
+def run(
+    config: RunConfig,
+    *,
+    resume: Path | None = None,
+    overwrite: bool = False,
+    on_epoch: Callable[[EpochReport], None] | None = None,
+    on_start: Callable[[int, int], None] | None = None,
+    on_warning: Callable[[str], None] | None = None,
+    on_failures: Callable[[Sequence[LoadFailure]], None] | None = None,
+    stop_after: int | None = None,
+    console: bool = False,
+    sinks: Sequence[Any] = (),
+) -> dict[str, Any]:
+    """Run (or resume) one episode; returns the summary also written to ``summary.json``.
+
+    Everything the run needs (config ranges, the output directory, levers, the
+    policy, the task and the host's size) is checked before the output
+    directory is touched, so a mistake never costs an earlier run its files.
+    Once the event stream is open, a run that stops on an error ends it with
+    ``run.failed``. ``on_start(epochs, first_epoch)`` is called right before
+    the first epoch, so a display never starts for a run that fails to set up.
+    ``on_failures`` is told the levers that failed to load, right after they
+    are written to the stream (without it, each is an ``on_warning`` line);
+    ``on_warning`` gets the other lines a person should see (levers
+    quarantined, slow hooks, the host's size). ``stop_after`` ends the run
+    after that many epochs as an interruption would (checkpoint written, no
+    summary), for resuming later. ``sinks`` are extra structlog processors
+    fed every event (``--tensorboard``).
+    """
+    tell = _Reporting(on_warning or (lambda _msg: None), on_epoch, on_start, on_failures)
+    setup = _set_up(config, resume, overwrite)
+    started = time.perf_counter()
+    # -- everything is checked: from here on the run writes to ``setup.out``.
+    superseded = _prepare_out(setup.out, setup.state)
+    with Telemetry(
+        setup.out / EVENTS, setup.run_id, console=console, append=setup.state is not None, sinks=sinks
+    ) as tel:
+        _log_start(setup, tel, superseded, tell)
+        played = _play(setup, tel, tell, stop_after)
+        if not played.env.done:
+            tel.log.info("run.interrupted", at_epoch=played.env.epoch)
+            return {"interrupted_at": played.env.epoch}
+        summary = _finish(setup, played, time.perf_counter() - started)
+        write_text_atomic(setup.out / SUMMARY, json.dumps(summary, indent=2) + "\n")
+        tel.log.info("run.finished", **{k: v for k, v in summary.items() if k != "config"})
+    return summary
+
+
+def _set_up(config: RunConfig, resume: Path | None, overwrite: bool) -> _Setup:
+    """The config (a resumed run's own), the output directory, levers, task, host size and policy, checked."""
+    state: dict[str, Any] | None = None
+    if resume is not None:
+        if overwrite:
+            raise EsperError("--resume continues a run and --overwrite replaces one; pass only one")
+        state = checkpoint.load(resume / CHECKPOINT)
+        config = structure_config(state["config"], where=f"{resume / CHECKPOINT} config")
+        out = resume
+        check_out(out, overwrite=True, flag="--resume")
+    else:
+        out = fresh_out(Path(config.out))
+        config = attrs.evolve(config, out=str(out))
+        check_out(out, overwrite=overwrite)
+    registry = _open_registry(config, state, resume)
+    task = load_task(config.env, config.seed)
+    if state is None:
+        # static:N plays a wider host that never grows; the widened width is stored in the config.
+        wide = static_env(parse_policy(config.policy, flag="--policy"), config.env, HostShape.of(task))
+        config = attrs.evolve(config, env=wide)
+    size = size_host(config.env, task)
+    obs_dim = len(observation_names(registry, config.env.slots))
+    policy = make_policy(config.policy, registry, obs_dim, config.seed, config.env)
+    run_id = state["run_id"] if state is not None else uuid.uuid4().hex[:12]
+    return _Setup(config, out, state, registry, task, size, policy, run_id)
+
+
+def _open_registry(config: RunConfig, state: dict[str, Any] | None, resume: Path | None) -> Registry:
+    """The selected levers; a resumed run's must be the ones its checkpoint was written with."""
+    selection = Selection.from_env(levers=config.levers)
+    try:
+        registry = build_registry(config.env, selection)
+    except SelectionError as exc:
+        if state is None:
+            raise
+        # The stored config names a lever that is no longer installed: say the checkpoint needs it.
+        gone = sorted(set(state["levers"]) - {ep.name for ep in installed_entry_points()})
+        raise CheckpointError(_needs(state["levers"], gone, resume) if gone else str(exc)) from exc
+    if state is not None:
+        _check_levers(state, registry, resume)
+    if config.env.compile:
+        check_compile_safety(registry, config.allow_graph_breaks)
+    registry.fault_policy = config.on_lever_error
+    return registry
+
+
+def _log_start(setup: _Setup, tel: Telemetry, superseded: int, tell: _Reporting) -> None:
+    registry, state = setup.registry, setup.state
+    log_started(
+        tel.log,
+        registry,
+        config=unstructure_config(setup.config),
+        resumed_from_epoch=state["env"]["epoch"] if state is not None else None,
+        superseded_events=superseded,
+        heads=list(registry.space.names),
+        host_params=setup.size.params,
+        # The split the episode really trains and validates on (the task's own when no size was given).
+        n_train=setup.task.n_train,
+        n_val=setup.task.n_val,
+        host_memory_bytes=setup.size.memory_bytes,
+    )
+    tell.warn(setup.size.describe())
+    if registry.failures and tell.on_failures is not None:
+        tell.on_failures(registry.failures)
+    else:
+        for failure in registry.failures:
+            tell.warn(f"dropped {failure.describe()}")
+
+
+def _play(setup: _Setup, tel: Telemetry, tell: _Reporting, stop_after: int | None) -> _Played:
+    """The episode's epochs (from the checkpoint's, resuming), a checkpoint after every ``checkpoint_every``."""
+    config, registry, policy, state = setup.config, setup.registry, setup.policy, setup.state
+    env = MorphoEnv(config.env, registry, setup.task, tel.log, index=0)
+
+    def quarantined(q: Quarantine) -> None:
+        env.log.warning("lever.quarantined", **attrs.asdict(q))  # bound to the epoch it happened in
+        tell.warn(f"quarantined {q.describe()}")
+
+    registry.on_quarantine = quarantined
+    registry.on_warning = tell.warn
+    envs = EnvBatch([env])
+    obs = envs.reset([config.seed])
+    total = 0.0
+    if state is not None:
+        env.load_state_dict(state["env"])
+        load_run_state(policy, state["policy"])
+        set_rng_states({"cpu": state["rng"], **({"cuda": state["cuda_rng"]} if state.get("cuda_rng") else {})})
+        total = float(state["return"])
+        obs = envs.observe()
+    watch = HookWatch(registry, tel.log, tell.warn)
+    compile_watch = CompileWatch(registry, tel.log, tell.warn) if config.env.compile else None
+    if tell.on_start is not None:
+        tell.on_start(config.env.epochs, env.epoch)
+    observer = _RunObserver(setup, tel, tell, env, watch, stop_after)
+    (total,) = play_batch(envs, policy, obs, [observer], t=env.epoch, returns=[total])
+    return _Played(env, total, watch, compile_watch)
+
+
+@attrs.define
+class _RunObserver(Observer):
+    """Hook timing, checkpoints, the progress display and ``stop_after``: what ``esper run`` does each epoch."""
+
+    setup: _Setup
+    tel: Telemetry
+    tell: _Reporting
+    env: MorphoEnv
+    watch: HookWatch
+    stop_after: int | None
+
+    def before_decision(self, t: int) -> None:
+        self.watch.epoch_started()
+        self.tel.at(self.env.epoch)  # a stop from here on is recorded as in this epoch
+
+    def on_step(self, step: Step) -> bool:
+        env, config = self.env, self.setup.config
+        self.watch.epoch_ended(env.epoch - 1)
+        go_on = self.stop_after is None or env.epoch < self.stop_after or env.done
+        # A run stopped here is resumed from here, whatever checkpoint_every says.
+        if env.epoch % config.checkpoint_every == 0 or env.done or not go_on:
+            s = self.setup
+            _save(s.out, config, s.run_id, env, s.policy, step.returns[0], s.registry, self.tel)
+        if self.tell.on_epoch is not None:
+            self.tell.on_epoch(EpochReport(env.epoch, config.env.epochs, env.acc_history[-1], _stages(env)))
+        return go_on
+
+
+def _finish(setup: _Setup, played: _Played, wall: float) -> dict[str, Any]:
+    """The summary of a finished episode: ``_summary`` plus hook times, quarantines and compile counts."""
+    compile_stats = played.compile_watch.episode_ended() if played.compile_watch is not None else None
+    summary = _summary(setup.run_id, setup.config, played.env, setup.registry, played.total, wall, setup.out)
+    summary["hook_seconds"] = played.watch.totals()
+    # Forced heads that fell back and schedule steps skipped as illegal, as esper eval counts them.
+    summary["policy_fallbacks"] = fallbacks(setup.policy)
+    summary["quarantined"] = [attrs.asdict(q) for q in setup.registry.quarantined.values()]
+    if compile_stats is not None:
+        summary["compile"] = compile_stats
+    return summary
+
+
+def _stages(env: MorphoEnv) -> tuple[str, ...]:
+    """Each slot's stage and the seeds fossilized in it: a slot is DORMANT again once its seed fossilizes,
+    so the stage alone would show a run that grew seven seeds as one that grew none."""
+    fossils = collections.Counter(s.slot for s in env.lifecycle.history if s.stage is Stage.FOSSILIZED)
+    return tuple(
+        f"{st.name} ({fossils[i]} fossilized)" if fossils[i] else st.name for i, st in enumerate(env.lifecycle.stages)
+    )
+
+
+def _save(
+    out: Path,
+    config: RunConfig,
+    run_id: str,
+    env: MorphoEnv,
+    policy: Policy,
+    total: float,
+    reg: Registry,
+    tel: Telemetry,
+) -> None:
+    levers: dict[str, Any] = {}
+    for lv in reg.levers:
+        per_seed = {
+            s.seed_id: s.lever_state[lv.name]
+            for s in [*env.lifecycle.history, *env.lifecycle.live_seeds()]
+            if lv.name in s.lever_state
+        }
+        levers[lv.name] = {"distribution": lv.distribution, "version": lv.version, "seeds": per_seed}
+    checkpoint.save_atomic(
+        {
+            "format": checkpoint.FORMAT,
+            "run_id": run_id,
+            "config": unstructure_config(config),
+            "env": env.state_dict(),
+            "policy": run_state(policy),
+            "rng": torch.get_rng_state(),
+            "cuda_rng": rng_states().get("cuda"),
+            "return": total,
+            "levers": levers,
+            # What the event stream held at this epoch: a resume cuts it back here.
+            "events_bytes": tel.position(),
+        },
+        out / CHECKPOINT,
+    )
+
+
+def _needs(saved: dict[str, Any], missing: list[str], where: Path | None) -> str:
+    desc = ", ".join(f"{n!r} ({saved[n]['distribution']} {saved[n]['version']})" for n in missing)
+    return f"checkpoint {where} needs lever(s) {desc}, which are not active; install or select them to resume"
+
+
+def _check_levers(state: dict[str, Any], registry: Registry, where: Path | None) -> None:
+    saved = state["levers"]
+    missing = sorted(set(saved) - set(registry.names))
+    if missing:
+        raise CheckpointError(_needs(saved, missing, where))
+    extra = sorted(set(registry.names) - set(saved))
+    if extra:
+        raise CheckpointError(
+            f"lever(s) {', '.join(map(repr, extra))} are active but were not when checkpoint {where} was written; "
+            "deselect them (--levers / ESPER_DISABLED_LEVERS) to resume the same run"
+        )
+
+
+def _summary(
+    run_id: str, config: RunConfig, env: MorphoEnv, registry: Registry, total: float, wall: float, out: Path
+) -> dict[str, Any]:
+    lc = env.lifecycle
+    seeds = [
+        {
+            "seed_id": s.seed_id,
+            "slot": s.slot,
+            "blueprint": s.blueprint,
+            "blend": s.blend,
+            "choices": s.choices,
+            "final_stage": s.stage.name,
+            "cull_reason": s.cull_reason,
+            "germinated_epoch": s.germinated_epoch,
+        }
+        for s in [*lc.history, *lc.live_seeds()]
+    ]
+    return {
+        "run_id": run_id,
+        "out": str(out),
+        "epochs": env.epoch,
+        "num_classes": env.task.num_classes,
+        "final_val_accuracy": env.acc_history[-1] if env.acc_history else None,
+        "best_val_accuracy": env.best,
+        "return": total,
+        "params": env.param_count(),
+        "base_params": env.base_params,
+        "seeds": seeds,
+        "levers": lever_records(registry),
+        "wall_seconds": round(wall, 2),
+        "config": unstructure_config(config),
+    }

@@ -1,0 +1,122 @@
+"""Tamiyo's observation, declared once: each feature's name beside how it is computed.
+
+The observation vector and its schema (``observation_names``, what a policy
+file is stamped with and the report labels) come from the same declarations,
+so they cannot drift apart: a feature added here is named and computed in one
+edit. Episode features come first, then each slot's features, then each
+slot's observed lever telemetry (``TelemetryField(observed=True)``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
+
+import attrs
+
+from esper_kernel.compose.stages import Stage
+
+if TYPE_CHECKING:
+    from esper_kernel.compose.seeds import SeedState
+    from esper_kernel.episode.env import MorphoEnv
+
+__all__ = ["EPISODE", "HISTORY", "SLOT", "Feature", "episode_values", "names", "slot_values"]
+
+#: Validation accuracies of the last epochs the observation carries.
+HISTORY = 3
+
+
+@attrs.frozen
+class Feature:
+    """One feature, or a group of them (a one-hot, a history): its names and its values, in the same order."""
+
+    #: The names, given the topology's blueprints (a one-hot over them has one name each).
+    names: Callable[[Sequence[str]], list[str]]
+    #: Episode features: ``values(env)``; slot features: ``values(env, slot, seed)``.
+    values: Callable[..., list[float]]
+
+
+def _one(name: str, fn: Callable[..., float]) -> Feature:
+    return Feature(lambda _bp: [name], lambda *a: [fn(*a)])
+
+
+def _delta_acc(env: MorphoEnv) -> float:
+    hist, last = env.acc_history, env.last
+    prev = hist[-2] if len(hist) >= 2 else (hist[-1] if hist else 0.0)
+    return (last.val_accuracy - prev) if last else 0.0
+
+
+def _delta_loss(env: MorphoEnv) -> float:
+    losses = env.loss_history
+    return (losses[-1] - losses[-2]) if len(losses) >= 2 else 0.0
+
+
+def _history(env: MorphoEnv) -> list[float]:
+    hist = env.acc_history
+    return [hist[-(i + 1)] if len(hist) > i else 0.0 for i in range(HISTORY)]
+
+
+EPISODE: tuple[Feature, ...] = (
+    _one("epoch_frac", lambda e: e.epoch / e.config.epochs),
+    _one("train_loss", lambda e: e.last.train_loss if e.last else 0.0),
+    _one("val_loss", lambda e: e.last.val_loss if e.last else 0.0),
+    _one("train_accuracy", lambda e: e.last.train_accuracy if e.last else 0.0),
+    _one("val_accuracy", lambda e: e.last.val_accuracy if e.last else 0.0),
+    _one("delta_val_accuracy", _delta_acc),
+    _one("delta_val_loss", _delta_loss),
+    _one("plateau_frac", lambda e: e.plateau / e.config.epochs),
+    _one("best_val_accuracy", lambda e: e.best),
+    Feature(lambda _bp: [f"val_accuracy_t-{i + 1}" for i in range(HISTORY)], _history),
+    _one("param_growth", lambda e: (e.param_count() - e.base_params) / e.base_params),
+    _one("slot_utilisation", lambda e: sum(s is not None for s in e.lifecycle.seeds) / e.n_slots),
+)
+
+
+def _stage(env: MorphoEnv, slot: int, _seed: SeedState | None) -> list[float]:
+    onehot = [0.0] * len(Stage)
+    onehot[int(env.lifecycle.stages[slot])] = 1.0
+    return onehot
+
+
+def _contribution(_env: MorphoEnv, _slot: int, seed: SeedState | None) -> float:
+    if seed is None:
+        return 0.0
+    return next((c for c in reversed(seed.metrics.contribution) if c is not None), 0.0)
+
+
+def _blueprint(env: MorphoEnv, _slot: int, seed: SeedState | None) -> list[float]:
+    onehot = [0.0] * len(env.blueprints)
+    if seed is not None:
+        onehot[env.blueprints.index(seed.blueprint)] = 1.0
+    return onehot
+
+
+SLOT: tuple[Feature, ...] = (
+    _one("active", lambda _e, _s, seed: float(seed is not None)),
+    Feature(lambda _bp: [f"stage_{s.name.lower()}" for s in Stage], _stage),
+    _one("alpha", lambda e, s, _seed: float(e.lifecycle.slots[s].alpha)),
+    _one("contribution", _contribution),
+    _one(
+        "epochs_in_stage_frac",
+        lambda e, _s, seed: (seed.epochs_in_stage(e.epoch) / e.config.epochs) if seed is not None else 0.0,
+    ),
+    Feature(lambda bp: [f"blueprint_{b}" for b in bp], _blueprint),
+)
+
+
+def names(blueprints: Sequence[str], n_slots: int, observed: Sequence[str]) -> tuple[str, ...]:
+    """Every observation entry's name, in order; ``observed`` are the observed telemetry keys."""
+    out = [n for f in EPISODE for n in f.names(blueprints)]
+    per_slot = [n for f in SLOT for n in f.names(blueprints)]
+    for s in range(n_slots):
+        out += [f"s{s}.{n}" for n in per_slot]
+        out += [f"s{s}.{key}" for key in observed]
+    return tuple(out)
+
+
+def episode_values(env: MorphoEnv) -> list[float]:
+    return [v for f in EPISODE for v in f.values(env)]
+
+
+def slot_values(env: MorphoEnv, slot: int, seed: SeedState | None) -> list[float]:
+    return [v for f in SLOT for v in f.values(env, slot, seed)]
