@@ -135,6 +135,10 @@ class DecisionView:
     #: Per slot, the measured counterfactual contributions of its live seed, oldest first (empty: none).
     contributions: tuple[tuple[float, ...], ...]
     blueprints: tuple[str, ...]
+    #: Per slot, the blueprint of its live seed (None: no live seed).
+    live_blueprints: tuple[str | None, ...] = ()
+    #: Every seed that has left its slot, oldest first: (slot, blueprint, fossilized, measured contributions).
+    past: tuple[tuple[int, str, bool, tuple[float, ...]], ...] = ()
 
 
 @attrs.define
@@ -363,10 +367,19 @@ class MorphoEnv:
                 () if s is None else tuple(c for c in s.metrics.contribution if c is not None) for s in seeds
             ),
             blueprints=self.blueprints,
+            live_blueprints=tuple(None if s is None else s.blueprint for s in seeds),
+            past=tuple(
+                (s.slot, s.blueprint, s.stage is Stage.FOSSILIZED, _measured(s.metrics.contribution))
+                for s in self.lifecycle.history
+            ),
         )
 
     def mask_state(self) -> tuple[int, list[int], list[bool]]:
         return self.epoch, [int(s) for s in self.lifecycle.stages], self.lifecycle.fossilize_ok()
+
+
+def _measured(contributions: Sequence[float | None]) -> tuple[float, ...]:
+    return tuple(c for c in contributions if c is not None)
 
 
 class EnvBatch:

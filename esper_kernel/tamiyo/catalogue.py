@@ -140,9 +140,25 @@ def _check_file(arg: str, where: str, _registry: Registry, _env: EnvConfig) -> N
 #: The kind of a spec that names no registered kind: a policy file.
 FILE = "file"
 
+
+def _heuristic(_arg: str, _spec: PolicySpec, _ctx: BuildContext) -> Policy:
+    from esper_kernel.tamiyo.heuristic import EvidenceHeuristic
+
+    return EvidenceHeuristic()
+
+
 register(
     PolicyKind(
-        "heuristic", "germinate on a plateau, fossilize what helps, cull what hurts", lambda *_: HeuristicPolicy()
+        "heuristic",
+        "grows early, picks blueprints by their measured contribution, quickest lever timing",
+        _heuristic,
+    )
+)
+register(
+    PolicyKind(
+        "heuristic-v1",
+        "the first heuristic: catalogue order on a plateau, default levers",
+        lambda *_: HeuristicPolicy(),
     )
 )
 register(

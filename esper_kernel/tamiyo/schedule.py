@@ -21,11 +21,12 @@ baseline a learned controller must beat. ``docs/eval.md`` documents the format::
     slot = 0
     window = 6           # may wait up to 6 more decisions for the step to be legal
 
-A step is played at the first decision from its ``epoch`` on (within its
-``window``) at which every choice it names is legal under the masks; one
-whose window passes without that is skipped and counted (:attr:`SchedulePolicy.fallbacks`),
-as a forced head's fallbacks are. Steps are taken in file order, one per
-decision. Heads a step does not name take their default, or the first legal
+A step is due from its ``epoch`` and is played at the first decision within
+its ``window`` at which every choice it names is legal under the masks (the
+first such due step in file order; one step per decision). One whose window
+closes without that (or still waiting at the episode's last decision) is
+skipped and counted (:attr:`SchedulePolicy.fallbacks`), as a forced head's
+fallbacks are. Heads a step does not name take their default, or the first legal
 choice where a lever masks the default.
 """
 
@@ -190,9 +191,9 @@ def check_schedule(schedule: Schedule, registry: Registry, slots: int) -> None:
 
 @attrs.define
 class _Cursor:
-    """Where one env is in the schedule."""
+    """Where one env is in the schedule: the steps played or skipped so far (by position)."""
 
-    next: int = 0
+    done: list[int] = attrs.Factory(list)
     played: int = 0
     skipped: int = 0
 
@@ -222,27 +223,28 @@ class SchedulePolicy:
         while len(self._cursors) < len(envs.envs):
             self._cursors.append(_Cursor())
         space = envs.registry.space
-        rows = [self._row(env.epoch, masks[i], space, self._cursors[i]) for i, env in enumerate(envs.envs)]
+        rows = [
+            self._row(env.epoch, env.config.epochs, masks[i], space, c)
+            for i, (env, c) in enumerate(zip(envs.envs, self._cursors, strict=False))
+        ]
         return decide_rows(space, rows, masks)
 
-    def _row(self, epoch: int, mask: torch.Tensor, space: Any, cursor: _Cursor) -> dict[str, str]:
-        steps = self.schedule.steps
-        while cursor.next < len(steps) and steps[cursor.next].epoch <= epoch:
-            step = steps[cursor.next]
-            if epoch > step.epoch + step.window:
-                cursor.skipped += 1  # its window passed while earlier steps were played
-                cursor.next += 1
-                continue
+    def _row(self, epoch: int, epochs: int, mask: torch.Tensor, space: Any, cursor: _Cursor) -> dict[str, str]:
+        """The first due step (in file order) that is legal now; steps whose window is over are skipped."""
+        due = [s for s in self.schedule.steps if s.index not in cursor.done and s.epoch <= epoch]
+        chosen: dict[str, str] = {"op": "wait"}
+        for step in due:
             row = _choices(step)
-            if _legal(row, mask, space):
+            last_chance = epoch >= step.epoch + step.window or epoch == epochs - 1
+            if chosen["op"] == "wait" and epoch <= step.epoch + step.window and _legal(row, mask, space):
+                chosen = row
                 cursor.played += 1
-                cursor.next += 1
-                return row
-            if epoch < step.epoch + step.window:
-                break  # may still become legal: wait for it
-            cursor.skipped += 1
-            cursor.next += 1
-        return {"op": "wait"}
+            elif last_chance:
+                cursor.skipped += 1  # illegal until its window closed (or the episode's last decision)
+            else:
+                continue  # may still become legal: wait for it
+            cursor.done.append(step.index)
+        return chosen
 
 
 def _choices(step: ScheduleStep) -> dict[str, str]:

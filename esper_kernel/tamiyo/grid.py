@@ -1,0 +1,67 @@
+"""The documented grid of growth schedules ``esper sweep`` searches (``docs/eval.md``, Schedules).
+
+Every combination of a blueprint, a lever timing and a number of slots is one
+schedule: germinate that blueprint in slot 0 at epoch 0 (and in slots 1, 2 at
+epochs 1, 2 when three slots grow), each seed fossilized as soon as it may be
+(a fossilize step from the earliest epoch the kernel's timeline allows, with a
+window to the episode's end). Written as files by::
+
+    python -m esper_kernel.tamiyo.grid docs/schedules/grid
+
+and searched by ``esper sweep --policies 'schedule:docs/schedules/grid/*.toml'``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+from esper_kernel.tamiyo.schedule import Schedule, ScheduleStep
+
+__all__ = ["BLUEPRINTS", "SLOTS", "TIMINGS", "grid_schedules", "write_grid"]
+
+#: Blueprints that widen a CNN host's view, from the largest view to the smallest (docs/tasks.md).
+BLUEPRINTS = ("dilated", "conv_heavy", "conv_light", "depthwise")
+#: Lever timings: the quickest seed (dwell 1 epoch, a 3-epoch blend) and the builtin levers' defaults (3, 5).
+TIMINGS: Mapping[str, tuple[dict[str, str], int]] = {
+    "fast": ({"dwell": "MINIMAL", "tempo": "FAST"}, 5),
+    "default": ({}, 9),
+}
+SLOTS = (1, 3)
+#: Epochs a fossilize step may wait for its seed to become fossilizable.
+WINDOW = 40
+
+
+def grid_schedules(
+    blueprints: Sequence[str] = BLUEPRINTS,
+    timings: Mapping[str, tuple[dict[str, str], int]] = TIMINGS,
+    slots: Sequence[int] = SLOTS,
+) -> list[Schedule]:
+    """Every blueprint x timing x slot count, as schedules named ``BLUEPRINT-TIMING-Nslot``."""
+    out = []
+    for bp, (timing, (levers, ready)), n in itertools.product(blueprints, timings.items(), slots):
+        steps: list[ScheduleStep] = []
+        for slot in range(n):
+            choices = (("blueprint", bp), *levers.items())
+            steps.append(ScheduleStep(len(steps) + 1, slot, "germinate", slot, choices))
+        for slot in range(n):
+            steps.append(ScheduleStep(len(steps) + 1, slot + ready, "fossilize", slot, window=WINDOW))
+        out.append(Schedule(f"{bp}-{timing}-{n}slot", tuple(steps), "grid"))
+    return out
+
+
+def write_grid(out: Path) -> list[Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for schedule in grid_schedules():
+        path = out / f"{schedule.name}.toml"
+        path.write_text(schedule.to_toml("Written by python -m esper_kernel.tamiyo.grid (docs/eval.md)."), "utf-8")
+        paths.append(path)
+    return paths
+
+
+if __name__ == "__main__":
+    for p in write_grid(Path(sys.argv[1] if len(sys.argv) > 1 else "docs/schedules/grid")):
+        print(p)
