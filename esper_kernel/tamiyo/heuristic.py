@@ -71,12 +71,24 @@ class EvidenceHeuristic:
     """See the module docstring. ``patience``: measured epochs of harm before a cull; ``payoff``: epochs a
     fossilized seed should have left to help (None: an eighth of the episode, at least 2)."""
 
-    def __init__(self, patience: int = 2, payoff: int | None = None, blend: str = "sigmoid", evidence: int = 2) -> None:
+    def __init__(
+        self,
+        patience: int = 2,
+        payoff: int | None = None,
+        blend: str = "sigmoid",
+        evidence: int = 2,
+        max_live: int = 1,
+        regrow_plateau: int = 2,
+    ) -> None:
         self.patience = patience
         self.payoff = payoff
         self.blend = blend
         #: How many of a seed's last measured contributions are its evidence.
         self.evidence = evidence
+        #: Seeds growing at once: one, so each seed's contribution is measured against a settled host.
+        self.max_live = max_live
+        #: Epochs without a new best accuracy before a blueprint that helped is grown again.
+        self.regrow_plateau = regrow_plateau
 
     def act(self, obs: torch.Tensor, masks: torch.Tensor, envs: EnvBatch) -> Sampled:
         space = envs.registry.space
@@ -106,7 +118,7 @@ class EvidenceHeuristic:
         return {"op": "wait"}
 
     def _time_to_grow(self, view: DecisionView, space: ActionSpace) -> bool:
-        payoff = self.payoff if self.payoff is not None else max(2, view.epochs // 8)
+        payoff = self.payoff if self.payoff is not None else max(3, view.epochs // 5)
         ready = space.timeline(view.epochs, {}).at(Stage.FOSSILIZED)
         return view.epochs - view.epoch >= ready + payoff
 
@@ -114,7 +126,7 @@ class EvidenceHeuristic:
         space = env.registry.space
         slot_i, bp_i = space.names.index("slot"), space.names.index("blueprint")
         free = [i for i, s in enumerate(view.stages) if s is Stage.DORMANT and bool(sel[slot_i, i])]
-        if not free:
+        if not free or sum(bp is not None for bp in view.live_blueprints) >= self.max_live:
             return None
         slot = free[0]
         legal = [b for b in view.blueprints if bool(sel[bp_i, space.choice_index("blueprint", b)])]
@@ -144,7 +156,8 @@ class EvidenceHeuristic:
                 scores.setdefault(live, []).append(m)
         helped = {bp: sum(v) / len(v) for bp, v in scores.items() if bp in legal and sum(v) > 0}
         if helped:
-            return max(helped, key=lambda bp: helped[bp])
+            # Grow more of what helped only once the network has stopped improving with it.
+            return max(helped, key=lambda bp: helped[bp]) if view.plateau >= self.regrow_plateau else None
         tried = {bp for _, bp, _, _ in view.past} | {bp for bp in view.live_blueprints if bp is not None}
         untried = [bp for bp in probe_order(env.config.topology, view.blueprints) if bp in legal and bp not in tried]
         return untried[0] if untried else None
