@@ -300,9 +300,9 @@ def run_command(**flags: Any) -> None:
     `esper report OUT` draws them. An OUT that already holds a run is refused
     unless --overwrite (or --resume OUT).
     """
-    from esper_kernel.commands import session
+    from esper_kernel.commands import session_run
 
-    session.esper_run(session.RunFlags.split(flags))
+    session_run.esper_run(session_run.RunFlags.split(flags))
 
 
 # -- esper train -------------------------------------------------------------
@@ -336,9 +336,9 @@ def train(**flags: Any) -> None:
     quick run. Flags override a --config file's values.
     """
     # Imported here so ``esper levers`` does not pay for the training stack.
-    from esper_kernel.commands import session
+    from esper_kernel.commands import session_train
 
-    session.esper_train(session.TrainFlags.split(flags))
+    session_train.esper_train(session_train.TrainFlags.split(flags))
 
 
 # -- esper sweep -------------------------------------------------------------
@@ -383,9 +383,9 @@ def sweep_command(**flags: Any) -> None:
     set's `wait` control; OUT/sweep.json (schema esper.eval/1) and OUT/sweep.md
     hold the table `esper eval` prints.
     """
-    from esper_kernel.commands import session
+    from esper_kernel.commands import session_eval
 
-    session.esper_sweep(session.SweepFlags.split(flags))
+    session_eval.esper_sweep(session_eval.SweepFlags.split(flags))
 
 
 # -- esper report / compare ------------------------------------------------------
@@ -480,9 +480,9 @@ def eval_command(**flags: Any) -> None:
     `wait` control by default): mean difference and 95% confidence interval
     of final accuracy, return and parameters. Schema in docs/eval.md.
     """
-    from esper_kernel.commands import session
+    from esper_kernel.commands import session_eval
 
-    session.esper_eval(session.EvalFlags.split(flags))
+    session_eval.esper_eval(session_eval.EvalFlags.split(flags))
 
 
 @main.command("frontier")
@@ -509,9 +509,9 @@ def frontier_command(**flags: Any) -> None:
     architecture each growing run ended with, trained from epoch 0, paired by
     seed. Schema esper.frontier/1 in docs/growth.md.
     """
-    from esper_kernel.commands import session
+    from esper_kernel.commands import session_eval
 
-    session.esper_frontier(flags)
+    session_eval.esper_frontier(flags)
 
 
 if __name__ == "__main__":
