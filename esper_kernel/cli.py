@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 from rich.console import Console
 
+from esper_kernel.commands.session import runtime_options
 from esper_kernel.infra.errors import EsperError, PluginError, SelectionError, Terminated
 from esper_kernel.report.levers import LEVERS_SCHEMA as LEVERS_SCHEMA
 from esper_kernel.report.levers import LeversReport, failure_record, failures_panel, levers_report, render
@@ -247,35 +248,6 @@ def list_tasks_command(as_json: bool) -> None:
 
 
 # -- options every training command shares ---------------------------------------
-
-
-def runtime_options(*, tensorboard: bool = True) -> Callable[[F], F]:
-    """``--threads`` (and ``--tensorboard``): how, not what, a command computes; no config key holds them."""
-    options = [
-        click.option(
-            "--threads",
-            type=click.IntRange(min=0),
-            default=None,
-            help="Torch intra-op threads per process (default: OMP_NUM_THREADS if set, else 1; 0: torch's own choice).",
-        ),
-    ]
-    if tensorboard:
-        options.append(
-            click.option(
-                "--tensorboard",
-                "tensorboard_dir",
-                default=None,
-                type=click.Path(file_okay=False, path_type=Path),
-                help="Also stream scalars to a TensorBoard log in this directory (needs the tensorboard extra).",
-            )
-        )
-
-    def apply(command: F) -> F:
-        for option in reversed(options):  # click lists options in decorator order, the first on top
-            command = option(command)
-        return command
-
-    return apply
 
 
 def _settings(command: settings.Command) -> Callable[[F], F]:

@@ -5,15 +5,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from esper_kernel.actions import Decision
-from esper_kernel.env import EnvBatch, EnvConfig, MorphoEnv, build_registry, load_task
-from esper_kernel.registry import Selection
-from esper_kernel.seeds import SeedState
-from esper_kernel.stages import Op, Stage
+from esper_kernel.compose.actions import Decision
+from esper_kernel.compose.registry import Selection
+from esper_kernel.compose.seeds import SeedState
+from esper_kernel.compose.stages import Op, Stage
+from esper_kernel.data.tasks import TaskData
+from esper_kernel.episode.env import EnvBatch, EnvConfig, MorphoEnv, build_registry, load_task
+from esper_kernel.infra.telemetry import null_log
 from esper_kernel.tamiyo.catalogue import BuildContext, build_policy, parse_policy
 from esper_kernel.tamiyo.heuristic import EvidenceHeuristic, probe_order
-from esper_kernel.tasks import TaskData
-from esper_kernel.telemetry import null_log
 
 CONFIG = EnvConfig(epochs=20, slots=3, train_size=32, val_size=16, batch_size=16)
 

@@ -16,7 +16,7 @@ Heavy imports stay inside functions so ``esper --help`` does not pay for torch.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     pass
 
 C = TypeVar("C")
+F = TypeVar("F", bound=Callable[..., Any])
 FlagsT = TypeVar("FlagsT", bound="Flags")
 
 
@@ -103,6 +104,35 @@ def write_json(path: Path, record: Mapping[str, Any]) -> Path:
     from esper_kernel.infra.files import write_text_atomic
 
     return write_text_atomic(path, json.dumps(record, indent=2) + "\n")
+
+
+def runtime_options(*, tensorboard: bool = True) -> Callable[[F], F]:
+    """``--threads`` (and ``--tensorboard``): how, not what, a command computes; no config key holds them."""
+    options = [
+        click.option(
+            "--threads",
+            type=click.IntRange(min=0),
+            default=None,
+            help="Torch intra-op threads per process (default: OMP_NUM_THREADS if set, else 1; 0: torch's own choice).",
+        ),
+    ]
+    if tensorboard:
+        options.append(
+            click.option(
+                "--tensorboard",
+                "tensorboard_dir",
+                default=None,
+                type=click.Path(file_okay=False, path_type=Path),
+                help="Also stream scalars to a TensorBoard log in this directory (needs the tensorboard extra).",
+            )
+        )
+
+    def apply(command: F) -> F:
+        for option in reversed(options):  # click lists options in decorator order, the first on top
+            command = option(command)
+        return command
+
+    return apply
 
 
 def stderr() -> Console:

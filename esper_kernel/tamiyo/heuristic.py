@@ -24,7 +24,7 @@ Per env, each decision, in order:
 Lever heads take, at GERMINATE, the choice that brings a seed to fossilization
 soonest (each timing head's quickest; every other head its default), so a
 seed pays off within short episodes and has the most epochs to do so in long
-ones. Everything it reads is in the env's :class:`~esper_kernel.env.DecisionView`,
+ones. Everything it reads is in the env's :class:`~esper_kernel.episode.env.DecisionView`,
 so it carries no state of its own: a resumed run decides as the uninterrupted one.
 
 The previous rule (catalogue order, on a plateau, default levers) is kept as
@@ -38,14 +38,14 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from esper_kernel.lifecycle import CORE_HEADS
-from esper_kernel.stages import Op, Stage
+from esper_kernel.compose.stages import Op, Stage
+from esper_kernel.episode.sampling import Sampled
+from esper_kernel.grow.lifecycle import CORE_HEADS
 from esper_kernel.tamiyo.policies import decide_rows
-from esper_kernel.tamiyo.sampling import Sampled
 
 if TYPE_CHECKING:
-    from esper_kernel.actions import ActionSpace
-    from esper_kernel.env import DecisionView, EnvBatch, MorphoEnv
+    from esper_kernel.compose.actions import ActionSpace
+    from esper_kernel.episode.env import DecisionView, EnvBatch, MorphoEnv
 
 __all__ = ["EvidenceHeuristic", "probe_order"]
 
@@ -53,7 +53,7 @@ __all__ = ["EvidenceHeuristic", "probe_order"]
 @functools.cache
 def probe_order(topology: str, names: tuple[str, ...], dim: int = 16) -> tuple[str, ...]:
     """``names``, the blueprint with the most parameters at width ``dim`` first (ties: catalogue order)."""
-    from esper_kernel.blueprints import build_seed, param_count
+    from esper_kernel.grow.blueprints import build_seed, param_count
 
     # Building a module draws its initial weights from the global RNG: fork it, or the first episode
     # of a process (the one that fills this cache) would train on other random numbers than the rest.
@@ -120,7 +120,7 @@ class EvidenceHeuristic:
     def _time_to_grow(self, view: DecisionView, space: ActionSpace) -> bool:
         payoff = self.payoff if self.payoff is not None else max(3, view.epochs // 5)
         ready = space.timeline(view.epochs, {}).at(Stage.FOSSILIZED)
-        return view.epochs - view.epoch >= ready + payoff
+        return bool(view.epochs - view.epoch >= ready + payoff)
 
     def _germinate(self, env: MorphoEnv, view: DecisionView, sel: torch.Tensor) -> dict[str, str] | None:
         space = env.registry.space
