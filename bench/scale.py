@@ -20,7 +20,8 @@ import attrs
 from bench.fixtures import BUILTIN_LEVERS
 from bench.timing import Row, Settings
 from esper_kernel.compose.registry import Selection
-from esper_kernel.data.tasks import TaskData, make_sequences
+from esper_kernel.data.generated import make_sequences
+from esper_kernel.data.tasks import TaskData
 from esper_kernel.episode.env import MorphoEnv, build_registry, load_task
 from esper_kernel.infra.telemetry import null_log
 from esper_kernel.settings.config import EnvConfig

@@ -60,40 +60,40 @@ def _transformer(dim: int, heads: int = 4) -> Any:
 
 
 def _pairs(seed: int, data_dir: Path | None, **sizes: Any) -> TaskData:
-    from esper_kernel.data.tasks import make_pairs
+    from esper_kernel.data.generated import make_pairs
 
     return make_pairs(seed, **sizes)
 
 
 def _shapes(seed: int, data_dir: Path | None, **sizes: Any) -> TaskData:
-    from esper_kernel.data.tasks import make_shapes
+    from esper_kernel.data.generated import make_shapes
 
     # 1024/512 is what every run trained on before tasks were plugins (make_shapes' own is 2048).
     return make_shapes(seed, **{"n_train": 1024, "n_val": 512, **sizes})
 
 
 def _sequences(seed: int, data_dir: Path | None, **sizes: Any) -> TaskData:
-    from esper_kernel.data.tasks import make_sequences
+    from esper_kernel.data.generated import make_sequences
 
     return make_sequences(seed, **{"n_train": 1024, "n_val": 512, **sizes})
 
 
 def _cifar10(seed: int, data_dir: Path | None, **sizes: Any) -> TaskData:
-    from esper_kernel.data.tasks import load_cifar10
+    from esper_kernel.data.local import load_cifar10
 
     assert data_dir is not None  # build_data checks this first
     return load_cifar10(data_dir, **sizes)
 
 
 def _text(seed: int, data_dir: Path | None, **sizes: Any) -> TaskData:
-    from esper_kernel.data.tasks import load_text
+    from esper_kernel.data.local import load_text
 
     assert data_dir is not None  # build_data checks this first
     return load_text(data_dir, **sizes)
 
 
 def _mnist1d(seed: int, data_dir: Path | None, **sizes: Any) -> TaskData:
-    from esper_kernel.data.tasks import load_mnist1d
+    from esper_kernel.data.local import load_mnist1d
 
     return load_mnist1d(**sizes)
 

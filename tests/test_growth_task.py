@@ -5,7 +5,8 @@ from __future__ import annotations
 import attrs
 import torch
 
-from esper_kernel.data.tasks import PAIR_OFFSETS, TaskData, get_task, make_pairs
+from esper_kernel.data.generated import PAIR_OFFSETS, make_pairs
+from esper_kernel.data.tasks import TaskData, get_task
 from esper_kernel.episode.env import EnvConfig, cnn_host_config
 from esper_kernel.grow.hosts import CNNHost
 

@@ -35,7 +35,8 @@ from esper_kernel.compose.registry import Registry
 from esper_kernel.compose.seeds import Knobs, SeedState, default_dwell
 from esper_kernel.compose.specs import Safety
 from esper_kernel.compose.stages import LIVE_STAGES, Op, Stage
-from esper_kernel.data.tasks import TaskData, make_sequences, make_shapes
+from esper_kernel.data.generated import make_sequences, make_shapes
+from esper_kernel.data.tasks import TaskData
 from esper_kernel.grow.blueprints import blueprint_names
 from esper_kernel.grow.hosts import CNNHost, CNNHostConfig, Host, TransformerHost, TransformerHostConfig
 from esper_kernel.grow.lifecycle import EpochMeasure, Lifecycle, LifecycleConfig, SlotMeasure

@@ -24,7 +24,8 @@ from esper_kernel.compose.discovery import LeverInfo
 from esper_kernel.compose.registry import Registry
 from esper_kernel.compose.seeds import SeedState
 from esper_kernel.compose.stages import LIVE_STAGES, TRANSITIONS, IllegalTransition, Stage, check_transition
-from esper_kernel.data.tasks import TaskData, make_shapes
+from esper_kernel.data.generated import make_shapes
+from esper_kernel.data.tasks import TaskData
 from esper_kernel.grow.blueprints import blueprint_names
 from esper_kernel.grow.hosts import CNNHost, CNNHostConfig, Host, TransformerHost, TransformerHostConfig
 from esper_kernel.grow.lifecycle import (

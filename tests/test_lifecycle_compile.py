@@ -23,7 +23,8 @@ from esper_kernel.compose.discovery import LeverInfo
 from esper_kernel.compose.registry import Registry
 from esper_kernel.compose.seeds import SeedState
 from esper_kernel.compose.stages import Stage
-from esper_kernel.data.tasks import TaskData, make_sequences, make_shapes
+from esper_kernel.data.generated import make_sequences, make_shapes
+from esper_kernel.data.tasks import TaskData
 from esper_kernel.grow.blueprints import blueprint_names
 from esper_kernel.grow.hosts import CNNHost, CNNHostConfig, Host, TransformerHost, TransformerHostConfig
 from esper_kernel.grow.lifecycle import Lifecycle, LifecycleConfig

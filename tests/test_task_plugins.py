@@ -144,7 +144,7 @@ if os.environ.get("REQUIRE_MNIST1D") != "1":
 
 @pytest.fixture
 def fresh_mnist1d(monkeypatch: pytest.MonkeyPatch) -> None:
-    from esper_kernel.data import tasks
+    from esper_kernel.data import local as tasks
 
     monkeypatch.setattr(tasks, "_MNIST1D_CACHE", {})
 
@@ -179,7 +179,7 @@ def test_mnist1d_is_the_standard_split_generated_locally_without_network(
 
 
 def test_mnist1d_is_the_same_benchmark_every_time_and_honours_sizes(fresh_mnist1d: None) -> None:
-    from esper_kernel.data import tasks
+    from esper_kernel.data import local as tasks
 
     a = load_task(EnvConfig(task="mnist1d"), seed=0)
     tasks._MNIST1D_CACHE.clear()

@@ -10,17 +10,9 @@ import pytest
 import torch
 from torch import nn
 
-from esper_kernel.data.tasks import (
-    CIFAR10_MEAN,
-    CIFAR10_STD,
-    TaskData,
-    TaskError,
-    get_task,
-    load_cifar10,
-    load_text,
-    make_sequences,
-    make_shapes,
-)
+from esper_kernel.data.generated import make_sequences, make_shapes
+from esper_kernel.data.local import load_cifar10, load_text
+from esper_kernel.data.tasks import CIFAR10_MEAN, CIFAR10_STD, TaskData, TaskError, get_task
 from esper_kernel.infra.errors import EsperError
 
 
