@@ -321,16 +321,7 @@ class MorphoEnv:
             "plateau": self.plateau,
             "base_params": self.base_params,
             "fields": dict(self.fields),
-            "last": None
-            if last is None
-            else [
-                last.epoch,
-                last.train_loss,
-                last.train_accuracy,
-                last.val_loss,
-                last.val_accuracy,
-                last.host_grad_norm,
-            ],
+            "last": None if last is None else {k: getattr(last, k) for k in _LAST_KEYS},
             "generator": self.runner.generator.get_state(),
             # One table, as before the runner owned the optimizer: checkpoints keep their format.
             "lifecycle": {**self.lifecycle.state_dict(), **self.runner.optimizer.state_dict()},
@@ -347,7 +338,9 @@ class MorphoEnv:
         self.base_params = int(state["base_params"])
         self.fields = dict(state["fields"])
         if state["last"] is not None:
-            last = dict(zip(_LAST_KEYS, state["last"], strict=True))
+            saved = state["last"]
+            # By name; a checkpoint from before kept the same values as a list in _LAST_KEYS' order.
+            last = dict(saved) if isinstance(saved, dict) else dict(zip(_LAST_KEYS, saved, strict=True))
             measure = EpochMeasure(int(last["epoch"]), last["val_accuracy"], last["host_grad_norm"])
             self.last = EpochResult(**last, measure=measure)
         self.runner.generator.set_state(state["generator"])
