@@ -21,6 +21,7 @@ documented in ``docs/eval.md``.
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -48,11 +49,13 @@ from esper_kernel.tamiyo.catalogue import (
     build_policy,
     check_forced,
     check_spec,
+    kind_of,
     parse_force,
     parse_policy,
     static_width,
 )
 from esper_kernel.tamiyo.policies import fallbacks
+from esper_kernel.tamiyo.schedule import schedule_of
 
 __all__ = [
     "EVAL_SCHEMA",
@@ -134,6 +137,8 @@ class EpisodeResult:
     flops_curve: tuple[float, ...] = ()
     #: The grown architecture: ``(slot, blueprint, width_scale)`` of every fossilized seed, in order.
     fossil_modules: tuple[tuple[int, str, float], ...] = ()
+    #: Every decision but WAIT, as a schedule step: ``{"epoch", "op", "slot", head: choice...}`` (``recipe:``).
+    decisions: tuple[dict[str, Any], ...] = ()
 
     def outcome(self, metric: str) -> float:
         return self.ret if metric == "return" else float(getattr(self, metric))
@@ -175,6 +180,7 @@ class _Tally(Observer):
     decided: list[dict[str, dict[str, Any]]] = attrs.Factory(list)
     params: list[int] = attrs.Factory(list)
     flops: list[float] = attrs.Factory(list)
+    decisions: list[dict[str, Any]] = attrs.Factory(list)
 
     @classmethod
     def of(cls, env: MorphoEnv) -> _Tally:
@@ -197,6 +203,11 @@ class _Tally(Observer):
         self.params.append(self.env.param_count())
         task = self.env.task
         self.flops.append(float(epoch_flops(self.env.host, task.val_x[:1], task.n_train, task.n_val)))
+        decision = space.decode(step.sampled.actions)[0]
+        if decision.op is not Op.WAIT:
+            chosen = {h: c for h, c in decision.choices.items() if decision.relevant.get(h) and h not in ("op", "slot")}
+            slot = {"slot": int(decision.choices["slot"].removeprefix("s"))} if "slot" in decision.choices else {}
+            self.decisions.append({"epoch": step.t, "op": decision.op.name.lower(), **slot, **chosen})
         return True
 
 
@@ -241,6 +252,7 @@ def play_episode(job: EvalJob) -> EpisodeResult:
             for s in env.lifecycle.history
             if s.stage is Stage.FOSSILIZED
         ),
+        decisions=tuple(tally.decisions),
     )
 
 
@@ -270,8 +282,13 @@ def evaluate(
     started = time.perf_counter()
     data = converter.unstructure(env)
     book = Journal(journal, {"schema": EVAL_SCHEMA, "env": data, "levers": list(levers) if levers else levers})
-    growing = [p for p in policies if not p.static]
-    statics = [p for p in policies if p.static]
+    recipes = {}
+    for p in policies:
+        if kind_of(p.policy)[0].name == "recipe" and not p.static:
+            recipes[p.name] = _recipe(p, data, seeds, levers, workers, book, on_done)
+    resolved = [attrs.evolve(p, resolved=recipes[p.name]["schedule"]) if p.name in recipes else p for p in policies]
+    growing = [p for p in resolved if not p.static]
+    statics = [p for p in resolved if p.static]
     results = _run(growing, data, seeds, levers, workers, book, on_done)
     if statics:
         shape = HostShape.of(load_task(attrs.evolve(env, train_size=1, val_size=1), seeds[0]))
@@ -283,7 +300,43 @@ def evaluate(
                 raise EsperError("'static' matches the first growing policy's parameter count: list one before it")
             jobs_for[p.name] = static_width(env, shape, params)
         results |= _run(statics, data, seeds, levers, workers, book, on_done, widths=jobs_for)
-    return document(env, policies, seeds, levers, reference, results, time.perf_counter() - started)
+    doc = document(env, policies, seeds, levers, reference, results, time.perf_counter() - started)
+    if recipes:
+        doc["recipes"] = recipes
+    return doc
+
+
+def _recipe(
+    spec: PolicySpec,
+    data: dict[str, Any],
+    seeds: Sequence[int],
+    levers: tuple[str, ...] | None,
+    workers: int,
+    journal: Journal,
+    on_done: Callable[[str, EpisodeResult], None] | None,
+) -> dict[str, Any]:
+    """``recipe:P``: P's most frequent decision sequence over ``seeds`` (ties: the lowest seed's), as a schedule.
+
+    P's episodes go through the journal, so P listed beside its recipe is played once.
+    """
+    inner = parse_policy(kind_of(spec.policy)[1])
+    played = _run([inner], data, seeds, levers, workers, journal, on_done)[inner.name]
+    sequences = [json.dumps(r.decisions, sort_keys=True) for r in played]
+    counts = {seq: sequences.count(seq) for seq in sequences}
+    best = max(range(len(played)), key=lambda i: (counts[sequences[i]], -i))
+    source = played[best]
+    comment = (
+        f"recipe:{inner.name}: its decisions on seed {source.seed}, the most frequent sequence "
+        f"({counts[sequences[best]]} of {len(played)} seeds), replayed open-loop."
+    )
+    schedule = schedule_of(source.decisions, f"recipe-{inner.name}", spec.name)
+    return {
+        "policy": inner.name,
+        "from_seed": source.seed,
+        "seeds_with_it": counts[sequences[best]],
+        "steps": len(schedule.steps),
+        "schedule": schedule.to_toml(comment),
+    }
 
 
 def _static_target(growing: Sequence[PolicySpec], results: dict[str, list[EpisodeResult]]) -> float | None:
@@ -616,6 +669,10 @@ def write_outputs(doc: dict[str, Any], out: Path, effects: bool = False, attribu
         files[out / "effects.md"] = render_effects(doc)
     if attribution is not None:
         files[out / "attribution.md"] = render_attribution(doc, attribution)
+    for name, recipe in doc.get("recipes", {}).items():
+        # Playable anywhere as --policy schedule:FILE.
+        slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", name.removeprefix("recipe:")).strip("-")
+        files[out / f"recipe-{slug}.toml"] = recipe["schedule"]
     for path, text in files.items():
         write_text_atomic(path, text)
     return list(files)

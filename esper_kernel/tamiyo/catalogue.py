@@ -128,6 +128,8 @@ def _build_learned(arg: str, spec: PolicySpec, ctx: BuildContext) -> Policy:
     path = pretrained_path(ctx.env.task) if arg == "pretrained" else Path(arg)
     policy = load_policy(path, ctx.registry, ctx.obs_dim, trained_on=trained_on(ctx.env))
     policy.greedy = spec.greedy
+    # Sampling noise comes from the episode seed: seeds differ, and a rerun of a seed is identical.
+    policy.reseed(ctx.seed)
     return policy
 
 
@@ -202,6 +204,35 @@ register(
         _schedule,
         takes_argument=True,
         check=_check_schedule,
+    )
+)
+
+
+def _recipe(arg: str, spec: PolicySpec, ctx: BuildContext) -> Policy:
+    if spec.resolved is None:
+        raise EsperError(
+            f"policy {spec.name!r}: a recipe is read off the evaluation seeds, so only esper eval plays it; "
+            "it writes OUT/recipe-*.toml, which --policy schedule:FILE plays anywhere"
+        )
+    return _schedule(arg, spec, ctx)
+
+
+def _check_recipe(arg: str, where: str, registry: Registry, env: EnvConfig) -> None:
+    if not arg:
+        raise EsperError(f"{where}: name the policy after recipe:")
+    inner = parse_policy(arg, flag=where)
+    if inner.static or kind_of(inner.policy)[0].name == "recipe":
+        raise EsperError(f"{where}: a recipe is read off a policy that decides, not off {arg!r}")
+    check_spec(inner, registry, env, flag=where)
+
+
+register(
+    PolicyKind(
+        "recipe",
+        "POLICY's most frequent decision sequence on the eval's seeds, replayed open-loop as a schedule",
+        _recipe,
+        takes_argument=True,
+        check=_check_recipe,
     )
 )
 

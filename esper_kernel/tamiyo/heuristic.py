@@ -38,9 +38,9 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from esper_kernel.compose.names import CORE_HEADS
 from esper_kernel.compose.stages import Op, Stage
 from esper_kernel.episode.sampling import Sampled
-from esper_kernel.grow.lifecycle import CORE_HEADS
 from esper_kernel.tamiyo.policies import decide_rows
 
 if TYPE_CHECKING:

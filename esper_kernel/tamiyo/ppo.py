@@ -252,6 +252,20 @@ class PPOPolicy(nn.Module):
         shape = (rows, self.n_heads, self.max_choices)
         return torch.stack([gumbel(shape, self.generator) for _ in range(steps)])
 
+    def reseed(self, seed: int) -> None:
+        """Draw from now on from a generator seeded with ``seed`` (an episode's seed, see the catalogue).
+
+        A sampled policy then draws other noise on every episode seed, and the same noise on a rerun.
+        """
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def run_state(self) -> dict[str, Any]:
+        # The weights are the policy file; only the sampler's place in its noise is the run's.
+        return {"generator": self.generator.get_state()}
+
+    def load_run_state(self, state: Mapping[str, Any]) -> None:
+        self.generator.set_state(state["generator"])
+
     def act(self, obs: torch.Tensor, masks: torch.Tensor, envs: EnvBatch | None = None) -> Sampled:
         sampled, value = self.act_with_value(obs, masks)
         self.last_value = value

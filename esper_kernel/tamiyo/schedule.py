@@ -270,4 +270,5 @@ def schedule_of(decisions: Sequence[Mapping[str, Any]], name: str, source: str) 
         slot = d.get("slot")
         choices = tuple((k, str(v)) for k, v in d.items() if k not in STEP_KEYS)
         steps.append(ScheduleStep(i, int(d["epoch"]), str(d["op"]), None if slot is None else int(slot), choices))
-    return Schedule(name, tuple(steps), source)
+    # A policy that only ever waited: its recipe is one WAIT (a schedule has at least one step).
+    return Schedule(name, tuple(steps) or (ScheduleStep(1, 0, "wait"),), source)
