@@ -10,8 +10,8 @@ import random
 
 import torch
 
-from esper_kernel.compose.actions import MaskView
 from esper_kernel.compose.discovery import Selection
+from esper_kernel.compose.masks import MaskView
 from esper_kernel.compose.registry import Registry
 from esper_kernel.compose.seeds import SeedState
 from esper_kernel.compose.stages import Stage

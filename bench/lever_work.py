@@ -20,7 +20,8 @@ import attrs
 import torch
 
 from bench import fixtures
-from esper_kernel.compose.actions import N_OPS, Decision, MaskView
+from esper_kernel.compose.actions import N_OPS, Decision
+from esper_kernel.compose.masks import MaskView
 from esper_kernel.compose.registry import Registry
 from esper_kernel.compose.seeds import SeedState
 from esper_kernel.compose.specs import FieldContext

@@ -23,13 +23,13 @@ from esper_kernel.compose.stages import Op, Stage
 from esper_kernel.infra.errors import EsperError, MaskError, PluginError, SelectionError
 
 if TYPE_CHECKING:
-    from esper_kernel.compose.actions import MaskView
+    from esper_kernel.compose.masks import MaskView
 
 
 def __getattr__(name: str) -> Any:
     # MaskView holds tensors, so importing it imports torch; `esper --help` must not pay for that.
     if name == "MaskView":
-        from esper_kernel.compose.actions import MaskView
+        from esper_kernel.compose.masks import MaskView
 
         return MaskView
     raise AttributeError(f"module 'esper_kernel' has no attribute {name!r}")

@@ -21,9 +21,10 @@ from typing import Any
 import attrs
 import torch
 
-from esper_kernel.compose.actions import Decision, MaskView
+from esper_kernel.compose.actions import Decision
 from esper_kernel.compose.core import CoreHeads
 from esper_kernel.compose.discovery import LeverInfo, Selection, installed_entry_points
+from esper_kernel.compose.masks import MaskView
 from esper_kernel.compose.names import CORE_HEADS
 from esper_kernel.compose.registry import ComposedField, Registry
 from esper_kernel.compose.seeds import SeedState

@@ -23,9 +23,9 @@ import attrs
 import pytest
 import torch
 
-from esper_kernel.compose.actions import MaskView
 from esper_kernel.compose.core import CoreHeads
 from esper_kernel.compose.discovery import ENTRY_POINT_GROUP, LoadResult, Selection, load_levers
+from esper_kernel.compose.masks import MaskView
 from esper_kernel.compose.registry import Registry
 from esper_kernel.compose.seeds import SeedState
 from esper_kernel.compose.stages import Stage

@@ -28,9 +28,9 @@ import torch
 import torch._dynamo
 
 import esper_kernel
-from esper_kernel.compose.actions import MaskView
 from esper_kernel.compose.core import CoreHeads
 from esper_kernel.compose.discovery import Selection, load_levers
+from esper_kernel.compose.masks import MaskView
 from esper_kernel.compose.registry import Registry
 from esper_kernel.compose.seeds import Knobs, SeedState, default_dwell
 from esper_kernel.compose.specs import Safety

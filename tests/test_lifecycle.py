@@ -28,13 +28,7 @@ from esper_kernel.data.generated import make_shapes
 from esper_kernel.data.tasks import TaskData
 from esper_kernel.grow.blueprints import blueprint_names
 from esper_kernel.grow.hosts import CNNHost, CNNHostConfig, Host, TransformerHost, TransformerHostConfig
-from esper_kernel.grow.lifecycle import (
-    EpochMeasure,
-    Lifecycle,
-    LifecycleConfig,
-    LifecycleError,
-    SlotMeasure,
-)
+from esper_kernel.grow.lifecycle import EpochMeasure, Lifecycle, LifecycleConfig, LifecycleError, SlotMeasure
 from esper_kernel.grow.slots import alpha_sigmoid
 from esper_kernel.grow.training import EpochRunner, HostOptimizer
 

@@ -16,8 +16,8 @@ import torch
 from hypothesis import event, given, settings
 from hypothesis import strategies as st
 
-from esper_kernel.compose.actions import MaskView
 from esper_kernel.compose.core import CoreHeads
+from esper_kernel.compose.masks import MaskView
 from esper_kernel.compose.registry import Registry
 from esper_kernel.compose.stages import LIVE_STAGES, TRANSITIONS, Op, Stage
 from esper_kernel.grow.blueprints import blueprint_names

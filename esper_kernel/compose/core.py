@@ -18,7 +18,7 @@ from esper_kernel.compose.stages import LIVE_STAGES, Op, Stage
 if TYPE_CHECKING:
     import torch
 
-    from esper_kernel.compose.actions import MaskView
+    from esper_kernel.compose.masks import MaskView
 
 _LIVE = sorted(int(s) for s in LIVE_STAGES)
 

@@ -20,7 +20,7 @@ import pluggy
 if TYPE_CHECKING:
     import torch
 
-    from esper_kernel.compose.actions import MaskView
+    from esper_kernel.compose.masks import MaskView
     from esper_kernel.compose.seeds import SeedState
     from esper_kernel.compose.specs import CompileSafety, HeadSpec, TelemetryField
     from esper_kernel.compose.stages import Stage

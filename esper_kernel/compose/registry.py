@@ -16,7 +16,7 @@ import attrs
 import pluggy
 
 from esper_kernel.compose import hookspecs
-from esper_kernel.compose.actions import ActionSpace, ComposedHead, MaskComposer, MaskFn, MaskSource, MaskView
+from esper_kernel.compose.actions import ActionSpace, ComposedHead
 from esper_kernel.compose.discovery import (
     CORE_NAME,
     ENV_STRICT,
@@ -26,6 +26,7 @@ from esper_kernel.compose.discovery import (
     kernel_version,
     load_levers,
 )
+from esper_kernel.compose.masks import MaskComposer, MaskFn, MaskSource, MaskView
 from esper_kernel.compose.runtime import HookRuntime, StageHook, one_line
 from esper_kernel.compose.seeds import KNOB_NAMES
 from esper_kernel.compose.specs import UNDECLARED_SAFETY, CompileSafety, HeadSpec, Safety, TelemetryField

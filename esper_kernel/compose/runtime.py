@@ -23,8 +23,8 @@ from esper_kernel.compose.stages import Stage
 from esper_kernel.infra.errors import PluginError
 
 if TYPE_CHECKING:
-    from esper_kernel.compose.actions import MaskComposer
     from esper_kernel.compose.discovery import LeverInfo
+    from esper_kernel.compose.masks import MaskComposer
     from esper_kernel.compose.registry import KnobSetting
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any, Literal
 
 import attrs
+import cattrs
 
 from esper_kernel.compose.stages import Stage
 
@@ -182,3 +183,16 @@ class SeedState:
         if self.knobs.isolate_blending is None:
             return self.topology in ("cnn", "cnn1d")
         return self.knobs.isolate_blending
+
+
+#: Seeds to and from plain data, for checkpoints.
+_converter = cattrs.Converter()
+
+
+def seed_to_dict(seed: SeedState) -> dict[str, Any]:
+    out: dict[str, Any] = _converter.unstructure(seed)
+    return out
+
+
+def seed_from_dict(data: dict[str, Any]) -> SeedState:
+    return _converter.structure(data, SeedState)

@@ -15,9 +15,10 @@ from typing import Any
 import attrs
 import torch
 
-from esper_kernel.compose.actions import Decision, MaskView
+from esper_kernel.compose.actions import Decision
 from esper_kernel.compose.core import CoreHeads
 from esper_kernel.compose.discovery import Selection
+from esper_kernel.compose.masks import MaskView
 from esper_kernel.compose.registry import Registry
 from esper_kernel.compose.stages import Stage
 from esper_kernel.data.taskplugins import HostShape, build_data, find_task

@@ -23,14 +23,13 @@ from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, Protocol
 
 import attrs
-import cattrs
 import structlog
 import torch
 from torch import nn
 
 from esper_kernel.compose.actions import Decision
 from esper_kernel.compose.names import CORE_HEADS as CORE_HEADS  # read by the policies and reports
-from esper_kernel.compose.seeds import SeedState, initial_knobs
+from esper_kernel.compose.seeds import SeedState, initial_knobs, seed_from_dict, seed_to_dict
 from esper_kernel.compose.stages import LIVE_STAGES, Op, Stage, check_transition
 from esper_kernel.grow.blueprints import build_seed
 from esper_kernel.grow.slots import SeedSlot, alpha_at
@@ -484,18 +483,6 @@ def _input_transform(seed: SeedState) -> Callable[[torch.Tensor], torch.Tensor] 
     except (ImportError, AttributeError, ValueError) as exc:
         raise EsperError(f"{seed.seed_id}: knob seed_input_transform={name!r} cannot be imported: {exc}") from exc
     return functools.partial(fn, **seed.knobs.seed_input_kwargs)
-
-
-_converter = cattrs.Converter()
-
-
-def seed_to_dict(seed: SeedState) -> dict[str, Any]:
-    out: dict[str, Any] = _converter.unstructure(seed)
-    return out
-
-
-def seed_from_dict(data: dict[str, Any]) -> SeedState:
-    return _converter.structure(data, SeedState)
 
 
 def _norm(params: list[nn.Parameter]) -> float:
