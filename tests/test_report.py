@@ -32,7 +32,8 @@ from esper_kernel.infra.telemetry import read_events
 from esper_kernel.report import plots
 from esper_kernel.report.compare import compare
 from esper_kernel.report.console import run_summary
-from esper_kernel.report.events import MARKER_KINDS, SPAN_STAGES, RunData, TrainData, load
+from esper_kernel.report.events import MARKER_KINDS, SPAN_STAGES, RunData
+from esper_kernel.report.outcomes import TrainData, load
 
 TINY = """
 [env]

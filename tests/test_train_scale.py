@@ -142,7 +142,7 @@ def test_training_a_finished_run_further_gives_the_longer_run(tmp_path: Path) ->
     assert again.exit_code == 2 and "short one" in again.output and len(again.output.strip().splitlines()) == 1
 
     # The report shows the config the run was trained further with, and the rollouts' own speed.
-    from esper_kernel.report.events import TrainData, load
+    from esper_kernel.report.outcomes import TrainData, load
 
     data = load(short)
     assert isinstance(data, TrainData) and data.ppo_config["episodes"] == 7

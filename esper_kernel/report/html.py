@@ -16,7 +16,8 @@ from matplotlib.figure import Figure
 from esper_kernel.report import plots
 from esper_kernel.report.console import final_stage
 from esper_kernel.report.emergence import HEADER, Pick, choice_tests, markdown, rows
-from esper_kernel.report.events import EvalData, RunData, TrainData, load
+from esper_kernel.report.events import RunData
+from esper_kernel.report.outcomes import EvalData, TrainData, load
 
 REPORT = "report.html"
 

@@ -18,13 +18,8 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch, Rectangle
 from matplotlib.ticker import MaxNLocator
 
-from esper_kernel.report.events import (
-    END_STAGES,
-    SPAN_STAGES,
-    EvalData,
-    RunData,
-    TrainData,
-)
+from esper_kernel.report.events import END_STAGES, SPAN_STAGES, RunData
+from esper_kernel.report.outcomes import EvalData, TrainData
 
 STAGE_COLOURS = {
     "GERMINATED": "#c7e9c0",
