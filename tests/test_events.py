@@ -35,7 +35,13 @@ def strict_events(path: Path) -> list[dict[str, Any]]:
 
 def _cfg(out: Path, epochs: int, policy: str = "random") -> RunConfig:
     return with_overrides(
-        RunConfig(), out=str(out), policy=policy, env__epochs=epochs, env__train_size=128, env__val_size=64
+        RunConfig(),
+        out=str(out),
+        policy=policy,
+        env__epochs=epochs,
+        env__train_size=128,
+        env__val_size=64,
+        checkpoint_every=1,  # the interrupted run resumes from the epoch it stopped at
     )
 
 

@@ -207,7 +207,13 @@ def test_builtin_levers_pass_the_compile_check() -> None:
 
 def _cfg(out: Path, policy: str, epochs: int) -> RunConfig:
     return with_overrides(
-        RunConfig(), out=str(out), policy=policy, env__epochs=epochs, env__train_size=128, env__val_size=64
+        RunConfig(),
+        out=str(out),
+        policy=policy,
+        env__epochs=epochs,
+        env__train_size=128,
+        env__val_size=64,
+        checkpoint_every=1,  # a checkpoint at the stop: the resume starts exactly there
     )
 
 

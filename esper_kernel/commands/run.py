@@ -403,8 +403,8 @@ class _RunObserver(Observer):
         env, config = self.env, self.setup.config
         self.watch.epoch_ended(env.epoch - 1)
         go_on = self.stop_after is None or env.epoch < self.stop_after or env.done
-        # A run stopped here is resumed from here, whatever checkpoint_every says.
-        if env.epoch % config.checkpoint_every == 0 or env.done or not go_on:
+        # After the first epoch too: a run killed before its first checkpoint_every could not be resumed.
+        if env.epoch % config.checkpoint_every == 0 or env.done or env.epoch == 1:
             s = self.setup
             _save(s.out, config, s.run_id, env, s.policy, step.returns[0], s.registry, self.tel)
         if self.tell.on_epoch is not None:

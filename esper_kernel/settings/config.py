@@ -225,8 +225,8 @@ class RunConfig:
         flag="--checkpoint-every",
         lo=1,
         hi=MAX_CHECKPOINT_EVERY,
-        help="Write checkpoint.pt every this many epochs (and after the last); a run killed in between resumes "
-        "from the last one and replays the epochs since, to the same result.",
+        help="Write checkpoint.pt every this many epochs (and after the first and the last); a run killed in "
+        "between resumes from the last one and replays the epochs since, to the same result.",
     )
     on_lever_error: str = setting(
         "stop",
