@@ -5,11 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-import esper_kernel.training as training
-from esper_kernel.env import EnvConfig, MorphoEnv, build_registry, load_task
-from esper_kernel.registry import Selection
-from esper_kernel.stages import Stage
-from esper_kernel.telemetry import null_log
+import esper_kernel.grow.training as training
+from esper_kernel.compose.discovery import Selection
+from esper_kernel.compose.stages import Stage
+from esper_kernel.episode.env import EnvConfig, MorphoEnv, build_registry, load_task
+from esper_kernel.infra.telemetry import null_log
 
 
 def _blending(config: EnvConfig, slot: int, blueprint: str) -> MorphoEnv:
