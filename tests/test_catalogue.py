@@ -10,7 +10,7 @@ from click.testing import CliRunner, Result
 
 from esper_kernel.cli import main
 from esper_kernel.commands.evaluate import evaluate
-from esper_kernel.commands.run import SUMMARY
+from esper_kernel.commands.outdir import SUMMARY
 from esper_kernel.episode.env import EnvConfig
 from esper_kernel.infra.errors import EsperError
 from esper_kernel.tamiyo import catalogue

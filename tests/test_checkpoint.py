@@ -12,7 +12,8 @@ import pytest
 import torch
 from conftest import LeverDists
 
-from esper_kernel.commands.run import CHECKPOINT, run
+from esper_kernel.commands.outdir import CHECKPOINT
+from esper_kernel.commands.run import run
 from esper_kernel.infra.checkpoint import FORMAT, CheckpointError, load, save_atomic
 from esper_kernel.settings.config import RunConfig, with_overrides
 

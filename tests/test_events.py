@@ -12,7 +12,8 @@ from typing import Any
 import pytest
 from conftest import LeverDists
 
-from esper_kernel.commands.run import EVENTS, run
+from esper_kernel.commands.outdir import EVENTS
+from esper_kernel.commands.run import run
 from esper_kernel.compose.discovery import Selection
 from esper_kernel.compose.registry import Registry
 from esper_kernel.episode.env import build_registry

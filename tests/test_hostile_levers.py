@@ -25,7 +25,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from esper_kernel.cli import main
-from esper_kernel.commands.run import EVENTS
+from esper_kernel.commands.outdir import EVENTS
 
 HOSTILE = """
 import math

@@ -21,7 +21,8 @@ import torch
 from click.testing import CliRunner, Result
 
 from esper_kernel.cli import main
-from esper_kernel.commands.run import CHECKPOINT, EVENTS, SUMMARY, run
+from esper_kernel.commands.outdir import CHECKPOINT, EVENTS, SUMMARY
+from esper_kernel.commands.run import run
 from esper_kernel.infra.telemetry import read_events
 from esper_kernel.settings.config import RunConfig, with_overrides
 

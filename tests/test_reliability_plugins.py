@@ -13,7 +13,8 @@ import pytest
 import torch
 from conftest import CliRunner, LeverDists, make_core, make_seed, make_view
 
-from esper_kernel.commands.run import EVENTS, run
+from esper_kernel.commands.outdir import EVENTS
+from esper_kernel.commands.run import run
 from esper_kernel.compose.discovery import ENV_STRICT, Selection, installed_entry_points
 from esper_kernel.compose.registry import Registry
 from esper_kernel.compose.stages import Stage

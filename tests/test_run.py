@@ -13,7 +13,8 @@ from click.testing import CliRunner, Result
 from conftest import LeverDists
 
 from esper_kernel.cli import main
-from esper_kernel.commands.run import CHECKPOINT, EVENTS, SUMMARY, check_compile_safety, make_policy, run
+from esper_kernel.commands.outdir import CHECKPOINT, EVENTS, SUMMARY
+from esper_kernel.commands.run import check_compile_safety, make_policy, run
 from esper_kernel.compose.discovery import Selection, installed_entry_points
 from esper_kernel.episode.env import EnvConfig, build_registry, observation_names
 from esper_kernel.infra.checkpoint import load

@@ -11,7 +11,8 @@ from click.testing import CliRunner, Result
 
 from esper_kernel.cli import main
 from esper_kernel.commands.evaluate import PolicySpec, evaluate, parse_policy
-from esper_kernel.commands.run import SUMMARY, run
+from esper_kernel.commands.outdir import SUMMARY
+from esper_kernel.commands.run import run
 from esper_kernel.commands.sweep import build_grid
 from esper_kernel.compose.stages import Stage
 from esper_kernel.episode.env import EnvConfig

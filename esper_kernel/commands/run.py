@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import collections
 import json
-import os
-import tempfile
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -21,6 +19,14 @@ from typing import Any
 import attrs
 import torch
 
+from esper_kernel.commands.outdir import (
+    CHECKPOINT,
+    EVENTS,
+    SUMMARY,
+    _prepare_out,
+    check_out,
+    fresh_out,
+)
 from esper_kernel.compose.discovery import LoadFailure, Selection, installed_entry_points
 from esper_kernel.compose.registry import Registry, check_compile_safety
 from esper_kernel.compose.runtime import Quarantine
@@ -46,15 +52,6 @@ from esper_kernel.tamiyo.catalogue import (
 )
 from esper_kernel.tamiyo.policies import Policy, fallbacks
 from esper_kernel.tamiyo.ppo import PolicyLoadError
-
-CHECKPOINT = "checkpoint.pt"
-EVENTS = "events.jsonl"
-SUMMARY = "summary.json"
-#: The files that make a directory hold a run.
-RUN_FILES = (EVENTS, SUMMARY, CHECKPOINT)
-#: The default --out: not a directory of its own but a link to the newest run's, so runs
-#: made one after another without --out never collide and ``runs/latest`` is the last one.
-LATEST = "runs/latest"
 
 
 @attrs.frozen
@@ -103,105 +100,6 @@ def make_policy(spec: str, registry: Registry, obs_dim: int, seed: int, env: Env
         if "--policy" in str(exc):
             raise
         raise PolicyLoadError(f"--policy {spec}: {exc}") from exc
-
-
-def check_out(out: Path, *, overwrite: bool, flag: str = "--out") -> None:
-    """Refuse an output directory that cannot be written, or that holds a run, before touching it.
-
-    Nothing is created or changed here; the nearest existing ancestor is probed
-    with a temporary file because permission bits do not tell the truth for
-    root or for read-only mounts.
-    """
-    for parent in (out, *out.parents):
-        if not parent.exists():
-            continue
-        if not parent.is_dir():
-            raise EsperError(f"{flag} {out}: {parent} is a file, not a directory")
-        try:
-            with tempfile.TemporaryFile(dir=parent):
-                pass
-        except OSError as exc:
-            raise EsperError(f"{flag} {out}: cannot write in {parent} ({exc.strerror or exc})") from None
-        break
-    held = [name for name in RUN_FILES if (out / name).exists()]
-    if held and not overwrite:
-        raise EsperError(
-            f"{flag} {out} already holds a run ({', '.join(held)}); pass --overwrite to replace it, "
-            f"--resume {out} to continue it, or choose another {flag}"
-        )
-
-
-def fresh_out(out: Path, latest: str = LATEST) -> Path:
-    """Where a run given ``--out out`` writes: for the default (``runs/latest``), a new ``runs/<time>-<id>``.
-
-    ``runs/latest`` itself becomes a link to it (:func:`point_latest`) once the
-    run starts. A ``runs/latest`` that is a real directory (an older layout) is
-    used as it is.
-    """
-    link = Path(latest)
-    if out != link or (out.exists() and not out.is_symlink()):
-        return out
-    return link.parent / f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
-
-
-def point_latest(out: Path, latest: str = LATEST) -> None:
-    """Point ``runs/latest`` at ``out`` (atomically), if ``out`` is a fresh run directory beside it."""
-    link = Path(latest)
-    if out == link or out.parent != link.parent or (link.exists() and not link.is_symlink()):
-        return
-    tmp = link.with_name(f".{link.name}.{os.getpid()}.tmp")
-    tmp.unlink(missing_ok=True)
-    tmp.symlink_to(out.name)
-    os.replace(tmp, link)
-
-
-def _prepare_out(out: Path, state: dict[str, Any] | None) -> int:
-    """Make ``out`` ready to write; returns how many superseded events a resume dropped.
-
-    A fresh run (validated, so ``--overwrite`` was given if a run was here)
-    removes the old run's files so no stale summary sits beside new events. A
-    resumed run cuts ``events.jsonl`` back to what the checkpoint had seen, so
-    epochs run again after the checkpoint are not listed twice.
-    """
-    out.mkdir(parents=True, exist_ok=True)
-    checkpoint.remove_stale_temps(out)
-    if state is None:
-        for name in RUN_FILES:
-            (out / name).unlink(missing_ok=True)
-        point_latest(out)
-        return 0
-    size = state.get("events_bytes")
-    if not isinstance(size, int):
-        return 0
-    return truncate_events(out / EVENTS, size)
-
-
-def truncate_events(path: Path, size: int) -> int:
-    """Cut the events after byte ``size`` (the checkpoint's), atomically; returns how many were dropped.
-
-    The run's own ``run.*`` events after the checkpoint (an interruption, a
-    failure) are kept: they are history, not epochs that will be run again. A
-    torn last line (a kill mid-write) is dropped with the rest.
-    """
-    if not path.exists():
-        return 0
-    data = path.read_bytes()
-    if len(data) <= size:
-        return 0
-    kept, dropped = [data[:size]], 0
-    for line in data[size:].splitlines(keepends=True):
-        if not line.strip():
-            continue
-        try:
-            event = json.loads(line).get("event", "")
-        except (ValueError, AttributeError):
-            event = ""
-        if isinstance(event, str) and event.startswith("run.") and line.endswith(b"\n"):
-            kept.append(line)
-        else:
-            dropped += 1
-    checkpoint.write_atomic(b"".join(kept), path)
-    return dropped
 
 
 @attrs.frozen

@@ -125,7 +125,8 @@ def train_progress(console: Console, episodes: int, first: int = 0) -> Iterator[
 def esper_train(f: TrainFlags) -> None:
     """``esper train``: PPO with a progress bar; events, policies, state and ``train_summary.json`` in OUT."""
     setup_threads(f.threads)
-    from esper_kernel.commands.run import log_started, truncate_events
+    from esper_kernel.commands.outdir import truncate_events
+    from esper_kernel.commands.run import log_started
     from esper_kernel.data.tasks import TaskError
     from esper_kernel.infra.telemetry import Telemetry
     from esper_kernel.infra.workers import usable_cores
