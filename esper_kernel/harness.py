@@ -33,7 +33,7 @@ from esper_kernel.compose.stages import LIVE_STAGES, Stage
 from esper_kernel.grow.blueprints import blueprint_names
 from esper_kernel.grow.hosts import CNNHostConfig, build_host
 from esper_kernel.grow.lifecycle import EpochMeasure, Lifecycle, LifecycleConfig, SlotMeasure
-from esper_kernel.grow.training import HostOptimizer
+from esper_kernel.grow.optim import HostOptimizer
 from esper_kernel.infra.telemetry import null_log
 
 __all__ = [

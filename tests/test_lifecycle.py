@@ -29,8 +29,9 @@ from esper_kernel.data.tasks import TaskData
 from esper_kernel.grow.blueprints import blueprint_names
 from esper_kernel.grow.hosts import CNNHost, CNNHostConfig, Host, TransformerHost, TransformerHostConfig
 from esper_kernel.grow.lifecycle import EpochMeasure, Lifecycle, LifecycleConfig, LifecycleError, SlotMeasure
+from esper_kernel.grow.optim import HostOptimizer
 from esper_kernel.grow.slots import alpha_sigmoid
-from esper_kernel.grow.training import EpochRunner, HostOptimizer
+from esper_kernel.grow.training import EpochRunner
 
 CNN_CFG = CNNHostConfig(width=8, blocks=3)
 TF_CFG = TransformerHostConfig(vocab_size=32, dim=32, heads=2, layers=3, max_len=16)

@@ -23,8 +23,8 @@ from esper_kernel.compose.stages import LIVE_STAGES, TRANSITIONS, Op, Stage
 from esper_kernel.grow.blueprints import blueprint_names
 from esper_kernel.grow.hosts import CNNHost, CNNHostConfig
 from esper_kernel.grow.lifecycle import EpochMeasure, Lifecycle, LifecycleConfig, LifecycleError, SlotMeasure
+from esper_kernel.grow.optim import HostOptimizer
 from esper_kernel.grow.slots import BLENDS
-from esper_kernel.grow.training import HostOptimizer
 
 N_SLOTS = 3
 BLUEPRINTS = blueprint_names("cnn")

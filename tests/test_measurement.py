@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+import esper_kernel.grow.optim as optim
 import esper_kernel.grow.training as training
 from esper_kernel.compose.discovery import Selection
 from esper_kernel.compose.stages import Stage
@@ -81,7 +82,7 @@ def test_one_norm_pass_gives_the_norms_and_the_clipping_of_separate_passes(monke
     raw = [None if p.grad is None else p.grad.clone() for p in trained]
 
     # The separate passes the runner made before: host, seed, then clip_grad_norm_ over everything.
-    host_norm, seed_norm = training._grad_norm(host_params), training._grad_norm(seed_params[1])
+    host_norm, seed_norm = optim._grad_norm(host_params), optim._grad_norm(seed_params[1])
     old_total = torch.nn.utils.clip_grad_norm_(trained, training.MAX_STEP_NORM)
     old_clipped = [None if p.grad is None else p.grad.clone() for p in trained]
     assert float(old_total) > training.MAX_STEP_NORM  # the step is clipped: the scaling path runs
