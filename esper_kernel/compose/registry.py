@@ -27,10 +27,9 @@ from esper_kernel.compose.discovery import (
     load_levers,
 )
 from esper_kernel.compose.masks import MaskComposer, MaskFn, MaskSource, MaskView
-from esper_kernel.compose.runtime import HookRuntime, StageHook, one_line
+from esper_kernel.compose.runtime import HookRuntime, KnobSetting, StageHook, one_line
 from esper_kernel.compose.seeds import KNOB_NAMES
 from esper_kernel.compose.specs import UNDECLARED_SAFETY, CompileSafety, HeadSpec, Safety, TelemetryField
-from esper_kernel.compose.stages import Stage
 from esper_kernel.infra.errors import PluginError, SelectionError
 
 if TYPE_CHECKING:  # composing levers is plain Python; only their masks, called later, make tensors
@@ -47,16 +46,6 @@ class ComposedField:
     @property
     def key(self) -> str:
         return f"{self.lever}.{self.spec.name}"
-
-
-@attrs.frozen
-class KnobSetting:
-    """A declarative head: on entering ``stage`` the kernel sets ``knob`` to the head's value."""
-
-    lever: str
-    head: str
-    knob: str
-    stage: Stage
 
 
 class Registry(HookRuntime):

@@ -25,7 +25,6 @@ from esper_kernel.infra.errors import PluginError
 if TYPE_CHECKING:
     from esper_kernel.compose.discovery import LeverInfo
     from esper_kernel.compose.masks import MaskComposer
-    from esper_kernel.compose.registry import KnobSetting
 
 
 @attrs.frozen
@@ -61,6 +60,16 @@ class StageHook:
     fn: StageFn = attrs.field(repr=False)
     argnames: tuple[str, ...]
     owns: frozenset[str] = frozenset()
+
+
+@attrs.frozen
+class KnobSetting:
+    """A declarative head: on entering ``stage`` the kernel sets ``knob`` to the head's value."""
+
+    lever: str
+    head: str
+    knob: str
+    stage: Stage
 
 
 class HookRuntime:

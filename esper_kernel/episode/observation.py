@@ -10,7 +10,7 @@ slot's observed lever telemetry (``TelemetryField(observed=True)``).
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import attrs
 
@@ -18,7 +18,28 @@ from esper_kernel.compose.stages import Stage
 
 if TYPE_CHECKING:
     from esper_kernel.compose.seeds import SeedState
-    from esper_kernel.episode.env import MorphoEnv
+    from esper_kernel.grow.lifecycle import Lifecycle
+    from esper_kernel.grow.training import EpochResult
+    from esper_kernel.settings.config import EnvConfig
+
+
+class MorphoEnv(Protocol):
+    """What the features read of an env (:class:`esper_kernel.episode.env.MorphoEnv` is one)."""
+
+    config: EnvConfig
+    epoch: int
+    last: EpochResult | None
+    acc_history: list[float]
+    loss_history: list[float]
+    plateau: int
+    best: float
+    base_params: int
+    n_slots: int
+    blueprints: tuple[str, ...]
+    lifecycle: Lifecycle
+
+    def param_count(self) -> int: ...
+
 
 __all__ = ["EPISODE", "HISTORY", "SLOT", "Feature", "episode_values", "names", "slot_values"]
 
