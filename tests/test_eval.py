@@ -11,6 +11,7 @@ import pytest
 from click.testing import CliRunner
 
 from esper_kernel.cli import main
+from esper_kernel.commands.evaldoc import render_markdown, write_outputs
 from esper_kernel.commands.evaluate import (
     EVAL_SCHEMA,
     EvalJob,
@@ -19,9 +20,7 @@ from esper_kernel.commands.evaluate import (
     parse_policy,
     parse_seeds,
     play_episode,
-    render_markdown,
     static_width,
-    write_outputs,
 )
 from esper_kernel.compose.discovery import Selection
 from esper_kernel.compose.stages import Op
@@ -167,7 +166,7 @@ def test_esper_eval_effects_adds_each_levers_extremes_and_writes_the_table(tmp_p
 
 
 def test_lever_effect_table_pairs_extremes_and_reports_legality() -> None:
-    from esper_kernel.commands.evaluate import lever_effects, render_effects
+    from esper_kernel.commands.evaldoc import lever_effects, render_effects
 
     specs = [parse_policy(p) for p in ("heuristic", "heuristic+lr=CAUTIOUS", "heuristic+lr=AGGRESSIVE")]
     doc = evaluate(TINY, specs, [0, 1], reference="heuristic")
@@ -259,7 +258,7 @@ def test_esper_eval_attribution_holds_each_lever_at_its_default_and_writes_the_t
     rows = {p["name"]: p for p in doc["policies"]}
     free = [r["return"] for r in rows[f"greedy:{path}"]["per_seed"]]
     held = [r["return"] for r in rows[f"greedy:{path}+lr=STANDARD"]["per_seed"]]
-    from esper_kernel.commands.evaluate import lever_attribution
+    from esper_kernel.commands.evaldoc import lever_attribution
 
     lr = next(a for a in lever_attribution(doc, f"greedy:{path}") if a["head"] == "lr")
     assert lr["return"]["mean"] == pytest.approx(sum(a - b for a, b in zip(free, held, strict=True)) / 2)

@@ -7,7 +7,8 @@ from pathlib import Path
 from click.testing import CliRunner
 
 from esper_kernel.cli import main
-from esper_kernel.commands.evaluate import evaluate, parse_policy, write_outputs
+from esper_kernel.commands.evaldoc import write_outputs
+from esper_kernel.commands.evaluate import evaluate, parse_policy
 from esper_kernel.episode.env import EnvConfig
 from esper_kernel.tamiyo.schedule import load_schedule
 

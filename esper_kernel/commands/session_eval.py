@@ -64,6 +64,7 @@ def _policy_specs(f: EvalFlags, config: Any) -> list[PolicySpec]:
 def esper_eval(f: EvalFlags) -> None:
     """``esper eval``: the policies on the same seeds, paired; OUT/eval.json and OUT/eval.md."""
     setup_threads(f.threads)
+    from esper_kernel.commands import evaldoc
     from esper_kernel.commands import evaluate as ev
     from esper_kernel.infra.workers import usable_cores
     from esper_kernel.settings.config import RunConfig
@@ -93,12 +94,12 @@ def esper_eval(f: EvalFlags) -> None:
         journal=Path(f.out) / "episodes.jsonl",
     )
     base = ev.parse_policy(f.attribution).name if f.attribution else None
-    paths = ev.write_outputs(doc, Path(f.out), effects=f.effects, attribution=base)
-    click.echo(ev.render_markdown(doc))
+    paths = evaldoc.write_outputs(doc, Path(f.out), effects=f.effects, attribution=base)
+    click.echo(evaldoc.render_markdown(doc))
     if f.effects:
-        click.echo(ev.render_effects(doc))
+        click.echo(evaldoc.render_effects(doc))
     if base is not None:
-        click.echo(ev.render_attribution(doc, base))
+        click.echo(evaldoc.render_attribution(doc, base))
     console.print(f"wrote {', '.join(map(str, paths))} in {doc['wall_seconds']} s")
 
 
@@ -138,6 +139,7 @@ class SweepFlags(Flags):
 
 def esper_sweep(f: SweepFlags) -> None:
     """``esper sweep``: the grid's trials, one line each, then the paired table."""
+    from esper_kernel.commands import evaldoc
     from esper_kernel.commands import evaluate as ev
     from esper_kernel.commands.sweep import build_grid, parse_lever_set
     from esper_kernel.commands.sweep import sweep as run_sweep
@@ -163,7 +165,7 @@ def esper_sweep(f: SweepFlags) -> None:
 
     out = Path(f.out)
     doc = run_sweep(config.env, cells, seed_list, out, workers=n_workers, ray=f.ray_address, on_done=on_done)
-    click.echo(ev.render_markdown(doc))
+    click.echo(evaldoc.render_markdown(doc))
     console.print(f"wrote {f.out}/sweep.json, {f.out}/sweep.md and {doc['sweep']['trials']} trial directories")
 
 

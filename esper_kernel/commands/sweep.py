@@ -26,6 +26,7 @@ from typing import Any
 
 import attrs
 
+from esper_kernel.commands import evaldoc
 from esper_kernel.commands import evaluate as ev
 from esper_kernel.episode.env import EnvConfig
 from esper_kernel.infra.errors import EsperError
@@ -177,7 +178,7 @@ def sweep(
     lever_sets = list(dict.fromkeys(c.levers for c in cells))
     for levers in lever_sets:
         mine = [c for c in cells if c.levers == levers]
-        part = ev.document(  # the eval's own rows and pairing, one lever set at a time
+        part = evaldoc.document(  # the eval's own rows and pairing, one lever set at a time
             env, [c.spec for c in mine], seeds, levers, REFERENCE, {c.spec.name: by_cell[c] for c in mine}, 0.0
         )
         for cell, row in zip(mine, part["policies"], strict=True):
@@ -202,5 +203,5 @@ def sweep(
     }
     out.mkdir(parents=True, exist_ok=True)
     (out / "sweep.json").write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")
-    (out / "sweep.md").write_text(ev.render_markdown(doc), encoding="utf-8")
+    (out / "sweep.md").write_text(evaldoc.render_markdown(doc), encoding="utf-8")
     return doc
