@@ -120,6 +120,15 @@ def test_no_import_cycle_even_counting_type_only_imports() -> None:
     assert cycles == [], f"modules importing themselves through others, type-only imports counted: {cycles}"
 
 
+def test_no_kernel_module_is_over_500_lines() -> None:
+    long = [
+        f"{p.relative_to(KERNEL.parent)} ({n} lines)"
+        for p in sorted(KERNEL.rglob("*.py"))
+        if (n := len(p.read_text(encoding="utf-8").splitlines())) > 500
+    ]
+    assert not long, long
+
+
 def test_the_lifecycle_owns_no_optimizer() -> None:
     source = (KERNEL / "grow" / "lifecycle.py").read_text(encoding="utf-8")
     assert "torch.optim" not in source and "param_group" not in source

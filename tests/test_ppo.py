@@ -25,18 +25,10 @@ from esper_kernel.episode.sampling import select_masks
 from esper_kernel.grow.blueprints import blueprint_names
 from esper_kernel.infra.errors import EsperError, MaskError
 from esper_kernel.infra.telemetry import Telemetry, read_events
+from esper_kernel.tamiyo.algorithm import Batch, compute_gae, group_sizes, ppo_update, relative_rewards
 from esper_kernel.tamiyo.policies import RandomPolicy
 from esper_kernel.tamiyo.ppo import PolicyLoadError, PolicyMismatchError, PPOPolicy, load_policy, save_policy
-from esper_kernel.tamiyo.train import (
-    Batch,
-    PPOConfig,
-    collect_rollout,
-    compute_gae,
-    evaluate_policy,
-    group_sizes,
-    ppo_update,
-    relative_rewards,
-)
+from esper_kernel.tamiyo.train import PPOConfig, collect_rollout, evaluate_policy
 
 TINY = EnvConfig(epochs=3, train_size=64, val_size=32, batch_size=32)
 
