@@ -6,9 +6,12 @@ epochs 1, 2 when three slots grow), each seed fossilized as soon as it may be
 (a fossilize step from the earliest epoch the kernel's timeline allows, with a
 window to the episode's end). Written as files by::
 
-    python -m esper_kernel.tamiyo.grid docs/schedules/grid
+    python docs/schedules/grid.py docs/schedules/grid
 
 and searched by ``esper sweep --policies 'schedule:docs/schedules/grid/*.toml'``.
+
+It lives beside the files it writes, not in the kernel: it names the builtin
+levers' choices, and the kernel never names a lever.
 """
 
 from __future__ import annotations
@@ -57,7 +60,7 @@ def write_grid(out: Path) -> list[Path]:
     paths = []
     for schedule in grid_schedules():
         path = out / f"{schedule.name}.toml"
-        path.write_text(schedule.to_toml("Written by python -m esper_kernel.tamiyo.grid (docs/eval.md)."), "utf-8")
+        path.write_text(schedule.to_toml("Written by python docs/schedules/grid.py (docs/eval.md)."), "utf-8")
         paths.append(path)
     return paths
 
