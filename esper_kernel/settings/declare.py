@@ -239,15 +239,24 @@ def _range_problem(s: Setting, value: Any) -> str | None:
     return None
 
 
-def _between(s: Setting, value: Any) -> str:
-    if s.lo is not None and s.hi is not None and not s.lo_open:
-        return f"must be between {_num(s.lo)} and {_num(s.hi)}, got {value}"
+def _bounds(s: Setting) -> list[str]:
+    """A setting's limits as ``[">= 0", "<= 10"]``, the words both the errors and the docs use."""
     parts = []
     if s.lo is not None:
         parts.append(f"{'>' if s.lo_open else '>='} {_num(s.lo)}")
     if s.hi is not None:
         parts.append(f"<= {_num(s.hi)}")
-    return f"must be {' and '.join(parts)}, got {value}"
+    return parts
+
+
+def _closed(s: Setting) -> bool:
+    return s.lo is not None and s.hi is not None and not s.lo_open
+
+
+def _between(s: Setting, value: Any) -> str:
+    if _closed(s):
+        return f"must be between {_num(s.lo or 0)} and {_num(s.hi or 0)}, got {value}"
+    return f"must be {' and '.join(_bounds(s))}, got {value}"
 
 
 def _num(x: float) -> str:
@@ -292,14 +301,9 @@ def _toml_default(value: Any) -> str:
 def _range_text(s: Setting) -> str:
     if s.choices is not None:
         return ", ".join(s.choices)
-    if s.lo is not None and s.hi is not None and not s.lo_open:
-        return f"{_num(s.lo)} to {_num(s.hi)}"
-    parts = []
-    if s.lo is not None:
-        parts.append(f"{'>' if s.lo_open else '>='} {_num(s.lo)}")
-    if s.hi is not None:
-        parts.append(f"<= {_num(s.hi)}")
-    return ", ".join(parts)
+    if _closed(s):
+        return f"{_num(s.lo or 0)} to {_num(s.hi or 0)}"
+    return ", ".join(_bounds(s))
 
 
 def markdown_table(cls: type[Any], table: str | None = None) -> str:
