@@ -9,6 +9,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
 import torch
 from conftest import CliRunner, LeverDists, make_core, make_seed, make_view
@@ -213,13 +214,13 @@ def test_contract_suite_accepts_a_lever_without_telemetry_fields(lever_dist: Lev
     contract.test_checkpoint_round_trip(lut, tmp_path)
 
 
-def test_compile_watch_names_levers_whose_none_declaration_a_graph_break_contradicts(lever_dist: LeverDists) -> None:
+def test_compile_stats_count_and_name_no_lever_for_a_break_no_lever_explains(lever_dist: LeverDists) -> None:
     from torch._dynamo.utils import counters
 
     from esper_kernel.compose.watch import CompileWatch
 
     safety = "\n@hookimpl\ndef compile_safety():\n    return CompileSafety('none', 'claims nothing changes')\n"
-    lever_dist("liar", HEAD.format(head="speed") + safety, dist="acme-liar")
+    lever_dist("honest", HEAD.format(head="speed") + safety, dist="acme-honest")
     reg = lever_dist.registry()
     events: list[tuple[str, dict[str, Any]]] = []
 
@@ -229,18 +230,84 @@ def test_compile_watch_names_levers_whose_none_declaration_a_graph_break_contrad
 
         warning = info
 
-    warnings: list[str] = []
-    watch = CompileWatch(reg, Log(), warnings.append)
-    assert watch.episode_ended()["graph_breaks"] == 0 and not warnings  # a clean episode says nothing
-
+    watch = CompileWatch(reg, Log())
+    assert watch.episode_ended()["graph_breaks"] == 0
     counters["stats"]["unique_graphs"] += 3
     counters["graph_break"]["call_function print"] += 2
     stats = watch.episode_ended()
-    assert (stats["graphs"], stats["graph_breaks"]) == (3, 2)
-    (contradiction,) = [kw for name, kw in events if name == "compile.contradiction"]
-    assert contradiction["levers"] == ["liar"] and contradiction["break_reasons"] == ["call_function print"]
-    assert "lever 'liar' (acme-liar 1.0)" in warnings[0]
+    assert (stats["graphs"], stats["graph_breaks"], stats["contradicted"]) == (3, 2, [])
+    # A break is the kernel's or a host's as much as a lever's: no lever is named for one it did not cause.
+    assert [name for name, _ in events] == ["compile.stats", "compile.stats"]
     counters.clear()
+
+
+#: A lever declaring compile safety NONE whose choice sets the seed's width, which the compiled graph's
+#: shapes depend on: declaratively (the kernel sets the knob) or from its own hook.
+GIRTH_HEAD = """
+from esper_kernel import CompileSafety, HeadSpec, hookimpl
+
+@hookimpl
+def action_head():
+    return HeadSpec(name="girth", choices=("std", "wide"), values=(1.0, 2.0), default="std", ops={{"germinate"}},
+                    description="seed width", {knob})
+
+@hookimpl
+def compile_safety():
+    return CompileSafety("none", "claims nothing in the graph changes")
+"""
+GIRTH_LIARS = {
+    "declared": GIRTH_HEAD.format(knob='knob="width_scale"'),
+    "hook": GIRTH_HEAD.format(knob="")
+    + '\nwrites = ("width_scale",)\n\n@hookimpl\ndef on_enter_stage(seed, old, new):\n'
+    + "    if new.name == 'GERMINATED':\n        seed.knobs.width_scale = seed.value('girth')\n",
+}
+
+
+def _germinate_at_0(tmp_path: Path, girth: str) -> str:
+    plan = tmp_path / f"{girth}.toml"
+    plan.write_text(f'[[step]]\nepoch = 0\nop = "germinate"\nslot = 0\nblueprint = "conv_small"\ngirth = "{girth}"\n')
+    return f"schedule:{plan}"
+
+
+@pytest.mark.parametrize("how", sorted(GIRTH_LIARS))
+def test_compile_names_only_the_none_lever_that_changes_a_graph_knob(
+    lever_dist: LeverDists, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
+    import functools
+
+    # Dynamo traces and guards as under --compile; the eager backend skips only inductor's code generation.
+    monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="eager"))
+    lever_dist("girth", GIRTH_LIARS[how], dist="acme-liar")
+    warnings: list[str] = []
+    out = tmp_path / "wide"
+    # Every installed lever: the six builtins declare NONE too, and none of them is named.
+    config = attrs.evolve(tiny(out, ("girth",), epochs=1, env__compile=True), levers=None)
+    config = attrs.evolve(config, policy=_germinate_at_0(tmp_path, "wide"))
+    summary = run(config, on_warning=warnings.append)
+    compile_lines = [w for w in warnings if "compile" in w]
+    assert len(compile_lines) == 1, compile_lines
+    assert "lever 'girth' (acme-liar)" in compile_lines[0] and "width_scale" in compile_lines[0]
+    (event,) = [e for e in read_events(out / EVENTS) if e["event"] == "compile.contradiction"]
+    # Named in the epoch whose decision made the write, before that epoch trained.
+    assert (event["lever"], event["distribution"], event["knobs"], event["epoch"]) == (
+        "girth",
+        "acme-liar",
+        ["width_scale"],
+        0,
+    )
+    assert summary["compile"]["contradicted"] == ["girth"]
+
+    # The default width compiles nothing new: nothing to name.
+    warnings.clear()
+    std = attrs.evolve(config, out=str(tmp_path / "std"), policy=_germinate_at_0(tmp_path, "std"))
+    assert run(std, on_warning=warnings.append)["compile"]["contradicted"] == []
+    assert not [w for w in warnings if "compile" in w]
+
+    # Strict plugins: an error naming the lever (the run stops with run.failed), or its quarantine.
+    monkeypatch.setenv(ENV_STRICT, "1")
+    with pytest.raises(PluginError, match=r"--compile: lever 'girth' \(acme-liar\) declares compile safety NONE"):
+        run(attrs.evolve(config, out=str(tmp_path / "strict")))
+    assert read_events(tmp_path / "strict" / EVENTS)[-1]["event"] == "run.failed"
 
 
 def test_host_sizing_counts_exactly_and_never_builds_an_oversized_host() -> None:

@@ -29,7 +29,7 @@ from esper_kernel.commands.outdir import (
 )
 from esper_kernel.compose.discovery import LoadFailure, Selection, installed_entry_points
 from esper_kernel.compose.registry import Registry, check_compile_safety
-from esper_kernel.compose.runtime import Quarantine
+from esper_kernel.compose.runtime import Contradiction, Quarantine
 from esper_kernel.compose.stages import Stage
 from esper_kernel.compose.watch import CompileWatch, HookWatch
 from esper_kernel.data.taskplugins import HostShape
@@ -262,7 +262,12 @@ def _play(setup: _Setup, tel: Telemetry, tell: _Reporting, stop_after: int | Non
         env.log.warning("lever.quarantined", **attrs.asdict(q))  # bound to the epoch it happened in
         tell.warn(f"quarantined {q.describe()}")
 
+    def contradicted(c: Contradiction) -> None:
+        env.log.warning("compile.contradiction", **attrs.asdict(c))
+        tell.warn(f"--compile: {c.describe()}")
+
     registry.on_quarantine = quarantined
+    registry.on_contradiction = contradicted
     registry.on_warning = tell.warn
     envs = EnvBatch([env])
     obs = envs.reset([config.seed])
@@ -274,7 +279,7 @@ def _play(setup: _Setup, tel: Telemetry, tell: _Reporting, stop_after: int | Non
         total = float(state["return"])
         obs = envs.observe()
     watch = HookWatch(registry, tel.log, tell.warn)
-    compile_watch = CompileWatch(registry, tel.log, tell.warn) if config.env.compile else None
+    compile_watch = CompileWatch(registry, tel.log) if config.env.compile else None
     if tell.on_start is not None:
         tell.on_start(config.env.epochs, env.epoch)
     observer = _RunObserver(setup, tel, tell, env, watch, stop_after)

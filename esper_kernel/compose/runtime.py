@@ -17,8 +17,9 @@ from typing import TYPE_CHECKING, Any
 
 import attrs
 
-from esper_kernel.compose.discovery import CORE_NAME
-from esper_kernel.compose.seeds import BUILD_KNOBS, SeedState
+from esper_kernel.compose.discovery import CORE_NAME, ENV_STRICT
+from esper_kernel.compose.seeds import BUILD_KNOBS, GRAPH_KNOBS, SeedState
+from esper_kernel.compose.specs import CompileSafety, Safety
 from esper_kernel.compose.stages import Stage
 from esper_kernel.infra.errors import PluginError
 
@@ -41,6 +42,23 @@ class Quarantine:
             f"lever {self.lever!r} ({self.distribution}): {self.hook} failed ({self.error}); "
             "its heads stay at their defaults, the knobs it wrote are restored and its hooks are skipped "
             "for the rest of the run"
+        )
+
+
+@attrs.frozen
+class Contradiction:
+    """Under ``--compile``: a lever declaring compile safety NONE changed a knob the compiled graph depends on."""
+
+    lever: str
+    distribution: str
+    knobs: tuple[str, ...]
+    seed: str
+
+    def describe(self) -> str:
+        return (
+            f"lever {self.lever!r} ({self.distribution}) declares compile safety NONE but set "
+            f"{', '.join(self.knobs)} of {self.seed}, which the compiled graph is specialized on "
+            "(a graph per value); it should declare SPECIALIZES"
         )
 
 
@@ -79,6 +97,7 @@ class HookRuntime:
     stage_hooks: tuple[StageHook, ...]
     epoch_hooks: tuple[StageHook, ...]
     masks: MaskComposer
+    safety: dict[str, CompileSafety]
 
     def info(self, name: str) -> LeverInfo:
         raise NotImplementedError
@@ -102,6 +121,11 @@ class HookRuntime:
         #: Seconds spent in each lever's run-time hooks, ``{lever: {hook: s}}``.
         self.timings: Timings = self.masks.timings
         self.masks.on_fault = self.quarantine
+        #: The host runs under torch.compile: a NONE lever changing a graph knob is named (see :meth:`_check_graph`).
+        self.compiling = False
+        #: Told of each lever whose compile declaration a knob write contradicts, once per lever.
+        self.on_contradiction: Callable[[Contradiction], None] | None = None
+        self._contradicted: set[str] = set()
 
     def enter_stage(self, seed: SeedState, old: Stage, new: Stage) -> None:
         """Set the declared knobs for ``new``, then run every ``on_enter_stage`` in lever order."""
@@ -109,7 +133,12 @@ class HookRuntime:
             if setting.stage is new and setting.head in seed.values and setting.lever not in self.quarantined:
                 before = attrs.asdict(seed.knobs)
                 setattr(seed.knobs, setting.knob, seed.values[setting.head])
-                self._note_writes(setting.lever, seed, before)
+                changed = self._note_writes(setting.lever, seed, before)
+                try:
+                    self._check_graph(setting.lever, seed, changed)
+                except PluginError as err:
+                    if not self.quarantine(setting.lever, "action_head", err):
+                        raise
         args = {"seed": seed, "old": old, "new": new}
         self._building = seed.seed_id if new is Stage.GERMINATED else None
         try:
@@ -136,22 +165,50 @@ class HookRuntime:
                 _run(hook, args, where, before, building=new is Stage.GERMINATED)
             finally:
                 # Noted even when the hook raised after writing: a quarantine must take that write back too.
-                self._note_writes(hook.lever, seed, before)
+                changed = self._note_writes(hook.lever, seed, before)
+            self._check_graph(hook.lever, seed, changed)
         except PluginError as err:
             if not self.quarantine(hook.lever, name, err):
                 raise
         finally:
             self.add_time(hook.lever, name, time.perf_counter() - started)
 
-    def _note_writes(self, lever: str, seed: SeedState, before: Mapping[str, Any]) -> None:
+    def _note_writes(self, lever: str, seed: SeedState, before: Mapping[str, Any]) -> list[str]:
+        """Record the knobs of ``seed`` that ``lever`` changed since ``before``; return their names."""
         after = attrs.asdict(seed.knobs)
         changed = [k for k, v in before.items() if after[k] != v]
         if not changed:
-            return
+            return changed
         _, first, last = self._written.setdefault(lever, {}).setdefault(seed.seed_id, (seed, {}, {}))
         for knob in changed:
             first.setdefault(knob, before[knob])
             last[knob] = after[knob]
+        return changed
+
+    def _check_graph(self, lever: str, seed: SeedState, changed: list[str]) -> None:
+        """Under compile, a lever declaring NONE that changes a graph knob is named the moment it writes it.
+
+        Dynamo's counters are process-wide and a germination recompiles anyway,
+        so a recompile cannot be pinned on a lever after the fact; the write that
+        will cause it can. Told once per lever; with strict plugins, an error.
+        """
+        graph = tuple(k for k in changed if k in GRAPH_KNOBS)
+        safety = self.safety.get(lever)
+        if not graph or not self.compiling or lever in self._contradicted or safety is None:
+            return
+        if safety.level is not Safety.NONE:
+            return
+        self._contradicted.add(lever)
+        found = Contradiction(lever, self.info(lever).distribution, graph, seed.seed_id)
+        if self.strict:
+            raise PluginError(f"--compile: {found.describe()} ({ENV_STRICT}=1)")
+        if self.on_contradiction is not None:
+            self.on_contradiction(found)
+
+    @property
+    def contradicted(self) -> list[str]:
+        """The levers whose compile declaration a knob write contradicted, so far."""
+        return sorted(self._contradicted)
 
     def _take_back(self, lever: str) -> None:
         """Restore every knob ``lever`` wrote to its value before the lever wrote it.

@@ -58,6 +58,11 @@ TIMING_KNOBS = ("dwell_epochs", "blend_steps", "min_blend_epochs")
 #: Knobs read once, when the seed's module is built on entering GERMINATED; a
 #: later write could not take effect, so the kernel refuses it.
 BUILD_KNOBS = frozenset({"width_scale"})
+#: Knobs the compiled host graph is specialized on: the seed module's parameter shapes
+#: (``width_scale``) and the seed-input transform, a function and its float kwargs traced into
+#: the graph. Every other knob is read by the Python lifecycle or lands in a 0-d buffer, so a new
+#: value compiles nothing. A lever declaring compile safety NONE may not change these.
+GRAPH_KNOBS = frozenset({"width_scale", "seed_input_transform", "seed_input_kwargs"})
 KNOB_NAMES = frozenset(f.name for f in attrs.fields(Knobs))
 
 

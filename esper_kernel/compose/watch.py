@@ -12,7 +12,6 @@ from collections.abc import Callable
 from typing import Any
 
 from esper_kernel.compose.registry import Registry
-from esper_kernel.compose.specs import Safety
 
 #: A lever whose hooks take more than this share of an epoch's wall time is
 #: reported (once per run) as ``lever.slow`` and on the console.
@@ -74,36 +73,27 @@ class CompileWatch:
     """Counts Dynamo's graphs, graph breaks and recompiles over an episode.
 
     Dynamo's counters are process-wide, so they are cleared when the episode
-    starts. A graph break while every lever declares NONE or SPECIALIZES
-    contradicts a declaration: the levers so declared are named.
+    starts. They say how much was compiled, not which lever caused it (a
+    germination recompiles whatever the levers do): a lever whose declaration
+    is contradicted is named by the registry when it writes the knob
+    (:meth:`~esper_kernel.compose.runtime.HookRuntime._check_graph`), and listed here.
     """
 
-    def __init__(self, registry: Registry, log: Any, warn: Callable[[str], None]) -> None:
+    def __init__(self, registry: Registry, log: Any) -> None:
         from torch._dynamo.utils import counters
 
         self.registry = registry
         self.log = log
-        self.warn = warn
         self.counters = counters
         counters.clear()
 
     def episode_ended(self) -> dict[str, Any]:
         c = self.counters
-        graphs = int(c["stats"].get("unique_graphs", 0))
-        breaks = int(sum(c["graph_break"].values()))
-        recompiles = int(sum(c["recompiles"].values())) if "recompiles" in c else 0
-        reasons = sorted(c["graph_break"])[:5]
-        stats: dict[str, Any] = {"graphs": graphs, "graph_breaks": breaks, "recompiles": recompiles}
-        self.log.info("compile.stats", **stats, break_reasons=reasons)
-        declared = {
-            name: s.level for name, s in self.registry.safety.items() if name != "esper" and name in self.registry.names
+        stats: dict[str, Any] = {
+            "graphs": int(c["stats"].get("unique_graphs", 0)),
+            "graph_breaks": int(sum(c["graph_break"].values())),
+            "recompiles": int(sum(c["recompiles"].values())) if "recompiles" in c else 0,
+            "contradicted": self.registry.contradicted,
         }
-        if breaks and declared and all(level is not Safety.BREAKS_GRAPH for level in declared.values()):
-            named = sorted(n for n, level in declared.items() if level is Safety.NONE) or sorted(declared)
-            labels = ", ".join(self.registry.info(n).label for n in named)
-            self.log.warning("compile.contradiction", levers=named, graph_breaks=breaks, break_reasons=reasons)
-            self.warn(
-                f"--compile: {breaks} graph break(s) this episode, but no active lever declares BREAKS_GRAPH; "
-                f"declared NONE: {labels}"
-            )
+        self.log.info("compile.stats", **stats, break_reasons=sorted(c["graph_break"])[:5])
         return stats

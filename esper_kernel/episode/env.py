@@ -114,7 +114,9 @@ def add_fossils(host: Host, fossils: Sequence[tuple[int, str, float]]) -> None:
 
 def build_registry(config: EnvConfig, selection: Selection | None = None) -> Registry:
     """Load the selected levers and compose them with the kernel's heads for this config."""
-    return Registry.open(CoreHeads(config.slots, blueprint_names(config.topology), config.topology), selection)
+    registry = Registry.open(CoreHeads(config.slots, blueprint_names(config.topology), config.topology), selection)
+    registry.compiling = config.compile
+    return registry
 
 
 def observation_names(registry: Registry, n_slots: int) -> tuple[str, ...]:
