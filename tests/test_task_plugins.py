@@ -206,3 +206,21 @@ def test_mnist1d_host_sees_one_sample_and_a_spatial_seed_widens_it() -> None:
     assert x.grad is not None and x.grad.nonzero()[:, 2].tolist() == [20]
     seed = build_seed("cnn1d", "dilated", 16)
     assert seed(torch.randn(2, 16, 40)).abs().max() == 0  # a fresh seed changes nothing
+
+
+def test_a_task_listing_a_blueprint_its_topology_lacks_fails_naming_task_and_distribution(
+    task_dist: TaskDists,
+) -> None:
+    from esper_kernel.episode.env import build_registry
+
+    code = _GOOD.format(name="oddbp").replace("widths=(4, 8))", 'widths=(4, 8), blueprints=("conv_small", "mlp_huge"))')
+    task_dist("oddbp", code, "esper-task-odd")
+    with pytest.raises(
+        EsperError, match=r"task 'oddbp' \(esper-task-odd\) lists blueprints .*'mlp_huge'.*cnn catalogue"
+    ):
+        build_registry(EnvConfig(task="oddbp"))
+    # A task naming real blueprints may germinate exactly those.
+    task_dist(
+        "fewbp", _GOOD.format(name="fewbp").replace("widths=(4, 8))", 'widths=(4, 8), blueprints=("dilated",))'), "d"
+    )
+    assert build_registry(EnvConfig(task="fewbp")).info("esper").plugin.allowed == ("dilated",)

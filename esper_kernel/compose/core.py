@@ -24,15 +24,33 @@ _LIVE = sorted(int(s) for s in LIVE_STAGES)
 
 
 class CoreHeads:
-    """Heads for ``n_slots`` slots and the host topology's blueprints."""
+    """Heads for ``n_slots`` slots and the host topology's blueprints.
 
-    def __init__(self, n_slots: int, blueprints: tuple[str, ...], topology: str = "cnn") -> None:
+    ``allowed`` (a task's own blueprints, ``Task.blueprints``) masks GERMINATE to
+    those; the ``blueprint`` head keeps the whole catalogue as its choices, so
+    observations and policies are the same shape on every task of a topology.
+    """
+
+    def __init__(
+        self,
+        n_slots: int,
+        blueprints: tuple[str, ...],
+        topology: str = "cnn",
+        allowed: tuple[str, ...] | None = None,
+    ) -> None:
         if n_slots < 2:
             # A head needs at least two choices; one slot would make ``slot`` degenerate.
             raise ValueError(f"n_slots must be at least 2, got {n_slots}")
+        unknown = [b for b in allowed or () if b not in blueprints]
+        if unknown or allowed == ():
+            raise ValueError(
+                f"allowed blueprints {list(allowed or ())} must be a non-empty subset of the "
+                f"{topology} catalogue: {', '.join(blueprints)}"
+            )
         self.n_slots = n_slots
         self.blueprints = blueprints
         self.topology = topology
+        self.allowed = allowed
 
     @hookimpl
     def action_head(self) -> list[HeadSpec]:
@@ -87,7 +105,12 @@ class CoreHeads:
         slot[:, Op.GERMINATE] = dormant
         slot[:, Op.CULL] = live
         slot[:, Op.FOSSILIZE] = fossil
-        return {"op": op, "slot": slot}
+        out = {"op": op, "slot": slot}
+        if self.allowed is not None:
+            bp = torch.ones(view.n_envs, N_OPS, len(self.blueprints), dtype=torch.bool)
+            bp[:, Op.GERMINATE] = torch.tensor([b in self.allowed for b in self.blueprints])
+            out["blueprint"] = bp
+        return out
 
     @hookimpl
     def compile_safety(self) -> CompileSafety:

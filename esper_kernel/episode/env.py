@@ -113,8 +113,25 @@ def add_fossils(host: Host, fossils: Sequence[tuple[int, str, float]]) -> None:
 
 
 def build_registry(config: EnvConfig, selection: Selection | None = None) -> Registry:
-    """Load the selected levers and compose them with the kernel's heads for this config."""
-    registry = Registry.open(CoreHeads(config.slots, blueprint_names(config.topology), config.topology), selection)
+    """Load the selected levers and compose them with the kernel's heads for this config.
+
+    A task that names its blueprints (``Task.blueprints``) may germinate only those.
+    """
+    topology = config.topology
+    catalogue = blueprint_names(topology)
+    try:
+        info = find_task(config.task)
+    except PluginError:
+        allowed = None  # an unknown task fails where its data is built, with the task plugins' own line
+    else:
+        allowed = info.task.blueprints
+        unknown = [b for b in allowed or () if b not in catalogue]
+        if unknown or allowed == ():
+            raise EsperError(
+                f"task {config.task!r} ({info.distribution}) lists blueprints {list(allowed or ())}: "
+                f"each must be one of the {topology} catalogue ({', '.join(catalogue)})"
+            )
+    registry = Registry.open(CoreHeads(config.slots, catalogue, topology, allowed), selection)
     registry.compiling = config.compile
     return registry
 

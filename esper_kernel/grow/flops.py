@@ -3,9 +3,10 @@
 One forward pass over one example is traced with hooks: a convolution costs
 ``2 * out.numel() * in_channels / groups * kernel`` FLOPs, a linear layer
 ``2 * out.numel() * in_features``, causal self-attention ``2 * 2 * T * T * D``
-(scores and weighted sum). Norms, activations and pooling are not counted
-(they are a few per cent of these). A training step costs about three forward
-passes (forward, and the backward's two products), so an epoch costs
+(scores and weighted sum; ``T * window`` for a windowed host, none with
+window 1). Norms, activations and pooling are not counted (they are a few
+per cent of these). A training step costs about three forward passes
+(forward, and the backward's two products), so an epoch costs
 ``3 * forward * n_train + forward * n_val``. Every live seed is in the forward
 pass (a dormant slot runs nothing), so a growing host's cost rises as it grows.
 """
@@ -39,10 +40,13 @@ def forward_flops(model: nn.Module, example: torch.Tensor) -> int:
         assert isinstance(module, nn.Linear)
         total += 2 * out.numel() * module.in_features
 
-    def attention(_m: nn.Module, inp: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
+    def attention(m: nn.Module, inp: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
         nonlocal total
         b, t, d = inp[0].shape
-        total += 4 * b * t * t * d
+        # A windowed host attends to at most `window` positions (a host with window 1 to none but itself).
+        window = getattr(m, "window", None)
+        seen = t if window is None else min(t, int(window))
+        total += 0 if seen == 1 else 4 * b * t * seen * d
 
     handles = []
     for module in model.modules():

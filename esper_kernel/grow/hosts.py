@@ -102,6 +102,8 @@ class TransformerHostConfig:
         heads: Attention heads per block.
         layers: Transformer blocks, each followed by one seed slot.
         max_len: Longest sequence the position embedding covers.
+        window: Positions each token's attention sees, itself included (None: all earlier ones).
+            ``window=1`` is a host with no context at all: it predicts from the current token only.
     """
 
     vocab_size: int = attrs.field(default=32, validator=_positive)
@@ -109,6 +111,7 @@ class TransformerHostConfig:
     heads: int = attrs.field(default=4, validator=_positive)
     layers: int = attrs.field(default=3, validator=_positive)
     max_len: int = attrs.field(default=64, validator=_positive)
+    window: int | None = attrs.field(default=None, validator=attrs.validators.optional(_positive))
 
     def __attrs_post_init__(self) -> None:
         if self.dim % self.heads:
@@ -251,16 +254,26 @@ class CNN1DHost(_SlottedHost):
 
 
 class _CausalSelfAttention(nn.Module):
-    def __init__(self, dim: int, heads: int) -> None:
+    def __init__(self, dim: int, heads: int, window: int | None = None) -> None:
         super().__init__()
         self.heads = heads
+        #: Positions a token attends to, itself included (None: every earlier one); the FLOPs count reads it.
+        self.window = window
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, t, d = x.shape
         q, k, v = (z.view(b, t, self.heads, d // self.heads).transpose(1, 2) for z in self.qkv(x).chunk(3, dim=-1))
-        att = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        if self.window == 1:
+            # Attending to itself alone is the identity on v (softmax over one score is 1).
+            att = v
+        elif self.window is None or self.window >= t:
+            att = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        else:
+            pos = torch.arange(t, device=x.device)
+            lag = pos[:, None] - pos[None, :]
+            att = F.scaled_dot_product_attention(q, k, v, attn_mask=(lag >= 0) & (lag < self.window))
         out: torch.Tensor = self.proj(att.transpose(1, 2).reshape(b, t, d))
         return out
 
@@ -268,10 +281,10 @@ class _CausalSelfAttention(nn.Module):
 class _Block(nn.Module):
     """Pre-LN transformer block: ``x + attn(ln(x))`` then ``x + mlp(ln(x))``."""
 
-    def __init__(self, dim: int, heads: int) -> None:
+    def __init__(self, dim: int, heads: int, window: int | None = None) -> None:
         super().__init__()
         self.ln1 = nn.LayerNorm(dim)
-        self.attn = _CausalSelfAttention(dim, heads)
+        self.attn = _CausalSelfAttention(dim, heads, window)
         self.ln2 = nn.LayerNorm(dim)
         self.mlp = nn.Sequential(nn.Linear(dim, 4 * dim), nn.GELU(), nn.Linear(4 * dim, dim))
 
@@ -299,7 +312,7 @@ class TransformerHost(_SlottedHost):
         self.max_len = cfg.max_len
         self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.dim)
         self.pos_emb = nn.Embedding(cfg.max_len, cfg.dim)
-        self.blocks = nn.ModuleList(_Block(cfg.dim, cfg.heads) for _ in range(cfg.layers))
+        self.blocks = nn.ModuleList(_Block(cfg.dim, cfg.heads, cfg.window) for _ in range(cfg.layers))
         self.slot_dims = (cfg.dim,) * cfg.layers
         self.slots = nn.ModuleList(SeedSlot(cfg.dim, "transformer") for _ in range(cfg.layers))
         self.ln_f = nn.LayerNorm(cfg.dim)
