@@ -7,7 +7,7 @@ import os
 import pytest
 
 from esper_kernel.infra.errors import EsperError
-from esper_kernel.infra.workers import ProcessActor, WorkerError, map_jobs, resolve_threads
+from esper_kernel.infra.workers import START_ENV, ProcessActor, WorkerError, fork_is_safe, map_jobs, resolve_threads
 
 
 def square_and_pid(x: int) -> tuple[int, int]:
@@ -118,3 +118,49 @@ def test_the_fork_server_preload_imports_what_workers_need() -> None:
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert proc.stdout.strip() == "True"
+
+
+class Signals:
+    def handlers(self) -> tuple[object, object]:
+        import signal
+
+        return signal.getsignal(signal.SIGTERM), signal.getsignal(signal.SIGINT)
+
+
+def test_a_worker_forked_from_the_command_takes_the_default_signal_handlers(monkeypatch: pytest.MonkeyPatch) -> None:
+    # The command's SIGTERM handler writes its run's final event; a worker that ran it would write one too.
+    import signal
+
+    monkeypatch.delenv(START_ENV, raising=False)
+    assert fork_is_safe()  # pytest runs one thread, one intra-op thread, no CUDA
+    previous = signal.signal(signal.SIGTERM, lambda *_: None)
+    try:
+        actor = ProcessActor(Signals)
+        try:
+            term, intr = actor.call("handlers")
+        finally:
+            actor.close()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert term == signal.SIG_DFL
+    assert intr is signal.default_int_handler
+
+
+def test_workers_are_not_forked_from_a_command_with_other_threads_or_when_told_not_to(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import threading
+
+    monkeypatch.delenv(START_ENV, raising=False)
+    stop = threading.Event()
+    other = threading.Thread(target=stop.wait)
+    other.start()
+    try:
+        assert not fork_is_safe()  # a thread may hold a lock the child would need
+    finally:
+        stop.set()
+        other.join()
+    assert fork_is_safe()
+    monkeypatch.setenv(START_ENV, "forkserver")
+    assert not fork_is_safe()
+    assert map_jobs(square_and_pid, [1, 2, 3], workers=2)[0][0] == 1  # and the fork server still serves

@@ -15,10 +15,13 @@ Two entry points:
 - :class:`ProcessActor` keeps one object alive in a worker process and calls
   its methods (the env shards of ``esper train --workers``).
 
-Processes come from a fork server that has imported torch and the kernel
-but never run an op (forking a process whose OpenMP pool has already run
-can deadlock the child), so a worker starts in milliseconds rather than
-re-importing torch; where there is no fork server, ``spawn``. Either way a
+Processes are forked from the command itself where that is safe (Linux, one
+Python thread, one intra-op thread, no CUDA: see :func:`fork_is_safe`), so a
+worker starts in milliseconds with everything already imported; otherwise
+they come from a fork server that has imported torch and the kernel but never
+run an op (forking a process whose OpenMP pool has already run can deadlock
+the child); where there is no fork server, ``spawn``. ``ESPER_START_METHOD``
+set to ``forkserver`` or ``spawn`` forbids the first. Either way a
 child inherits ``sys.path``, so levers installed beside the parent's are
 found in the child too.
 """
@@ -27,8 +30,12 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import importlib
 import multiprocessing as mp
 import os
+import signal
+import sys
+import threading
 import traceback
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -88,8 +95,30 @@ def configure_threads(threads: int | None) -> int:
     return int(torch.get_num_threads())
 
 
+#: Set to ``forkserver`` or ``spawn`` to keep workers from being forked from the command itself.
+START_ENV = "ESPER_START_METHOD"
+
 #: Imported once by the fork server, so no worker imports them itself (see esper_kernel.preload).
 _PRELOAD = ["esper_kernel.preload"]
+
+
+def fork_is_safe() -> bool:
+    """Whether a worker can be forked from this process itself rather than from the fork server.
+
+    Forking the parent skips the fork server's own import of torch and
+    ``torch._dynamo`` (about 3 s of CPU, the whole of a pool's start-up), and
+    is what torch's DataLoader does. It is safe only where nothing the child
+    needs can be held by another thread or an OpenMP pool at the fork: Linux,
+    one Python thread, one intra-op thread, and CUDA never initialised.
+    """
+    if sys.platform != "linux" or os.environ.get(START_ENV, "") not in ("", "fork"):
+        return False
+    if threading.active_count() != 1:
+        return False
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return True
+    return bool(torch.get_num_threads() == 1 and not torch.cuda.is_initialized())
 
 
 def _context() -> Any:
@@ -97,7 +126,11 @@ def _context() -> Any:
     if not _helpers_stopped_at_exit:
         atexit.register(stop_helpers)
         _helpers_stopped_at_exit = True
-    if "forkserver" in mp.get_all_start_methods():
+    if fork_is_safe():
+        # What the fork server would have imported, imported here once, so every child inherits it.
+        importlib.import_module(_PRELOAD[0])
+        return mp.get_context("fork")
+    if "forkserver" in mp.get_all_start_methods() and os.environ.get(START_ENV) != "spawn":
         ctx = mp.get_context("forkserver")
         ctx.set_forkserver_preload(_PRELOAD)
         return ctx
@@ -127,6 +160,11 @@ def stop_helpers() -> None:
 
 def _init_worker(threads: int) -> None:
     import torch
+
+    # A child forked from the command inherits its handlers (SIGTERM writes the run's final event):
+    # a worker takes the defaults, as a fork server's children do.
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
     os.environ[OMP_ENV] = str(threads)
     torch.set_num_threads(threads)
