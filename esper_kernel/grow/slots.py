@@ -145,6 +145,40 @@ class _Blend(torch.autograd.Function):
         return grad * scale, None, None
 
 
+#: How large, relative to the features it is added to (RMS over the batch), an incubating seed's output
+#: grows: the size of the step the seed has learned when blending starts to show it.
+INCUBATION_REACH = 0.5
+
+
+class _IncubationPull(torch.autograd.Function):
+    """Identity forward; backward adds ``incubate * mu * s``, with ``mu = rms(grad) / (REACH * rms(x))``.
+
+    While a seed incubates (alpha 0) its output changes nothing, so the task
+    gradient it learns from is the linearised loss ``<g, s>``: it has no
+    minimum, and the seed's output grows without bound (on MNIST-1D a
+    dilated seed reached 1,000x the host's features in two epochs, and
+    blending it in sent accuracy to chance). The pull is the gradient of a
+    proximity term ``mu/2 * |s|^2`` that turns it into a trust region: its
+    minimum is ``s = -g / mu``, the direction of steepest descent for the
+    host's features at ``INCUBATION_REACH`` of their size, so the seed learns
+    the step the features should take and how large it may be. ``mu`` is
+    taken from the batch's own gradient and features, so it needs no tuning
+    per task or loss scale. Blending (``incubate = 0``) trains on the real
+    loss, whose curvature bounds the seed, and is untouched.
+    """
+
+    @staticmethod
+    def forward(ctx: Any, s: torch.Tensor, x_rms: torch.Tensor, incubate: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(s, x_rms, incubate)
+        return s.view_as(s)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+        s, x_rms, incubate = ctx.saved_tensors
+        mu = torch.linalg.vector_norm(grad) / (INCUBATION_REACH * x_rms * math.sqrt(max(grad.numel(), 1)) + 1e-12)
+        return grad + (incubate * mu) * s, None, None
+
+
 def _structure(module: nn.Module) -> tuple[tuple[str, tuple[tuple[int, ...], ...]], ...]:
     return tuple(
         (type(m).__name__, tuple(tuple(p.shape) for p in m.parameters(recurse=False))) for m in module.modules()
@@ -282,6 +316,9 @@ class SeedSlot(nn.Module):
         if self.input_transform is not None:
             s_in = self.input_transform(s_in)
         s = self.seed(s_in)
+        # The pull's scale: the features' RMS, detached (it sets a size, it is not trained on).
+        x_rms = torch.linalg.vector_norm(x.detach()) / math.sqrt(max(x.numel(), 1))
+        s = _IncubationPull.apply(s, x_rms, self.incubate)  # type: ignore[no-untyped-call]
         if self.gate is None:
             out: torch.Tensor = x + _Blend.apply(s, self.alpha, self.incubate)  # type: ignore[no-untyped-call]
             return out
