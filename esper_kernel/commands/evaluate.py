@@ -34,7 +34,7 @@ from esper_kernel.compose.names import CORE_HEADS
 from esper_kernel.compose.registry import Registry
 from esper_kernel.compose.stages import Op, Stage
 from esper_kernel.data.taskplugins import HostShape
-from esper_kernel.episode.env import EnvBatch, EnvConfig, MorphoEnv, build_registry, load_task
+from esper_kernel.episode.env import EnvBatch, EnvConfig, MorphoEnv, build_registry, load_task, observation_names
 from esper_kernel.episode.loop import Observer, Step, play_batch
 from esper_kernel.grow.flops import epoch_flops
 from esper_kernel.infra.errors import EsperError
@@ -50,8 +50,10 @@ from esper_kernel.tamiyo.catalogue import (
     kind_of,
     parse_force,
     parse_policy,
+    spec_defaults,
     static_width,
 )
+from esper_kernel.tamiyo.fit import describe_defaults
 from esper_kernel.tamiyo.policies import fallbacks
 from esper_kernel.tamiyo.schedule import schedule_of
 
@@ -221,11 +223,14 @@ def evaluate(
     workers: int = 1,
     on_done: Callable[[str, EpisodeResult], None] | None = None,
     journal: Path | None = None,
+    on_note: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Run every policy on every seed and return the ``esper.eval/1`` document.
 
     With ``journal`` (a path), finished episodes are appended there as they
     finish and episodes already there are not played again (see :class:`Journal`).
+    ``on_note`` is told, once per learned policy, the heads of levers it was
+    not trained with, held at their defaults (``policy_defaults`` in the document).
     """
     names = [p.name for p in policies]
     if len(set(names)) != len(names):
@@ -234,6 +239,10 @@ def evaluate(
     check_policies(env, policies, levers)
     if reference not in names:
         raise EsperError(f"--reference {reference!r} is not among the policies: {', '.join(names)}")
+    held = _policy_defaults(env, policies, levers, seeds[0])
+    for name, heads in held.items():
+        if heads and on_note is not None:
+            on_note(f"{name}: {describe_defaults(list(heads.items()))}")
     started = time.perf_counter()
     data = converter.unstructure(env)
     book = Journal(journal, {"schema": EVAL_SCHEMA, "env": data, "levers": list(levers) if levers else levers})
@@ -258,7 +267,18 @@ def evaluate(
     doc = document(env, policies, seeds, levers, reference, results, time.perf_counter() - started)
     if recipes:
         doc["recipes"] = recipes
+    doc["policy_defaults"] = held
     return doc
+
+
+def _policy_defaults(
+    env: EnvConfig, policies: Sequence[PolicySpec], levers: tuple[str, ...] | None, seed: int
+) -> dict[str, dict[str, str]]:
+    """Each learned policy's heads new to it, held at their defaults (asked once, not per episode)."""
+    registry = build_registry(env, Selection.from_env(levers=levers))
+    ctx = BuildContext(registry, len(observation_names(registry, env.slots)), seed, env)
+    found = {p.name: spec_defaults(p, ctx) for p in policies}
+    return {name: heads for name, heads in found.items() if heads is not None}
 
 
 def _recipe(

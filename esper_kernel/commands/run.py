@@ -45,11 +45,13 @@ from esper_kernel.settings.config import EnvConfig, RunConfig, structure_config,
 from esper_kernel.tamiyo.catalogue import (
     BuildContext,
     build_policy,
+    defaulted_heads,
     load_run_state,
     parse_policy,
     run_state,
     static_env,
 )
+from esper_kernel.tamiyo.fit import describe_defaults
 from esper_kernel.tamiyo.policies import Policy, fallbacks
 from esper_kernel.tamiyo.ppo import PolicyLoadError
 
@@ -90,7 +92,12 @@ def log_started(log: Any, registry: Registry, **fields: Any) -> None:
 def make_policy(spec: str, registry: Registry, obs_dim: int, seed: int, env: EnvConfig | None = None) -> Policy:
     """The policy ``spec`` names (any spec of :mod:`esper_kernel.tamiyo.catalogue`), for an episode on ``seed``.
 
-    A policy file stamped with another task than ``env``'s is refused, naming both.
+    A policy file stamped with another task than ``env``'s is refused, naming
+    both; so is one trained on another slot count (a one-line error naming
+    ``--slots``, the count given and the count it was trained on: it reads
+    each slot's features at a fixed place). Levers it was not trained with
+    are held at their defaults (:func:`~esper_kernel.tamiyo.catalogue.defaulted_heads`
+    says which); one it was trained with that is not active is refused, naming it.
     """
     parsed = parse_policy(spec, flag="--policy")
     ctx = BuildContext(registry, obs_dim, seed, env if env is not None else EnvConfig())
@@ -244,8 +251,12 @@ def _log_start(setup: _Setup, tel: Telemetry, superseded: int, tell: _Reporting)
         n_train=setup.task.n_train,
         n_val=setup.task.n_val,
         host_memory_bytes=setup.size.memory_bytes,
+        policy_defaults=defaulted_heads(setup.policy),
     )
     tell.warn(setup.size.describe())
+    held = defaulted_heads(setup.policy)
+    if held:
+        tell.warn(f"--policy {setup.config.policy}: {describe_defaults(list(held.items()))}")
     if registry.failures and tell.on_failures is not None:
         tell.on_failures(registry.failures)
     else:
@@ -322,6 +333,7 @@ def _finish(setup: _Setup, played: _Played, wall: float) -> dict[str, Any]:
     summary["hook_seconds"] = played.watch.totals()
     # Forced heads that fell back and schedule steps skipped as illegal, as esper eval counts them.
     summary["policy_fallbacks"] = fallbacks(setup.policy)
+    summary["policy_defaults"] = defaulted_heads(setup.policy)
     summary["quarantined"] = [attrs.asdict(q) for q in setup.registry.quarantined.values()]
     if compile_stats is not None:
         summary["compile"] = compile_stats

@@ -92,6 +92,7 @@ def esper_eval(f: EvalFlags) -> None:
         workers=n_workers,
         on_done=on_done,
         journal=Path(f.out) / "episodes.jsonl",
+        on_note=lambda line: console.print(f"esper eval: {line}"),
     )
     base = ev.parse_policy(f.attribution).name if f.attribution else None
     paths = evaldoc.write_outputs(doc, Path(f.out), effects=f.effects, attribution=base)

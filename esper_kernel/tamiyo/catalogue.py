@@ -50,12 +50,14 @@ __all__ = [
     "build_policy",
     "check_forced",
     "check_spec",
+    "defaulted_heads",
     "learned_policy_file",
     "load_run_state",
     "parse_force",
     "parse_policy",
     "register",
     "run_state",
+    "spec_defaults",
 ]
 
 
@@ -123,20 +125,38 @@ def register(kind: PolicyKind) -> PolicyKind:
 
 
 def _build_learned(arg: str, spec: PolicySpec, ctx: BuildContext) -> Policy:
+    from esper_kernel.episode.env import observation_names
     from esper_kernel.tamiyo.ppo import load_policy, pretrained_path, trained_on
 
     path = pretrained_path(ctx.env.task) if arg == "pretrained" else Path(arg)
-    policy = load_policy(path, ctx.registry, ctx.obs_dim, trained_on=trained_on(ctx.env))
+    names = observation_names(ctx.registry, ctx.env.slots)
+    # Levers the policy never saw take their defaults (tamiyo/fit.py); the commands say so once.
+    obs_names = names if len(names) == ctx.obs_dim else None
+    policy = load_policy(path, ctx.registry, ctx.obs_dim, obs_names, trained_on=trained_on(ctx.env))
     policy.greedy = spec.greedy
     # Sampling noise comes from the episode seed: seeds differ, and a rerun of a seed is identical.
     policy.reseed(ctx.seed)
     return policy
 
 
-def _check_file(arg: str, where: str, _registry: Registry, _env: EnvConfig) -> None:
+def _check_learned(arg: str, where: str, registry: Registry, env: EnvConfig) -> None:
+    """The policy file loads under these levers, task and slot count (a one-line error naming what does not)."""
+    from esper_kernel.episode.env import observation_names
+    from esper_kernel.tamiyo.ppo import PolicyLoadError, load_policy, pretrained_path, trained_on
+
+    names = observation_names(registry, env.slots)
+    path = pretrained_path(env.task) if arg == "pretrained" else Path(arg)  # its error names --policy pretrained
+    try:
+        load_policy(path, registry, len(names), names, trained_on=trained_on(env))
+    except PolicyLoadError as exc:
+        raise PolicyLoadError(f"{where}: {exc}") from None
+
+
+def _check_file(arg: str, where: str, registry: Registry, env: EnvConfig) -> None:
     if not Path(arg).exists():
         known = ", ".join(n for n, k in KINDS.items() if k.name != FILE)
         raise EsperError(f"{where}: {arg!r} is neither a policy kind ({known}) nor an existing policy file")
+    _check_learned(arg, where, registry, env)
 
 
 #: The kind of a spec that names no registered kind: a policy file.
@@ -171,7 +191,9 @@ register(
 register(
     PolicyKind("wait", "never grows: the control growth is paired against", lambda *_: WaitPolicy(), decides=False)
 )
-register(PolicyKind("pretrained", "the policy shipped for the task", _build_learned, learned=True))
+register(
+    PolicyKind("pretrained", "the policy shipped for the task", _build_learned, learned=True, check=_check_learned)
+)
 register(PolicyKind(FILE, "a policy file written by esper train", _build_learned, learned=True, check=_check_file))
 
 
@@ -364,6 +386,26 @@ def static_env(spec: PolicySpec, env: EnvConfig, num_classes: int | HostShape, f
             "(a bare static matches a growing policy's size, which only esper eval has)"
         )
     return attrs.evolve(env, width=static_width(env, num_classes, spec.static_params))
+
+
+def defaulted_heads(policy: Policy) -> dict[str, str]:
+    """The heads a learned policy was not trained with, held at their defaults (empty for any other policy)."""
+    inner = policy.base if isinstance(policy, ForcedPolicy) else policy
+    held = getattr(inner, "defaulted", None)
+    return dict(held) if isinstance(held, dict) else {}
+
+
+def spec_defaults(spec: PolicySpec, ctx: BuildContext) -> dict[str, str] | None:
+    """:func:`defaulted_heads` of the learned policy ``spec`` plays (``recipe:P``'s ``P``), built once to ask;
+    None for a spec that plays no learned policy."""
+    if spec.static:
+        return None
+    kind, arg = kind_of(spec.policy)
+    if kind.name == "recipe":
+        return spec_defaults(parse_policy(arg), ctx)
+    if not kind.learned:
+        return None
+    return defaulted_heads(build_policy(attrs.evolve(spec, forced=()), ctx))
 
 
 def learned_policy_file(text: str, task: str) -> Path | None:

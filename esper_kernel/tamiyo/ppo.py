@@ -26,6 +26,7 @@ from esper_kernel.infra.checkpoint import unreadable
 from esper_kernel.infra.errors import EsperError
 from esper_kernel.infra.files import write_atomic
 from esper_kernel.settings.config import EnvConfig
+from esper_kernel.tamiyo.fit import Fit, fit
 
 if TYPE_CHECKING:
     from esper_kernel.episode.env import EnvBatch
@@ -165,6 +166,8 @@ class PPOPolicy(nn.Module):
         seed: int = 0,
         pinned: Mapping[str, str] | None = None,
         trained_on: Mapping[str, Any] | None = None,
+        heads: Sequence[HeadStamp] | None = None,
+        fit: Fit | None = None,
     ) -> None:
         super().__init__()
         if obs_names and len(obs_names) != obs_dim:
@@ -172,17 +175,25 @@ class PPOPolicy(nn.Module):
         self.space = space
         self.obs_dim = obs_dim
         self.hidden = hidden
-        self.heads = head_stamps(space)
+        #: The policy's own heads: the active space's, or (with ``fit``) the ones it was trained with.
+        self.heads = tuple(heads) if heads is not None else head_stamps(space)
+        #: Heads new to the policy (levers it was not trained with), each held at its default choice.
+        self.defaulted: dict[str, str] = dict(fit.defaulted) if fit is not None else {}
+        moved = fit is not None and not fit.identity
+        self._place = torch.tensor(fit.place) if fit is not None and moved else None
+        self._take = torch.tensor(fit.take) if fit is not None and moved else None
         self.obs_names = tuple(obs_names)
         self.levers = tuple(levers)
         self.hyperparameters: dict[str, Any] = dict(hyperparameters or {})
         #: Heads held at one choice (head -> choice): never sampled, never learned.
         self.pinned: dict[str, str] = dict(pinned or {})
-        self._pins = {space.names.index(h): space.choice_index(h, c) for h, c in self.pinned.items()}
+        held = {**self.pinned, **self.defaulted}
+        self._pins = {space.names.index(h): space.choice_index(h, c) for h, c in held.items()}
         #: What the policy was trained on (task, epochs, slots): a run on anything else is refused.
         self.trained_on: dict[str, Any] = dict(trained_on or {})
-        self.n_heads = space.n_heads
-        self.max_choices = space.max_choices
+        # The network's own layout; :meth:`_spread` moves it into the active space's.
+        self.n_heads = len(self.heads)
+        self.max_choices = max(h.size for h in self.heads)
         init = torch.Generator().manual_seed(seed)
         with torch.random.fork_rng(devices=[]):
             # Weight init draws from the global RNG; fork it so building a policy has no side effects.
@@ -225,10 +236,23 @@ class PPOPolicy(nn.Module):
         )
 
     def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``[B, obs_dim]`` -> padded logits ``[B, H, C]`` and values ``[B]``."""
+        """The active observation ``[B, D]`` -> padded logits ``[B, H, C]`` of the active heads and values ``[B]``."""
+        if self._take is not None:
+            obs = obs.index_select(-1, self._take)
         z = self.trunk(self.norm(obs))
         logits = self.logits_layer(z).view(-1, self.n_heads, self.max_choices)
-        return logits, self.value_layer(z).squeeze(-1)
+        return self._spread(logits), self.value_layer(z).squeeze(-1)
+
+    def _spread(self, own: torch.Tensor) -> torch.Tensor:
+        """``[..., own heads, own choices]`` -> ``[..., active heads, active choices]``, zeros for heads new to it.
+
+        Those are held at one choice, so their zeros are never drawn from.
+        """
+        if self._place is None:
+            return own
+        out = own.new_zeros(*own.shape[:-2], self.space.n_heads, self.space.max_choices)
+        out[..., self._place, : self.max_choices] = own
+        return out
 
     @torch.no_grad()
     def act_with_value(
@@ -236,6 +260,9 @@ class PPOPolicy(nn.Module):
     ) -> tuple[Sampled, torch.Tensor]:
         """Draw an action per row (with ``noise`` from :meth:`draw_noise` where given) and its value."""
         logits, value = self(obs)
+        if noise is None and not self.greedy and self._place is not None:
+            # The noise of the policy's own heads, as it draws without the new levers: they change no draw.
+            noise = self._spread(gumbel((obs.shape[0], self.n_heads, self.max_choices), self.generator))
         sampled = sample(self.space, logits, pin_masks(masks, self._pins), self.generator, self.greedy, noise)
         return sampled, value
 
@@ -250,7 +277,7 @@ class PPOPolicy(nn.Module):
         if self.greedy:
             return None
         shape = (rows, self.n_heads, self.max_choices)
-        return torch.stack([gumbel(shape, self.generator) for _ in range(steps)])
+        return self._spread(torch.stack([gumbel(shape, self.generator) for _ in range(steps)]))
 
     def reseed(self, seed: int) -> None:
         """Draw from now on from a generator seeded with ``seed`` (an episode's seed, see the catalogue).
@@ -375,18 +402,39 @@ def _read_record(path: Path) -> _Record:
         raise PolicyLoadError(f"policy file {str(path)!r} is incomplete: {type(exc).__name__}: {exc}") from exc
 
 
-def _problems(rec: _Record, registry: Registry, obs_dim: int, obs_names: Sequence[str] | None) -> list[str]:
-    """Every way ``rec`` does not fit the active heads and observation, in words."""
+def _problems(
+    rec: _Record, registry: Registry, obs_dim: int, obs_names: Sequence[str] | None, extend: bool
+) -> tuple[Fit | None, list[str]]:
+    """How ``rec`` fits the active heads and observation (None: as it is), or every way it does not, in words."""
+    names = {h.name: h.choices for h in head_stamps(registry.space)}
+    pinned = [f"pinned head {h}={c} is not a choice here" for h, c in rec.pinned.items() if c not in names.get(h, ())]
+    if extend and obs_names is not None and rec.obs_names:
+        heads = [(h.name, h.choices) for h in rec.heads]
+        got, problems = fit(
+            heads, [lv.name for lv in rec.levers], rec.obs_names, registry.space, registry.names, obs_names
+        )
+        return (None if got is not None and got.identity else got), problems + pinned
     problems = _head_differences(rec.heads, head_stamps(registry.space))
     if rec.obs_dim != obs_dim:
         problems.append(f"observation size was {rec.obs_dim}, now {obs_dim}")
     elif obs_names is not None and rec.obs_names and tuple(obs_names) != rec.obs_names:
         diff = [f"{a!r}->{b!r}" for a, b in zip(rec.obs_names, obs_names, strict=True) if a != b]
         problems.append(f"observation entries differ: {', '.join(diff[:5])}{' ...' if len(diff) > 5 else ''}")
-    names = {h.name: h.choices for h in head_stamps(registry.space)}
-    return problems + [
-        f"pinned head {h}={c} is not a choice here" for h, c in rec.pinned.items() if c not in names.get(h, ())
-    ]
+    return None, problems + pinned
+
+
+def _check_stamp(path: Path, stamp: Mapping[str, Any], run: Mapping[str, Any]) -> None:
+    """The task must match; so must the slot count, which the observation lays out slot by slot."""
+    # The observation carries the epoch as a fraction of the episode, so a policy runs on another episode length.
+    differ = [f"{k} {stamp[k]!r} (this run: {run[k]!r})" for k in MUST_MATCH if stamp.get(k) != run.get(k)]
+    if differ:
+        raise PolicyMismatchError(f"policy {str(path)!r} was trained on another setting: {', '.join(differ)}")
+    slots, given = stamp.get("slots"), run.get("slots")
+    if slots is not None and given is not None and slots != given:
+        raise PolicyMismatchError(
+            f"--slots {given}: policy {str(path)!r} was trained on {slots} slots and reads each slot's features "
+            f"at a fixed place in its observation, so it runs only with --slots {slots}"
+        )
 
 
 def load_policy(
@@ -395,27 +443,26 @@ def load_policy(
     obs_dim: int,
     obs_names: Sequence[str] | None = None,
     trained_on: Mapping[str, Any] | None = None,
+    *,
+    extend: bool = True,
 ) -> PPOPolicy:
     """Load a policy saved by :func:`save_policy` for use under ``registry``.
 
-    Raises :class:`PolicyMismatchError` if the heads, their choices or the
-    observation size (or names, when given) differ from what the policy was
-    trained with, naming the heads and levers that differ; and, when
-    ``trained_on`` is given, if the policy's stamp says it was trained on
-    another task, naming both.
+    With ``obs_names`` given and ``extend``, a policy runs under its levers plus
+    others (:mod:`esper_kernel.tamiyo.fit`): the heads new to it are held at
+    their defaults (:attr:`PPOPolicy.defaulted`). Raises
+    :class:`PolicyMismatchError` if one of its levers is missing, a head's
+    choices or an observation entry it read changed (or, without ``extend``,
+    any head or observation differs), naming the heads and levers that
+    differ; and, when ``trained_on`` is given, if the policy's stamp says it
+    was trained on another task (naming both) or slot count (naming
+    ``--slots``, the count given and the count it was trained on).
     """
     path = Path(path)
     rec = _read_record(path)
     if trained_on is not None and rec.trained_on:
-        # Only the task must match: the observation carries the epoch as a fraction of the episode, so a
-        # policy runs on another episode length, and another slot count already fails on the observation size.
-        stamp = rec.trained_on
-        differ = [
-            f"{k} {stamp[k]!r} (this run: {trained_on[k]!r})" for k in MUST_MATCH if stamp.get(k) != trained_on.get(k)
-        ]
-        if differ:
-            raise PolicyMismatchError(f"policy {str(path)!r} was trained on another setting: {', '.join(differ)}")
-    problems = _problems(rec, registry, obs_dim, obs_names)
+        _check_stamp(path, rec.trained_on, trained_on)
+    got, problems = _problems(rec, registry, obs_dim, obs_names, extend)
     if problems:
         raise PolicyMismatchError(
             f"policy {str(path)!r} does not fit the active levers: {'; '.join(problems)}; "
@@ -424,13 +471,15 @@ def load_policy(
         )
     policy = PPOPolicy(
         registry.space,
-        obs_dim,
+        rec.obs_dim if got is not None else obs_dim,
         rec.hidden,
         obs_names=rec.obs_names,
         levers=rec.levers,
         hyperparameters=rec.hyperparameters,
         pinned=rec.pinned,
         trained_on=rec.trained_on,
+        heads=rec.heads if got is not None else None,
+        fit=got,
     )
     try:
         policy.load_state_dict(rec.state)

@@ -237,7 +237,7 @@ def _start_from(policy: PPOPolicy, path: Path, registry: Registry, env_config: E
     """Load ``path``'s weights and observation statistics into the fresh ``policy``, or say what does not fit."""
     names = observation_names(registry, env_config.slots)
     try:
-        start = load_policy(path, registry, len(names), names, trained_on=trained_on(env_config))
+        start = load_policy(path, registry, len(names), names, trained_on=trained_on(env_config), extend=False)
     except EsperError as exc:
         raise TrainStateError(f"ppo.init_policy: {exc}") from None
     if dict(start.pinned) != dict(policy.pinned):

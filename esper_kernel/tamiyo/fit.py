@@ -1,0 +1,112 @@
+"""How a policy file fits the active levers: its own heads and observation inside a larger action space.
+
+A policy trained with levers L runs with L plus levers it never saw. It reads
+only the observation entries it was trained on (the new levers' observed
+telemetry is left out), its own heads keep their logits, and every head new
+to it is held at the lever's declared default (the nearest legal choice where
+a mask rules the default out), so it is never drawn. A lever's default is
+what the kernel does without the lever, so the policy decides as it learned
+to. What it cannot do without is refused, naming it: a lever of L that is
+missing (it has no output for another head), a head whose choices changed,
+an observation entry it read that is gone.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import attrs
+
+from esper_kernel.compose.actions import ActionSpace
+
+
+@attrs.frozen
+class Fit:
+    """Where a policy's own heads and observation entries sit in the active ones."""
+
+    #: Active head index of each of the policy's heads, in the policy's order.
+    place: tuple[int, ...]
+    #: Active observation index of each entry the policy was trained on, in its order.
+    take: tuple[int, ...]
+    #: Heads new to the policy, each with the default choice it is held at.
+    defaulted: tuple[tuple[str, str], ...]
+    #: The active space's size; with ``place`` and ``take`` the identity, nothing needs moving.
+    n_heads: int
+    obs_dim: int
+
+    @property
+    def identity(self) -> bool:
+        return self.place == tuple(range(self.n_heads)) and self.take == tuple(range(self.obs_dim))
+
+
+def _missing(
+    heads: Sequence[tuple[str, tuple[str, ...]]], levers: Sequence[str], space: ActionSpace, active: Sequence[str]
+) -> list[str]:
+    """The policy's heads the active space lacks or changed, naming the lever that is gone."""
+    out = []
+    gone = [lv for lv in levers if lv not in active]
+    lost = [name for name, _ in heads if name not in space.names]
+    heads_lost = f"head(s) {', '.join(map(repr, lost))} missing" if lost else "its observation needs it"
+    if gone:
+        out.append(
+            f"it was trained with lever(s) {', '.join(map(repr, gone))}, not active here ({heads_lost}): "
+            "install or select it"
+        )
+    elif lost:
+        out.append(f"{heads_lost} from the active action space")
+    for name, choices in heads:
+        if name in space.names and tuple(space.head(name).spec.choices) != tuple(choices):
+            out.append(f"head {name!r} had choices {list(choices)}, now {list(space.head(name).spec.choices)}")
+    return out
+
+
+def _new_entry(name: str, new_levers: Sequence[str]) -> bool:
+    """An observation entry of a lever the policy never saw (``s0.LEVER.field``)."""
+    _slot, _, rest = name.partition(".")
+    return rest.partition(".")[0] in new_levers
+
+
+def _take(
+    saved: Sequence[str], active: Sequence[str], new_levers: Sequence[str], gone_levers: Sequence[str]
+) -> tuple[list[int], list[str]]:
+    index = {n: i for i, n in enumerate(active)}
+    # A missing lever's own entries are said with the lever.
+    gone = [n for n in saved if n not in index and not _new_entry(n, gone_levers)]
+    extra = [n for n in active if n not in set(saved) and not _new_entry(n, new_levers)]
+    problems = []
+    if gone:
+        problems.append(f"observation entries {gone[:4]}{' ...' if len(gone) > 4 else ''} are not observed here")
+    if extra:
+        problems.append(f"observation entries {extra[:4]}{' ...' if len(extra) > 4 else ''} are new")
+    return [index[n] for n in saved if n in index], problems
+
+
+def fit(
+    heads: Sequence[tuple[str, tuple[str, ...]]],
+    levers: Sequence[str],
+    obs_names: Sequence[str],
+    space: ActionSpace,
+    active_levers: Sequence[str],
+    active_obs: Sequence[str],
+) -> tuple[Fit | None, list[str]]:
+    """Fit a policy (its heads with their choices, levers, observation names) into the active ones.
+
+    Returns the fit, or None and every problem in words.
+    """
+    problems = _missing(heads, levers, space, active_levers)
+    new_levers = [lv for lv in active_levers if lv not in levers]
+    gone_levers = [lv for lv in levers if lv not in active_levers]
+    take, obs_problems = _take(obs_names, active_obs, new_levers, gone_levers)
+    problems += obs_problems
+    if problems:
+        return None, problems
+    own = {name for name, _ in heads}
+    defaulted = tuple((h.name, h.spec.default) for h in space.heads if h.name not in own)
+    place = tuple(space.names.index(name) for name, _ in heads)
+    return Fit(place, tuple(take), defaulted, space.n_heads, len(active_obs)), []
+
+
+def describe_defaults(defaulted: Sequence[tuple[str, str]]) -> str:
+    """One line for the console: the heads a policy was not trained with, at the defaults they are held at."""
+    held = ", ".join(f"{h}={c}" for h, c in defaulted)
+    return f"heads of levers it was not trained with are held at their defaults: {held}"
