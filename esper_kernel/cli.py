@@ -39,7 +39,6 @@ if TYPE_CHECKING:
     # `esper --help` and `esper report` pay for torch (seconds) on every start.
     from esper_kernel.compose.core import CoreHeads
     from esper_kernel.compose.discovery import Selection
-    from esper_kernel.compose.registry import Registry
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -127,6 +126,7 @@ def levers() -> None:
     """Inspect the installed lever plugins."""
 
 
+_CHECK_HELP = "After listing, exit 2 with one line naming them if any {what} failed to load (a CI check)."
 _JSON_HELP = f"Print JSON (schema {LEVERS_SCHEMA}, see docs/levers-cli.md) instead of a table."
 
 
@@ -139,8 +139,9 @@ _JSON_HELP = f"Print JSON (schema {LEVERS_SCHEMA}, see docs/levers-cli.md) inste
     default=None,
     help="Load only these levers (overrides ESPER_LEVERS).",
 )
-def list_levers(as_json: bool, only: str | None) -> None:
-    """List active levers and load failures.
+@click.option("--check", is_flag=True, help=_CHECK_HELP.format(what="lever"))
+def list_levers(as_json: bool, only: str | None, check: bool) -> None:
+    """List active levers and load failures; exit 0 whatever is broken (--check: exit 2 if anything is).
 
     For each lever: its distribution, entry point, heads, telemetry fields,
     compile safety, hooks and relations to other levers.
@@ -149,18 +150,18 @@ def list_levers(as_json: bool, only: str | None) -> None:
     from esper_kernel.compose.registry import Registry
 
     selection = Selection.from_env(levers=only)
-    # The listing is how a user finds what is broken, so it always lists; strict mode then fails it.
+    # The listing is how a user finds what is broken, so it always lists and exits 0, strict
+    # mode included (ESPER_STRICT_PLUGINS is about runs); failing is asked for with --check.
     reg = Registry.open(default_core(), selection, listing=True)
     _emit(levers_report(reg), selection, as_json)
-    _strict_failures(reg, selection)
+    if check:
+        _check_failures("lever", [(f.name, f.distribution) for f in reg.failures])
 
 
-def _strict_failures(reg: Registry, selection: Selection) -> None:
-    from esper_kernel.compose.discovery import ENV_STRICT
-
-    if selection.strict and reg.failures:
-        names = ", ".join(f"{f.name!r} ({f.distribution})" for f in reg.failures)
-        raise PluginError(f"{len(reg.failures)} lever(s) failed to load: {names} ({ENV_STRICT}=1)")
+def _check_failures(what: str, failures: list[tuple[str, str]]) -> None:
+    if failures:
+        names = ", ".join(f"{name!r} ({dist})" for name, dist in failures)
+        raise PluginError(f"{len(failures)} {what}(s) failed to load: {names} (--check)")
 
 
 @levers.command("show")
@@ -181,7 +182,6 @@ def show_lever(name: str, as_json: bool) -> None:
                 click.echo(report.to_json())
             else:
                 Console().print(failures_panel(report.failures))
-            _strict_failures(reg, selection)
             return
         if name in reg.installed:
             raise SelectionError(f"lever {name!r} is installed but not selected; active levers: {_dash(reg.names)}")
@@ -218,16 +218,17 @@ def tasks() -> None:
 
 @tasks.command("list")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (schema esper.tasks/1, see docs/tasks.md).")
-def list_tasks_command(as_json: bool) -> None:
-    """List installed tasks and the task plugins that failed to load.
+@click.option("--check", is_flag=True, help=_CHECK_HELP.format(what="task plugin"))
+def list_tasks_command(as_json: bool, check: bool) -> None:
+    """List installed tasks and the task plugins that failed to load; exit 0 (--check: exit 2 if any failed).
 
     Loads each task's declaration only (no data, no host, no torch); a broken
-    task plugin is listed with its distribution, never fatal, except that
-    ESPER_STRICT_PLUGINS=1 then makes the command fail after listing.
+    task plugin is listed with its distribution, never fatal, ESPER_STRICT_PLUGINS=1
+    included (that is about runs); --check makes the command fail after listing.
     """
     import json
 
-    from esper_kernel.data.taskplugins import ENV_STRICT, list_tasks, strict_mode
+    from esper_kernel.data.taskplugins import list_tasks
 
     listing = list_tasks()
     if as_json:
@@ -242,9 +243,8 @@ def list_tasks_command(as_json: bool) -> None:
             )
         for failure in listing.failures:
             click.echo(f"FAILED: {failure.describe()}")
-    if strict_mode() and listing.failures:
-        names = ", ".join(f"{f.name!r} ({f.distribution})" for f in listing.failures)
-        raise PluginError(f"{len(listing.failures)} task plugin(s) failed to load: {names} ({ENV_STRICT}=1)")
+    if check:
+        _check_failures("task plugin", [(f.name, f.distribution) for f in listing.failures])
 
 
 # -- options every training command shares ---------------------------------------

@@ -87,10 +87,18 @@ def test_levers_list_and_show_always_show_a_broken_lever(lever_dist: LeverDists,
     assert shown.returncode == 0, shown.stderr
     assert "acme-bad" in shown.stdout and "action_head()" in shown.stdout
 
-    strict = run_esper("levers", "list", env={**only, ENV_STRICT: "1"})
-    assert strict.returncode == 2
-    assert "'bad' (acme-bad)" in strict.stdout + strict.stderr  # listed, then refused in one line
-    assert strict.stderr.strip().splitlines()[-1].startswith("esper: error: 2 lever(s) failed to load")
+    # Strict mode is about runs: the listing still lists every lever and exits 0.
+    for args in (("list",), ("show", "bad")):
+        strict = run_esper("levers", *args, env={**only, ENV_STRICT: "1"})
+        assert strict.returncode == 0, strict.stderr
+        assert "acme-bad" in strict.stdout
+    # A CI check asks for failure explicitly: listed, then refused in one line.
+    check = run_esper("levers", "list", "--check", env=only)
+    assert check.returncode == 2
+    assert "acme-bad" in check.stdout and "acme-gone" in check.stdout
+    assert check.stderr.strip() == (
+        "esper: error: 2 lever(s) failed to load: 'gone' (acme-gone), 'bad' (acme-bad) (--check)"
+    )
 
 
 def test_esper_run_shows_a_dropped_lever_on_the_console(
@@ -386,6 +394,36 @@ RELATIONS = {
     "missing": "import esper_kernel\nrequires = ('nowhere',)\n",
     "conflict": "import esper_kernel\nconflicts_with = ('good',)\n",
 }
+
+
+#: Plugins that break in ways a listing must survive: each is listed as a failure, never the end of the command.
+HOSTILE = {
+    **INVALID,
+    **{f"relation-{k}": v for k, v in RELATIONS.items()},
+    "sys-exit": "import sys\nsys.exit(3)\n",
+    "base-exception": "raise BaseException('odd')\n",
+    "requires-not-names": "import esper_kernel\nrequires = 5\n",
+    "module-getattr-raises": "import esper_kernel\n\ndef __getattr__(name):\n    raise RuntimeError(name)\n",
+    "action-head-raises": "from esper_kernel import hookimpl\n\n@hookimpl\ndef action_head():\n    raise ValueError\n",
+    "shadows-op": HEAD.format(head="op"),
+}
+
+
+def test_levers_list_exits_0_for_every_broken_plugin_even_strict(lever_dist: LeverDists, run_esper: CliRunner) -> None:
+    lever_dist("good", HEAD.format(head="speed"))
+    for i, case in enumerate(sorted(HOSTILE)):
+        lever_dist(f"bad{i}", HOSTILE[case], dist=f"acme-{case}")
+    only = {"ESPER_DISABLED_LEVERS": "dwell,isolation,lr,probation,steepness,tempo"}
+
+    for strict in ("", "1"):
+        listing = run_esper("levers", "list", "--json", env={**only, ENV_STRICT: strict})
+        assert listing.returncode == 0, listing.stderr
+        report = json.loads(listing.stdout)
+        assert [lv["name"] for lv in report["levers"]] == ["good"]
+        assert sorted(f["distribution"] for f in report["failures"]) == sorted(f"acme-{c}" for c in HOSTILE)
+    check = run_esper("levers", "list", "--check", env=only)
+    assert check.returncode == 2 and "\n" not in check.stderr.strip()
+    assert check.stderr.startswith(f"esper: error: {len(HOSTILE)} lever(s) failed to load")
 
 
 @pytest.mark.parametrize("case", sorted(RELATIONS))

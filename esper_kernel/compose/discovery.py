@@ -14,7 +14,7 @@ from collections.abc import Iterable, Mapping, Sequence
 
 import attrs
 
-from esper_kernel.infra.errors import PluginError, SelectionError
+from esper_kernel.infra.errors import PluginError, SelectionError, Terminated
 
 ENTRY_POINT_GROUP = "esper.levers"
 CORE_NAME = "esper"
@@ -213,7 +213,10 @@ def _load_one(name: str, ep: md.EntryPoint, sel: Selection, listing: bool) -> Le
     """Import one lever; a failure is an error if the user named it or the selection is strict (unless listing)."""
     try:
         plugin = ep.load()
-    except Exception as exc:
+        relations = _relation(plugin, "requires"), _relation(plugin, "conflicts_with")
+    except (KeyboardInterrupt, Terminated):
+        raise
+    except BaseException as exc:  # a plugin's sys.exit() or BaseException must not end the command
         fail = LoadFailure(name, _dist_name(ep), _dist_version(ep), ep.value, f"{type(exc).__name__}: {exc}")
         if not listing and (sel.strict or (sel.only is not None and name in sel.only)):
             why = "" if not sel.strict else f" ({ENV_STRICT}=1)"
@@ -225,9 +228,17 @@ def _load_one(name: str, ep: md.EntryPoint, sel: Selection, listing: bool) -> Le
         version=_dist_version(ep),
         entry_point=ep.value,
         plugin=plugin,
-        requires=tuple(getattr(plugin, "requires", ())),
-        conflicts_with=tuple(getattr(plugin, "conflicts_with", ())),
+        requires=relations[0],
+        conflicts_with=relations[1],
     )
+
+
+def _relation(plugin: object, attr: str) -> tuple[str, ...]:
+    """A lever's ``requires`` or ``conflicts_with``: lever names, or a TypeError saying what it is instead."""
+    value = getattr(plugin, attr, ())
+    if isinstance(value, str) or not isinstance(value, tuple | list) or not all(isinstance(v, str) for v in value):
+        raise TypeError(f"{attr} must be a tuple of lever names, got {value!r}")
+    return tuple(value)
 
 
 def _check_relations(levers: Sequence[LeverInfo], listing: bool) -> list[LoadFailure]:

@@ -32,7 +32,7 @@ from typing import Any
 
 import attrs
 
-from esper_kernel.infra.errors import PluginError
+from esper_kernel.infra.errors import PluginError, Terminated
 
 __all__ = [
     "METRICS",
@@ -253,7 +253,9 @@ def _load(name: str, ep: md.EntryPoint) -> TaskInfo | TaskFailure:
             raise TypeError(f"{ep.value} is a {type(obj).__name__}, not an esper_kernel.data.taskplugins.Task")
         if obj.name != name:
             raise ValueError(f"its Task is named {obj.name!r}, not {name!r} as the entry point says")
-    except Exception as exc:
+    except (KeyboardInterrupt, Terminated):
+        raise
+    except BaseException as exc:  # a plugin's sys.exit() or BaseException must not end the command
         return TaskFailure(name, dist, version, ep.value, f"{type(exc).__name__}: {exc}")
     return TaskInfo(obj, dist, version, ep.value)
 
