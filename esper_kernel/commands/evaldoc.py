@@ -59,6 +59,9 @@ class EpisodeResult:
     fossil_modules: tuple[tuple[int, str, float], ...] = ()
     #: Every decision but WAIT, as a schedule step: ``{"epoch", "op", "slot", head: choice...}`` (``recipe:``).
     decisions: tuple[dict[str, Any], ...] = ()
+    #: The state before each decision, one per epoch: ``{"plateau": epochs without a new best,
+    #: "fates": each slot's last seed's end ("fossilized", "culled" or None)}`` (``esper report``'s reaction tables).
+    states: tuple[dict[str, Any], ...] = ()
 
     def outcome(self, metric: str) -> float:
         return self.ret if metric == "return" else float(getattr(self, metric))

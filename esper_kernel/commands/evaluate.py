@@ -138,6 +138,7 @@ class _Tally(Observer):
     params: list[int] = attrs.Factory(list)
     flops: list[float] = attrs.Factory(list)
     decisions: list[dict[str, Any]] = attrs.Factory(list)
+    states: list[dict[str, Any]] = attrs.Factory(list)
 
     @classmethod
     def of(cls, env: MorphoEnv) -> _Tally:
@@ -145,6 +146,12 @@ class _Tally(Observer):
         levers = [n for n in space.names if Op.GERMINATE in space.head(n).spec.ops and n not in CORE_HEADS]
         legal = {n: dict.fromkeys(space.head(n).spec.choices, 0) for n in levers}
         return cls(env, levers, dict.fromkeys(levers, 0), legal)
+
+    def before_decision(self, t: int) -> None:
+        fates: list[str | None] = [None] * self.env.n_slots
+        for seed in self.env.lifecycle.history:  # in the order the seeds ended: the last one in a slot wins
+            fates[seed.slot] = "fossilized" if seed.stage is Stage.FOSSILIZED else "culled"
+        self.states.append({"plateau": self.env.plateau, "fates": fates})
 
     def on_step(self, step: Step) -> bool:
         space = self.env.registry.space
@@ -210,6 +217,7 @@ def play_episode(job: EvalJob) -> EpisodeResult:
             if s.stage is Stage.FOSSILIZED
         ),
         decisions=tuple(tally.decisions),
+        states=tuple(tally.states),
     )
 
 

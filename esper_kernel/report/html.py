@@ -18,6 +18,8 @@ from esper_kernel.report.console import final_stage
 from esper_kernel.report.emergence import HEADER, Pick, choice_tests, markdown, rows
 from esper_kernel.report.events import RunData
 from esper_kernel.report.outcomes import EvalData, TrainData, load
+from esper_kernel.report.reacts import markdown as react_markdown
+from esper_kernel.report.reacts import reaction_tables
 
 REPORT = "report.html"
 
@@ -280,7 +282,28 @@ def eval_sections(ev: EvalData, w: _Writer) -> list[Section]:
             if ev.picks
             else []
         ),
+        *([Section("reacts", "What drives its choices", _reacts_html(ev))] if ev.episodes else []),
     ]
+
+
+_REACTS = (
+    "Each table counts a policy's decisions under the state they were made in. The p-value permutes "
+    "<i>episodes</i>: every episode's decisions are paired with another episode's states at the same epochs, "
+    "so a policy that replays a recipe (the same choice at the same epoch whatever the state) is not taken "
+    "for one that reacts, and an episode's dependent decisions are never counted as independent evidence."
+)
+
+
+def _reacts_html(ev: EvalData) -> str:
+    parts = [f"<p>{_REACTS}</p>"]
+    for name, eps in ev.episodes.items():
+        parts.append(f"<h3>{html.escape(name)} ({len(eps)} episodes on {html.escape(ev.task)})</h3>")
+        for t in reaction_tables(eps):
+            test = f"p = {t.p_value:.4f}" if t.p_value is not None else (t.note or "nothing to test")
+            parts.append(f"<p><b>{html.escape(t.title)}</b> ({html.escape(test)})</p>")
+            rows = [(lab, sum(c), *(f"{x} ({x / max(1, sum(c)):.0%})" for x in c)) for lab, c in t.rows]
+            parts.append(_table(rows, ("state", "n", *t.choices)))
+    return "".join(parts)
 
 
 _EMERGENCE = (
@@ -342,8 +365,11 @@ def _write_emergence(data: RunData | TrainData | EvalData, out: Path) -> None:
         {"training": data.picks} if isinstance(data, TrainData) else data.picks if isinstance(data, EvalData) else {}
     )
     parts = [f"## {name}\n\n{markdown(choice_tests(picks))}" for name, picks in groups.items() if picks]
-    if parts:
-        text = "# Lever choices against uniform-over-legal\n\n" + "\n".join(parts)
+    text = "# Lever choices against uniform-over-legal\n\n" + "\n".join(parts) if parts else ""
+    if isinstance(data, EvalData) and data.episodes:
+        reacts = [react_markdown(n, reaction_tables(eps), data.task) for n, eps in data.episodes.items()]
+        text += ("\n" if text else "") + "# Choices conditioned on state\n\n" + "\n".join(reacts)
+    if text:
         (out / EMERGENCE_MD).write_text(text, encoding="utf-8")
 
 

@@ -33,6 +33,7 @@ from esper_kernel.report.events import (
     run_data,
     stage_changes,
 )
+from esper_kernel.report.reacts import Episode, journal_episodes
 
 
 @attrs.frozen
@@ -180,6 +181,8 @@ class EvalData:
     wall_seconds: float | None
     #: Per policy, its GERMINATE decisions from the journal beside eval.json (none without one).
     picks: Mapping[str, tuple[Pick, ...]] = attrs.field(factory=dict)
+    #: Per policy that decides, its episodes with the state before every decision (journals that record it).
+    episodes: Mapping[str, tuple[Episode, ...]] = attrs.field(factory=dict)
 
 
 def eval_data(path: Path, raw: Mapping[str, Any]) -> EvalData:
@@ -214,7 +217,12 @@ def eval_data(path: Path, raw: Mapping[str, Any]) -> EvalData:
         policies=tuple(policies),
         wall_seconds=_num(raw.get("wall_seconds")),
         picks=_journal_picks(path / JOURNAL),
+        episodes=_journal_episodes(path / JOURNAL),
     )
+
+
+def _journal_episodes(journal: Path) -> dict[str, tuple[Episode, ...]]:
+    return {k: tuple(v) for k, v in journal_episodes(journal).items()} if journal.is_file() else {}
 
 
 def _journal_picks(journal: Path) -> dict[str, tuple[Pick, ...]]:
