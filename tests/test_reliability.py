@@ -91,6 +91,7 @@ def tiny_config(out: Path, **overrides: Any) -> RunConfig:
         (["--seed", "-1"], ["seed", "--seed"]),
         (["--task", "shapes", "--width", "1024", "--slots", "8"], ["env.width=1024", "parameters", "maximum"]),
         (["--width", "1024", "--slots", "8"], ["env.width=1024", "--width", "--slots", "GiB to train", "limit"]),
+        (["--width", "1024"], ["env.slots=3 (--slots)", "env.width=1024 (--width)", "1.3 GiB to train", "1.0 GiB"]),
         (["--task", "shapes", "--width", "512"], ["env.width=512", "--width", "GiB to train", "1.0 GiB"]),
         (["--policy", "/etc/passwd"], ["--policy", "/etc/passwd", "not a complete torch file"]),
         (["--width", "0"], ["env.width", "--width", "got 0"]),
@@ -332,6 +333,42 @@ def test_host_over_the_memory_limit_is_never_built() -> None:
     with pytest.raises(EsperError, match=r"env.slots=3 \(--slots\), env.width=512 \(--width\).*GiB to train"):
         size_host(EnvConfig(task="shapes", width=512), task)
     assert size_host(EnvConfig(task="shapes"), task).memory_bytes < MAX_TRAIN_MEMORY
+
+
+@pytest.mark.parametrize(
+    "env",
+    [{"task": "pairs"}, {"task": "sequences"}, {"task": "mnist1d"}, {"task": "shapes", "width": 16}, {"slots": 8}],
+    ids=str,
+)
+def test_the_default_run_and_the_readme_examples_are_within_the_memory_limit(env: dict[str, Any]) -> None:
+    from esper_kernel.data.tasks import get_task
+    from esper_kernel.episode.env import EnvConfig, size_host
+    from esper_kernel.settings.bounds import MAX_TRAIN_MEMORY
+
+    config = EnvConfig(**env)
+    assert size_host(config, get_task(config.task, seed=0)).memory_bytes < MAX_TRAIN_MEMORY
+
+
+def test_the_memory_estimate_is_at_least_the_measured_peak(tmp_path: Path) -> None:
+    """The estimate (run.started's host_memory_bytes) against the peak RSS of the run it is for.
+
+    A wide host (most of the estimate is the host's, not the process baseline),
+    one epoch, in its own process so the peak is that run's alone.
+    """
+    out = tmp_path / "out"
+    code = (
+        "import resource, sys\nfrom esper_kernel.cli import main\n"
+        "try:\n    main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)"
+    )
+    args = ["run", "--quiet", "--width", "128", "--epochs", "1", "--train-size", "256", "--val-size", "64"]
+    proc = subprocess.run(
+        [sys.executable, "-c", code, *args, "--out", str(out)], capture_output=True, text=True, check=True
+    )
+    peak = int(proc.stdout.split()[-1])
+    (started,) = [e for e in read_events(out / EVENTS) if e["event"] == "run.started"]
+    estimate = started["host_memory_bytes"]
+    assert peak <= estimate < 2 * peak, (peak, estimate)
 
 
 @pytest.mark.parametrize(

@@ -97,6 +97,8 @@ def size_host(config: EnvConfig, task: TaskData) -> HostSize:
         config.batch_size,
         max_params=MAX_HOST_PARAMS,
         max_memory=MAX_TRAIN_MEMORY,
+        data_bytes=sum(t.numel() * t.element_size() for t in (task.train_x, task.train_y, task.val_x, task.val_y)),
+        val_size=len(task.val_y),
     )
     if (problem := size.problem(config.slots, config.width)) is not None:
         raise EsperError(problem)

@@ -11,7 +11,25 @@ from typing import Any
 
 import attrs
 
+from esper_kernel.grow.training import CACHE_BYTES
 from esper_kernel.settings.bounds import MAX_HOST_PARAMS, MAX_TRAIN_MEMORY
+
+#: What an Esper training process holds before its host does (Python, torch, autograd's and
+#: the run's own state): the peak RSS of ``esper run --epochs 1 --width 16 --policy wait``
+#: (345 MiB) less that host's own estimate, rounded up (docs/reliability.md, Bounded hosts).
+PROCESS_BASELINE = 340 * 2**20
+
+
+def train_memory(params: int, acts: int, batch_size: int, data_bytes: int, val_size: int) -> int:
+    """Bytes a run of this host is estimated to peak at (the formula docs/reliability.md gives).
+
+    The process baseline, the task's tensors, float32 weights, gradients and two
+    optimizer moments, one batch's activations kept for backward and their
+    gradients, and the validation inputs kept for the counterfactual passes
+    (at most :data:`CACHE_BYTES`).
+    """
+    cache = min(CACHE_BYTES, 4 * acts * val_size)
+    return PROCESS_BASELINE + data_bytes + 4 * (4 * params + 2 * acts * batch_size) + cache
 
 
 @attrs.frozen
@@ -20,12 +38,11 @@ class HostSize:
 
     params: int
     activations: int
-    #: Bytes: float32 weights, gradients and two optimizer moments, plus one batch's
-    #: activations kept for backward and their gradients.
+    #: Bytes: :func:`train_memory`'s estimate of the run's peak resident memory.
     memory_bytes: int
 
     def describe(self) -> str:
-        return f"host: {self.params:,} parameters, about {_human_bytes(self.memory_bytes)} to train"
+        return f"host: {self.params:,} parameters, a run of about {_human_bytes(self.memory_bytes)} to train"
 
     def problem(self, slots: int, width: int | None) -> str | None:
         """Why a host of this size is refused (one line naming the keys and flags), or None."""
@@ -37,8 +54,9 @@ class HostSize:
             )
         if self.memory_bytes > MAX_TRAIN_MEMORY:
             return (
-                f"{keys}: the host would take about {_human_bytes(self.memory_bytes)} to train, over the limit of "
-                f"{_human_bytes(MAX_TRAIN_MEMORY)} (see docs/config.md, Limits); use fewer slots or a smaller width"
+                f"{keys}: a run would take about {_human_bytes(self.memory_bytes)} to train, over the limit of "
+                f"{_human_bytes(MAX_TRAIN_MEMORY)} (estimate and limit: docs/reliability.md, Bounded hosts); "
+                "use fewer slots or a smaller width"
             )
         return None
 
@@ -58,10 +76,14 @@ def measure_host(
     batch_size: int,
     max_params: int | None = None,
     max_memory: int | None = None,
+    *,
+    data_bytes: int = 0,
+    val_size: int = 0,
 ) -> HostSize:
     """Size a host: parameters counted on torch's meta device (nothing allocated), then, if
     within ``max_params`` and its weights alone within ``max_memory``, activations from one
-    forward pass of a batch of one.
+    forward pass of a batch of one. ``data_bytes`` (the task's tensors) and ``val_size``
+    (validation examples, for the counterfactual cache) enter :func:`train_memory`.
 
     Otherwise the activations are not measured (0), so a host too big to build is never
     built. The global RNG is left as it was: sizing must not change the run.
@@ -70,7 +92,7 @@ def measure_host(
 
     with torch.device("meta"), _skip_in_place():
         params = sum(p.numel() for p in host_factory().parameters())
-    weights = 4 * 4 * params
+    weights = train_memory(params, 0, batch_size, data_bytes, 0)
     if (max_params is not None and params > max_params) or (max_memory is not None and weights > max_memory):
         return HostSize(params, 0, weights)
     acts = 0
@@ -93,8 +115,7 @@ def measure_host(
             for h in handles:
                 h.remove()
     # ``example`` is a batch of one, so ``acts`` is per example.
-    memory = 4 * (4 * params + 2 * acts * batch_size)
-    return HostSize(params, acts, memory)
+    return HostSize(params, acts, train_memory(params, acts, batch_size, data_bytes, val_size))
 
 
 def _skip_in_place() -> Any:
