@@ -1,6 +1,6 @@
 """A trained Tamiyo against ``RandomPolicy``, paired: same seeds, same env config.
 
-``python bench/ppo_vs_random.py --policy runs/train/policy.pt --seeds 100,101,102``
+``python bench/ppo_vs_random.py --policy runs/latest/policy.pt --seeds 100,101,102``
 
 Each seed fixes the task data, the host's initial weights and the host's
 batch order, so on one seed the two policies face the same host and differ

@@ -345,7 +345,7 @@ def train(**flags: Any) -> None:
     metavar="[ADDRESS]",
     help='Run the trials with Ray Tune at ADDRESS (default: RAY_ADDRESS, else a local Ray); needs "esper-kernel[ray]".',
 )
-@click.option("--out", default="runs/sweep", show_default=True, type=click.Path(file_okay=False))
+@click.option("--out", default=config.LATEST, show_default=True, type=click.Path(file_okay=False), help=config.OUT_HELP)
 @runtime_options(tensorboard=False)
 def sweep_command(**flags: Any) -> None:
     """A grid of eval cells (lever sets x forced choices x policies x seeds), one table at the end.
@@ -440,13 +440,14 @@ def compare_command(dirs: tuple[Path, ...], as_json: bool, reference: Path | Non
 @_settings("eval")
 @click.option("--config", "config_file", default=None, type=click.Path(dir_okay=False), help="TOML run config.")
 @click.option("--workers", type=click.IntRange(min=1), default=None, help="Worker processes (default: usable cores).")
-@click.option("--out", default="runs/eval", show_default=True, type=click.Path(file_okay=False))
+@click.option("--out", default=config.LATEST, show_default=True, type=click.Path(file_okay=False), help=config.OUT_HELP)
 @runtime_options(tensorboard=False)
 def eval_command(**flags: Any) -> None:
     """Run several policies on the same seeds, paired, and write OUT/eval.json and OUT/eval.md.
 
     Each finished episode is appended to OUT/episodes.jsonl at once; running
-    the same command again plays only the episodes still missing.
+    the same command again with that --out plays only the episodes still missing
+    (without --out each eval writes a fresh directory, runs/latest the newest).
 
     Every policy is compared seed by seed with the reference (the no-growth
     `wait` control by default): mean difference and 95% confidence interval
@@ -470,7 +471,7 @@ def eval_command(**flags: Any) -> None:
 @click.option("--epochs", type=click.IntRange(min=1), default=None, help="Host epochs per episode.")
 @click.option("--config", "config_file", default=None, type=click.Path(dir_okay=False), help="TOML run config.")
 @click.option("--workers", type=click.IntRange(min=1), default=None, help="Worker processes (default: usable cores).")
-@click.option("--out", default="runs/frontier", show_default=True, type=click.Path(file_okay=False))
+@click.option("--out", default=config.LATEST, show_default=True, type=click.Path(file_okay=False), help=config.OUT_HELP)
 @click.option("--threads", type=click.IntRange(min=0), default=None, help="Torch intra-op threads per process.")
 def frontier_command(**flags: Any) -> None:
     """Static hosts at every width beside growing policies: OUT/frontier.json, frontier.md, frontier.png.

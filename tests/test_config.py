@@ -182,3 +182,30 @@ def test_docs_name_every_key_with_its_default() -> None:
             assert row is not None, f"{key} has no row in docs/config.md"
             shown = f"`{_toml_repr(getattr(defaults, field.name))}`"
             assert shown in row, f"{key}: default {shown} not in: {row}"
+
+
+# -- the README's config files ------------------------------------------------------
+
+
+def test_every_config_file_the_readme_names_exists_and_parses_as_its_commands_config() -> None:
+    """`esper run --config F` / `esper train --config F` in the README name files a fresh clone has."""
+    import shlex
+
+    from esper_kernel.settings.config import TrainConfig, structure_as
+
+    root = DOCS.parents[1]
+    readme = (root / "README.md").read_text(encoding="utf-8")
+    uses = []
+    for line in readme.splitlines():
+        for part in line.split("&&"):
+            words = shlex.split(part.split("#")[0]) if part.strip().startswith("esper ") else []
+            if "--config" in words:
+                uses.append((words[1], words[words.index("--config") + 1]))
+    assert ("train", "examples/train.toml") in uses and ("run", "examples/run.toml") in uses, uses
+    for command, name in uses:
+        path = root / name
+        assert path.is_file(), f"README: esper {command} --config {name}: no such file"
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+        cls = TrainConfig if command == "train" else RunConfig
+        structure_as(data, cls, where=name)  # raises a one-line error on any bad key or value
+    assert not re.search(r"--config (run|train)\.toml", readme)

@@ -467,3 +467,57 @@ def test_runs_without_out_follow_one_another_and_runs_latest_is_the_newest(
     assert interrupted == {"interrupted_at": 1}
     assert esper("run", "--quiet", "--resume", "runs/latest").exit_code == 0
     assert len([p for p in (tmp_path / "runs").iterdir() if not p.is_symlink()]) == 3
+
+
+def test_every_command_without_out_writes_a_fresh_directory_and_runs_latest_follows(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """README examples run one after another without --out: none is refused for the last one's output."""
+    monkeypatch.chdir(tmp_path)
+    tiny = ["--epochs", "2", "--train-size", "32", "--val-size", "16", "--width", "4"]
+    train = ["train", "--episodes", "1", "--envs", "1", "--workers", "1", *tiny]
+
+    def newest() -> Path:
+        return (tmp_path / "runs" / "latest").resolve()
+
+    dirs = []
+    for command in (
+        train,
+        train,
+        ["eval", "--policies", "wait", "--seeds", "0", "--workers", "1", *tiny],
+        ["eval", "--policies", "random,wait", "--seeds", "0", "--workers", "1", *tiny],  # another config: not refused
+        ["sweep", "--policies", "wait", "--seeds", "0", "--workers", "1", *tiny],
+        [
+            "frontier",
+            "--policies",
+            "heuristic",
+            "--widths",
+            "4",
+            "--no-scratch",
+            "--seeds",
+            "0",
+            "--epochs",
+            "2",
+            "--workers",
+            "1",
+            "--config",
+            _tiny_sizes(tmp_path),
+        ],
+    ):
+        result = esper(*command)
+        assert result.exit_code == 0, (command, result.output)
+        dirs.append(newest())
+        assert dirs[-1].name.split("-")[2] == command[0], dirs[-1]
+    assert len(set(dirs)) == len(dirs)
+    assert (dirs[0] / "policy.pt").exists() and (dirs[1] / "policy.pt").exists()
+    assert (dirs[2] / "eval.json").exists() and (dirs[3] / "eval.json").exists()
+    assert (dirs[4] / "sweep.json").exists() and (dirs[5] / "frontier.json").exists()
+    # --resume still takes an explicit path, runs/latest included.
+    resumed = esper("train", "--resume", str(dirs[1]), "--episodes", "2")
+    assert resumed.exit_code == 0, resumed.output
+
+
+def _tiny_sizes(tmp_path: Path) -> str:
+    config = tmp_path / "sizes.toml"
+    config.write_text("[env]\ntrain_size = 32\nval_size = 16\n")
+    return str(config)

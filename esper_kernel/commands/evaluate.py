@@ -221,6 +221,17 @@ def play_episode(job: EvalJob) -> EpisodeResult:
     )
 
 
+def check_names(env: EnvConfig, policies: Sequence[PolicySpec], reference: str, levers: tuple[str, ...] | None) -> None:
+    """The policies are distinct and valid, and the reference is among them (before anything is written)."""
+    names = [p.name for p in policies]
+    if len(set(names)) != len(names):
+        raise EsperError(f"--policies names a policy twice: {', '.join(names)}")
+    # The policies first: a bad force in one is what the user mistyped, not the reference it renamed.
+    check_policies(env, policies, levers)
+    if reference not in names:
+        raise EsperError(f"--reference {reference!r} is not among the policies: {', '.join(names)}")
+
+
 def evaluate(
     env: EnvConfig,
     policies: Sequence[PolicySpec],
@@ -240,13 +251,7 @@ def evaluate(
     ``on_note`` is told, once per learned policy, the heads of levers it was
     not trained with, held at their defaults (``policy_defaults`` in the document).
     """
-    names = [p.name for p in policies]
-    if len(set(names)) != len(names):
-        raise EsperError(f"--policies names a policy twice: {', '.join(names)}")
-    # The policies first: a bad force in one is what the user mistyped, not the reference it renamed.
-    check_policies(env, policies, levers)
-    if reference not in names:
-        raise EsperError(f"--reference {reference!r} is not among the policies: {', '.join(names)}")
+    check_names(env, policies, reference, levers)
     held = _policy_defaults(env, policies, levers, seeds[0])
     for name, heads in held.items():
         if heads and on_note is not None:

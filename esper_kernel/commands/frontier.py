@@ -96,6 +96,20 @@ def _play(
             on_done(arm.name, res)
 
 
+def check_frontier(
+    env: EnvConfig, growing: Sequence[str], widths: Sequence[int] | None
+) -> tuple[tuple[int, ...], list[PolicySpec]]:
+    """The static family's widths and the growing policies, checked before anything is written."""
+    task = find_task(env.task).task
+    family = tuple(widths) if widths else task.widths
+    if len(family) < 1:
+        raise EsperError(f"task {env.task!r} declares no static-host widths; pass --widths A,B,C,D")
+    specs = [parse_policy(p, flag="--policies") for p in growing]
+    if any(s.static or s.policy == "wait" for s in specs):
+        raise EsperError("--policies: name growing policies only; the static family and wait are played anyway")
+    return family, specs
+
+
 def frontier(
     env: EnvConfig,
     growing: Sequence[str],
@@ -109,13 +123,7 @@ def frontier(
     on_done: Callable[[str, EpisodeResult], None] | None = None,
 ) -> dict[str, Any]:
     """Play the static family, the growing policies and their from-scratch controls; the ``esper.frontier/1`` doc."""
-    task = find_task(env.task).task
-    family = tuple(widths) if widths else task.widths
-    if len(family) < 1:
-        raise EsperError(f"task {env.task!r} declares no static-host widths; pass --widths A,B,C,D")
-    specs = [parse_policy(p, flag="--policies") for p in growing]
-    if any(s.static or s.policy == "wait" for s in specs):
-        raise EsperError("--policies: name growing policies only; the static family and wait are played anyway")
+    family, specs = check_frontier(env, growing, widths)
     data = converter.unstructure(env)
     started = time.perf_counter()
     journal = _Journal(out / "episodes.jsonl", {"schema": FRONTIER_SCHEMA, "env": data, "levers": levers})
@@ -136,7 +144,7 @@ def frontier(
         _play(scratch_arms, jobs, journal, workers, on_done)
         arms += scratch_arms
     results = {a.name: [journal.done[(a.name, s)] for s in seeds] for a in arms}
-    return document(env, task.metric, arms, seeds, results, time.perf_counter() - started)
+    return document(env, find_task(env.task).task.metric, arms, seeds, results, time.perf_counter() - started)
 
 
 def _summary(rs: Sequence[EpisodeResult]) -> dict[str, dict[str, float]]:

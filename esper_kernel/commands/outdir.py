@@ -1,7 +1,8 @@
 """A run's output directory: refused when it cannot be written or already holds a run, fresh by default, resumable.
 
 ``esper run`` without ``--out`` writes a fresh ``runs/<time>-<id>`` and points
-``runs/latest`` at it; a resumed run cuts its event stream back to what its
+``runs/latest`` at it (``esper train``, ``eval``, ``sweep`` and ``frontier`` a
+``runs/<time>-<command>-<id>``, through :func:`claim_out`); a resumed run cuts its event stream back to what its
 checkpoint saw, so no epoch is recorded twice.
 """
 
@@ -17,15 +18,13 @@ from typing import Any
 
 from esper_kernel.infra import checkpoint
 from esper_kernel.infra.errors import EsperError
+from esper_kernel.settings.config import LATEST as LATEST
 
 CHECKPOINT = "checkpoint.pt"
 EVENTS = "events.jsonl"
 SUMMARY = "summary.json"
 #: The files that make a directory hold a run.
 RUN_FILES = (EVENTS, SUMMARY, CHECKPOINT)
-#: The default --out: not a directory of its own but a link to the newest run's, so runs
-#: made one after another without --out never collide and ``runs/latest`` is the last one.
-LATEST = "runs/latest"
 
 
 def check_out(out: Path, *, overwrite: bool, flag: str = "--out") -> None:
@@ -54,8 +53,9 @@ def check_out(out: Path, *, overwrite: bool, flag: str = "--out") -> None:
         )
 
 
-def fresh_out(out: Path, latest: str = LATEST) -> Path:
-    """Where a run given ``--out out`` writes: for the default (``runs/latest``), a new ``runs/<time>-<id>``.
+def fresh_out(out: Path, latest: str = LATEST, command: str = "") -> Path:
+    """Where a command given ``--out out`` writes: for the default (``runs/latest``), a new
+    ``runs/<time>-<id>`` (``runs/<time>-<command>-<id>`` when ``command`` is given).
 
     ``runs/latest`` itself becomes a link to it (:func:`point_latest`) once the
     run starts. A ``runs/latest`` that is a real directory (an older layout) is
@@ -64,7 +64,17 @@ def fresh_out(out: Path, latest: str = LATEST) -> Path:
     link = Path(latest)
     if out != link or (out.exists() and not out.is_symlink()):
         return out
-    return link.parent / f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+    kind = f"{command}-" if command else ""
+    return link.parent / f"{time.strftime('%Y%m%d-%H%M%S')}-{kind}{uuid.uuid4().hex[:6]}"
+
+
+def claim_out(out: str | Path, command: str) -> Path:
+    """The directory ``esper COMMAND --out out`` writes, created, with ``runs/latest`` pointing at it
+    when it is the default's fresh one: commands run one after another without ``--out`` never collide."""
+    path = fresh_out(Path(out), command=command)
+    path.mkdir(parents=True, exist_ok=True)
+    point_latest(path)
+    return path
 
 
 def point_latest(out: Path, latest: str = LATEST) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import attrs
@@ -19,6 +18,7 @@ from esper_kernel.commands.session import (
     setup_threads,
     stderr,
 )
+from esper_kernel.settings.config import LATEST
 
 # -- esper eval / esper sweep ------------------------------------------------------------------
 
@@ -34,7 +34,7 @@ class EvalFlags(Flags):
     seeds: str = "0-9"
     reference: str = "wait"
     effects: bool = False
-    out: str = "runs/eval"
+    out: str = LATEST
     #: A policy spec whose levers to attribute: it, and it with each lever head held at its default.
     attribution: str | None = None
     config_file: str | None = None
@@ -66,6 +66,7 @@ def esper_eval(f: EvalFlags) -> None:
     setup_threads(f.threads)
     from esper_kernel.commands import evaldoc
     from esper_kernel.commands import evaluate as ev
+    from esper_kernel.commands.outdir import claim_out
     from esper_kernel.infra.workers import usable_cores
     from esper_kernel.settings.config import RunConfig
 
@@ -83,6 +84,8 @@ def esper_eval(f: EvalFlags) -> None:
     def on_done(name: str, r: EpisodeResult) -> None:
         console.print(f"  {name} seed {r.seed}: acc {r.final_val_accuracy:.3f} params {r.params:,} ({r.wall_seconds}s)")
 
+    ev.check_names(config.env, specs, f.reference, config.levers)
+    out = claim_out(f.out, "eval")
     doc = ev.evaluate(
         config.env,
         specs,
@@ -91,11 +94,11 @@ def esper_eval(f: EvalFlags) -> None:
         reference=f.reference,
         workers=n_workers,
         on_done=on_done,
-        journal=Path(f.out) / "episodes.jsonl",
+        journal=out / "episodes.jsonl",
         on_note=lambda line: console.print(f"esper eval: {line}"),
     )
     base = ev.parse_policy(f.attribution).name if f.attribution else None
-    paths = evaldoc.write_outputs(doc, Path(f.out), effects=f.effects, attribution=base)
+    paths = evaldoc.write_outputs(doc, out, effects=f.effects, attribution=base)
     click.echo(evaldoc.render_markdown(doc))
     if f.effects:
         click.echo(evaldoc.render_effects(doc))
@@ -131,7 +134,7 @@ class SweepFlags(Flags):
     policies: str = "heuristic"
     forces: tuple[str, ...] = ()
     seeds: str = "0-2"
-    out: str = "runs/sweep"
+    out: str = LATEST
     config_file: str | None = None
     workers: int | None = None
     ray_address: str | None = None
@@ -142,6 +145,7 @@ def esper_sweep(f: SweepFlags) -> None:
     """``esper sweep``: the grid's trials, one line each, then the paired table."""
     from esper_kernel.commands import evaldoc
     from esper_kernel.commands import evaluate as ev
+    from esper_kernel.commands.outdir import claim_out
     from esper_kernel.commands.sweep import build_grid, parse_lever_set
     from esper_kernel.commands.sweep import sweep as run_sweep
     from esper_kernel.infra.workers import usable_cores
@@ -164,10 +168,10 @@ def esper_sweep(f: SweepFlags) -> None:
     def on_done(name: str, r: EpisodeResult) -> None:
         console.print(f"  {name} seed {r.seed}: acc {r.final_val_accuracy:.3f} params {r.params:,}")
 
-    out = Path(f.out)
+    out = claim_out(f.out, "sweep")
     doc = run_sweep(config.env, cells, seed_list, out, workers=n_workers, ray=f.ray_address, on_done=on_done)
     click.echo(evaldoc.render_markdown(doc))
-    console.print(f"wrote {f.out}/sweep.json, {f.out}/sweep.md and {doc['sweep']['trials']} trial directories")
+    console.print(f"wrote {out}/sweep.json, {out}/sweep.md and {doc['sweep']['trials']} trial directories")
 
 
 # -- esper frontier ------------------------------------------------------------------------
@@ -178,6 +182,7 @@ def esper_frontier(flags: Mapping[str, Any]) -> None:
     setup_threads(flags["threads"])
     from esper_kernel.commands import frontier as fr
     from esper_kernel.commands.evaluate import parse_seeds
+    from esper_kernel.commands.outdir import claim_out
     from esper_kernel.infra.workers import usable_cores
     from esper_kernel.settings.config import RunConfig
 
@@ -191,7 +196,9 @@ def esper_frontier(flags: Mapping[str, Any]) -> None:
         except ValueError:
             raise click.BadParameter(f"expected widths like 8,16,32,64, got {flags['widths']!r}") from None
     seeds = parse_seeds(flags["seeds"])
-    out = Path(flags["out"])
+    policies = [p for p in flags["policies"].split(",") if p.strip()]
+    fr.check_frontier(config.env, policies, widths)
+    out = claim_out(flags["out"], "frontier")
     console = stderr()
     console.print(f"esper frontier: {config.env.task} ({config.env.epochs} epochs), seeds {flags['seeds']}")
 
@@ -203,7 +210,7 @@ def esper_frontier(flags: Mapping[str, Any]) -> None:
 
     doc = fr.frontier(
         config.env,
-        [p for p in flags["policies"].split(",") if p.strip()],
+        policies,
         seeds,
         widths=widths,
         levers=config.levers,

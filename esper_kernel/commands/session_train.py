@@ -70,6 +70,7 @@ def train_session(f: TrainFlags) -> TrainSession:
     import time
     import uuid
 
+    from esper_kernel.commands.outdir import fresh_out
     from esper_kernel.compose.discovery import Selection
     from esper_kernel.episode.env import build_registry
     from esper_kernel.settings.config import structure_as, with_overrides
@@ -90,6 +91,7 @@ def train_session(f: TrainFlags) -> TrainSession:
         run_id = str(state["meta"]["run_id"])
     else:
         config = load_config(TrainConfig, f.config_file, **f.given)
+        config = with_overrides(config, out=str(fresh_out(Path(config.out), command="train")))
         run_id = f"train-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
     _train_problems(config)
     selection = Selection.from_env(levers=config.levers)
@@ -125,7 +127,7 @@ def train_progress(console: Console, episodes: int, first: int = 0) -> Iterator[
 def esper_train(f: TrainFlags) -> None:
     """``esper train``: PPO with a progress bar; events, policies, state and ``train_summary.json`` in OUT."""
     setup_threads(f.threads)
-    from esper_kernel.commands.outdir import truncate_events
+    from esper_kernel.commands.outdir import claim_out, truncate_events
     from esper_kernel.commands.run import log_started
     from esper_kernel.data.tasks import TaskError
     from esper_kernel.infra.telemetry import Telemetry
@@ -136,7 +138,7 @@ def esper_train(f: TrainFlags) -> None:
     s = train_session(f)
     config, reg, out = s.config, s.registry, s.out
     n_workers = config.workers or usable_cores()
-    out.mkdir(parents=True, exist_ok=True)
+    claim_out(out, "train")
     policy_path = out / "policy.pt"
     options = TrainOptions(
         workers=n_workers,

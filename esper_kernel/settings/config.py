@@ -106,6 +106,13 @@ class LifecycleConfig:
     embargo_epochs: int = 1
 
 
+#: The default --out of every command: not a directory of its own but a link to the newest
+#: output's, so commands run one after another without --out never collide
+#: (esper_kernel.commands.outdir).
+LATEST = "runs/latest"
+OUT_HELP = f"Output directory; {LATEST} (the default): a fresh runs/<time>-<id> that {LATEST} then links to."
+
+
 @attrs.frozen
 class EnvConfig:
     """What one episode is: the task, the host and how long it trains. Every command that trains takes these."""
@@ -214,7 +221,7 @@ class RunConfig:
     )
     levers: tuple[str, ...] | None = _levers(commands=("run", "eval"))
     seed: int = setting(0, flag="--seed", lo=0, hi=MAX_SEED, help="Seed of everything random in the run.")
-    out: str = setting("runs/latest", flag="--out", path="dir", help="Output directory.")
+    out: str = setting(LATEST, flag="--out", path="dir", help=OUT_HELP)
     allow_graph_breaks: bool = setting(
         False, flag="--allow-graph-breaks", is_flag=True, help="With --compile, run levers that declare BREAKS_GRAPH."
     )
@@ -295,10 +302,10 @@ class TrainConfig:
     ppo: PPOConfig = attrs.Factory(PPOConfig)
     levers: tuple[str, ...] | None = _levers()
     out: str = setting(
-        "runs/train",
+        LATEST,
         flag="--out",
         path="dir",
-        help="Writes policy.pt, best_policy.pt, train_state.pt, events.jsonl and train_summary.json.",
+        help=f"Writes policy.pt, best_policy.pt, train_state.pt, events.jsonl and train_summary.json. {OUT_HELP}",
     )
     workers: int = setting(
         0,
