@@ -290,7 +290,10 @@ _REACTS = (
     "Each table counts a policy's decisions under the state they were made in. The p-value permutes "
     "<i>episodes</i>: every episode's decisions are paired with another episode's states at the same epochs, "
     "so a policy that replays a recipe (the same choice at the same epoch whatever the state) is not taken "
-    "for one that reacts, and an episode's dependent decisions are never counted as independent evidence."
+    "for one that reacts, and an episode's dependent decisions are never counted as independent evidence. "
+    "The masks react too: a replayed step that is illegal in an episode is skipped, so realized choices can "
+    "depend on the state with no policy behind it. Read a policy's tables beside those of <i>recipe:P</i> "
+    "(its own decisions replayed open-loop): a dependence the recipe shows as well is not the policy's."
 )
 
 

@@ -21,7 +21,11 @@ A state feature that is the same in every episode (the epoch) cannot be
 tested this way and has no p-value; neither has the task while an eval
 holds one task. A policy that follows an episode-level plan of its own
 (drawn once, then played) also "depends on its state", since the state
-records its own earlier choices.
+records its own earlier choices. And the masks react: a step a recipe
+replays where it is illegal (a slot still occupied) is skipped, so even a
+recipe's realized choices can depend on the state. The control for a
+policy's table is therefore the same table of ``recipe:P``, its own
+decisions replayed open-loop (``esper eval``).
 """
 
 from __future__ import annotations
@@ -39,6 +43,8 @@ import numpy as np
 PLATEAU = 2
 PERMUTATIONS = 2000
 OPS = ("wait", "germinate", "cull", "fossilize")
+#: Epoch thirds in time order (other labels alphabetically after them).
+_ORDER = {"early": 0, "middle": 1, "late": 2}
 
 
 @attrs.frozen
@@ -191,7 +197,7 @@ def table(spec: TableSpec, episodes: Sequence[Episode], perms: int = PERMUTATION
 
     every = [[counted(mine, theirs) for theirs in episodes] for mine in episodes]
     own = [c for e, rows in enumerate(every) for c in rows[e]]
-    labels = sorted({f for rows in every for pair in rows for f, _ in pair})
+    labels = sorted({f for rows in every for pair in rows for f, _ in pair}, key=lambda f: (_ORDER.get(f, 3), f))
     choices = sorted({c for _, c in own}, key=lambda c: (OPS.index(c) if c in OPS else len(OPS), c))
     seen = Counter(own)
     rows = tuple(
