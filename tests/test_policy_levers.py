@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -134,8 +135,11 @@ def test_another_slot_count_is_one_line_naming_slots(tmp_path: Path) -> None:
 def plugin_site(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The three distributions of plugins/ installed by pip into a fresh directory (no network: no deps)."""
     site = tmp_path_factory.mktemp("site")
+    # Built from copies: pip builds in the source tree, and plugins/ is not ours to write in.
+    src = tmp_path_factory.mktemp("src")
+    copies = [shutil.copytree(p, src / p.name, ignore=shutil.ignore_patterns("build", "*.egg-info")) for p in PLUGINS]
     cmd = [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--target", str(site)]
-    subprocess.run([*cmd, *map(str, PLUGINS)], check=True, capture_output=True, timeout=300)
+    subprocess.run([*cmd, *map(str, copies)], check=True, capture_output=True, timeout=300)
     return site
 
 
