@@ -15,6 +15,7 @@ from typing import Any
 
 import attrs
 
+from esper_kernel.compose.watch import merge_levers
 from esper_kernel.infra.errors import EsperError
 from esper_kernel.infra.files import write_text_atomic
 from esper_kernel.infra.stats import mean_se, paired_difference
@@ -62,6 +63,11 @@ class EpisodeResult:
     #: The state before each decision, one per epoch: ``{"plateau": epochs without a new best,
     #: "fates": each slot's last seed's end ("fossilized", "culled" or None)}`` (``esper report``'s reaction tables).
     states: tuple[dict[str, Any], ...] = ()
+    #: What ``esper run``'s summary says of its levers: seconds per lever and hook, the levers quarantined
+    #: (``--on-lever-error quarantine``: lever, distribution, hook, error, epoch), ``--compile``'s counts.
+    hook_seconds: dict[str, dict[str, float]] = attrs.Factory(dict)
+    quarantined: tuple[dict[str, Any], ...] = ()
+    compile: dict[str, Any] | None = None
 
     def outcome(self, metric: str) -> float:
         return self.ret if metric == "return" else float(getattr(self, metric))
@@ -97,6 +103,7 @@ def document(
                 "fallbacks": sum(r.fallbacks for r in rs),
                 "legal": _legal_summary(rs),
                 "last_third_change": _last_third_change(rs),
+                **_levers_row(rs),
             }
         )
     return {
@@ -110,6 +117,20 @@ def document(
         "policies": rows,
         "wall_seconds": round(wall, 1),
     }
+
+
+def _levers_row(rs: Sequence[EpisodeResult]) -> dict[str, Any]:
+    """A policy's lever report over its episodes, as ``esper run``'s summary has it: every quarantine (with
+    its seed), hook seconds summed, ``--compile`` counts summed (only when compiled)."""
+    merged = merge_levers(
+        {
+            "hook_seconds": r.hook_seconds,
+            "quarantined": [{"seed": r.seed, **q} for q in r.quarantined],
+            "compile": r.compile,
+        }
+        for r in rs
+    )
+    return {k: v for k, v in merged.items() if k != "compile" or v is not None}
 
 
 def _seed_row(r: EpisodeResult) -> dict[str, Any]:
@@ -193,7 +214,25 @@ def render_markdown(doc: dict[str, Any]) -> str:
             f"| {m['return']:.3f} | {'—' if same else _fmt_diff(v['return'])} "
             f"| {m['params']:,.0f} | {m['mean_params']:,.0f} | {m['flops'] / 1e9:,.2f} | {p['fallbacks']} |"
         )
+    lines += _quarantine_lines(doc)
     return "\n".join(lines) + "\n"
+
+
+def _quarantine_lines(doc: dict[str, Any]) -> list[str]:
+    """Every quarantine, under the table: an episode that lost a lever is not the episode its pair played."""
+    found = [(p["name"], q) for p in doc["policies"] for q in p.get("quarantined", ())]
+    if not found:
+        return []
+    lines = [
+        "",
+        f"**{len(found)} lever quarantine(s)** (`--on-lever-error quarantine`); those episodes ran on without:",
+    ]
+    for name, q in found:
+        lines.append(
+            f"- {name} seed {q['seed']}: lever `{q['lever']}` ({q['distribution']}), {q['hook']} failed "
+            f"at epoch {q['epoch']}: {q['error']}"
+        )
+    return lines
 
 
 def lever_effects(doc: dict[str, Any], baseline: str = "heuristic") -> list[dict[str, Any]]:

@@ -99,6 +99,8 @@ class EvalJob:
     static_width: int | None = None
     #: For the from-scratch control: ``(slot, blueprint, width_scale)`` modules present from epoch 0.
     fossils: tuple[tuple[int, str, float], ...] = ()
+    #: ``--on-lever-error``: a lever failing stops the eval, or is quarantined for the rest of this episode.
+    on_error: str = "stop"
 
 
 def check_forces(
@@ -180,7 +182,7 @@ def play_episode(job: EvalJob) -> EpisodeResult:
     cfg = converter.structure(job.env, EnvConfig)
     if job.static_width is not None:
         cfg = attrs.evolve(cfg, width=job.static_width)
-    registry = build_registry(cfg, Selection.from_env(levers=job.levers))
+    registry = build_registry(cfg, Selection.from_env(levers=job.levers, on_error=job.on_error))
     task = load_task(cfg, job.seed)
     env = MorphoEnv(cfg, registry, task, null_log(), index=0)
     env.scratch_fossils = job.fossils
@@ -218,7 +220,14 @@ def play_episode(job: EvalJob) -> EpisodeResult:
         ),
         decisions=tuple(tally.decisions),
         states=tuple(tally.states),
+        **_levers_of(env),
     )
+
+
+def _levers_of(env: MorphoEnv) -> dict[str, Any]:
+    # What esper run's summary says of its levers, per episode: the env's own report.
+    rep = env.lever_report()
+    return {"hook_seconds": rep["hook_seconds"], "quarantined": tuple(rep["quarantined"]), "compile": rep["compile"]}
 
 
 def check_names(env: EnvConfig, policies: Sequence[PolicySpec], reference: str, levers: tuple[str, ...] | None) -> None:
@@ -243,6 +252,7 @@ def evaluate(
     on_done: Callable[[str, EpisodeResult], None] | None = None,
     journal: Path | None = None,
     on_note: Callable[[str], None] | None = None,
+    on_lever_error: str = "stop",
 ) -> dict[str, Any]:
     """Run every policy on every seed and return the ``esper.eval/1`` document.
 
@@ -250,6 +260,8 @@ def evaluate(
     finish and episodes already there are not played again (see :class:`Journal`).
     ``on_note`` is told, once per learned policy, the heads of levers it was
     not trained with, held at their defaults (``policy_defaults`` in the document).
+    ``on_lever_error="quarantine"`` quarantines a failing lever for the rest of
+    its episode instead of stopping; each quarantine is in the document.
     """
     check_names(env, policies, reference, levers)
     held = _policy_defaults(env, policies, levers, seeds[0])
@@ -258,7 +270,10 @@ def evaluate(
             on_note(f"{name}: {describe_defaults(list(heads.items()))}")
     started = time.perf_counter()
     data = converter.unstructure(env)
-    book = Journal(journal, {"schema": EVAL_SCHEMA, "env": data, "levers": list(levers) if levers else levers})
+    header = {"schema": EVAL_SCHEMA, "env": data, "levers": list(levers) if levers else levers}
+    # Only where it is not the default, so journals written before the flag still resume.
+    header |= {"on_lever_error": on_lever_error} if on_lever_error != "stop" else {}
+    book = Journal(journal, header, on_lever_error)
     recipes = {}
     for p in policies:
         if kind_of(p.policy)[0].name == "recipe" and not p.static:
@@ -344,8 +359,10 @@ class Journal:
     different configuration are never mixed in.
     """
 
-    def __init__(self, path: Path | None, header: dict[str, Any]) -> None:
+    def __init__(self, path: Path | None, header: dict[str, Any], on_error: str = "stop") -> None:
         self.path = path
+        #: The fault policy every episode played for this journal is played under.
+        self.on_error = on_error
         self.done: dict[tuple[str, int, int | None], EpisodeResult] = {}
         if path is None:
             return
@@ -386,7 +403,11 @@ def _run(
     widths: dict[str, int] | None = None,
 ) -> dict[str, list[EpisodeResult]]:
     # Seed-major: an eval stopped early has every policy on its first seeds, which still pair.
-    jobs = [EvalJob(data, spec, seed, levers, (widths or {}).get(spec.name)) for seed in seeds for spec in specs]
+    jobs = [
+        EvalJob(data, spec, seed, levers, (widths or {}).get(spec.name), on_error=journal.on_error)
+        for seed in seeds
+        for spec in specs
+    ]
     todo = [j for j in jobs if (j.policy.name, j.seed, j.static_width) not in journal.done]
     names = [f"{j.policy.name} seed {j.seed}" for j in todo]
     for job, res in zip(todo, iter_jobs(play_episode, todo, workers, names=names), strict=True):

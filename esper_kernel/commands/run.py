@@ -29,9 +29,7 @@ from esper_kernel.commands.outdir import (
 )
 from esper_kernel.compose.discovery import LoadFailure, Selection, installed_entry_points
 from esper_kernel.compose.registry import Registry, check_compile_safety
-from esper_kernel.compose.runtime import Contradiction, Quarantine
 from esper_kernel.compose.stages import Stage
-from esper_kernel.compose.watch import CompileWatch, HookWatch
 from esper_kernel.data.taskplugins import HostShape
 from esper_kernel.episode.env import EnvBatch, MorphoEnv, build_registry, load_task, observation_names, size_host
 from esper_kernel.episode.loop import Observer, Step, play_batch
@@ -129,8 +127,6 @@ class _Played:
 
     env: MorphoEnv
     total: float
-    watch: HookWatch
-    compile_watch: CompileWatch | None
 
 
 @attrs.frozen
@@ -220,7 +216,7 @@ def _set_up(config: RunConfig, resume: Path | None, overwrite: bool) -> _Setup:
 
 def _open_registry(config: RunConfig, state: dict[str, Any] | None, resume: Path | None) -> Registry:
     """The selected levers; a resumed run's must be the ones its checkpoint was written with."""
-    selection = Selection.from_env(levers=config.levers)
+    selection = Selection.from_env(levers=config.levers, on_error=config.on_lever_error)
     try:
         registry = build_registry(config.env, selection)
     except SelectionError as exc:
@@ -233,7 +229,6 @@ def _open_registry(config: RunConfig, state: dict[str, Any] | None, resume: Path
         _check_levers(state, registry, resume)
     if config.env.compile:
         check_compile_safety(registry, config.allow_graph_breaks)
-    registry.fault_policy = config.on_lever_error
     return registry
 
 
@@ -268,18 +263,8 @@ def _play(setup: _Setup, tel: Telemetry, tell: _Reporting, stop_after: int | Non
     """The episode's epochs (from the checkpoint's, resuming), a checkpoint after every ``checkpoint_every``."""
     config, registry, policy, state = setup.config, setup.registry, setup.policy, setup.state
     env = MorphoEnv(config.env, registry, setup.task, tel.log, index=0)
-
-    def quarantined(q: Quarantine) -> None:
-        env.log.warning("lever.quarantined", **attrs.asdict(q))  # bound to the epoch it happened in
-        tell.warn(f"quarantined {q.describe()}")
-
-    def contradicted(c: Contradiction) -> None:
-        env.log.warning("compile.contradiction", **attrs.asdict(c))
-        tell.warn(f"--compile: {c.describe()}")
-
-    registry.on_quarantine = quarantined
-    registry.on_contradiction = contradicted
-    registry.on_warning = tell.warn
+    # Quarantines, compile contradictions, slow hooks: the env watches its levers, as in train and eval.
+    env.warn = tell.warn
     envs = EnvBatch([env])
     obs = envs.reset([config.seed])
     total = 0.0
@@ -289,33 +274,28 @@ def _play(setup: _Setup, tel: Telemetry, tell: _Reporting, stop_after: int | Non
         set_rng_states({"cpu": state["rng"], **({"cuda": state["cuda_rng"]} if state.get("cuda_rng") else {})})
         total = float(state["return"])
         obs = envs.observe()
-    watch = HookWatch(registry, tel.log, tell.warn)
-    compile_watch = CompileWatch(registry, tel.log) if config.env.compile else None
     if tell.on_start is not None:
         tell.on_start(config.env.epochs, env.epoch)
-    observer = _RunObserver(setup, tel, tell, env, watch, stop_after)
+    observer = _RunObserver(setup, tel, tell, env, stop_after)
     (total,) = play_batch(envs, policy, obs, [observer], t=env.epoch, returns=[total])
-    return _Played(env, total, watch, compile_watch)
+    return _Played(env, total)
 
 
 @attrs.define
 class _RunObserver(Observer):
-    """Hook timing, checkpoints, the progress display and ``stop_after``: what ``esper run`` does each epoch."""
+    """Checkpoints, the progress display and ``stop_after``: what ``esper run`` does each epoch."""
 
     setup: _Setup
     tel: Telemetry
     tell: _Reporting
     env: MorphoEnv
-    watch: HookWatch
     stop_after: int | None
 
     def before_decision(self, t: int) -> None:
-        self.watch.epoch_started()
         self.tel.at(self.env.epoch)  # a stop from here on is recorded as in this epoch
 
     def on_step(self, step: Step) -> bool:
         env, config = self.env, self.setup.config
-        self.watch.epoch_ended(env.epoch - 1)
         go_on = self.stop_after is None or env.epoch < self.stop_after or env.done
         # After the first epoch too: a run killed before its first checkpoint_every could not be resumed.
         if env.epoch % config.checkpoint_every == 0 or env.done or env.epoch == 1:
@@ -327,16 +307,17 @@ class _RunObserver(Observer):
 
 
 def _finish(setup: _Setup, played: _Played, wall: float) -> dict[str, Any]:
-    """The summary of a finished episode: ``_summary`` plus hook times, quarantines and compile counts."""
-    compile_stats = played.compile_watch.episode_ended() if played.compile_watch is not None else None
+    """The summary of a finished episode: ``_summary`` plus hook times, quarantines and compile counts
+    (the env's :meth:`~esper_kernel.episode.env.MorphoEnv.lever_report`, as train and eval summarise it)."""
     summary = _summary(setup.run_id, setup.config, played.env, setup.registry, played.total, wall, setup.out)
-    summary["hook_seconds"] = played.watch.totals()
+    levers = played.env.lever_report()
+    summary["hook_seconds"] = levers["hook_seconds"]
     # Forced heads that fell back and schedule steps skipped as illegal, as esper eval counts them.
     summary["policy_fallbacks"] = fallbacks(setup.policy)
     summary["policy_defaults"] = defaulted_heads(setup.policy)
-    summary["quarantined"] = [attrs.asdict(q) for q in setup.registry.quarantined.values()]
-    if compile_stats is not None:
-        summary["compile"] = compile_stats
+    summary["quarantined"] = levers["quarantined"]
+    if levers["compile"] is not None:
+        summary["compile"] = levers["compile"]
     return summary
 
 

@@ -64,6 +64,8 @@ def _policy_specs(f: EvalFlags, config: Any) -> list[PolicySpec]:
 def esper_eval(f: EvalFlags) -> None:
     """``esper eval``: the policies on the same seeds, paired; OUT/eval.json and OUT/eval.md."""
     setup_threads(f.threads)
+    from rich.markup import escape
+
     from esper_kernel.commands import evaldoc
     from esper_kernel.commands import evaluate as ev
     from esper_kernel.commands.outdir import claim_out
@@ -83,6 +85,12 @@ def esper_eval(f: EvalFlags) -> None:
 
     def on_done(name: str, r: EpisodeResult) -> None:
         console.print(f"  {name} seed {r.seed}: acc {r.final_val_accuracy:.3f} params {r.params:,} ({r.wall_seconds}s)")
+        for q in r.quarantined:  # played in a worker, perhaps: reported here, never swallowed
+            console.print(
+                f"  [yellow]warning:[/] {name} seed {r.seed}: quarantined lever {q['lever']!r} "
+                f"({q['distribution']}) at epoch {q['epoch']}: {escape(q['hook'])} failed ({escape(q['error'])})",
+                highlight=False,
+            )
 
     ev.check_names(config.env, specs, f.reference, config.levers)
     out = claim_out(f.out, "eval")
@@ -96,6 +104,7 @@ def esper_eval(f: EvalFlags) -> None:
         on_done=on_done,
         journal=out / "episodes.jsonl",
         on_note=lambda line: console.print(f"esper eval: {line}"),
+        on_lever_error=config.on_lever_error,
     )
     base = ev.parse_policy(f.attribution).name if f.attribution else None
     paths = evaldoc.write_outputs(doc, out, effects=f.effects, attribution=base)

@@ -94,7 +94,7 @@ def train_session(f: TrainFlags) -> TrainSession:
         config = with_overrides(config, out=str(fresh_out(Path(config.out), command="train")))
         run_id = f"train-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
     _train_problems(config)
-    selection = Selection.from_env(levers=config.levers)
+    selection = Selection.from_env(levers=config.levers, on_error=config.on_lever_error)
     reg = build_registry(config.env, selection)
     if state is not None and list(state["levers"]) != list(reg.names):
         raise click.UsageError(
@@ -127,8 +127,9 @@ def train_progress(console: Console, episodes: int, first: int = 0) -> Iterator[
 def esper_train(f: TrainFlags) -> None:
     """``esper train``: PPO with a progress bar; events, policies, state and ``train_summary.json`` in OUT."""
     setup_threads(f.threads)
+    from rich.markup import escape
+
     from esper_kernel.commands.outdir import claim_out, truncate_events
-    from esper_kernel.commands.run import log_started
     from esper_kernel.data.tasks import TaskError
     from esper_kernel.infra.telemetry import Telemetry
     from esper_kernel.infra.workers import usable_cores
@@ -140,6 +141,7 @@ def esper_train(f: TrainFlags) -> None:
     n_workers = config.workers or usable_cores()
     claim_out(out, "train")
     policy_path = out / "policy.pt"
+    console = stderr()
     options = TrainOptions(
         workers=n_workers,
         selection=s.selection,
@@ -148,6 +150,8 @@ def esper_train(f: TrainFlags) -> None:
         resume=out / STATE_FILE if s.state is not None else None,
         ray=f.ray_address,
         meta={"config": unstructure_config(config), "run_id": s.run_id},
+        # A quarantine or a slow lever in any env, in this process or a worker, as esper run shows it.
+        on_warning=lambda line: console.print(f"[yellow]warning:[/] {escape(line)}"),
     )
     # The progress bar owns the terminal; the full event stream goes to the file.
     sinks = tensorboard_sinks(f.tensorboard_dir)
@@ -156,20 +160,7 @@ def esper_train(f: TrainFlags) -> None:
     superseded = truncate_events(out / "events.jsonl", size) if isinstance(size, int) else 0
     with Telemetry(out / "events.jsonl", s.run_id, console=False, append=s.state is not None, sinks=sinks) as tel:
         options = attrs.evolve(options, events_position=tel.position)
-        log_started(
-            tel.log,
-            reg,
-            command="train",
-            config=unstructure_config(config),
-            env_config=attrs.asdict(config.env),
-            ppo_config=attrs.asdict(config.ppo),
-            out=str(out),
-            workers=n_workers,
-            ray=f.ray_address,
-            resumed=s.state is not None,
-            superseded_events=superseded,
-        )
-        console = stderr()
+        _train_started(tel.log, s, n_workers, f.ray_address, superseded)
         for fail in reg.failures:
             console.print(f"[yellow]warning:[/] {fail.describe()}")
         first = 0 if s.state is None else len(s.state["returns"])
@@ -184,6 +175,25 @@ def esper_train(f: TrainFlags) -> None:
     console.print(f"learning curves and what emerged: [bold green]esper report {out}[/]")
 
 
+def _train_started(log: Any, s: TrainSession, n_workers: int, ray: str | None, superseded: int) -> None:
+    from esper_kernel.commands.run import log_started
+    from esper_kernel.settings.config import unstructure_config
+
+    log_started(
+        log,
+        s.registry,
+        command="train",
+        config=unstructure_config(s.config),
+        env_config=attrs.asdict(s.config.env),
+        ppo_config=attrs.asdict(s.config.ppo),
+        out=str(s.out),
+        workers=n_workers,
+        ray=ray,
+        resumed=s.state is not None,
+        superseded_events=superseded,
+    )
+
+
 def _train_finished(log: Any, summary: TrainSummary, policy_path: Path) -> None:
     rets = summary.episode_returns
     log.info(
@@ -194,6 +204,9 @@ def _train_finished(log: Any, summary: TrainSummary, policy_path: Path) -> None:
         mean_return=sum(rets) / len(rets),
         policy=str(policy_path),
         best_eval_return=summary.best_eval_return,
+        hook_seconds=summary.hook_seconds,
+        quarantined=list(summary.quarantined),
+        **({"compile": summary.compile} if summary.compile is not None else {}),
     )
 
 

@@ -93,14 +93,18 @@ class Selection:
     disabled: tuple[str, ...] = ()
     autoload: bool = True
     strict: bool = False
+    #: What a lever failing at run time does (``--on-lever-error``): "stop" the run, or be "quarantine"d
+    #: for the rest of its episode. Carried with the selection, so worker processes apply the same policy.
+    on_error: str = "stop"
 
     @classmethod
     def from_env(
         cls,
         levers: str | Sequence[str] | None = None,
         environ: Mapping[str, str] | None = None,
+        on_error: str = "stop",
     ) -> Selection:
-        """The CLI's ``--levers`` wins over ``ESPER_LEVERS``; the rest come from the env."""
+        """The CLI's ``--levers`` wins over ``ESPER_LEVERS``; the rest come from the env (``on_error`` from a flag)."""
         env = os.environ if environ is None else environ
         only = _split(levers) if levers is not None else _split(env.get(ENV_LEVERS))
         return cls(
@@ -108,6 +112,7 @@ class Selection:
             disabled=_split(env.get(ENV_DISABLED)) or (),
             autoload=not _flag(env, ENV_NO_AUTOLOAD),
             strict=_flag(env, ENV_STRICT),
+            on_error=on_error,
         )
 
 

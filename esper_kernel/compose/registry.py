@@ -124,6 +124,7 @@ class Registry(HookRuntime):
             try:
                 registry = cls(core, levers, failures, installed=result.installed)
                 registry.strict = sel.strict
+                registry.fault_policy = sel.on_error
                 return registry
             except PluginError as exc:
                 # Tolerant means tolerant: a lever whose declarations are invalid is
@@ -141,6 +142,17 @@ class Registry(HookRuntime):
                 failures.append(
                     LoadFailure(culprit.name, culprit.distribution, culprit.version, culprit.entry_point, one_line(exc))
                 )
+
+    def clone(self) -> Registry:
+        """The same levers composed afresh, for another env: its own quarantines, knob records and hook times."""
+        twin = type(self)(self._all[0].plugin, self.levers, self.failures, self.installed)
+        if twin.space.names != self.space.names:
+            raise PluginError(
+                f"the levers composed heads {list(twin.space.names)} on a second call, "
+                f"{list(self.space.names)} on the first: a lever's action_head() must be the same"
+            )
+        twin.strict, twin.fault_policy, twin.compiling = self.strict, self.fault_policy, self.compiling
+        return twin
 
     # -- resolution ------------------------------------------------------
 

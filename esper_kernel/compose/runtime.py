@@ -41,7 +41,7 @@ class Quarantine:
         return (
             f"lever {self.lever!r} ({self.distribution}): {self.hook} failed ({self.error}); "
             "its heads stay at their defaults, the knobs it wrote are restored and its hooks are skipped "
-            "for the rest of the run"
+            "for the rest of the episode"
         )
 
 
@@ -126,6 +126,13 @@ class HookRuntime:
         #: Told of each lever whose compile declaration a knob write contradicts, once per lever.
         self.on_contradiction: Callable[[Contradiction], None] | None = None
         self._contradicted: set[str] = set()
+
+    def begin_episode(self) -> None:
+        """A new episode: every lever quarantined in the last one is back (a quarantine lasts its episode)."""
+        self.quarantined.clear()
+        self.masks.frozen.clear()
+        self._written.clear()
+        self._building = None
 
     def enter_stage(self, seed: SeedState, old: Stage, new: Stage) -> None:
         """Set the declared knobs for ``new``, then run every ``on_enter_stage`` in lever order."""

@@ -8,13 +8,13 @@ but it is the user's to know about, by name, in the run's own events.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from esper_kernel.compose.registry import Registry
 
 #: A lever whose hooks take more than this share of an epoch's wall time is
-#: reported (once per run) as ``lever.slow`` and on the console.
+#: reported (once per env) as ``lever.slow`` and on the console.
 SLOW_HOOK_SHARE = 0.10
 #: ...but only when that is also more than this many seconds, so that the
 #: sub-millisecond epochs of tests and tiny runs do not make noise.
@@ -26,22 +26,33 @@ def _lever_seconds(registry: Registry) -> dict[str, float]:
 
 
 class HookWatch:
-    """Per-epoch hook time of every lever, from the registry's running totals."""
+    """Per-epoch hook time of one env's levers, from its registry's running totals, and per episode.
 
-    def __init__(self, registry: Registry, log: Any, warn: Callable[[str], None]) -> None:
+    An epoch's share is its levers' hook time over the env's own step plus the
+    hook time (masks) since its last step, so envs stepped one after another in
+    one process do not count each other's epochs as their own.
+    """
+
+    def __init__(self, registry: Registry, warn: Callable[[str], None]) -> None:
         self.registry = registry
-        self.log = log
         self.warn = warn
+        #: Levers already reported slow: once per env, over all its episodes.
         self.warned: set[str] = set()
         self._t0 = time.perf_counter()
+        self._outside = 0.0
         self._before: dict[str, float] = {}
+        self._episode: dict[str, dict[str, float]] = {}
 
-    def epoch_started(self) -> None:
-        self._t0 = time.perf_counter()
+    def episode_started(self) -> None:
+        self._episode = {lever: dict(hooks) for lever, hooks in self.registry.timings.items()}
         self._before = _lever_seconds(self.registry)
 
-    def epoch_ended(self, epoch: int) -> None:
-        wall = time.perf_counter() - self._t0
+    def epoch_started(self) -> None:
+        self._outside = sum(_lever_seconds(self.registry).values()) - sum(self._before.values())
+        self._t0 = time.perf_counter()
+
+    def epoch_ended(self, epoch: int, log: Any) -> None:
+        wall = time.perf_counter() - self._t0 + self._outside
         for lever, total in _lever_seconds(self.registry).items():
             spent = total - self._before.get(lever, 0.0)
             if lever in self.warned or spent <= SLOW_HOOK_MIN_SECONDS or spent <= SLOW_HOOK_SHARE * wall:
@@ -50,7 +61,7 @@ class HookWatch:
             info = self.registry.info(lever)
             share = spent / wall if wall > 0 else 1.0
             hooks = {h: round(s, 4) for h, s in self.registry.timings[lever].items()}
-            self.log.warning(
+            log.warning(
                 "lever.slow",
                 lever=lever,
                 distribution=info.distribution,
@@ -63,37 +74,87 @@ class HookWatch:
                 f"{info.label} is slow: its hooks took {spent:.2f}s, {share:.0%} of epoch {epoch} "
                 f"(more than {SLOW_HOOK_SHARE:.0%})"
             )
+        self._before = _lever_seconds(self.registry)
 
-    def totals(self) -> dict[str, dict[str, float]]:
-        """Seconds per lever and hook over the whole run (``run.finished``'s ``hook_seconds``)."""
-        return {lever: {h: round(s, 6) for h, s in hooks.items()} for lever, hooks in self.registry.timings.items()}
+    def episode_seconds(self) -> dict[str, dict[str, float]]:
+        """Seconds per lever and hook since the episode started (``hook_seconds``)."""
+        out: dict[str, dict[str, float]] = {}
+        for lever, hooks in self.registry.timings.items():
+            before = self._episode.get(lever, {})
+            out[lever] = {h: round(s - before.get(h, 0.0), 6) for h, s in hooks.items()}
+        return out
+
+
+_COUNTS = ("graphs", "graph_breaks", "recompiles")
 
 
 class CompileWatch:
-    """Counts Dynamo's graphs, graph breaks and recompiles over an episode.
+    """Dynamo's graphs, graph breaks and recompiles during one env's episode, counted around its own steps.
 
-    Dynamo's counters are process-wide, so they are cleared when the episode
-    starts. They say how much was compiled, not which lever caused it (a
-    germination recompiles whatever the levers do): a lever whose declaration
-    is contradicted is named by the registry when it writes the knob
+    Dynamo's counters are process-wide and only grow; the envs of a process
+    step one at a time, so what they grow by while an env steps is that env's.
+    They say how much was compiled, not which lever caused it (a germination
+    recompiles whatever the levers do): a lever whose declaration is
+    contradicted is named by the registry when it writes the knob
     (:meth:`~esper_kernel.compose.runtime.HookRuntime._check_graph`), and listed here.
     """
 
-    def __init__(self, registry: Registry, log: Any) -> None:
+    def __init__(self, registry: Registry) -> None:
         from torch._dynamo.utils import counters
 
         self.registry = registry
-        self.log = log
         self.counters = counters
-        counters.clear()
+        self.totals = dict.fromkeys(_COUNTS, 0)
+        self.reasons: dict[str, int] = {}
+        self._at = self._read()
+        self._breaks: dict[str, int] = {}
 
-    def episode_ended(self) -> dict[str, Any]:
+    def _read(self) -> dict[str, int]:
         c = self.counters
-        stats: dict[str, Any] = {
+        recompiles = int(sum(c["recompiles"].values())) if "recompiles" in c else 0
+        return {
             "graphs": int(c["stats"].get("unique_graphs", 0)),
             "graph_breaks": int(sum(c["graph_break"].values())),
-            "recompiles": int(sum(c["recompiles"].values())) if "recompiles" in c else 0,
-            "contradicted": self.registry.contradicted,
+            "recompiles": recompiles,
         }
-        self.log.info("compile.stats", **stats, break_reasons=sorted(c["graph_break"])[:5])
-        return stats
+
+    def step_started(self) -> None:
+        self._at = self._read()
+        self._breaks = dict(self.counters["graph_break"])
+
+    def step_ended(self) -> None:
+        now = self._read()
+        for k in _COUNTS:
+            self.totals[k] += max(0, now[k] - self._at[k])
+        for reason, n in self.counters["graph_break"].items():
+            if n > self._breaks.get(reason, 0):
+                self.reasons[reason] = self.reasons.get(reason, 0) + n - self._breaks.get(reason, 0)
+
+    def stats(self) -> dict[str, Any]:
+        """The episode's counts, the levers named so far, and up to five break reasons (``compile.stats``)."""
+        return {**self.totals, "contradicted": self.registry.contradicted, "break_reasons": sorted(self.reasons)[:5]}
+
+
+def merge_levers(reports: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
+    """Several episodes' lever reports (:meth:`~esper_kernel.episode.env.MorphoEnv.lever_report`) as one.
+
+    Hook seconds and compile counts add up; every quarantine is kept, with the
+    episode it happened in. What ``esper train`` and ``esper eval`` summarise.
+    """
+    seconds: dict[str, dict[str, float]] = {}
+    quarantined: list[dict[str, Any]] = []
+    compiled: dict[str, Any] | None = None
+    for rep in reports:
+        for lever, hooks in rep["hook_seconds"].items():
+            per = seconds.setdefault(lever, {})
+            for h, s in hooks.items():
+                per[h] = round(per.get(h, 0.0) + s, 6)
+        quarantined += rep["quarantined"]
+        if rep.get("compile") is not None:
+            c = rep["compile"]
+            compiled = compiled or {**dict.fromkeys(_COUNTS, 0), "contradicted": [], "break_reasons": []}
+            for k in _COUNTS:
+                compiled[k] += c[k]
+            compiled["contradicted"] = sorted({*compiled["contradicted"], *c["contradicted"]})
+            compiled["break_reasons"] = sorted({*compiled["break_reasons"], *c["break_reasons"]})[:5]
+    return {"hook_seconds": seconds, "quarantined": quarantined, "compile": compiled}

@@ -8,7 +8,7 @@ here and nowhere else.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,9 @@ from esper_kernel.compose.core import CoreHeads
 from esper_kernel.compose.discovery import Selection
 from esper_kernel.compose.masks import MaskView
 from esper_kernel.compose.registry import Registry
+from esper_kernel.compose.runtime import Contradiction, Quarantine
 from esper_kernel.compose.stages import Stage
+from esper_kernel.compose.watch import CompileWatch, HookWatch
 from esper_kernel.data.taskplugins import HostShape, build_data, find_task
 from esper_kernel.data.tasks import TaskData, TaskError
 from esper_kernel.episode import observation
@@ -138,6 +140,12 @@ def build_registry(config: EnvConfig, selection: Selection | None = None) -> Reg
     return registry
 
 
+def env_registries(registry: Registry, n_envs: int) -> list[Registry]:
+    """``registry`` for the first of ``n_envs`` envs, a clone for each other: every env its own quarantines,
+    knob records and hook times, so no env's lever failure or hook time is another's."""
+    return [registry, *(registry.clone() for _ in range(n_envs - 1))]
+
+
 def observation_names(registry: Registry, n_slots: int) -> tuple[str, ...]:
     """The meaning of every observation entry, in order: the schema :mod:`esper_kernel.episode.observation` declares."""
     core = registry.info("esper").plugin
@@ -197,6 +205,12 @@ class MorphoEnv:
         #: Modules built into the host at every reset, as fossils present from epoch 0:
         #: ``(slot, blueprint, width_scale)``. The from-scratch control trains a grown architecture this way.
         self.scratch_fossils: tuple[tuple[int, str, float], ...] = ()
+        #: Where the lines a person should see go (``esper run`` prints them); an env in a worker has none,
+        #: and what it would say is in its events and :meth:`lever_report`.
+        self.warn: Callable[[str], None] = _nobody
+        self.hook_watch = HookWatch(registry, lambda msg: self.warn(msg))
+        self.compile_watch: CompileWatch | None = None
+        self.quarantines: list[dict[str, Any]] = []
 
     # -- episode -------------------------------------------------------------
 
@@ -231,7 +245,41 @@ class MorphoEnv:
         self.fields: dict[str, list[float | None]] = {}
         #: The last decision that chose more than its op: its choices and what was legal (``esper eval`` keeps it).
         self.last_choice: dict[str, dict[str, Any]] | None = None
+        self._watch_levers()
         return self.observe()
+
+    # -- the levers, watched (the same in esper run, train and eval) -----------------
+
+    def _watch_levers(self) -> None:
+        """A new episode for the levers: last episode's quarantines lifted, their reports to this env's stream."""
+        reg = self.registry
+        reg.begin_episode()
+        reg.on_quarantine = self._quarantined
+        reg.on_contradiction = self._contradicted
+        reg.on_warning = lambda msg: self.warn(msg)
+        self.quarantines = []
+        self.hook_watch.episode_started()
+        self.compile_watch = CompileWatch(reg) if self.config.compile else None
+
+    def _quarantined(self, q: Quarantine) -> None:
+        self.log.warning("lever.quarantined", **attrs.asdict(q), epoch=self.epoch)
+        self.quarantines.append({**attrs.asdict(q), "env": self.index, "episode": self.episode, "epoch": self.epoch})
+        self.warn(f"quarantined {q.describe()}")
+
+    def _contradicted(self, c: Contradiction) -> None:
+        self.log.warning("compile.contradiction", **attrs.asdict(c))
+        self.warn(f"--compile: {c.describe()}")
+
+    def lever_report(self) -> dict[str, Any]:
+        """What the levers did this episode: ``hook_seconds`` per lever and hook, the ``quarantined`` (each
+        with its env, episode and epoch) and, under ``--compile``, the ``compile`` counts."""
+        return {
+            "env": self.index,
+            "episode": self.episode,
+            "hook_seconds": self.hook_watch.episode_seconds(),
+            "quarantined": list(self.quarantines),
+            "compile": None if self.compile_watch is None else self.compile_watch.stats(),
+        }
 
     @property
     def done(self) -> bool:
@@ -244,6 +292,9 @@ class MorphoEnv:
         space = self.registry.space
         self.log = self.base_log.bind(episode=self.episode, epoch=self.epoch)
         self.lifecycle.log = self.log
+        self.hook_watch.epoch_started()
+        if self.compile_watch is not None:
+            self.compile_watch.step_started()
         decision = space.decode(actions[None, :])[0]
         legal = self.legal_choices(decision) if sum(decision.relevant.values()) > 1 else None
         self.last_choice = (
@@ -278,8 +329,16 @@ class MorphoEnv:
             **self.fields,
         )
         self.epoch += 1
+        self._watched_step()
         reward = self.reward(prev_acc, result.val_accuracy)
         return StepResult(self.observe(), reward, self.done, result)
+
+    def _watched_step(self) -> None:
+        self.hook_watch.epoch_ended(self.epoch - 1, self.log)
+        if self.compile_watch is not None:
+            self.compile_watch.step_ended()
+            if self.done:
+                self.log.info("compile.stats", **self.compile_watch.stats())
 
     def _observe_fields(self, result: EpochResult) -> None:
         # Read for the epoch just trained, before on_epoch sets the next epoch's state.
@@ -393,6 +452,10 @@ class MorphoEnv:
         return self.epoch, [int(s) for s in self.lifecycle.stages], self.lifecycle.fossilize_ok()
 
 
+def _nobody(_msg: str) -> None:
+    pass
+
+
 def _measured(contributions: Sequence[float | None]) -> tuple[float, ...]:
     return tuple(c for c in contributions if c is not None)
 
@@ -427,8 +490,14 @@ class EnvBatch:
         )
 
     def masks(self) -> torch.Tensor:
-        """``[n_envs, n_ops, n_heads, max_choices]``: every lever's mask, ANDed."""
-        return self.registry.masks(self.mask_view())
+        """``[n_envs, n_ops, n_heads, max_choices]``: every lever's mask, ANDed.
+
+        Envs with registries of their own (each its own quarantines) are composed one by one:
+        a mask is a per-env function of each env's state, so the rows are the same.
+        """
+        if all(env.registry is self.registry for env in self.envs):
+            return self.registry.masks(self.mask_view())
+        return torch.cat([EnvBatch([env]).masks() for env in self.envs])
 
     def step(self, actions: torch.Tensor) -> list[StepResult]:
         return [env.step(actions[i]) for i, env in enumerate(self.envs)]

@@ -207,6 +207,18 @@ def _levers(**how: Any) -> Any:
     )
 
 
+def _on_lever_error(**how: Any) -> Any:
+    # One declaration for the fault policy of every command that plays episodes.
+    return setting(
+        "stop",
+        flag="--on-lever-error",
+        choices=LEVER_ERROR_POLICIES,
+        help="A lever failing at run time stops the command, or is quarantined for the rest of that episode: "
+        "its heads frozen at their defaults, the knobs it wrote restored, its hooks skipped; the episode goes on.",
+        **how,
+    )
+
+
 @attrs.frozen
 class RunConfig:
     """Everything ``esper run`` needs; the CLI flags override a file's values."""
@@ -235,13 +247,7 @@ class RunConfig:
         help="Write checkpoint.pt every this many epochs (and after the first and the last); a run killed in "
         "between resumes from the last one and replays the epochs since, to the same result.",
     )
-    on_lever_error: str = setting(
-        "stop",
-        flag="--on-lever-error",
-        choices=LEVER_ERROR_POLICIES,
-        help="A lever failing at run time stops the run, or is quarantined: its heads frozen at their defaults, "
-        "its hooks skipped, the run goes on.",
-    )
+    on_lever_error: str = _on_lever_error(commands=("run", "eval"))
 
 
 @attrs.frozen
@@ -323,6 +329,7 @@ class TrainConfig:
     eval_seeds: tuple[int, ...] = setting(
         (0, 1), flag="--eval-seeds", metavar="A,B", csv=int, help="Held-out episode seeds to evaluate on."
     )
+    on_lever_error: str = _on_lever_error()
 
     def __attrs_post_init__(self) -> None:
         for name in ("workers", "eval_every"):

@@ -23,7 +23,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from collections.abc import Iterator, MutableMapping, Sequence
+from collections.abc import Callable, Iterator, MutableMapping, Sequence
 from typing import Any, Protocol
 
 import attrs
@@ -32,7 +32,7 @@ import torch
 
 from esper_kernel.compose.discovery import Selection
 from esper_kernel.compose.registry import Registry
-from esper_kernel.episode.env import EnvBatch, EnvConfig, MorphoEnv, build_registry, load_task
+from esper_kernel.episode.env import EnvBatch, EnvConfig, MorphoEnv, build_registry, env_registries, load_task
 from esper_kernel.episode.loop import Transition
 from esper_kernel.infra.devices import rng_states, set_rng_states
 from esper_kernel.infra.errors import EsperError
@@ -49,6 +49,10 @@ class ShardStep:
     dones: tuple[bool, ...] = ()
     #: ``(method, event_dict)`` of every event logged in a worker, to replay in the main process.
     events: tuple[tuple[str, dict[str, Any]], ...] = ()
+    #: :meth:`~esper_kernel.episode.env.MorphoEnv.lever_report` of every env whose episode ended in this step.
+    levers: tuple[dict[str, Any], ...] = ()
+    #: The lines the shard's envs would have shown a person (a quarantine, a slow lever), for the main process.
+    said: tuple[str, ...] = ()
 
 
 class _Recorder:
@@ -76,6 +80,9 @@ class EnvShard:
         self.recorder = recorder
         self.active: list[MorphoEnv] = []
         self.rng: list[dict[str, Any]] = []
+        self.said: list[str] = []
+        for env in self.envs:
+            env.warn = self.said.append
 
     @classmethod
     def build(
@@ -87,7 +94,8 @@ class EnvShard:
             recorder = _Recorder()
             log = structlog.wrap_logger(structlog.ReturnLogger(), processors=[recorder]).bind()
         task = load_task(config, task_seed)
-        return cls([MorphoEnv(config, registry, task, log, i) for i in indices], recorder)
+        registries = env_registries(registry, len(indices))
+        return cls([MorphoEnv(config, reg, task, log, i) for reg, i in zip(registries, indices, strict=True)], recorder)
 
     @classmethod
     def in_worker(
@@ -112,7 +120,9 @@ class EnvShard:
         done = all(dones) if dones else False
         masks = None if done else EnvBatch(self.active).masks()
         events = self.recorder.take() if self.recorder is not None else ()
-        return ShardStep(torch.stack(obs), masks, rewards, dones, events)
+        ended = tuple(env.lever_report() for env, d in zip(self.active, dones, strict=True) if d) if dones else ()
+        said, self.said[:] = tuple(self.said), []
+        return ShardStep(torch.stack(obs), masks, rewards, dones, events, ended, said)
 
     def reset(self, seeds: Sequence[int], episodes: Sequence[int]) -> ShardStep:
         """Start an episode in the first ``len(seeds)`` envs; the others sit this rollout out."""
@@ -204,6 +214,10 @@ class EnvPool:
         self.log = log
         self._parts: list[int] = []
         self._waiting: set[int] = set()
+        #: The lever reports of the episodes ended since :meth:`take_levers` last took them.
+        self.levers: list[dict[str, Any]] = []
+        #: Told every line a shard's envs would show a person, as the shard's answer comes in.
+        self.on_warning: Callable[[str], None] | None = None
 
     @classmethod
     def local(cls, config: EnvConfig, registry: Registry, task_seed: int, n_envs: int, log: Any) -> EnvPool:
@@ -256,6 +270,15 @@ class EnvPool:
     def _replay(self, answer: ShardStep) -> None:
         for method_name, event in answer.events:
             getattr(self.log, method_name)(**event)
+        self.levers += answer.levers
+        for line in answer.said:
+            if self.on_warning is not None:
+                self.on_warning(line)
+
+    def take_levers(self) -> list[dict[str, Any]]:
+        """The lever reports of every episode ended since the last call (in whatever process it ran)."""
+        out, self.levers = self.levers, []
+        return out
 
     def _gather(self, method: str, per_shard: Sequence[tuple[Any, ...]]) -> PoolStep:
         used = [i for i, args in enumerate(per_shard) if args is not None]

@@ -30,7 +30,8 @@ import torch
 from esper_kernel.compose.discovery import Selection
 from esper_kernel.compose.names import CORE_HEADS
 from esper_kernel.compose.registry import Registry
-from esper_kernel.episode.env import EnvBatch, EnvConfig, MorphoEnv, load_task, observation_names
+from esper_kernel.compose.watch import merge_levers
+from esper_kernel.episode.env import EnvBatch, EnvConfig, MorphoEnv, env_registries, load_task, observation_names
 from esper_kernel.episode.loop import play, play_batch
 from esper_kernel.episode.sampling import Sampled
 from esper_kernel.infra import checkpoint
@@ -115,6 +116,11 @@ class TrainSummary:
     best_eval_update: int | None = None
     #: Update index the run resumed after (None: started fresh).
     resumed_from_update: int | None = None
+    #: Over every episode, the held-out ones too (as in ``esper run``'s summary): seconds per lever and
+    #: hook, each quarantine with its env, episode (-1: held-out) and epoch, and the ``--compile`` counts.
+    hook_seconds: dict[str, dict[str, float]] = attrs.Factory(dict)
+    quarantined: tuple[dict[str, Any], ...] = ()
+    compile: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return attrs.asdict(self)
@@ -163,6 +169,8 @@ class TrainOptions:
     #: Bytes of the event stream written so far, stored with each state so a resume can cut the
     #: events a killed rollout wrote after it (see :func:`esper_kernel.commands.run.truncate_events`).
     events_position: Callable[[], int | None] | None = None
+    #: Told each line a person should see from an env (a lever quarantined, a slow lever), wherever it ran.
+    on_warning: Callable[[str], None] | None = None
 
 
 def _save_state(path: Path, data: dict[str, Any]) -> None:
@@ -266,6 +274,8 @@ class _Trainer:
     best: tuple[float, int] | None = None
     prior_seconds: float = 0.0
     started: float = attrs.Factory(time.monotonic)
+    #: What the levers did over every episode so far (:func:`~esper_kernel.compose.watch.merge_levers`).
+    levers: dict[str, Any] = attrs.Factory(lambda: merge_levers([]))
 
     @classmethod
     def start(cls, env_config: EnvConfig, registry: Registry, cfg: PPOConfig) -> _Trainer:
@@ -305,6 +315,7 @@ class _Trainer:
         self.first = int(state["updates_done"])
         self.best = None if state["best"] is None else (float(state["best"][0]), int(state["best"][1]))
         self.prior_seconds = float(state["seconds"])
+        self.levers = dict(state.get("lever_reports") or merge_levers([]))
         log.info("train.resumed", updates_done=self.first, episodes_done=len(self.returns))
 
     def save(self, path: Path, updates_done: int, meta: dict[str, Any], events_bytes: int | None = None) -> None:
@@ -326,6 +337,7 @@ class _Trainer:
                 "updates_done": updates_done,
                 "best": None if self.best is None else [self.best[0], self.best[1]],
                 "seconds": self.seconds(),
+                "lever_reports": self.levers,
                 "meta": meta,
             },
         )
@@ -404,10 +416,12 @@ def train_ppo(
     updates = math.ceil(cfg.episodes / n_envs)
     stats: UpdateStats | None = None
     with _make_pool(env_config, registry, cfg.seed, n_envs, log, opts) as pool:
+        pool.on_warning = opts.on_warning
         for u in range(tr.first, updates):
             stats, ep_returns = tr.update(pool, u, n_envs, log)
             if opts.eval_every > 0 and opts.eval_seeds and ((u + 1) % opts.eval_every == 0 or u + 1 == updates):
                 tr.evaluate(pool, u, opts.eval_seeds, out_path.with_name(BEST_POLICY), log)
+            tr.levers = merge_levers([tr.levers, *pool.take_levers()])
             save_policy(tr.policy, out_path)
             position = opts.events_position() if opts.events_position is not None else None
             tr.save(out_path.with_name(STATE_FILE), u + 1, opts.meta, position)
@@ -424,6 +438,9 @@ def train_ppo(
         best_eval_return=None if tr.best is None else tr.best[0],
         best_eval_update=None if tr.best is None else tr.best[1],
         resumed_from_update=tr.first if opts.resume is not None else None,
+        hook_seconds=tr.levers["hook_seconds"],
+        quarantined=tuple(tr.levers["quarantined"]),
+        compile=tr.levers["compile"],
     )
 
 
@@ -431,5 +448,7 @@ def evaluate_policy(
     policy: Policy, env_config: EnvConfig, registry: Registry, seeds: Sequence[int], log: Any
 ) -> list[float]:
     """One episode per seed (task data and host both from that seed), all envs stepped together; the returns."""
-    envs = EnvBatch([MorphoEnv(env_config, registry, load_task(env_config, s), log, i) for i, s in enumerate(seeds)])
+    regs = env_registries(registry, len(seeds))
+    pairs = enumerate(zip(regs, seeds, strict=True))
+    envs = EnvBatch([MorphoEnv(env_config, r, load_task(env_config, s), log, i) for i, (r, s) in pairs])
     return list(play_batch(envs, policy, envs.reset(seeds)))
