@@ -270,10 +270,7 @@ def evaluate(
             on_note(f"{name}: {describe_defaults(list(heads.items()))}")
     started = time.perf_counter()
     data = converter.unstructure(env)
-    header = {"schema": EVAL_SCHEMA, "env": data, "levers": list(levers) if levers else levers}
-    # Only where it is not the default, so journals written before the flag still resume.
-    header |= {"on_lever_error": on_lever_error} if on_lever_error != "stop" else {}
-    book = Journal(journal, header, on_lever_error)
+    book = _journal(journal, data, levers, on_lever_error)
     recipes = {}
     for p in policies:
         if kind_of(p.policy)[0].name == "recipe" and not p.static:
@@ -307,6 +304,13 @@ def _policy_defaults(
     ctx = BuildContext(registry, len(observation_names(registry, env.slots)), seed, env)
     found = {p.name: spec_defaults(p, ctx) for p in policies}
     return {name: heads for name, heads in found.items() if heads is not None}
+
+
+def _journal(path: Path | None, data: dict[str, Any], levers: tuple[str, ...] | None, on_error: str) -> Journal:
+    header = {"schema": EVAL_SCHEMA, "env": data, "levers": list(levers) if levers else levers}
+    # Only where it is not the default, so journals written before the flag still resume.
+    header |= {"on_lever_error": on_error} if on_error != "stop" else {}
+    return Journal(path, header, on_error)
 
 
 def _recipe(

@@ -11,7 +11,10 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+import attrs
+
 from esper_kernel.compose.registry import Registry
+from esper_kernel.compose.runtime import Contradiction, Quarantine
 
 #: A lever whose hooks take more than this share of an epoch's wall time is
 #: reported (once per env) as ``lever.slow`` and on the console.
@@ -133,6 +136,74 @@ class CompileWatch:
     def stats(self) -> dict[str, Any]:
         """The episode's counts, the levers named so far, and up to five break reasons (``compile.stats``)."""
         return {**self.totals, "contradicted": self.registry.contradicted, "break_reasons": sorted(self.reasons)[:5]}
+
+
+#: Where an env is: its event log (bound to its env, episode and epoch), index, episode and epoch.
+Place = Callable[[], tuple[Any, int, int, int]]
+
+
+class LeverWatch:
+    """One env's levers over its episodes, the same in ``esper run``, ``train`` and ``eval``.
+
+    At each episode's start the last one's quarantines are lifted (a quarantine
+    lasts its episode); quarantines and compile contradictions go to the env's
+    stream and to ``warn`` as they happen; hook time and compile counts are
+    kept per episode, for :meth:`report`.
+    """
+
+    def __init__(self, registry: Registry, compiling: bool, place: Place, warn: Callable[[str], None]) -> None:
+        self.registry = registry
+        self.compiling = compiling
+        self.place = place
+        self.warn = warn
+        self.hooks = HookWatch(registry, warn)
+        self.compile: CompileWatch | None = None
+        self.quarantines: list[dict[str, Any]] = []
+
+    def episode_started(self) -> None:
+        reg = self.registry
+        reg.begin_episode()
+        reg.on_quarantine = self._quarantined
+        reg.on_contradiction = self._contradicted
+        reg.on_warning = self.warn
+        self.quarantines = []
+        self.hooks.episode_started()
+        self.compile = CompileWatch(reg) if self.compiling else None
+
+    def step_started(self) -> None:
+        self.hooks.epoch_started()
+        if self.compile is not None:
+            self.compile.step_started()
+
+    def step_ended(self, done: bool) -> None:
+        log, _, _, epoch = self.place()
+        self.hooks.epoch_ended(epoch - 1, log)
+        if self.compile is not None:
+            self.compile.step_ended()
+            if done:
+                log.info("compile.stats", **self.compile.stats())
+
+    def _quarantined(self, q: Quarantine) -> None:
+        log, env, episode, epoch = self.place()
+        log.warning("lever.quarantined", **attrs.asdict(q), epoch=epoch)
+        self.quarantines.append({**attrs.asdict(q), "env": env, "episode": episode, "epoch": epoch})
+        self.warn(f"quarantined {q.describe()}")
+
+    def _contradicted(self, c: Contradiction) -> None:
+        self.place()[0].warning("compile.contradiction", **attrs.asdict(c))
+        self.warn(f"--compile: {c.describe()}")
+
+    def report(self) -> dict[str, Any]:
+        """This episode's ``hook_seconds`` per lever and hook, the ``quarantined`` (each with its env,
+        episode and epoch) and, under ``--compile``, the ``compile`` counts."""
+        _, env, episode, _ = self.place()
+        return {
+            "env": env,
+            "episode": episode,
+            "hook_seconds": self.hooks.episode_seconds(),
+            "quarantined": list(self.quarantines),
+            "compile": None if self.compile is None else self.compile.stats(),
+        }
 
 
 def merge_levers(reports: Iterable[Mapping[str, Any]]) -> dict[str, Any]:

@@ -20,9 +20,8 @@ from esper_kernel.compose.core import CoreHeads
 from esper_kernel.compose.discovery import Selection
 from esper_kernel.compose.masks import MaskView
 from esper_kernel.compose.registry import Registry
-from esper_kernel.compose.runtime import Contradiction, Quarantine
 from esper_kernel.compose.stages import Stage
-from esper_kernel.compose.watch import CompileWatch, HookWatch
+from esper_kernel.compose.watch import LeverWatch
 from esper_kernel.data.taskplugins import HostShape, build_data, find_task
 from esper_kernel.data.tasks import TaskData, TaskError
 from esper_kernel.episode import observation
@@ -208,9 +207,10 @@ class MorphoEnv:
         #: Where the lines a person should see go (``esper run`` prints them); an env in a worker has none,
         #: and what it would say is in its events and :meth:`lever_report`.
         self.warn: Callable[[str], None] = _nobody
-        self.hook_watch = HookWatch(registry, lambda msg: self.warn(msg))
-        self.compile_watch: CompileWatch | None = None
-        self.quarantines: list[dict[str, Any]] = []
+        #: Quarantines, compile contradictions, hook time: the same in esper run, train and eval.
+        self.levers = LeverWatch(
+            registry, config.compile, lambda: (self.log, self.index, self.episode, self.epoch), lambda m: self.warn(m)
+        )
 
     # -- episode -------------------------------------------------------------
 
@@ -245,41 +245,12 @@ class MorphoEnv:
         self.fields: dict[str, list[float | None]] = {}
         #: The last decision that chose more than its op: its choices and what was legal (``esper eval`` keeps it).
         self.last_choice: dict[str, dict[str, Any]] | None = None
-        self._watch_levers()
+        self.levers.episode_started()
         return self.observe()
 
-    # -- the levers, watched (the same in esper run, train and eval) -----------------
-
-    def _watch_levers(self) -> None:
-        """A new episode for the levers: last episode's quarantines lifted, their reports to this env's stream."""
-        reg = self.registry
-        reg.begin_episode()
-        reg.on_quarantine = self._quarantined
-        reg.on_contradiction = self._contradicted
-        reg.on_warning = lambda msg: self.warn(msg)
-        self.quarantines = []
-        self.hook_watch.episode_started()
-        self.compile_watch = CompileWatch(reg) if self.config.compile else None
-
-    def _quarantined(self, q: Quarantine) -> None:
-        self.log.warning("lever.quarantined", **attrs.asdict(q), epoch=self.epoch)
-        self.quarantines.append({**attrs.asdict(q), "env": self.index, "episode": self.episode, "epoch": self.epoch})
-        self.warn(f"quarantined {q.describe()}")
-
-    def _contradicted(self, c: Contradiction) -> None:
-        self.log.warning("compile.contradiction", **attrs.asdict(c))
-        self.warn(f"--compile: {c.describe()}")
-
     def lever_report(self) -> dict[str, Any]:
-        """What the levers did this episode: ``hook_seconds`` per lever and hook, the ``quarantined`` (each
-        with its env, episode and epoch) and, under ``--compile``, the ``compile`` counts."""
-        return {
-            "env": self.index,
-            "episode": self.episode,
-            "hook_seconds": self.hook_watch.episode_seconds(),
-            "quarantined": list(self.quarantines),
-            "compile": None if self.compile_watch is None else self.compile_watch.stats(),
-        }
+        """What the levers did this episode (:meth:`~esper_kernel.compose.watch.LeverWatch.report`)."""
+        return self.levers.report()
 
     @property
     def done(self) -> bool:
@@ -292,9 +263,7 @@ class MorphoEnv:
         space = self.registry.space
         self.log = self.base_log.bind(episode=self.episode, epoch=self.epoch)
         self.lifecycle.log = self.log
-        self.hook_watch.epoch_started()
-        if self.compile_watch is not None:
-            self.compile_watch.step_started()
+        self.levers.step_started()
         decision = space.decode(actions[None, :])[0]
         legal = self.legal_choices(decision) if sum(decision.relevant.values()) > 1 else None
         self.last_choice = (
@@ -329,16 +298,9 @@ class MorphoEnv:
             **self.fields,
         )
         self.epoch += 1
-        self._watched_step()
+        self.levers.step_ended(self.done)
         reward = self.reward(prev_acc, result.val_accuracy)
         return StepResult(self.observe(), reward, self.done, result)
-
-    def _watched_step(self) -> None:
-        self.hook_watch.epoch_ended(self.epoch - 1, self.log)
-        if self.compile_watch is not None:
-            self.compile_watch.step_ended()
-            if self.done:
-                self.log.info("compile.stats", **self.compile_watch.stats())
 
     def _observe_fields(self, result: EpochResult) -> None:
         # Read for the epoch just trained, before on_epoch sets the next epoch's state.
