@@ -24,7 +24,7 @@ from esper_kernel.compose.stages import Stage
 from esper_kernel.compose.watch import LeverWatch
 from esper_kernel.data.taskplugins import HostShape, build_data, find_task
 from esper_kernel.data.tasks import TaskData, TaskError
-from esper_kernel.episode import observation
+from esper_kernel.episode import divergence, observation
 from esper_kernel.grow.blueprints import blueprint_names, build_seed
 from esper_kernel.grow.hosts import CNN1DHost, CNNHost, CNNHostConfig, Host, TransformerHost
 from esper_kernel.grow.lifecycle import EpochMeasure, Lifecycle
@@ -187,6 +187,8 @@ class MorphoEnv:
         self.device = resolve_device(config.device)
         # The whole (small) dataset moves once, so no batch is copied during training.
         self.task = task if task.train_x.device == self.device else task_on(task, self.device)
+        #: Chance accuracy is 1 / n_classes (the divergence guard).
+        self.n_classes = HostShape.of(task).num_classes
         self.index = index
         self.base_log = log.bind(env=index)
         self.log = self.base_log
@@ -297,10 +299,24 @@ class MorphoEnv:
             stages=[s.name for s in self.lifecycle.stages],
             **self.fields,
         )
+        self._guard_divergence()
         self.epoch += 1
         self.levers.step_ended(self.done)
         reward = self.reward(prev_acc, result.val_accuracy)
         return StepResult(self.observe(), reward, self.done, result)
+
+    def _guard_divergence(self) -> None:
+        """Cull the seed to blame when the host has sat at chance (esper_kernel.episode.divergence)."""
+        lc = self.lifecycle
+        since = divergence.last_divergence(lc.history)
+        found = divergence.find_divergence(
+            self.acc_history, self.n_classes, lc.live_seeds(), since, n_val=len(self.task.val_y)
+        )
+        if found is None:
+            return
+        self.log.warning("seed.diverged", **attrs.asdict(found))
+        self.registry.warn_once(f"seed.diverged:{found.seed_id}", found.describe())
+        lc.cull(found.slot, self.epoch, reason=divergence.REASON)
 
     def _observe_fields(self, result: EpochResult) -> None:
         # Read for the epoch just trained, before on_epoch sets the next epoch's state.
