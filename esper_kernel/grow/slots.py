@@ -240,7 +240,10 @@ class SeedSlot(nn.Module):
 
     ``s - s.detach()`` is zero in value but carries the seed's gradient, so
     with ``incubate = 1`` and ``alpha = 0`` the seed learns from the task loss
-    while the host output stays bit-for-bit unchanged.
+    while the host output stays bit-for-bit unchanged. While incubating, the
+    seed's gradient also carries the incubation pull (:class:`_IncubationPull`,
+    backward only: the forward values above are exact), which keeps its hidden
+    output at about ``INCUBATION_REACH`` of the features' size.
 
     Attributes:
         dim: Channels (CNN) or model width (transformer) of the features.
