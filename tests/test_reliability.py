@@ -91,7 +91,7 @@ def tiny_config(out: Path, **overrides: Any) -> RunConfig:
         (["--seed", "-1"], ["seed", "--seed"]),
         (["--task", "shapes", "--width", "1024", "--slots", "8"], ["env.width=1024", "parameters", "maximum"]),
         (["--width", "1024", "--slots", "8"], ["env.width=1024", "--width", "--slots", "GiB to train", "limit"]),
-        (["--width", "1024"], ["env.slots=3 (--slots)", "env.width=1024 (--width)", "1.3 GiB to train", "1.0 GiB"]),
+        (["--width", "1024"], ["env.slots=3 (--slots)", "env.width=1024 (--width)", "1.4 GiB to train", "1.0 GiB"]),
         (["--task", "shapes", "--width", "512"], ["env.width=512", "--width", "GiB to train", "1.0 GiB"]),
         (["--policy", "/etc/passwd"], ["--policy", "/etc/passwd", "not a complete torch file"]),
         (["--width", "0"], ["env.width", "--width", "got 0"]),

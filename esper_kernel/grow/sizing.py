@@ -15,9 +15,11 @@ from esper_kernel.grow.training import CACHE_BYTES
 from esper_kernel.settings.bounds import MAX_HOST_PARAMS, MAX_TRAIN_MEMORY
 
 #: What an Esper training process holds before its host does (Python, torch, autograd's and
-#: the run's own state): the peak RSS of ``esper run --epochs 1 --width 16 --policy wait``
-#: (345 MiB) less that host's own estimate, rounded up (docs/reliability.md, Bounded hosts).
-PROCESS_BASELINE = 340 * 2**20
+#: the run's own state). It differs between machines with the same install: the peak RSS of
+#: ``esper run --epochs 1 --width 128 --train-size 256 --val-size 64`` was 422 MiB on the
+#: development machine and 504 MiB on CI's, so the baseline is the development machine's
+#: (340 MiB, from ``--width 16``) plus 100 MiB for that spread (docs/reliability.md, Bounded hosts).
+PROCESS_BASELINE = 440 * 2**20
 
 
 def train_memory(params: int, acts: int, batch_size: int, data_bytes: int, val_size: int) -> int:
