@@ -1,4 +1,4 @@
-"""One runtime fault policy in ``esper run``, ``esper train`` and ``esper eval``, in this process or a worker's.
+"""One runtime fault policy in ``esper run``, ``train``, ``eval`` and ``sweep``, in this process or a worker's.
 
 A lever that fails at run time stops the command (one line naming it), or,
 under ``--on-lever-error quarantine``, is quarantined for the rest of that
@@ -102,6 +102,61 @@ def test_eval_quarantines_per_episode_in_workers_too_and_the_document_lists_each
         assert "**4 lever quarantine(s)**" in (out / "eval.md").read_text()
         docs[workers] = [[s["val_accuracy_curve"] for s in row["per_seed"]] for row in doc["policies"]]
     assert docs[1] == docs[2]
+
+
+def test_sweep_takes_the_same_fault_policy_and_lists_each_quarantine(
+    lever_dist: LeverDists, run_esper: CliRunner, tmp_path: Path
+) -> None:
+    lever_dist("brittle", BRITTLE, dist="acme-brittle")
+    args = ["sweep", "--lever-set", "brittle,tempo", "--policies", "random", "--seeds", "0,1", *TINY, "--workers", "1"]
+    stopped = run_esper(*args, "--out", str(tmp_path / "stop"))
+    assert stopped.returncode == 2 and "Traceback" not in stopped.stderr
+    assert "'brittle' (acme-brittle)" in stopped.stderr
+
+    out = tmp_path / "q"
+    done = run_esper(*args, "--out", str(out), "--on-lever-error", "quarantine")
+    assert done.returncode == 0, done.stderr
+    # random and the set's wait control, two seeds each.
+    assert done.stderr.count("quarantined lever 'brittle' (acme-brittle) at epoch 1: mask failed") == 4
+    doc = json.loads((out / "sweep.json").read_text())
+    assert doc["on_lever_error"] == "quarantine"
+    for row in doc["policies"]:
+        assert [(q["seed"], q["lever"]) for q in row["quarantined"]] == [(0, "brittle"), (1, "brittle")]
+    trial = json.loads(next((out / "trials").glob("*random*/seed-0/trial.json")).read_text())
+    assert [q["lever"] for q in trial["quarantined"]] == ["brittle"]
+    assert "**4 lever quarantine(s)**" in (out / "sweep.md").read_text()
+
+
+def test_a_resumed_run_keeps_the_quarantines_of_its_episode(lever_dist: LeverDists, tmp_path: Path) -> None:
+    from esper_kernel.commands.run import run
+    from esper_kernel.settings.config import RunConfig, with_overrides
+
+    lever_dist("brittle", BRITTLE, dist="acme-brittle")
+
+    def config(out: Path) -> RunConfig:
+        return with_overrides(
+            RunConfig(),
+            out=str(out),
+            levers=("brittle", "tempo"),
+            policy="random",
+            on_lever_error="quarantine",
+            checkpoint_every=1,  # a checkpoint after the quarantine: the resume starts past it
+            env__epochs=4,
+            env__train_size=32,
+            env__val_size=16,
+            env__batch_size=16,
+            env__width=4,
+        )
+
+    whole = run(config(tmp_path / "whole"))
+    assert run(config(tmp_path / "cut"), stop_after=2) == {"interrupted_at": 2}
+    resumed = run(config(tmp_path / "cut"), resume=tmp_path / "cut")
+    # Quarantined at epoch 1, before the interruption: still out after it, not quarantined a second time.
+    assert [(q["lever"], q["epoch"]) for q in resumed["quarantined"]] == [("brittle", 1)]
+    assert resumed["quarantined"] == whole["quarantined"]
+    assert (resumed["final_val_accuracy"], resumed["return"]) == (whole["final_val_accuracy"], whole["return"])
+    events = read_events(tmp_path / "cut" / "events.jsonl")
+    assert len([e for e in events if e["event"] == "lever.quarantined"]) == 1
 
 
 def test_compile_statistics_and_contradictions_reach_train_and_eval(

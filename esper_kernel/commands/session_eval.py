@@ -64,7 +64,6 @@ def _policy_specs(f: EvalFlags, config: Any) -> list[PolicySpec]:
 def esper_eval(f: EvalFlags) -> None:
     """``esper eval``: the policies on the same seeds, paired; OUT/eval.json and OUT/eval.md."""
     setup_threads(f.threads)
-    from rich.markup import escape
 
     from esper_kernel.commands import evaldoc
     from esper_kernel.commands import evaluate as ev
@@ -85,12 +84,7 @@ def esper_eval(f: EvalFlags) -> None:
 
     def on_done(name: str, r: EpisodeResult) -> None:
         console.print(f"  {name} seed {r.seed}: acc {r.final_val_accuracy:.3f} params {r.params:,} ({r.wall_seconds}s)")
-        for q in r.quarantined:  # played in a worker, perhaps: reported here, never swallowed
-            console.print(
-                f"  [yellow]warning:[/] {name} seed {r.seed}: quarantined lever {q['lever']!r} "
-                f"({q['distribution']}) at epoch {q['epoch']}: {escape(q['hook'])} failed ({escape(q['error'])})",
-                highlight=False,
-            )
+        _print_quarantines(console, name, r)
 
     ev.check_names(config.env, specs, f.reference, config.levers)
     out = claim_out(f.out, "eval")
@@ -114,6 +108,18 @@ def esper_eval(f: EvalFlags) -> None:
     if base is not None:
         click.echo(evaldoc.render_attribution(doc, base))
     console.print(f"wrote {', '.join(map(str, paths))} in {doc['wall_seconds']} s")
+
+
+def _print_quarantines(console: Any, name: str, r: EpisodeResult) -> None:
+    """Each lever quarantined in an episode, one warning line: played in a worker, perhaps, so said here."""
+    from rich.markup import escape
+
+    for q in r.quarantined:
+        console.print(
+            f"  [yellow]warning:[/] {name} seed {r.seed}: quarantined lever {q['lever']!r} "
+            f"({q['distribution']}) at epoch {q['epoch']}: {escape(q['hook'])} failed ({escape(q['error'])})",
+            highlight=False,
+        )
 
 
 def effect_specs(config: Any) -> list[PolicySpec]:
@@ -176,9 +182,19 @@ def esper_sweep(f: SweepFlags) -> None:
 
     def on_done(name: str, r: EpisodeResult) -> None:
         console.print(f"  {name} seed {r.seed}: acc {r.final_val_accuracy:.3f} params {r.params:,}")
+        _print_quarantines(console, name, r)
 
     out = claim_out(f.out, "sweep")
-    doc = run_sweep(config.env, cells, seed_list, out, workers=n_workers, ray=f.ray_address, on_done=on_done)
+    doc = run_sweep(
+        config.env,
+        cells,
+        seed_list,
+        out,
+        workers=n_workers,
+        ray=f.ray_address,
+        on_done=on_done,
+        on_lever_error=config.on_lever_error,
+    )
     click.echo(evaldoc.render_markdown(doc))
     console.print(f"wrote {out}/sweep.json, {out}/sweep.md and {doc['sweep']['trials']} trial directories")
 

@@ -157,12 +157,18 @@ def sweep(
     workers: int = 1,
     ray: str | None = None,
     on_done: Callable[[str, ev.EpisodeResult], None] | None = None,
+    on_lever_error: str = "stop",
 ) -> dict[str, Any]:
-    """Run every cell on every seed; write the trial directories, ``sweep.json`` and ``sweep.md``; return the doc."""
+    """Run every cell on every seed; write the trial directories, ``sweep.json`` and ``sweep.md``; return the doc.
+
+    ``on_lever_error="quarantine"``: a lever failing in a trial is quarantined for the rest of
+    that trial's episode (as in ``esper eval``); each quarantine is in its ``trial.json`` and
+    under the table.
+    """
     started = time.perf_counter()
     data = converter.unstructure(env)
     trials = [(cell, seed) for cell in cells for seed in seeds]
-    jobs = [ev.EvalJob(data, cell.spec, seed, cell.levers) for cell, seed in trials]
+    jobs = [ev.EvalJob(data, cell.spec, seed, cell.levers, on_error=on_lever_error) for cell, seed in trials]
     names = [f"{cell.name} seed {seed}" for cell, seed in trials]
     results = _run_tune(jobs, names, workers, out, ray) if ray is not None else _run_local(jobs, names, workers)
     by_cell: dict[Cell, list[ev.EpisodeResult]] = {}
@@ -200,6 +206,7 @@ def sweep(
             "trials": len(trials),
             "paired_against": f"{REFERENCE} of the same lever set",
         },
+        **({"on_lever_error": on_lever_error} if on_lever_error != "stop" else {}),
     }
     out.mkdir(parents=True, exist_ok=True)
     (out / "sweep.json").write_text(json.dumps(doc, indent=2) + "\n", encoding="utf-8")

@@ -253,6 +253,11 @@ class HookRuntime:
             self.on_quarantine(q)
         return True
 
+    def restore_quarantine(self, q: Quarantine) -> None:
+        """``q`` again, from a checkpoint of the episode it happened in: frozen and skipped, not announced."""
+        self.quarantined[q.lever] = q
+        self.masks.frozen.add(q.lever)
+
     def warn_once(self, key: str, message: str) -> None:
         """Show ``message`` to the person running this, the first time ``key`` comes up."""
         if key not in self._warned and self.on_warning is not None:

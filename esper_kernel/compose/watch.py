@@ -189,6 +189,20 @@ class LeverWatch:
         self.quarantines.append({**attrs.asdict(q), "env": env, "episode": episode, "epoch": epoch})
         self.warn(f"quarantined {q.describe()}")
 
+    def state_dict(self) -> list[dict[str, Any]]:
+        """This episode's quarantines, for a checkpoint."""
+        return [dict(q) for q in self.quarantines]
+
+    def load_state_dict(self, quarantines: Iterable[Mapping[str, Any]]) -> None:
+        """Take the checkpointed episode's quarantined levers out again, without reporting them anew.
+
+        The knobs they wrote were restored when they were quarantined, so the
+        checkpointed seeds already hold those values.
+        """
+        for q in quarantines:
+            self.registry.restore_quarantine(Quarantine(q["lever"], q["distribution"], q["hook"], q["error"]))
+            self.quarantines.append(dict(q))
+
     def _contradicted(self, c: Contradiction) -> None:
         self.place()[0].warning("compile.contradiction", **attrs.asdict(c))
         self.warn(f"--compile: {c.describe()}")

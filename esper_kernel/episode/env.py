@@ -384,6 +384,8 @@ class MorphoEnv:
             "generator": self.runner.generator.get_state(),
             # One table, as before the runner owned the optimizer: checkpoints keep their format.
             "lifecycle": {**self.lifecycle.state_dict(), **self.runner.optimizer.state_dict()},
+            # A quarantine lasts its episode, so a resumed episode keeps its levers out.
+            "quarantined": self.levers.state_dict(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -405,6 +407,7 @@ class MorphoEnv:
         self.runner.generator.set_state(state["generator"])
         self.lifecycle.load_state_dict(state["lifecycle"])
         self.runner.optimizer.load_state_dict(state["lifecycle"])
+        self.levers.load_state_dict(state.get("quarantined", []))
         self.log = self.base_log.bind(episode=self.episode, epoch=self.epoch)
         self.lifecycle.log = self.log
 

@@ -247,7 +247,7 @@ class RunConfig:
         help="Write checkpoint.pt every this many epochs (and after the first and the last); a run killed in "
         "between resumes from the last one and replays the epochs since, to the same result.",
     )
-    on_lever_error: str = _on_lever_error(commands=("run", "eval"))
+    on_lever_error: str = _on_lever_error(commands=("run", "eval", "sweep"))
 
 
 @attrs.frozen
