@@ -109,6 +109,15 @@ def test_bad_flag_is_one_line_naming_it_and_writes_nothing(tmp_path: Path, args:
     assert not out.exists()
 
 
+@pytest.mark.parametrize("command", ["train", "eval", "sweep"])
+def test_every_command_refuses_a_host_over_the_memory_limit_before_writing(tmp_path: Path, command: str) -> None:
+    out = tmp_path / "out"
+    one_line_error(
+        esper(command, "--out", str(out), "--width", "1024"), "env.width=1024 (--width)", "GiB to train", "1.0 GiB"
+    )
+    assert not out.exists()
+
+
 @pytest.mark.parametrize(
     ("toml", "names"),
     [

@@ -84,6 +84,15 @@ def check_device(device: str) -> None:
     resolve_device(device)
 
 
+def check_env(env: Any) -> None:
+    """Before anything is written: the device exists and the starting host is within the size limits
+    (``esper run`` sizes its own host; train, eval, sweep and frontier ask here, on the task's seed-0 data)."""
+    from esper_kernel.episode.env import load_task, size_host
+
+    check_device(env.device)
+    size_host(env, load_task(env, 0))
+
+
 def refuse_with_resume(reason: str, changes: Sequence[str], more: Mapping[str, object] | None = None) -> None:
     """A resumed run is the run it saved: a flag that would change it is refused, not ignored."""
     extra = [*changes, *(flag for flag, value in (more or {}).items() if value is not None)]

@@ -13,7 +13,7 @@ if TYPE_CHECKING:
 
 from esper_kernel.commands.session import (
     Flags,
-    check_device,
+    check_env,
     load_config,
     setup_threads,
     stderr,
@@ -72,7 +72,7 @@ def esper_eval(f: EvalFlags) -> None:
     from esper_kernel.settings.config import RunConfig
 
     config = load_config(RunConfig, f.config_file, **f.given)
-    check_device(config.env.device)
+    check_env(config.env)
     specs = _policy_specs(f, config)
     seed_list = ev.parse_seeds(f.seeds)
     n_workers = f.workers or usable_cores()
@@ -168,7 +168,7 @@ def esper_sweep(f: SweepFlags) -> None:
 
     setup_threads(f.threads)
     config = load_config(RunConfig, f.config_file, **f.given)
-    check_device(config.env.device)
+    check_env(config.env)
     sets = [parse_lever_set(s) for s in f.lever_sets] or [config.levers]
     cells = build_grid(sets, [p.strip() for p in f.policies.split(",") if p.strip()], f.forces)
     seed_list = ev.parse_seeds(f.seeds)
@@ -222,6 +222,7 @@ def esper_frontier(flags: Mapping[str, Any]) -> None:
             raise click.BadParameter(f"expected widths like 8,16,32,64, got {flags['widths']!r}") from None
     seeds = parse_seeds(flags["seeds"])
     policies = [p for p in flags["policies"].split(",") if p.strip()]
+    check_env(config.env)
     fr.check_frontier(config.env, policies, widths)
     out = claim_out(flags["out"], "frontier")
     console = stderr()

@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 
 from esper_kernel.commands.session import (
     Flags,
-    check_device,
+    check_env,
     load_config,
     refuse_with_resume,
     setup_threads,
@@ -60,7 +60,7 @@ class TrainSession:
 
 def _train_problems(config: TrainConfig) -> None:
     """What ranges do not catch, before anything is written."""
-    check_device(config.env.device)
+    check_env(config.env)
     if config.levers is not None and not any(x.strip() for x in config.levers):
         raise click.UsageError("--levers: names no lever; leave it out for every installed lever")
 
