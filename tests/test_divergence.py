@@ -14,7 +14,7 @@ from esper_kernel.commands.outdir import EVENTS, SUMMARY
 from esper_kernel.commands.run import run
 from esper_kernel.compose.seeds import SeedState
 from esper_kernel.compose.stages import Stage
-from esper_kernel.episode.divergence import CHANCE_MARGIN, DIVERGED_EPOCHS, find_divergence
+from esper_kernel.episode.divergence import CHANCE_MARGIN, DIVERGED_EPOCHS, find_divergence, find_pinned_host
 from esper_kernel.infra.telemetry import read_events
 from esper_kernel.report.console import final_stage
 from esper_kernel.settings.config import RunConfig, with_overrides
@@ -88,3 +88,68 @@ def test_the_guard_needs_a_host_that_learned_sat_at_chance_and_a_seed_live_throu
     helping = [_seed(0, 0, contribution=0.01), _seed(1, 2, Stage.TRAINING)]
     found = find_divergence(learned + pinned, 10, helping)
     assert found is not None and found.slot == 1 and found.contribution is None
+
+
+class _BlowsUpOnceFossilized(nn.Module):
+    """A seed that behaves until it is fossilized, then pins the host at chance as ``_BlowsUp`` does."""
+
+    def __init__(self, inner: nn.Module) -> None:
+        super().__init__()
+        self.inner = inner
+        self.armed = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.inner(x)
+        return out + 1e6 if self.armed and not self.training else out
+
+
+def test_a_fossil_that_pins_the_host_at_chance_is_reported_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_build, real_fossilize = lifecycle.build_seed, lifecycle.Lifecycle.fossilize
+    built: list[_BlowsUpOnceFossilized] = []
+
+    def build(topology: str, name: str, dim: int, width_scale: float = 1.0) -> nn.Module:
+        built.append(_BlowsUpOnceFossilized(real_build(topology, name, dim, width_scale)))
+        return built[-1]
+
+    def fossilize(self: lifecycle.Lifecycle, slot: int, epoch: int) -> SeedState:
+        seed = real_fossilize(self, slot, epoch)
+        for module in built:
+            module.armed = True
+        return seed
+
+    monkeypatch.setattr(lifecycle, "build_seed", build)
+    monkeypatch.setattr(lifecycle.Lifecycle, "fossilize", fossilize)
+    plan = tmp_path / "plan.toml"
+    plan.write_text(
+        '[[step]]\nepoch = 4\nop = "germinate"\nslot = 0\nblueprint = "conv_light"\n'
+        'dwell = "MINIMAL"\ntempo = "FAST"\n\n[[step]]\nepoch = 6\nop = "fossilize"\nslot = 0\nwindow = 20\n'
+    )
+    out = tmp_path / "out"
+    console: list[str] = []
+    config = with_overrides(RunConfig(), out=str(out), policy=f"schedule:{plan}", env__epochs=16, env__width=8)
+
+    run(config, on_warning=console.append)
+
+    events = read_events(out / EVENTS)
+    (fossilized,) = [e for e in events if e["event"] == "seed.stage_changed" and e["new"] == "FOSSILIZED"]
+    assert not [e for e in events if e["event"] == "seed.diverged"]  # nothing live to cull
+    (pinned,) = [e for e in events if e["event"] == "host.diverged"]  # once, though it stays at chance
+    assert pinned["epoch"] > fossilized["epoch"] and pinned["chance"] == pytest.approx(0.1)
+    assert pinned["fossils"] == ["seed1-s0 (conv_light) in slot 0"]
+    assert any("no live seed to cull" in line and "seed1-s0 (conv_light)" in line for line in console)
+
+
+def test_a_pinned_host_is_reported_only_when_no_live_seed_can_be_blamed() -> None:
+    learned, pinned = [0.1, 0.3, 0.4], [0.1, 0.1, 0.11]
+    fossil = _seed(0, 0, stage=Stage.FOSSILIZED)
+    fossil.stage_entered_epoch = 2
+    found = find_pinned_host(learned + pinned, 10, [], [fossil])
+    assert found is not None and found.fossils == ("s0 (conv_light) in slot 0",) and found.best_accuracy == 0.4
+    assert find_pinned_host(learned + pinned, 10, [_seed(1, 1, contribution=-0.2)], [fossil]) is None  # culled
+    assert find_pinned_host([*learned, *pinned[:2], 0.3], 10, [], [fossil]) is None  # not at chance
+    old = _seed(0, 0, stage=Stage.FOSSILIZED)
+    old.stage_entered_epoch = 1  # fossilized before the host's best epoch: not named
+    found = find_pinned_host(learned + pinned, 10, [], [old])
+    assert found is not None and found.fossils == ()

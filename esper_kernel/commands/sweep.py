@@ -148,6 +148,25 @@ def _run_tune(
     return [found[i] for i in range(len(jobs))]
 
 
+def _write_trials(
+    out: Path,
+    trials: Sequence[tuple[Cell, int]],
+    results: Sequence[ev.EpisodeResult],
+    on_done: Callable[[str, ev.EpisodeResult], None] | None,
+) -> dict[Cell, list[ev.EpisodeResult]]:
+    """One ``trial.json`` per trial; the results grouped by cell, in seed order."""
+    by_cell: dict[Cell, list[ev.EpisodeResult]] = {}
+    for (cell, seed), res in zip(trials, results, strict=True):
+        by_cell.setdefault(cell, []).append(res)
+        trial_dir = _trial_dir(out, cell, seed)
+        trial_dir.mkdir(parents=True, exist_ok=True)
+        record = {"cell": cell.name, "levers": cell.levers, "policy": cell.spec.name, "seed": seed, **attrs.asdict(res)}
+        (trial_dir / "trial.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+        if on_done is not None:
+            on_done(cell.name, res)
+    return by_cell
+
+
 def sweep(
     env: EnvConfig,
     cells: Sequence[Cell],
@@ -171,15 +190,7 @@ def sweep(
     jobs = [ev.EvalJob(data, cell.spec, seed, cell.levers, on_error=on_lever_error) for cell, seed in trials]
     names = [f"{cell.name} seed {seed}" for cell, seed in trials]
     results = _run_tune(jobs, names, workers, out, ray) if ray is not None else _run_local(jobs, names, workers)
-    by_cell: dict[Cell, list[ev.EpisodeResult]] = {}
-    for (cell, seed), res in zip(trials, results, strict=True):
-        by_cell.setdefault(cell, []).append(res)
-        trial_dir = _trial_dir(out, cell, seed)
-        trial_dir.mkdir(parents=True, exist_ok=True)
-        record = {"cell": cell.name, "levers": cell.levers, "policy": cell.spec.name, "seed": seed, **attrs.asdict(res)}
-        (trial_dir / "trial.json").write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
-        if on_done is not None:
-            on_done(cell.name, res)
+    by_cell = _write_trials(out, trials, results, on_done)
     rows: list[dict[str, Any]] = []
     lever_sets = list(dict.fromkeys(c.levers for c in cells))
     for levers in lever_sets:

@@ -6,6 +6,8 @@ validation accuracy each epoch: once it has sat at chance
 (``1 / n_classes + CHANCE_MARGIN``) for ``DIVERGED_EPOCHS`` epochs after having
 been clearly above it (``1 / n_classes + ABOVE_CHANCE``) while a seed was
 live, that seed is culled with reason ``diverged`` (``docs/reliability.md``).
+With no live seed to blame (a fossil, or a host wrecked before its seed was
+culled) nothing can be undone, and the pinned host is reported instead.
 """
 
 from __future__ import annotations
@@ -56,6 +58,20 @@ class Divergence:
         )
 
 
+def _pinned(acc_history: Sequence[float], n_classes: int, since: int, n_val: int) -> tuple[int, float, float] | None:
+    """``(start, chance, best)`` if the last ``DIVERGED_EPOCHS`` epochs (all from ``since`` on) sat at chance
+    after the host had been clearly above it, else None. Off for fewer than ``MIN_VAL_EXAMPLES`` examples."""
+    if n_classes < 2 or n_val < MIN_VAL_EXAMPLES or len(acc_history) < DIVERGED_EPOCHS + 1:
+        return None
+    chance = 1.0 / n_classes
+    start = len(acc_history) - DIVERGED_EPOCHS
+    window, before = acc_history[start:], acc_history[:start]
+    if start < since or any(a > chance + CHANCE_MARGIN for a in window):
+        return None
+    best = max(before)
+    return (start, chance, best) if best >= chance + ABOVE_CHANCE else None
+
+
 def find_divergence(
     acc_history: Sequence[float],
     n_classes: int,
@@ -70,16 +86,10 @@ def find_divergence(
     last contribution is most negative is culled; with none measured, the most
     recently germinated.
     """
-    if n_classes < 2 or n_val < MIN_VAL_EXAMPLES or len(acc_history) < DIVERGED_EPOCHS + 1:
+    pinned = _pinned(acc_history, n_classes, since, n_val)
+    if pinned is None:
         return None
-    chance = 1.0 / n_classes
-    start = len(acc_history) - DIVERGED_EPOCHS
-    window, before = acc_history[start:], acc_history[:start]
-    if start < since or any(a > chance + CHANCE_MARGIN for a in window):
-        return None
-    best = max(before)
-    if best < chance + ABOVE_CHANCE:
-        return None
+    start, chance, best = pinned
     suspects = [s for s in live if s.germinated_epoch < start]
     if not suspects:
         return None
@@ -95,6 +105,51 @@ def find_divergence(
         best_accuracy=best,
         epochs=DIVERGED_EPOCHS,
     )
+
+
+@attrs.frozen
+class PinnedHost:
+    """The host sits at chance with no live seed to cull (the ``host.diverged`` event's fields).
+
+    Nothing can be undone: a fossil is part of the host. It is reported, with
+    the seeds fossilized since the host was last clearly above chance.
+    """
+
+    val_accuracy: float
+    chance: float
+    best_accuracy: float
+    epochs: int
+    #: ``"seed (blueprint) in slot N"`` for each seed fossilized since the host's best epoch.
+    fossils: tuple[str, ...]
+
+    def describe(self) -> str:
+        since = f"; fossilized since it last learned: {', '.join(self.fossils)}" if self.fossils else ""
+        return (
+            f"the host's validation accuracy {self.val_accuracy:.3f} has been at chance ({self.chance:.3f}) "
+            f"for {self.epochs} epochs after reaching {self.best_accuracy:.3f}, with no live seed to cull{since}"
+        )
+
+
+def find_pinned_host(
+    acc_history: Sequence[float],
+    n_classes: int,
+    live: Sequence[SeedState],
+    history: Sequence[SeedState],
+    since: int = 0,
+    n_val: int = MIN_VAL_EXAMPLES,
+) -> PinnedHost | None:
+    """A host at chance (as :func:`find_divergence` tells it) that no live seed can be blamed for, else None."""
+    pinned = _pinned(acc_history, n_classes, since, n_val)
+    if pinned is None or find_divergence(acc_history, n_classes, live, since, n_val) is not None:
+        return None
+    start, chance, best = pinned
+    best_epoch = max(i for i, a in enumerate(acc_history[:start]) if a == best)
+    fossils = tuple(
+        f"{s.seed_id} ({s.blueprint}) in slot {s.slot}"
+        for s in history
+        if s.stage is Stage.FOSSILIZED and s.stage_entered_epoch >= best_epoch
+    )
+    return PinnedHost(acc_history[-1], chance, best, DIVERGED_EPOCHS, fossils)
 
 
 def _last_contribution(seed: SeedState) -> float | None:

@@ -247,6 +247,8 @@ class MorphoEnv:
         self.fields: dict[str, list[float | None]] = {}
         #: The last decision that chose more than its op: its choices and what was legal (``esper eval`` keeps it).
         self.last_choice: dict[str, dict[str, Any]] | None = None
+        #: The divergence guard said this episode's host sat at chance with no seed to cull.
+        self._pinned_reported = False
         self.levers.episode_started()
         return self.observe()
 
@@ -313,10 +315,24 @@ class MorphoEnv:
             self.acc_history, self.n_classes, lc.live_seeds(), since, n_val=len(self.task.val_y)
         )
         if found is None:
+            self._report_pinned_host(since)
             return
         self.log.warning("seed.diverged", **attrs.asdict(found))
         self.registry.warn_once(f"seed.diverged:{found.seed_id}", found.describe())
         lc.cull(found.slot, self.epoch, reason=divergence.REASON)
+
+    def _report_pinned_host(self, since: int) -> None:
+        """A host at chance with nobody to cull: said once an episode, as an event and a console line."""
+        if self._pinned_reported:
+            return
+        lc = self.lifecycle
+        pinned = divergence.find_pinned_host(
+            self.acc_history, self.n_classes, lc.live_seeds(), lc.history, since, n_val=len(self.task.val_y)
+        )
+        if pinned is not None:
+            self._pinned_reported = True
+            self.log.warning("host.diverged", **attrs.asdict(pinned))
+            self.registry.warn_once(f"host.diverged:{self.episode}", pinned.describe())
 
     def _observe_fields(self, result: EpochResult) -> None:
         # Read for the epoch just trained, before on_epoch sets the next epoch's state.
