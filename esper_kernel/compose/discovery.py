@@ -14,6 +14,7 @@ from collections.abc import Iterable, Mapping, Sequence
 
 import attrs
 
+from esper_kernel.infra.dists import name_and_version
 from esper_kernel.infra.errors import PluginError, SelectionError, Terminated
 
 ENTRY_POINT_GROUP = "esper.levers"
@@ -133,12 +134,12 @@ def installed_entry_points(group: str = ENTRY_POINT_GROUP) -> list[md.EntryPoint
 
 def _dist_name(ep: md.EntryPoint) -> str:
     dist = ep.dist
-    return dist.metadata["Name"] if dist is not None else "<unknown distribution>"
+    return name_and_version(dist)[0] if dist is not None else "<unknown distribution>"
 
 
 def _dist_version(ep: md.EntryPoint) -> str:
     dist = ep.dist
-    return dist.version if dist is not None else "?"
+    return name_and_version(dist)[1] if dist is not None else "?"
 
 
 def load_levers(

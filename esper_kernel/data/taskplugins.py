@@ -32,6 +32,7 @@ from typing import Any
 
 import attrs
 
+from esper_kernel.infra.dists import name_and_version
 from esper_kernel.infra.errors import PluginError, Terminated
 
 __all__ = [
@@ -203,7 +204,7 @@ def _dist(ep: md.EntryPoint) -> tuple[str, str]:
     dist = ep.dist
     if dist is None:
         return "<unknown distribution>", "?"
-    return str(dist.metadata["Name"]), str(dist.version)
+    return name_and_version(dist)
 
 
 def strict_mode(environ: Mapping[str, str] | None = None) -> bool:
