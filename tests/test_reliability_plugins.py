@@ -400,6 +400,10 @@ HOSTILE = {
     **{f"relation-{k}": v for k, v in RELATIONS.items()},
     "sys-exit": "import sys\nsys.exit(3)\n",
     "base-exception": "raise BaseException('odd')\n",
+    # Raised by the plugin, not a Ctrl-C: the listing names it like any other failure.
+    "keyboard-interrupt": "raise KeyboardInterrupt\n",
+    "keyboard-interrupt-in-head": "from esper_kernel import hookimpl\n\n@hookimpl\ndef action_head():\n"
+    "    raise KeyboardInterrupt\n",
     "requires-not-names": "import esper_kernel\nrequires = 5\n",
     "module-getattr-raises": "import esper_kernel\n\ndef __getattr__(name):\n    raise RuntimeError(name)\n",
     "action-head-raises": "from esper_kernel import hookimpl\n\n@hookimpl\ndef action_head():\n    raise ValueError\n",
@@ -523,3 +527,33 @@ def test_nan_telemetry_is_shown_on_the_console_and_an_error_when_strict(
         run(tiny(strict, ("nanny",), epochs=2))
     last = read_events(strict / EVENTS)[-1]
     assert last["event"] == "run.failed" and "'nanny.nan'" in last["error"]
+
+
+#: A run-time hook raising what a user's stop raises: the plugin's fault, named, never taken for Ctrl-C.
+STOP_LOOKALIKES = {
+    "keyboard-interrupt": "raise KeyboardInterrupt",
+    "sys-exit": "raise SystemExit(5)",
+    "base-exception": "raise BaseException('odd')",
+}
+
+
+@pytest.mark.parametrize("case", sorted(STOP_LOOKALIKES))
+def test_a_hook_raising_a_stop_lookalike_is_named_and_quarantinable(
+    lever_dist: LeverDists, run_esper: CliRunner, tmp_path: Path, case: str
+) -> None:
+    code = HEAD.format(head="speed") + f"\n@hookimpl\ndef on_epoch(seed, epoch):\n    {STOP_LOOKALIKES[case]}\n"
+    lever_dist("odd", code, dist="acme-odd")
+    common = ["run", "--quiet", "--policy", "random", "--epochs", "6", "--width", "4"]
+    common += ["--train-size", "32", "--val-size", "16", "--batch-size", "16"]
+
+    stopped = run_esper(*common, "--out", str(tmp_path / "stop"))
+    assert stopped.returncode == 2, stopped.stderr
+    (error,) = [line for line in stopped.stderr.splitlines() if line.startswith("esper: error:")]
+    assert error.startswith("esper: error: lever 'odd' (acme-odd): on_epoch") and "Traceback" not in stopped.stderr
+    assert read_events(tmp_path / "stop" / EVENTS)[-1]["event"] == "run.failed"
+
+    kept = run_esper(*common, "--out", str(tmp_path / "kept"), "--on-lever-error", "quarantine")
+    assert kept.returncode == 0, kept.stderr
+    events = read_events(tmp_path / "kept" / EVENTS)
+    assert events[-1]["event"] == "run.finished"
+    assert [e["lever"] for e in events if e["event"] == "lever.quarantined"] == ["odd"]

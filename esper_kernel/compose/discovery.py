@@ -15,7 +15,8 @@ from collections.abc import Iterable, Mapping, Sequence
 import attrs
 
 from esper_kernel.infra.dists import name_and_version
-from esper_kernel.infra.errors import PluginError, SelectionError, Terminated
+from esper_kernel.infra.errors import PluginError, SelectionError
+from esper_kernel.infra.stops import stops, user_stopped
 
 ENTRY_POINT_GROUP = "esper.levers"
 CORE_NAME = "esper"
@@ -217,12 +218,13 @@ def _ep_builtin(ep: md.EntryPoint) -> bool:
 
 def _load_one(name: str, ep: md.EntryPoint, sel: Selection, listing: bool) -> LeverInfo | LoadFailure:
     """Import one lever; a failure is an error if the user named it or the selection is strict (unless listing)."""
+    before = stops()
     try:
         plugin = ep.load()
         relations = _relation(plugin, "requires"), _relation(plugin, "conflicts_with")
-    except (KeyboardInterrupt, Terminated):
-        raise
-    except BaseException as exc:  # a plugin's sys.exit() or BaseException must not end the command
+    except BaseException as exc:  # a plugin's sys.exit(), KeyboardInterrupt or BaseException must not end the command
+        if user_stopped(exc, before):
+            raise
         fail = LoadFailure(name, _dist_name(ep), _dist_version(ep), ep.value, f"{type(exc).__name__}: {exc}")
         if not listing and (sel.strict or (sel.only is not None and name in sel.only)):
             why = "" if not sel.strict else f" ({ENV_STRICT}=1)"

@@ -19,6 +19,7 @@ from esper_kernel.compose.actions import N_OPS, OP_HEAD, ActionSpace, ComposedHe
 from esper_kernel.compose.seeds import Knobs, Point, Timeline, initial_knobs
 from esper_kernel.compose.stages import Op
 from esper_kernel.infra.errors import MaskError, PluginError
+from esper_kernel.infra.stops import stops, user_stopped
 
 if TYPE_CHECKING:
     import torch
@@ -171,10 +172,12 @@ class MaskComposer:
         for src in self.sources:
             if src.lever in self.frozen:
                 continue
-            started = time.perf_counter()
+            started, before = time.perf_counter(), stops()
             try:
                 got = src.fn(view)
-            except Exception as exc:
+            except BaseException as exc:  # a mask's sys.exit() or KeyboardInterrupt is the plugin's fault
+                if user_stopped(exc, before):
+                    raise
                 err = PluginError(
                     f"lever {src.lever!r} ({src.distribution}): mask() raised {type(exc).__name__}: {exc}"
                 )

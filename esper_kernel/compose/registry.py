@@ -31,6 +31,7 @@ from esper_kernel.compose.runtime import HookRuntime, KnobSetting, StageHook, on
 from esper_kernel.compose.seeds import KNOB_NAMES
 from esper_kernel.compose.specs import UNDECLARED_SAFETY, CompileSafety, HeadSpec, Safety, TelemetryField
 from esper_kernel.infra.errors import PluginError, SelectionError
+from esper_kernel.infra.stops import stops, user_stopped
 
 if TYPE_CHECKING:  # composing levers is plain Python; only their masks, called later, make tensors
     import torch
@@ -182,9 +183,12 @@ class Registry(HookRuntime):
         impl = self._impl(info, hook)
         if impl is None:
             return None
+        before = stops()
         try:
             return impl.function(**{a: kwargs[a] for a in impl.argnames})
-        except Exception as exc:
+        except BaseException as exc:  # a declaration hook's sys.exit() or KeyboardInterrupt is the plugin's fault
+            if user_stopped(exc, before):
+                raise
             raise PluginError(f"{info.label}: {hook}() raised {type(exc).__name__}: {exc}") from exc
 
     def _compose_heads(self) -> list[ComposedHead]:

@@ -22,6 +22,7 @@ from esper_kernel.compose.seeds import BUILD_KNOBS, GRAPH_KNOBS, SeedState
 from esper_kernel.compose.specs import CompileSafety, Safety
 from esper_kernel.compose.stages import Stage
 from esper_kernel.infra.errors import PluginError
+from esper_kernel.infra.stops import stops, user_stopped
 
 if TYPE_CHECKING:
     from esper_kernel.compose.discovery import LeverInfo
@@ -269,9 +270,12 @@ def _run(hook: StageHook, args: Mapping[str, Any], where: str, before: Mapping[s
     """Call a seed hook; a knob it writes without owning it, or too late to matter, is an error."""
     seed: SeedState = args["seed"]
     label = f"lever {hook.lever!r} ({hook.distribution})"
+    before_stops = stops()
     try:
         hook.fn(**{a: args[a] for a in hook.argnames})
-    except Exception as exc:
+    except BaseException as exc:  # a hook's sys.exit() or KeyboardInterrupt is the plugin's fault, not a stop
+        if user_stopped(exc, before_stops):
+            raise
         raise PluginError(f"{label}: {where} raised {type(exc).__name__}: {exc}") from exc
     after = attrs.asdict(seed.knobs)
     changed = sorted(k for k, v in before.items() if after[k] != v)

@@ -33,7 +33,8 @@ from typing import Any
 import attrs
 
 from esper_kernel.infra.dists import name_and_version
-from esper_kernel.infra.errors import PluginError, Terminated
+from esper_kernel.infra.errors import PluginError
+from esper_kernel.infra.stops import stops, user_stopped
 
 __all__ = [
     "METRICS",
@@ -248,15 +249,16 @@ def _load(name: str, ep: md.EntryPoint) -> TaskInfo | TaskFailure:
     dist, version = _dist(ep)
     if dist == "<unknown distribution>" and ep.value.startswith("esper_kernel."):
         dist, version = _KERNEL_DIST, md.version(_KERNEL_DIST)
+    before = stops()
     try:
         obj = ep.load()
         if not isinstance(obj, Task):
             raise TypeError(f"{ep.value} is a {type(obj).__name__}, not an esper_kernel.data.taskplugins.Task")
         if obj.name != name:
             raise ValueError(f"its Task is named {obj.name!r}, not {name!r} as the entry point says")
-    except (KeyboardInterrupt, Terminated):
-        raise
-    except BaseException as exc:  # a plugin's sys.exit() or BaseException must not end the command
+    except BaseException as exc:  # a plugin's sys.exit(), KeyboardInterrupt or BaseException must not end the command
+        if user_stopped(exc, before):
+            raise
         return TaskFailure(name, dist, version, ep.value, f"{type(exc).__name__}: {exc}")
     return TaskInfo(obj, dist, version, ep.value)
 

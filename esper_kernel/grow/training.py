@@ -27,6 +27,7 @@ from esper_kernel.data.tasks import TaskData
 from esper_kernel.grow.lifecycle import EpochMeasure, Lifecycle, SlotMeasure
 from esper_kernel.grow.optim import HostOptimizer, StepNorms
 from esper_kernel.infra.errors import PluginError
+from esper_kernel.infra.stops import stops, user_stopped
 
 
 @attrs.frozen
@@ -367,14 +368,16 @@ def _not_finite(registry: Registry, f: ComposedField, slot: int, value: float, l
 def _field_value(registry: Registry, f: ComposedField, ctx: FieldContext) -> float | None:
     if f.lever in registry.quarantined:
         return None
-    started = time.perf_counter()
+    started, before = time.perf_counter(), stops()
     try:
         v: Any = f.spec.compute(ctx)
         if isinstance(v, str | bytes):
             # float("1.5") would pass a string off as a number; a field returns numbers.
             raise TypeError(f"got {type(v).__name__} {v!r}")
         return None if v is None else float(v)
-    except Exception as exc:
+    except BaseException as exc:  # a field's sys.exit() or KeyboardInterrupt is the plugin's fault, not a stop
+        if user_stopped(exc, before):
+            raise
         info = registry.info(f.lever)
         err = PluginError(
             f"{info.label}: telemetry field {f.key!r} failed ({type(exc).__name__}: {exc}); "

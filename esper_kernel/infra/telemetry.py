@@ -20,6 +20,7 @@ from typing import IO, Any
 import structlog
 
 from esper_kernel.infra.errors import Terminated
+from esper_kernel.infra.stops import raise_terminated
 
 #: Events shown on the console; everything goes to the JSON file.
 CONSOLE_EVENTS = frozenset(
@@ -156,7 +157,7 @@ class Telemetry:
         # SIGTERM (kill, timeout, a scheduler) becomes an exception where the run is, so it
         # ends the stream like Ctrl-C does. Only the main thread may set a signal handler.
         if threading.current_thread() is threading.main_thread():
-            self._sigterm = signal.signal(signal.SIGTERM, _raise_terminated)
+            self._sigterm = signal.signal(signal.SIGTERM, raise_terminated)
         return self
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, _tb: object) -> None:
@@ -175,10 +176,6 @@ class Telemetry:
                     self.log.error("run.failed", error=one_line(exc), error_type=type(exc).__name__, **where)
         finally:
             self.close()
-
-
-def _raise_terminated(_signum: int, _frame: Any) -> None:
-    raise Terminated("SIGTERM")
 
 
 def one_line(exc: BaseException) -> str:

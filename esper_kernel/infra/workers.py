@@ -44,6 +44,7 @@ from multiprocessing.connection import Connection, wait
 from typing import Any, TypeVar
 
 from esper_kernel.infra.errors import EsperError
+from esper_kernel.infra.stops import count_sigints
 
 J = TypeVar("J")
 R = TypeVar("R")
@@ -165,6 +166,7 @@ def _init_worker(threads: int) -> None:
     # a worker takes the defaults, as a fork server's children do.
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.default_int_handler)
+    count_sigints()
 
     os.environ[OMP_ENV] = str(threads)
     torch.set_num_threads(threads)
