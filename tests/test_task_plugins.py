@@ -10,6 +10,7 @@ import importlib
 import json
 import os
 import random
+import re
 import subprocess
 import sys
 import textwrap
@@ -136,6 +137,88 @@ def test_a_task_name_that_is_not_its_entry_point_name_is_a_failure(task_dist: Ta
     task_dist("alias", _GOOD.format(name="other"), "esper-task-alias")
     failure = next(f for f in list_tasks().failures if f.name == "alias")
     assert "named 'other', not 'alias'" in failure.error
+
+
+
+def test_a_plugin_cannot_take_a_builtin_task_name(task_dist: TaskDists) -> None:
+    task_dist("pairs", _GOOD.format(name="pairs"), "esper-task-usurper")
+    # The builtin keeps the name and runs; the plugin is the one dropped, named, and listed.
+    assert find_task("pairs").distribution == "esper-kernel"
+    (failure,) = [f for f in list_tasks().failures if f.name == "pairs"]
+    assert failure.distribution == "esper-task-usurper" and "builtin task 'pairs'" in failure.error
+    listing = task_dist.esper("tasks", "list")
+    assert listing.returncode == 0, listing.stderr
+    assert "FAILED: task 'pairs' from esper-task-usurper 1.0" in listing.stdout
+    with pytest.raises(PluginError, match=r"esper-task-usurper .*\(ESPER_STRICT_PLUGINS=1\)"):
+        find_task("pairs", environ={"ESPER_STRICT_PLUGINS": "1"})
+
+
+def test_two_plugins_on_one_task_name_are_both_named_and_neither_runs(task_dist: TaskDists) -> None:
+    task_dist("twin", _GOOD.format(name="twin"), "esper-task-one")
+    task_dist("twin", _GOOD.format(name="twin"), "esper-task-two")
+    assert sorted(f.distribution for f in list_tasks().failures if f.name == "twin") == [
+        "esper-task-one",
+        "esper-task-two",
+    ]
+    with pytest.raises(PluginError, match=r"declared by 2 distributions \(esper-task-one, esper-task-two\)"):
+        find_task("twin")
+    assert task_dist.esper("tasks", "list").returncode == 0
+
+
+_HOSTILE_TASK = """
+from esper_kernel.builtin_tasks import PAIRS
+import attrs
+
+def build(seed, data_dir, n_train=None, n_val=None):
+    data = PAIRS.build(seed, data_dir, n_train=n_train, n_val=n_val)
+    {build}
+
+def host(shape, slots, width):
+    {host}
+    return PAIRS.host(shape, slots, width)
+
+TASK = attrs.evolve(PAIRS, name="odd", build=build, host=host)
+"""
+
+#: A task plugin's own code failing in every way a run can meet: (build body, host body, what the error says).
+HOSTILE_TASKS = {
+    "build-raises": ("raise ValueError('no data here')", "pass", r"build\(\) raised ValueError: no data here"),
+    "build-exits": ("raise SystemExit(4)", "pass", r"build\(\) raised SystemExit: 4"),
+    "build-interrupts": ("raise KeyboardInterrupt", "pass", r"build\(\) raised KeyboardInterrupt"),
+    "host-raises": ("return data", "raise RuntimeError('host boom')", r"host\(\) raised RuntimeError: host boom"),
+    "labels-out-of-range": (
+        "return attrs.evolve(data, num_classes=2)",
+        "pass",
+        r"cannot be trained on: its training labels run from 0 to \d, outside \[0, 2\)",
+    ),
+    "nan-inputs": (
+        "return attrs.evolve(data, val_x=data.val_x * float('nan'))",
+        "pass",
+        r"cannot be trained on: its validation inputs hold NaN",
+    ),
+    "labels-missing": (
+        "return attrs.evolve(data, train_y=data.train_y[:3])",
+        "pass",
+        r"its training split has 32 inputs but 3 labels",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(HOSTILE_TASKS))
+def test_a_task_plugin_failing_in_its_own_code_is_one_line_naming_it(
+    task_dist: TaskDists, tmp_path: Path, case: str
+) -> None:
+    build, host, says = HOSTILE_TASKS[case]
+    task_dist("odd", _HOSTILE_TASK.format(build=build, host=host), "esper-task-odd")
+    out = task_dist.esper(
+        "run", "--quiet", "--task", "odd", "--epochs", "2", "--train-size", "32", "--val-size", "16",
+        "--out", str(tmp_path / "run"),
+    )  # fmt: skip
+    assert out.returncode == 2, out.stderr
+    assert "Traceback" not in out.stderr
+    (error,) = [line for line in out.stderr.splitlines() if line.startswith("esper: error:")]
+    assert error.startswith("esper: error: task 'odd' (esper-task-odd"), error
+    assert re.search(says, error), error
 
 
 # -- MNIST-1D ----------------------------------------------------------------------------

@@ -148,6 +148,30 @@ class TaskInfo:
     def name(self) -> str:
         return self.task.name
 
+    def call(self, what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Run the plugin's ``fn`` (its ``build`` or ``host``); whatever it raises is one line naming the task.
+
+        A :class:`TaskError` (missing data, a bad file) is the task's own message for the user and
+        passes through; a real Ctrl-C or SIGTERM still stops the command.
+        """
+        before = stops()
+        try:
+            return fn(*args, **kwargs)
+        except TaskError:
+            raise
+        except BaseException as exc:  # a plugin's sys.exit(), KeyboardInterrupt or BaseException included
+            if user_stopped(exc, before):
+                raise
+            msg = " ".join(str(exc).split())
+            raise PluginError(
+                f"task {self.task.name!r} ({self.distribution} {self.version}): {what} raised "
+                f"{type(exc).__name__}{': ' + msg if msg else ''}"
+            ) from exc
+
+    def host(self, shape: HostShape, slots: int, width: int | None) -> Any:
+        """The plugin's starting host, built through :meth:`call`."""
+        return self.call("host()", self.task.host, shape, slots, width)
+
     def record(self) -> dict[str, Any]:
         t = self.task
         return {
@@ -222,23 +246,50 @@ def _installed(path: tuple[str, ...]) -> tuple[md.EntryPoint, ...]:
     return tuple(md.entry_points(group=TASK_GROUP))
 
 
+def _is_builtin(ep: md.EntryPoint) -> bool:
+    return _dist(ep)[0] == _KERNEL_DIST or (ep.dist is None and ep.value.startswith("esper_kernel."))
+
+
 def _entry_points(entry_points: Iterable[md.EntryPoint] | None) -> dict[str, md.EntryPoint]:
+    """Every usable task entry point by name (a name clash leaves only the builtin, or none)."""
+    return _resolve(entry_points)[0]
+
+
+def _resolve(entry_points: Iterable[md.EntryPoint] | None) -> tuple[dict[str, md.EntryPoint], list[TaskFailure]]:
+    """Task entry points by name, and the plugins a name clash drops (as failures a listing shows).
+
+    A builtin keeps its name against any plugin, as builtin levers keep their heads: a
+    plugin cannot take ``--task pairs`` over. Two plugins declaring one name are both
+    dropped and named: which one ``--task`` meant cannot be told.
+    """
     eps = list(_installed(tuple(sys.path))) if entry_points is None else list(entry_points)
-    by_name: dict[str, md.EntryPoint] = {}
-    for ep in sorted(eps, key=lambda e: (e.name, _dist(e)[0])):
-        other = by_name.get(ep.name)
-        if other is not None and _dist(other)[0] != _dist(ep)[0]:
-            raise PluginError(
-                f"task name {ep.name!r} is declared by two distributions: "
-                f"{_dist(other)[0]} ({other.value}) and {_dist(ep)[0]} ({ep.value})"
-            )
-        by_name.setdefault(ep.name, ep)
-    if entry_points is None and not any(_dist(ep)[0] == _KERNEL_DIST for ep in by_name.values()):
+    if entry_points is None and not any(_is_builtin(ep) for ep in eps):
         # An esper-kernel installed before tasks were plugins has no esper.tasks entry points until
         # it is reinstalled; its own tasks are still its own, so they are found where they live.
-        for name, ep in _builtin_entry_points().items():
-            by_name.setdefault(name, ep)
-    return by_name
+        eps += _builtin_entry_points().values()
+    groups: dict[str, list[md.EntryPoint]] = {}
+    for ep in sorted(eps, key=lambda e: (e.name, _dist(e)[0])):
+        same = groups.setdefault(ep.name, [])
+        if all(_dist(o)[0] != _dist(ep)[0] for o in same):  # one distribution seen twice is one task
+            same.append(ep)
+    by_name: dict[str, md.EntryPoint] = {}
+    dropped: list[TaskFailure] = []
+    for name, group in groups.items():
+        builtin = [ep for ep in group if _is_builtin(ep)]
+        if len(group) == 1 or builtin:
+            by_name[name] = (builtin or group)[0]
+        dists = ", ".join(_dist(ep)[0] for ep in group)
+        for ep in group:
+            if ep is by_name.get(name):
+                continue
+            why = (
+                f"the builtin task {name!r} (esper-kernel) keeps the name; rename the plugin's entry point"
+                if builtin
+                else f"task name {name!r} is declared by {len(group)} distributions ({dists}); "
+                "uninstall one or rename its entry point"
+            )
+            dropped.append(TaskFailure(name, *_dist(ep), ep.value, why))
+    return by_name, dropped
 
 
 def _builtin_entry_points() -> dict[str, md.EntryPoint]:
@@ -270,10 +321,11 @@ def task_names(entry_points: Iterable[md.EntryPoint] | None = None) -> tuple[str
 
 def list_tasks(entry_points: Iterable[md.EntryPoint] | None = None) -> TaskListing:
     """Load every installed task, each on its own; a broken one is a :class:`TaskFailure`, never a crash."""
-    loaded = [_load(name, ep) for name, ep in _entry_points(entry_points).items()]
+    by_name, dropped = _resolve(entry_points)
+    loaded = [_load(name, ep) for name, ep in by_name.items()]
     return TaskListing(
         tuple(t for t in loaded if isinstance(t, TaskInfo)),
-        tuple(f for f in loaded if isinstance(f, TaskFailure)),
+        tuple(sorted([*(f for f in loaded if isinstance(f, TaskFailure)), *dropped], key=lambda f: f.name)),
     )
 
 
@@ -288,13 +340,16 @@ def find_task(
     distribution) when the task is unknown or fails to load, or, in strict mode,
     when any installed task plugin fails to load.
     """
-    eps = _entry_points(entry_points)
+    eps, dropped = _resolve(entry_points)
     if strict_mode(environ):
-        broken = list_tasks(eps.values()).failures
+        broken = list_tasks(entry_points).failures
         if broken:
             raise PluginError(f"{broken[0].describe()} ({ENV_STRICT}=1)")
     ep = eps.get(name)
     if ep is None:
+        clash = next((f for f in dropped if f.name == name), None)
+        if clash is not None:
+            raise PluginError(clash.describe())
         raise PluginError(f"unknown task {name!r}; installed tasks: {', '.join(sorted(eps)) or 'none'}")
     got = _load(name, ep)
     if isinstance(got, TaskFailure):
@@ -314,7 +369,10 @@ def build_data(info: TaskInfo, seed: int, data_dir: Path | None, sizes: Mapping[
     if t.requires_data_dir and data_dir is None:
         raise TaskError(f"task {t.name!r} reads local data: --data-dir is required")
     try:
-        return t.build(seed, data_dir, **sizes)
-    except ImportError as exc:
-        hint = f"; install it with pip install 'esper-kernel[{t.extra}]'" if t.extra else ""
-        raise TaskError(f"task {t.name!r} needs {exc.name or exc}{hint}") from exc
+        return info.call("build()", t.build, seed, data_dir, **sizes)
+    except PluginError as exc:
+        if isinstance(exc.__cause__, ImportError):
+            missing = exc.__cause__
+            hint = f"; install it with pip install 'esper-kernel[{t.extra}]'" if t.extra else ""
+            raise TaskError(f"task {t.name!r} needs {missing.name or missing}{hint}") from missing
+        raise

@@ -86,6 +86,30 @@ class TaskData:
             idx = order[start : start + batch_size]
             yield self.train_x[idx], self.train_y[idx]
 
+    def problem(self) -> str | None:
+        """What makes this data untrainable, in one line (None: nothing): checked on every task's data.
+
+        A plugin's labels outside ``[0, num_classes)`` would otherwise stop the run deep in
+        ``cross_entropy``, and NaN inputs would train a host to chance without a word.
+        """
+        if self.num_classes < 2:
+            return f"num_classes is {self.num_classes}; a task needs at least 2 classes"
+        for split, x, y in (("training", self.train_x, self.train_y), ("validation", self.val_x, self.val_y)):
+            if len(x) == 0:
+                return f"its {split} split is empty"
+            if len(x) != len(y):
+                return f"its {split} split has {len(x)} inputs but {len(y)} labels"
+            if y.dtype != torch.long:
+                return f"its {split} labels are {y.dtype}, not torch.int64 class indices"
+            if int(y.min()) < 0 or int(y.max()) >= self.num_classes:
+                return (
+                    f"its {split} labels run from {int(y.min())} to {int(y.max())}, "
+                    f"outside [0, {self.num_classes}) for num_classes {self.num_classes}"
+                )
+            if x.is_floating_point() and not bool(torch.isfinite(x).all()):
+                return f"its {split} inputs hold NaN or infinite values"
+        return None
+
     def val_batches(self, batch_size: int) -> Iterator[tuple[Tensor, Tensor]]:
         """Yield the validation set in its stored order, in batches of ``batch_size``."""
         check_batch_size(batch_size)

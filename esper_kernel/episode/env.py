@@ -42,7 +42,7 @@ _LAST_KEYS = ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy
 
 def cnn_host_config(config: EnvConfig, num_classes: int) -> CNNHostConfig:
     """The config of ``config``'s (image) task's starting host, with the user's width if given."""
-    host = find_task(config.task).task.host(HostShape(num_classes), config.slots, config.width)
+    host = find_task(config.task).host(HostShape(num_classes), config.slots, config.width)
     if not isinstance(host.config, CNNHostConfig):
         raise EsperError(f"task {config.task!r} has a {host.topology} host, not an image CNN")
     return host.config
@@ -64,6 +64,8 @@ def load_task(config: EnvConfig, seed: int) -> TaskData:
         raise EsperError(str(exc)) from exc
     if not isinstance(data, TaskData):
         raise PluginError(f"task {info.name!r} ({info.distribution}) built a {type(data).__name__}, not a TaskData")
+    if (problem := data.problem()) is not None:
+        raise PluginError(f"task {info.name!r} ({info.distribution}) built data that cannot be trained on: {problem}")
     return data
 
 
@@ -81,7 +83,7 @@ def task_on(task: TaskData, device: torch.device) -> TaskData:
 def make_host(config: EnvConfig, task: TaskData) -> Host:
     """The episode's host for ``config`` and ``task``: the task plugin's, at ``config.width`` if given."""
     info = find_task(config.task)
-    host = info.task.host(HostShape.of(task), config.slots, config.width)
+    host = info.host(HostShape.of(task), config.slots, config.width)
     if not isinstance(host, CNNHost | CNN1DHost | TransformerHost):
         raise PluginError(
             f"task {info.name!r} ({info.distribution}) built a {type(host).__name__} host, "

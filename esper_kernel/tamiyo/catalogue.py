@@ -372,7 +372,7 @@ def host_params(env: EnvConfig, shape: HostShape, width: int | None) -> int:
     """Parameters of ``env``'s task host at ``width`` (None: the task's own)."""
     from esper_kernel.data.taskplugins import find_task
 
-    host = find_task(env.task).task.host(shape, env.slots, width)
+    host = find_task(env.task).host(shape, env.slots, width)
     return sum(p.numel() for p in host.parameters())
 
 
