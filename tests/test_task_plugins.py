@@ -139,7 +139,6 @@ def test_a_task_name_that_is_not_its_entry_point_name_is_a_failure(task_dist: Ta
     assert "named 'other', not 'alias'" in failure.error
 
 
-
 def test_a_plugin_cannot_take_a_builtin_task_name(task_dist: TaskDists) -> None:
     task_dist("pairs", _GOOD.format(name="pairs"), "esper-task-usurper")
     # The builtin keeps the name and runs; the plugin is the one dropped, named, and listed.
