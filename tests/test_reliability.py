@@ -398,6 +398,37 @@ def test_bad_forced_head_in_eval_is_one_line_naming_it(tmp_path: Path, args: lis
     assert not out.exists()
 
 
+@pytest.mark.parametrize(
+    ("args", "names"),
+    [
+        (["--widths", "8,8"], ["--widths", "8 is given twice"]),
+        (["--widths", "0,8,16,32"], ["--widths", "0 is not a width", "between 1 and 1024"]),
+        (["--widths", "8,1024"], ["--widths 1024", "env.width=1024", "GiB to train", "1.0 GiB"]),
+    ],
+)
+def test_bad_frontier_widths_are_one_line_before_anything_runs(
+    tmp_path: Path, args: list[str], names: list[str]
+) -> None:
+    out = tmp_path / "frontier"
+    one_line_error(esper("frontier", "--seeds", "0", "--epochs", "1", "--out", str(out), *args), *names)
+    assert not out.exists()
+
+
+def test_eval_of_no_policy_says_so(tmp_path: Path) -> None:
+    out = tmp_path / "eval"
+    one_line_error(esper("eval", "--policies", "", "--seeds", "0", "--out", str(out)), "--policies", "no policy")
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("content", [b"\x00\x01\xff\xfe[env]", b"\xef\xbb\xbf\xff"])
+def test_a_config_that_is_not_text_is_one_line_naming_it(tmp_path: Path, content: bytes) -> None:
+    config = tmp_path / "model.bin"
+    config.write_bytes(content)
+    out = tmp_path / "out"
+    one_line_error(esper("run", "--quiet", "--config", str(config), "--out", str(out)), str(config), "not UTF-8")
+    assert not out.exists()
+
+
 def _group_members(pgid: int) -> list[str]:
     left = []
     for pid in filter(str.isdigit, os.listdir("/proc")):

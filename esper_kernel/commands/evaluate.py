@@ -233,6 +233,8 @@ def _levers_of(env: MorphoEnv) -> dict[str, Any]:
 def check_names(env: EnvConfig, policies: Sequence[PolicySpec], reference: str, levers: tuple[str, ...] | None) -> None:
     """The policies are distinct and valid, and the reference is among them (before anything is written)."""
     names = [p.name for p in policies]
+    if not names:
+        raise EsperError("--policies names no policy; give one or more, such as heuristic,wait")
     if len(set(names)) != len(names):
         raise EsperError(f"--policies names a policy twice: {', '.join(names)}")
     # The policies first: a bad force in one is what the user mistyped, not the reference it renamed.

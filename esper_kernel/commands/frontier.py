@@ -32,10 +32,12 @@ import attrs
 
 from esper_kernel.commands.evaluate import EpisodeResult, EvalJob, play_episode
 from esper_kernel.data.taskplugins import find_task
+from esper_kernel.episode.env import load_task, size_host
 from esper_kernel.infra.errors import EsperError
 from esper_kernel.infra.files import write_text_atomic
 from esper_kernel.infra.stats import mean_se, paired_difference
 from esper_kernel.infra.workers import iter_jobs
+from esper_kernel.settings.bounds import MAX_WIDTH
 from esper_kernel.settings.config import EnvConfig, converter
 from esper_kernel.tamiyo.catalogue import PolicySpec, parse_policy
 
@@ -104,6 +106,18 @@ def check_frontier(
     family = tuple(widths) if widths else task.widths
     if len(family) < 1:
         raise EsperError(f"task {env.task!r} declares no static-host widths; pass --widths A,B,C,D")
+    bad = [w for w in family if not 1 <= w <= MAX_WIDTH]
+    if bad:
+        raise EsperError(f"--widths: {bad[0]} is not a width; each must be between 1 and {MAX_WIDTH}")
+    twice = sorted({w for w in family if family.count(w) > 1})
+    if twice:
+        raise EsperError(f"--widths: {twice[0]} is given twice; each static host is played once")
+    data = load_task(env, 0)
+    for w in family:  # a static host the memory limit refuses is refused here, not after the others ran
+        try:
+            size_host(attrs.evolve(env, width=w), data)
+        except EsperError as exc:
+            raise EsperError(f"--widths {w}: {exc}") from exc
     specs = [parse_policy(p, flag="--policies") for p in growing]
     if any(s.static or s.policy == "wait" for s in specs):
         raise EsperError("--policies: name growing policies only; the static family and wait are played anyway")

@@ -76,6 +76,7 @@ def esper_eval(f: EvalFlags) -> None:
     specs = _policy_specs(f, config)
     seed_list = ev.parse_seeds(f.seeds)
     n_workers = f.workers or usable_cores()
+    ev.check_names(config.env, specs, f.reference, config.levers)  # before the header: a refusal is its one line
     console = stderr()
     console.print(
         f"esper eval: {len(specs)} policies x {len(seed_list)} seeds on {config.env.task} "
@@ -86,7 +87,6 @@ def esper_eval(f: EvalFlags) -> None:
         console.print(f"  {name} seed {r.seed}: acc {r.final_val_accuracy:.3f} params {r.params:,} ({r.wall_seconds}s)")
         _print_quarantines(console, name, r)
 
-    ev.check_names(config.env, specs, f.reference, config.levers)
     out = claim_out(f.out, "eval")
     doc = ev.evaluate(
         config.env,

@@ -451,6 +451,10 @@ def load_config_as(path: Path, cls: type[C]) -> C:
         raise ConfigError(f"config file {path} does not exist") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config file {path} is not UTF-8 text (byte {exc.start}): is it the right file?") from None
+    except IsADirectoryError:
+        raise ConfigError(f"config file {path} is a directory") from None
     return structure_as(data, cls, where=str(path))
 
 
