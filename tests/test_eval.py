@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -24,9 +26,11 @@ from esper_kernel.commands.evaluate import (
 )
 from esper_kernel.compose.discovery import Selection
 from esper_kernel.compose.stages import Op
+from esper_kernel.data.taskplugins import HostShape
 from esper_kernel.episode.env import EnvBatch, EnvConfig, MorphoEnv, build_registry, load_task
 from esper_kernel.infra.errors import EsperError
 from esper_kernel.infra.telemetry import null_log
+from esper_kernel.tamiyo.catalogue import host_params
 from esper_kernel.tamiyo.policies import ForcedPolicy, RandomPolicy
 
 TINY = EnvConfig(epochs=4, train_size=48, val_size=24, batch_size=16)
@@ -128,6 +132,32 @@ def test_static_control_widens_the_host_to_the_grown_parameter_count() -> None:
     static = doc["policies"][1]
     assert static["per_seed"][0]["params"] >= 5000
     assert static["per_seed"][0]["params"] == static["per_seed"][0]["mean_params"]  # it never grows
+
+
+def test_static_width_is_the_smallest_width_that_reaches_the_count() -> None:
+    config = EnvConfig()
+    shape = HostShape(10)
+    for params in (1, 600, 5000, 123_456):
+        width = static_width(config, 10, params)
+        assert host_params(config, shape, width) >= params
+        assert width == 1 or host_params(config, shape, width - 1) < params
+
+
+@pytest.mark.parametrize(
+    ("policy", "says"),
+    [("static:50000000", "at its widest (width 1024)"), ("static:3000000", "GiB to train")],
+)
+def test_a_static_host_too_big_to_train_is_refused_before_any_episode(tmp_path: Path, policy: str, says: str) -> None:
+    out = tmp_path / "eval"
+    result = subprocess.run(
+        [sys.executable, "-m", "esper_kernel.cli", "eval", "--policies", f"wait,{policy}", "--seeds", "0",
+         "--epochs", "1", "--workers", "1", "--out", str(out)],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith(f"esper: error: --policies '{policy}'") and says in line, line
+    assert not out.exists()
 
 
 def test_eval_document_schema_and_files(tmp_path: Path) -> None:

@@ -34,7 +34,15 @@ from esper_kernel.compose.names import CORE_HEADS
 from esper_kernel.compose.registry import Registry
 from esper_kernel.compose.stages import Op, Stage
 from esper_kernel.data.taskplugins import HostShape
-from esper_kernel.episode.env import EnvBatch, EnvConfig, MorphoEnv, build_registry, load_task, observation_names
+from esper_kernel.episode.env import (
+    EnvBatch,
+    EnvConfig,
+    MorphoEnv,
+    build_registry,
+    load_task,
+    observation_names,
+    size_host,
+)
 from esper_kernel.episode.loop import Observer, Step, play_batch
 from esper_kernel.grow.flops import epoch_flops
 from esper_kernel.infra.errors import EsperError
@@ -125,6 +133,15 @@ def check_policies(env: EnvConfig, specs: Sequence[PolicySpec], levers: tuple[st
     registry = build_registry(env, Selection.from_env(levers=levers))
     for spec in specs:
         check_spec(spec, registry, env)
+    sized = [s for s in specs if s.static and s.static_params is not None]
+    if sized:  # a static:N host over the memory limit is refused now, not after the other policies ran
+        data = load_task(env, 0)
+        for spec in sized:
+            assert spec.static_params is not None
+            try:
+                size_host(attrs.evolve(env, width=static_width(env, HostShape.of(data), spec.static_params)), data)
+            except EsperError as exc:
+                raise EsperError(f"--policies {spec.name!r}: {exc}") from exc
 
 
 @attrs.define

@@ -92,8 +92,7 @@ def measure_host(
     """
     import torch
 
-    with torch.device("meta"), _skip_in_place():
-        params = sum(p.numel() for p in host_factory().parameters())
+    params = count_params(host_factory)
     weights = train_memory(params, 0, batch_size, data_bytes, 0)
     if (max_params is not None and params > max_params) or (max_memory is not None and weights > max_memory):
         return HostSize(params, 0, weights)
@@ -118,6 +117,14 @@ def measure_host(
                 h.remove()
     # ``example`` is a batch of one, so ``acts`` is per example.
     return HostSize(params, acts, train_memory(params, acts, batch_size, data_bytes, val_size))
+
+
+def count_params(host_factory: Callable[[], Any]) -> int:
+    """The parameters of the host ``host_factory`` builds, counted on torch's meta device (nothing allocated)."""
+    import torch
+
+    with torch.device("meta"), _skip_in_place():
+        return sum(p.numel() for p in host_factory().parameters())
 
 
 def _skip_in_place() -> Any:

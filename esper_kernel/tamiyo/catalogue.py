@@ -28,7 +28,9 @@ import attrs
 from esper_kernel.compose.names import UNFORCEABLE_HEADS
 from esper_kernel.compose.registry import Registry
 from esper_kernel.data.taskplugins import HostShape
+from esper_kernel.grow.sizing import count_params
 from esper_kernel.infra.errors import EsperError
+from esper_kernel.settings.bounds import MAX_WIDTH
 from esper_kernel.settings.config import EnvConfig
 from esper_kernel.tamiyo.policies import (
     CarriesRunState,
@@ -362,18 +364,28 @@ def static_width(env: EnvConfig, shape: int | HostShape, params: float) -> int:
     3-channel image task). The host is the task plugin's own, at other widths.
     """
     hs = HostShape(shape) if isinstance(shape, int) else shape
-    width = 1
-    while host_params(env, hs, width) < params and width < 4096:
-        width += 1
-    return width
+    widest = host_params(env, hs, MAX_WIDTH)
+    if widest < params:
+        raise EsperError(
+            f"static:{params:.0f}: the host of task {env.task!r} has {widest:,} parameters at its widest "
+            f"(width {MAX_WIDTH}); ask for fewer"
+        )
+    lo, hi = 1, MAX_WIDTH  # parameters grow with width: the first width that reaches ``params``
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if host_params(env, hs, mid) < params:
+            lo = mid + 1
+        else:
+            hi = mid
+    return lo
 
 
 def host_params(env: EnvConfig, shape: HostShape, width: int | None) -> int:
-    """Parameters of ``env``'s task host at ``width`` (None: the task's own)."""
+    """Parameters of ``env``'s task host at ``width`` (None: the task's own), counted without allocating it."""
     from esper_kernel.data.taskplugins import find_task
 
-    host = find_task(env.task).host(shape, env.slots, width)
-    return sum(p.numel() for p in host.parameters())
+    info = find_task(env.task)
+    return count_params(lambda: info.host(shape, env.slots, width))
 
 
 def static_env(spec: PolicySpec, env: EnvConfig, num_classes: int | HostShape, flag: str = "--policy") -> EnvConfig:
@@ -385,7 +397,10 @@ def static_env(spec: PolicySpec, env: EnvConfig, num_classes: int | HostShape, f
             f"{flag} static: give the parameter count to widen the host to, static:N "
             "(a bare static matches a growing policy's size, which only esper eval has)"
         )
-    return attrs.evolve(env, width=static_width(env, num_classes, spec.static_params))
+    try:
+        return attrs.evolve(env, width=static_width(env, num_classes, spec.static_params))
+    except EsperError as exc:
+        raise EsperError(f"{flag} {spec.name!r}: {exc}") from exc
 
 
 def defaulted_heads(policy: Policy) -> dict[str, str]:
