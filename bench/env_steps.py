@@ -149,6 +149,11 @@ def run(settings: Settings) -> list[Row]:
             return ray_pool(cfg, reg, sel, 0, n, 2, fixtures.NullLog(), None)
 
     rates, bounds = _measure(_makers(cfg, reg, 2, ray), policy, steps, repeats)
+    if have_ray:
+        import ray as ray_module
+
+        # Its local instance (raylet, GCS, idle workers) would otherwise poll beside every later figure.
+        ray_module.shutdown()
     wide, wide_bounds = _measure(_makers(cfg, reg, 8, None), policy, wide_steps, repeats)
     rows = [
         Row(
