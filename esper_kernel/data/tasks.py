@@ -30,6 +30,7 @@ import torch
 from torch import Tensor
 
 from esper_kernel.data.taskplugins import TaskError as TaskError  # re-exported: it has always been found here
+from esper_kernel.infra.errors import PluginError
 
 __all__ = ["CIFAR10_MEAN", "CIFAR10_STD", "TaskData", "TaskError", "get_task"]
 
@@ -115,6 +116,15 @@ class TaskData:
         check_batch_size(batch_size)
         for start in range(0, self.n_val, batch_size):
             yield self.val_x[start : start + batch_size], self.val_y[start : start + batch_size]
+
+
+def check_built(data: object, who: str) -> TaskData:
+    """``data`` as a task's ``build()`` returned it: a :class:`TaskData` fit to train on, or one line naming ``who``."""
+    if not isinstance(data, TaskData):
+        raise PluginError(f"{who} built a {type(data).__name__}, not a TaskData")
+    if (problem := data.problem()) is not None:
+        raise PluginError(f"{who} built data that cannot be trained on: {problem}")
+    return data
 
 
 def check_batch_size(batch_size: int) -> None:

@@ -23,7 +23,7 @@ from esper_kernel.compose.registry import Registry
 from esper_kernel.compose.stages import Stage
 from esper_kernel.compose.watch import LeverWatch
 from esper_kernel.data.taskplugins import HostShape, build_data, find_task
-from esper_kernel.data.tasks import TaskData, TaskError
+from esper_kernel.data.tasks import TaskData, TaskError, check_built
 from esper_kernel.episode import divergence, observation
 from esper_kernel.grow.blueprints import blueprint_names, build_seed
 from esper_kernel.grow.hosts import CNN1DHost, CNNHost, CNNHostConfig, Host, TransformerHost
@@ -62,11 +62,7 @@ def load_task(config: EnvConfig, seed: int) -> TaskData:
     except TaskError as exc:
         # A missing --data-dir or a bad data file is the user's to fix: one line, not a traceback.
         raise EsperError(str(exc)) from exc
-    if not isinstance(data, TaskData):
-        raise PluginError(f"task {info.name!r} ({info.distribution}) built a {type(data).__name__}, not a TaskData")
-    if (problem := data.problem()) is not None:
-        raise PluginError(f"task {info.name!r} ({info.distribution}) built data that cannot be trained on: {problem}")
-    return data
+    return check_built(data, f"task {info.name!r} ({info.distribution})")
 
 
 def task_on(task: TaskData, device: torch.device) -> TaskData:

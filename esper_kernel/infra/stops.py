@@ -16,12 +16,13 @@ from types import FrameType
 
 from esper_kernel.infra.errors import Terminated
 
-__all__ = ["count_sigints", "raise_terminated", "stops", "user_stopped"]
+__all__ = ["count_sigints", "counting_sigint", "raise_terminated", "stops", "user_stopped"]
 
 _count = {"SIGINT": 0, "SIGTERM": 0}
 
 
-def _counting_sigint(signum: int, frame: FrameType | None) -> None:
+def counting_sigint(signum: int, frame: FrameType | None) -> None:
+    """The SIGINT handler: Python's own (KeyboardInterrupt where the process is), counted."""
     _count["SIGINT"] += 1
     signal.default_int_handler(signum, frame)
 
@@ -37,7 +38,7 @@ def count_sigints() -> None:
     if threading.current_thread() is threading.main_thread() and (
         signal.getsignal(signal.SIGINT) is signal.default_int_handler
     ):
-        signal.signal(signal.SIGINT, _counting_sigint)
+        signal.signal(signal.SIGINT, counting_sigint)
 
 
 def stops() -> int:
@@ -50,5 +51,5 @@ def user_stopped(exc: BaseException, before: int) -> bool:
     if isinstance(exc, Terminated):
         return stops() != before
     if isinstance(exc, KeyboardInterrupt):
-        return signal.getsignal(signal.SIGINT) is not _counting_sigint or stops() != before
+        return signal.getsignal(signal.SIGINT) is not counting_sigint or stops() != before
     return False
