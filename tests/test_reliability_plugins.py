@@ -6,6 +6,10 @@ and at run time (an empty op row, a hook that raises, a slow hook).
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -557,3 +561,42 @@ def test_a_hook_raising_a_stop_lookalike_is_named_and_quarantinable(
     events = read_events(tmp_path / "kept" / EVENTS)
     assert events[-1]["event"] == "run.finished"
     assert [e["lever"] for e in events if e["event"] == "lever.quarantined"] == ["odd"]
+
+
+def _sigint_ignored() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+@pytest.mark.parametrize("ignored", [False, True], ids=["sigint-default", "sigint-ignored"])
+def test_a_plugin_keyboard_interrupt_is_named_whatever_the_sigint_disposition(
+    lever_dist: LeverDists, tmp_path: Path, ignored: bool
+) -> None:
+    # A background job (`cmd &` in a script, nohup, some CI runners) starts with SIGINT ignored.
+    lever_dist("kb", "raise KeyboardInterrupt\n", dist="acme-kb")
+    env = {**os.environ, "PYTHONPATH": lever_dist.pythonpath}
+    env = {k: v for k, v in env.items() if not k.startswith("ESPER_")}
+    exe = [sys.executable, "-m", "esper_kernel.cli"]
+    kwargs: dict[str, Any] = {"env": env, "capture_output": True, "text": True, "timeout": 120, "check": False}
+    if ignored:
+        kwargs["preexec_fn"] = _sigint_ignored
+    listing = subprocess.run([*exe, "levers", "list", "--json"], **kwargs)
+    assert listing.returncode == 0, listing.stderr
+    assert [f["distribution"] for f in json.loads(listing.stdout)["failures"]] == ["acme-kb"]
+    run = subprocess.run(
+        [
+            *exe,
+            "run",
+            "--quiet",
+            "--epochs",
+            "1",
+            "--train-size",
+            "32",
+            "--val-size",
+            "16",
+            "--out",
+            str(tmp_path / "r"),
+        ],
+        **kwargs,
+    )
+    assert run.returncode == 0, run.stderr
+    assert "acme-kb" in run.stderr and "KeyboardInterrupt" in run.stderr

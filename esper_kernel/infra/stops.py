@@ -4,8 +4,9 @@ A plugin may ``raise KeyboardInterrupt`` (or ``Terminated``) itself, at import o
 hook; treated as the user's stop, it would end the command with no line naming the
 plugin. The signal handlers here count the signals that really arrived, so a catch
 site reads :func:`stops` before calling plugin code and asks :func:`user_stopped`
-afterwards. Where Esper's handler is not installed (a library caller with its own
-SIGINT handler), every KeyboardInterrupt is taken as the user's.
+afterwards. Where SIGINT is ignored (a background job), no KeyboardInterrupt can be
+the user's; where another handler than Esper's is installed (a library caller with its
+own), every KeyboardInterrupt is taken as the user's.
 """
 
 from __future__ import annotations
@@ -51,5 +52,8 @@ def user_stopped(exc: BaseException, before: int) -> bool:
     if isinstance(exc, Terminated):
         return stops() != before
     if isinstance(exc, KeyboardInterrupt):
-        return signal.getsignal(signal.SIGINT) is not counting_sigint or stops() != before
+        handler = signal.getsignal(signal.SIGINT)
+        if handler == signal.SIG_IGN:
+            return False  # SIGINT is ignored (a background job, nohup): no Ctrl-C can have raised this
+        return handler is not counting_sigint or stops() != before
     return False
