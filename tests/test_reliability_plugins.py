@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -563,22 +562,24 @@ def test_a_hook_raising_a_stop_lookalike_is_named_and_quarantinable(
     assert [e["lever"] for e in events if e["event"] == "lever.quarantined"] == ["odd"]
 
 
-def _sigint_ignored() -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+#: The CLI in a fresh interpreter whose SIGINT disposition is set first: Python's own, or ignored.
+_WITH_SIGINT = (
+    "import runpy, signal, sys\n"
+    "signal.signal(signal.SIGINT, signal.SIG_IGN if sys.argv.pop(1) == 'ignored' else signal.default_int_handler)\n"
+    "runpy.run_module('esper_kernel.cli', run_name='__main__')\n"
+)
 
 
-@pytest.mark.parametrize("ignored", [False, True], ids=["sigint-default", "sigint-ignored"])
+@pytest.mark.parametrize("disposition", ["default", "ignored"])
 def test_a_plugin_keyboard_interrupt_is_named_whatever_the_sigint_disposition(
-    lever_dist: LeverDists, tmp_path: Path, ignored: bool
+    lever_dist: LeverDists, tmp_path: Path, disposition: str
 ) -> None:
     # A background job (`cmd &` in a script, nohup, some CI runners) starts with SIGINT ignored.
     lever_dist("kb", "raise KeyboardInterrupt\n", dist="acme-kb")
     env = {**os.environ, "PYTHONPATH": lever_dist.pythonpath}
     env = {k: v for k, v in env.items() if not k.startswith("ESPER_")}
-    exe = [sys.executable, "-m", "esper_kernel.cli"]
+    exe = [sys.executable, "-c", _WITH_SIGINT, disposition]
     kwargs: dict[str, Any] = {"env": env, "capture_output": True, "text": True, "timeout": 120, "check": False}
-    if ignored:
-        kwargs["preexec_fn"] = _sigint_ignored
     listing = subprocess.run([*exe, "levers", "list", "--json"], **kwargs)
     assert listing.returncode == 0, listing.stderr
     assert [f["distribution"] for f in json.loads(listing.stdout)["failures"]] == ["acme-kb"]
