@@ -37,8 +37,8 @@ from esper_kernel.infra.errors import EsperError
 from esper_kernel.infra.files import write_text_atomic
 from esper_kernel.infra.stats import mean_se, paired_difference
 from esper_kernel.infra.workers import iter_jobs
-from esper_kernel.settings.bounds import MAX_WIDTH
 from esper_kernel.settings.config import EnvConfig, converter
+from esper_kernel.settings.declare import range_problems
 from esper_kernel.tamiyo.catalogue import PolicySpec, parse_policy
 
 __all__ = ["FRONTIER_SCHEMA", "frontier", "render_markdown", "write_outputs"]
@@ -106,9 +106,9 @@ def check_frontier(
     family = tuple(widths) if widths else task.widths
     if len(family) < 1:
         raise EsperError(f"task {env.task!r} declares no static-host widths; pass --widths A,B,C,D")
-    bad = [w for w in family if not 1 <= w <= MAX_WIDTH]
-    if bad:
-        raise EsperError(f"--widths: {bad[0]} is not a width; each must be between 1 and {MAX_WIDTH}")
+    for w in family:  # the range --width declares, read from its one declaration
+        if problems := range_problems(attrs.evolve(env, width=w)):
+            raise EsperError(f"--widths: {w} is not a width; {problems[0]}")
     twice = sorted({w for w in family if family.count(w) > 1})
     if twice:
         raise EsperError(f"--widths: {twice[0]} is given twice; each static host is played once")

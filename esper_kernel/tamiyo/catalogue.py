@@ -367,8 +367,8 @@ def static_width(env: EnvConfig, shape: int | HostShape, params: float) -> int:
     widest = host_params(env, hs, MAX_WIDTH)
     if widest < params:
         raise EsperError(
-            f"static:{params:.0f}: the host of task {env.task!r} has {widest:,} parameters at its widest "
-            f"(width {MAX_WIDTH}); ask for fewer"
+            f"the host of task {env.task!r} has {widest:,} parameters at its widest "
+            f"(width {MAX_WIDTH}), fewer than {params:,.0f}; ask for fewer"
         )
     lo, hi = 1, MAX_WIDTH  # parameters grow with width: the first width that reaches ``params``
     while lo < hi:
