@@ -13,6 +13,7 @@ from collections.abc import Callable, Sequence
 import torch
 
 from bench.timing import Row, Settings
+from esper_kernel.infra.memory import keep_freed_memory
 
 #: Figure key -> module with ``run(settings) -> list[Row]``, in the order they print.
 FIGURES: dict[str, str] = {
@@ -100,9 +101,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         p.error(f"unknown figure(s) {', '.join(unknown)}; known: {', '.join(FIGURES)}")
     if args.threads > 0:
         torch.set_num_threads(args.threads)
+    # As `esper` does for itself; both sides of every pair run in this one process, so both get it.
+    kept = keep_freed_memory()
     settings = Settings.make(args.quick, args.repeats)
     print(f"machine: {machine()}")
     print(f"load average at start: {_load()}")
+    print(f"allocator: {'freed memory kept (esper_kernel.infra.memory)' if kept else 'glibc defaults'}")
     print(f"mode: {'quick (smoke; not figures)' if settings.quick else 'full'}, {settings.repeats} repeats", flush=True)
     rows: list[Row] = []
     started = time.perf_counter()

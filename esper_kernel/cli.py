@@ -28,6 +28,7 @@ from rich.console import Console
 
 from esper_kernel.commands.session import runtime_options
 from esper_kernel.infra.errors import EsperError, PluginError, SelectionError, Terminated
+from esper_kernel.infra.memory import keep_freed_memory
 from esper_kernel.infra.stops import count_sigints
 from esper_kernel.report.levers import LEVERS_SCHEMA as LEVERS_SCHEMA
 from esper_kernel.report.levers import LeversReport, failure_record, failures_panel, levers_report, render
@@ -121,6 +122,7 @@ def _stdout() -> Console:
 def main() -> None:
     """Esper: grow neural networks while they train, steered by pluggable levers."""
     count_sigints()  # so a plugin's own KeyboardInterrupt is named, not taken for Ctrl-C
+    keep_freed_memory()  # an epoch frees and reallocates the same tensors; see infra/memory.py
 
 
 @main.group()

@@ -44,6 +44,7 @@ from multiprocessing.connection import Connection, wait
 from typing import Any, TypeVar
 
 from esper_kernel.infra.errors import EsperError
+from esper_kernel.infra.memory import keep_freed_memory
 from esper_kernel.infra.stops import count_sigints
 
 J = TypeVar("J")
@@ -167,6 +168,7 @@ def _init_worker(threads: int) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.default_int_handler)
     count_sigints()
+    keep_freed_memory()  # a spawned or forkserver child starts with glibc's defaults again
 
     os.environ[OMP_ENV] = str(threads)
     torch.set_num_threads(threads)
