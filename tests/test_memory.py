@@ -56,6 +56,7 @@ _AFTER_CLI = """
 #: The same loop inside each of two pool workers; the parent itself never fixes its allocator.
 _IN_WORKERS = """
     from esper_kernel.infra.workers import map_jobs
+    torch.set_num_threads(1)  # as every esper command does; with more, the pool is forked from a server instead
     def job(_):
         return faults()
     print(max(map_jobs(job, [0, 1], workers=2)))
