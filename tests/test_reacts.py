@@ -8,8 +8,17 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 
-from esper_kernel.report.reacts import Episode, chi2, episode, journal_episodes, markdown, reaction_tables
+from esper_kernel.report.reacts import (
+    Episode,
+    chi2,
+    episode,
+    events_episodes,
+    journal_episodes,
+    markdown,
+    reaction_tables,
+)
 
 EPOCHS = 12
 
@@ -151,3 +160,74 @@ def test_esper_report_on_an_eval_shows_the_tables(tmp_path: Path) -> None:
         t for t in reaction_tables(journal_episodes(out / "episodes.jsonl")["random"]) if t.title == "op by plateau"
     ]
     assert sum(sum(c) for _, c in op.rows) == 3 * 5
+
+
+@pytest.mark.parametrize("policy", ["random", "heuristic"])
+def test_states_read_back_from_a_run_are_the_ones_eval_records(tmp_path: Path, policy: str) -> None:
+    # esper run and esper eval play the same episode for one policy and seed; the states rebuilt from the
+    # run's events stream (what a training report reads) must be the ones eval recorded as it played.
+    from esper_kernel.cli import main
+    from esper_kernel.commands.evaluate import evaluate, parse_policy
+    from esper_kernel.episode.env import EnvConfig
+    from esper_kernel.infra.telemetry import read_events
+
+    toml = tmp_path / "tiny.toml"
+    toml.write_text("[env]\nepochs = 10\ntrain_size = 128\nval_size = 64\n", encoding="utf-8")
+    main(["run", "--config", str(toml), "--policy", policy, "--seed", "3", "--out", str(tmp_path / "run"),
+          "--quiet"], standalone_mode=False)  # fmt: skip
+    (ran,) = events_episodes(read_events(tmp_path / "run" / "events.jsonl"), slots=3, epochs=10)
+    env = EnvConfig(epochs=10, train_size=128, val_size=64)
+    evaluate(env, [parse_policy(policy)], (3,), reference=policy, journal=tmp_path / "episodes.jsonl")
+    (played,) = journal_episodes(tmp_path / "episodes.jsonl")[policy]
+    assert ran.decisions == played.decisions and ran.states == played.states
+    assert ran.task == "pairs"
+    # The stream held what the test is for: a plateau and a slot whose seed ended.
+    assert max(s["plateau"] for s in ran.states) >= 2 and any(f for s in ran.states for f in s["fates"])
+
+
+def test_an_episode_replayed_after_a_resume_starts_over_and_one_cut_short_is_left_out() -> None:
+    def epoch(ep: int, t: int, acc: float, op: str = "WAIT") -> list[dict[str, Any]]:
+        choices = {"op": op.lower(), "slot": "s1", "blueprint": "conv"}
+        relevant = {"op": True, "slot": op != "WAIT", "blueprint": op == "GERMINATE"}
+        return [{"event": "decision", "episode": ep, "epoch": t, "op": op, "choices": choices, "relevant": relevant},
+                {"event": "epoch.completed", "episode": ep, "epoch": t, "val_accuracy": acc}]  # fmt: skip
+
+    cull = {"event": "seed.stage_changed", "episode": 0, "epoch": 1, "slot": 1, "old": "TRAINING", "new": "CULLED"}
+    events = [
+        {"event": "run.started", "config": {"env": {"task": "shapes"}}},
+        *epoch(0, 0, 0.9),  # killed here: the resumed run plays episode 0 again from epoch 0
+        *epoch(0, 0, 0.5, "GERMINATE"), *epoch(0, 1, 0.5, "CULL"), cull, *epoch(0, 2, 0.5),
+        *epoch(1, 0, 0.2), *epoch(1, 1, 0.3),  # cut short: two of three epochs
+    ]  # fmt: skip
+    (ep,) = events_episodes(events, slots=3, epochs=3)
+    assert ep.seed == 0 and ep.task == "shapes"
+    assert [d["op"] for d in ep.decisions] == ["germinate", "cull", "wait"]
+    assert ep.decisions[0] == {"epoch": 0, "op": "germinate", "slot": 1, "blueprint": "conv"}
+    assert [s["plateau"] for s in ep.states] == [0, 0, 1]
+    assert [s["fates"] for s in ep.states] == [[None, None, None], [None, None, None], [None, "culled", None]]
+
+
+def test_esper_report_on_a_training_run_shows_the_tables_of_its_last_third(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from esper_kernel.cli import main
+
+    out = tmp_path / "train"
+    args = ["train", "--episodes", "6", "--envs", "2", "--group-size", "2", "--epochs", "5", "--train-size", "64",
+            "--val-size", "32", "--out", str(out)]  # fmt: skip
+    assert CliRunner().invoke(main, args).exit_code == 0
+    result = CliRunner().invoke(main, ["report", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "reacts" in result.output
+    page = (out / "report.html").read_text(encoding="utf-8")
+    assert "What drives its choices" in page and "last third of training" in page
+    text = (out / "emergence.md").read_text(encoding="utf-8")
+    assert "# Choices conditioned on state" in text and "## training, last third\n\n2 episodes on `pairs`" in text
+    # Training's episodes 4 and 5, every epoch of each counted once in the op tables.
+    from esper_kernel.report.outcomes import TrainData, load
+
+    data = load(out)
+    assert isinstance(data, TrainData)
+    assert [e.seed for e in data.episodes] == [4, 5] and all(len(e.states) == 5 for e in data.episodes)
+    (op,) = [t for t in reaction_tables(data.episodes) if t.title == "op by plateau"]
+    assert sum(sum(c) for _, c in op.rows) == 2 * 5

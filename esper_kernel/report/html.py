@@ -18,8 +18,8 @@ from esper_kernel.report.console import final_stage
 from esper_kernel.report.emergence import HEADER, Pick, choice_tests, markdown, rows
 from esper_kernel.report.events import RunData
 from esper_kernel.report.outcomes import EvalData, TrainData, load
+from esper_kernel.report.reacts import Episode, reaction_tables
 from esper_kernel.report.reacts import markdown as react_markdown
-from esper_kernel.report.reacts import reaction_tables
 
 REPORT = "report.html"
 
@@ -232,6 +232,11 @@ def train_sections(train: TrainData, w: _Writer) -> list[Section]:
             w.image(plots.emerged_figure(train), "emerged", "lever choices per blueprint and slot, early vs late"),
         ),
         Section("tested", "Preferences, tested", _emergence_html(train.picks, "early and late in training")),
+        *(
+            [Section("reacts", "What drives its choices", _reacts_html(late, _task(train), _REACTS_TRAIN))]
+            if (late := _policy_episodes(train))
+            else []
+        ),
         Section(
             "config",
             "Configuration and levers",
@@ -282,7 +287,11 @@ def eval_sections(ev: EvalData, w: _Writer) -> list[Section]:
             if ev.picks
             else []
         ),
-        *([Section("reacts", "What drives its choices", _reacts_html(ev))] if ev.episodes else []),
+        *(
+            [Section("reacts", "What drives its choices", _reacts_html(ev.episodes, ev.task, _REACTS))]
+            if ev.episodes
+            else []
+        ),
     ]
 
 
@@ -297,10 +306,18 @@ _REACTS = (
 )
 
 
-def _reacts_html(ev: EvalData) -> str:
-    parts = [f"<p>{_REACTS}</p>"]
-    for name, eps in ev.episodes.items():
-        parts.append(f"<h3>{html.escape(name)} ({len(eps)} episodes on {html.escape(ev.task)})</h3>")
+_REACTS_TRAIN = (
+    "The last third of training's episodes, sampled as the policy trained. "
+    + _REACTS.split(". ", 1)[1]
+    + " The policy still changes within this third, and a drift shows as a dependence too; "
+    "the test of a finished policy is <code>esper eval</code> on held-out seeds, beside <i>recipe:P</i>."
+)
+
+
+def _reacts_html(episodes: Mapping[str, Sequence[Episode]], task: str, intro: str) -> str:
+    parts = [f"<p>{intro}</p>"]
+    for name, eps in episodes.items():
+        parts.append(f"<h3>{html.escape(name)} ({len(eps)} episodes on {html.escape(task)})</h3>")
         for t in reaction_tables(eps):
             test = f"p = {t.p_value:.4f}" if t.p_value is not None else (t.note or "nothing to test")
             parts.append(f"<p><b>{html.escape(t.title)}</b> ({html.escape(test)})</p>")
@@ -360,6 +377,22 @@ def render_html(title: str, sections: Sequence[Section]) -> str:
 
 
 EMERGENCE_MD = "emergence.md"
+#: The name a training run's reacts tables go under.
+TRAINING_LATE = "training, last third"
+
+
+def _task(data: RunData | TrainData | EvalData) -> str:
+    if isinstance(data, EvalData):
+        return data.task
+    return str((data.env_config if isinstance(data, TrainData) else data.config.get("env") or {}).get("task") or "")
+
+
+def _policy_episodes(data: RunData | TrainData | EvalData) -> Mapping[str, Sequence[Episode]]:
+    if isinstance(data, EvalData):
+        return data.episodes
+    if isinstance(data, TrainData) and any(d["op"] != "wait" for e in data.episodes for d in e.decisions):
+        return {TRAINING_LATE: data.episodes}
+    return {}
 
 
 def _write_emergence(data: RunData | TrainData | EvalData, out: Path) -> None:
@@ -369,8 +402,9 @@ def _write_emergence(data: RunData | TrainData | EvalData, out: Path) -> None:
     )
     parts = [f"## {name}\n\n{markdown(choice_tests(picks))}" for name, picks in groups.items() if picks]
     text = "# Lever choices against uniform-over-legal\n\n" + "\n".join(parts) if parts else ""
-    if isinstance(data, EvalData) and data.episodes:
-        reacts = [react_markdown(n, reaction_tables(eps), data.task) for n, eps in data.episodes.items()]
+    episodes = _policy_episodes(data)
+    if episodes:
+        reacts = [react_markdown(n, reaction_tables(eps), _task(data)) for n, eps in episodes.items()]
         text += ("\n" if text else "") + "# Choices conditioned on state\n\n" + "\n".join(reacts)
     if text:
         (out / EMERGENCE_MD).write_text(text, encoding="utf-8")

@@ -33,7 +33,7 @@ from esper_kernel.report.events import (
     run_data,
     stage_changes,
 )
-from esper_kernel.report.reacts import Episode, journal_episodes
+from esper_kernel.report.reacts import Episode, events_episodes, journal_episodes
 
 
 @attrs.frozen
@@ -67,6 +67,8 @@ class TrainData:
     summary: Mapping[str, Any] | None
     #: GERMINATE decisions with their legal choices, early and late in training (the emergence tests).
     picks: tuple[Pick, ...] = ()
+    #: The last third of training's complete episodes, with the state before every decision (the reacts tables).
+    episodes: tuple[Episode, ...] = ()
 
     def max_entropy(self, head: str) -> float | None:
         """A head's entropy when it chooses uniformly: ``log(number of choices)``."""
@@ -148,7 +150,18 @@ def train_data(path: Path, events: Sequence[Mapping[str, Any]], summary: Mapping
         germinations=germinations,
         summary=summary,
         picks=tuple(train_picks(events)),
+        episodes=_late_third(events, env_config),
     )
+
+
+def _late_third(events: Sequence[Mapping[str, Any]], env_config: Mapping[str, Any]) -> tuple[Episode, ...]:
+    # The last third only: the policy changes as it trains, and episodes permuted across that drift would pair
+    # one policy's choices with another's states, which reads as a reaction that no single policy has.
+    slots, epochs = int(env_config.get("slots") or 0), int(env_config.get("epochs") or 0)
+    if not slots or not epochs:
+        return ()
+    eps = events_episodes(events, slots, epochs)
+    return tuple(eps[len(eps) - len(eps) // 3 :]) if len(eps) >= 3 else ()
 
 
 # -- an evaluation ----------------------------------------------------------------

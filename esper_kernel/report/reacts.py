@@ -86,6 +86,66 @@ def journal_episodes(journal: Path) -> dict[str, list[Episode]]:
     return {name: sorted(eps, key=lambda e: e.seed) for name, eps in out.items() if _decides(eps)}
 
 
+#: A seed's end, as ``seed.stage_changed`` records it, and the fate ``esper eval`` records for its slot.
+_ENDS = {"FOSSILIZED": "fossilized", "CULLED": "culled"}
+
+
+@attrs.define
+class _Replay:
+    """One episode read back from an events stream, as it stood before each decision."""
+
+    decisions: list[dict[str, Any]] = attrs.Factory(list)
+    states: list[dict[str, Any]] = attrs.Factory(list)
+    fates: list[str | None] = attrs.Factory(list)
+    best: float = 0.0
+    plateau: int = 0
+
+
+def events_episodes(events: Sequence[Mapping[str, Any]], slots: int, epochs: int) -> list[Episode]:
+    """The episodes of an ``esper run`` or ``esper train`` events stream, each with its state before every decision.
+
+    The state is what ``esper eval`` records (``commands/evaluate.py``): the
+    plateau counter the env keeps (epochs since a new best validation
+    accuracy, by more than 1e-4) and each slot's last ended seed. It is read
+    from the stream: a ``decision`` line is written before its epoch trains,
+    so every line before it is its past. An episode replayed after a resume
+    (its epoch-0 decision seen again) starts over; one cut short is left out.
+    """
+    eps: dict[int, _Replay] = {}
+    task = ""
+    for e in events:
+        kind = e.get("event")
+        if kind == "run.started":
+            task = str(((e.get("config") or {}).get("env") or e.get("env_config") or {}).get("task") or task)
+            continue
+        n = e.get("episode")
+        i = int(n) if isinstance(n, int) else 0
+        if kind == "decision":
+            t = int(e.get("epoch") or 0)
+            if t == 0 or i not in eps:
+                eps[i] = _Replay(fates=[None] * slots)
+            r = eps[i]
+            r.states.append({"plateau": r.plateau, "fates": list(r.fates)})
+            choices, relevant = e.get("choices") or {}, e.get("relevant") or {}
+            op = str(e.get("op", "wait")).lower()
+            if op != "wait":
+                chosen = {h: c for h, c in choices.items() if relevant.get(h) and h not in ("op", "slot")}
+                slot = {"slot": int(str(choices["slot"]).removeprefix("s"))} if "slot" in choices else {}
+                r.decisions.append({"epoch": t, "op": op, **slot, **chosen})
+        elif i in eps and kind == "epoch.completed":
+            r = eps[i]
+            acc = float(e.get("val_accuracy") or 0.0)
+            if acc > r.best + 1e-4:
+                r.best, r.plateau = acc, 0
+            else:
+                r.plateau += 1
+        elif i in eps and kind == "seed.stage_changed" and e.get("new") in _ENDS:
+            slot_i = int(e.get("slot") or 0)
+            if 0 <= slot_i < slots:
+                eps[i].fates[slot_i] = _ENDS[str(e["new"])]
+    return [episode(i, r.decisions, r.states, task) for i, r in sorted(eps.items()) if len(r.states) == epochs]
+
+
 def _decides(eps: Sequence[Episode]) -> bool:
     return any(d["op"] != "wait" for e in eps for d in e.decisions)
 
@@ -251,6 +311,7 @@ __all__ = [
     "ReactTable",
     "chi2",
     "episode",
+    "events_episodes",
     "journal_episodes",
     "markdown",
     "permutation_p",
