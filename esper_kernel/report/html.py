@@ -390,7 +390,7 @@ def _task(data: RunData | TrainData | EvalData) -> str:
 def _policy_episodes(data: RunData | TrainData | EvalData) -> Mapping[str, Sequence[Episode]]:
     if isinstance(data, EvalData):
         return data.episodes
-    if isinstance(data, TrainData) and any(d["op"] != "wait" for e in data.episodes for d in e.decisions):
+    if isinstance(data, TrainData) and data.episodes:
         return {TRAINING_LATE: data.episodes}
     return {}
 

@@ -33,7 +33,7 @@ from esper_kernel.report.events import (
     run_data,
     stage_changes,
 )
-from esper_kernel.report.reacts import Episode, events_episodes, journal_episodes
+from esper_kernel.report.reacts import Episode, decides, events_episodes, journal_episodes
 
 
 @attrs.frozen
@@ -67,7 +67,8 @@ class TrainData:
     summary: Mapping[str, Any] | None
     #: GERMINATE decisions with their legal choices, early and late in training (the emergence tests).
     picks: tuple[Pick, ...] = ()
-    #: The last third of training's complete episodes, with the state before every decision (the reacts tables).
+    #: The last third of training's complete episodes, with the state before every decision (the reacts tables);
+    #: empty where none of them decided anything.
     episodes: tuple[Episode, ...] = ()
 
     def max_entropy(self, head: str) -> float | None:
@@ -161,7 +162,8 @@ def _late_third(events: Sequence[Mapping[str, Any]], env_config: Mapping[str, An
     if not slots or not epochs:
         return ()
     eps = events_episodes(events, slots, epochs)
-    return tuple(eps[len(eps) - len(eps) // 3 :]) if len(eps) >= 3 else ()
+    late = eps[len(eps) - len(eps) // 3 :]
+    return tuple(late) if late and decides(late) else ()
 
 
 # -- an evaluation ----------------------------------------------------------------

@@ -83,7 +83,7 @@ def journal_episodes(journal: Path) -> dict[str, list[Episode]]:
         if row.get("policy") and result.get("states") and row.get("width") is None:
             ep = episode(int(result["seed"]), result.get("decisions") or (), result["states"], task)
             out.setdefault(str(row["policy"]), []).append(ep)
-    return {name: sorted(eps, key=lambda e: e.seed) for name, eps in out.items() if _decides(eps)}
+    return {name: sorted(eps, key=lambda e: e.seed) for name, eps in out.items() if decides(eps)}
 
 
 #: A seed's end, as ``seed.stage_changed`` records it, and the fate ``esper eval`` records for its slot.
@@ -146,7 +146,8 @@ def events_episodes(events: Sequence[Mapping[str, Any]], slots: int, epochs: int
     return [episode(i, r.decisions, r.states, task) for i, r in sorted(eps.items()) if len(r.states) == epochs]
 
 
-def _decides(eps: Sequence[Episode]) -> bool:
+def decides(eps: Sequence[Episode]) -> bool:
+    """Whether any of ``eps`` made a decision other than WAIT (one that never did has no table)."""
     return any(d["op"] != "wait" for e in eps for d in e.decisions)
 
 
@@ -310,6 +311,7 @@ __all__ = [
     "Episode",
     "ReactTable",
     "chi2",
+    "decides",
     "episode",
     "events_episodes",
     "journal_episodes",
