@@ -55,13 +55,14 @@ from esper_kernel.tamiyo.catalogue import (
     build_policy,
     check_forced,
     check_spec,
+    defaulted_heads,
+    describe_fit,
     kind_of,
+    learned_of,
     parse_force,
     parse_policy,
-    spec_defaults,
     static_width,
 )
-from esper_kernel.tamiyo.fit import describe_defaults
 from esper_kernel.tamiyo.policies import fallbacks
 from esper_kernel.tamiyo.schedule import schedule_of
 
@@ -283,10 +284,11 @@ def evaluate(
     its episode instead of stopping; each quarantine is in the document.
     """
     check_names(env, policies, reference, levers)
-    held = _policy_defaults(env, policies, levers, seeds[0])
-    for name, heads in held.items():
-        if heads and on_note is not None:
-            on_note(f"{name}: {describe_defaults(list(heads.items()))}")
+    held, notes = _policy_defaults(env, policies, levers, seeds[0])
+    for name, lines in notes.items():
+        for line in lines:
+            if on_note is not None:
+                on_note(f"{name}: {line}")
     started = time.perf_counter()
     data = converter.unstructure(env)
     book = _journal(journal, data, levers, on_lever_error)
@@ -317,12 +319,17 @@ def evaluate(
 
 def _policy_defaults(
     env: EnvConfig, policies: Sequence[PolicySpec], levers: tuple[str, ...] | None, seed: int
-) -> dict[str, dict[str, str]]:
-    """Each learned policy's heads new to it, held at their defaults (asked once, not per episode)."""
+) -> tuple[dict[str, dict[str, str]], dict[str, list[str]]]:
+    """Each learned policy's heads new to it, held at their defaults, and the lines that say how it fits
+    (asked once, not per episode)."""
     registry = build_registry(env, Selection.from_env(levers=levers))
     ctx = BuildContext(registry, len(observation_names(registry, env.slots)), seed, env)
-    found = {p.name: spec_defaults(p, ctx) for p in policies}
-    return {name: heads for name, heads in found.items() if heads is not None}
+    found = {p.name: learned_of(p, ctx) for p in policies}
+    learned = {name: policy for name, policy in found.items() if policy is not None}
+    return (
+        {name: defaulted_heads(policy) for name, policy in learned.items()},
+        {name: describe_fit(policy) for name, policy in learned.items()},
+    )
 
 
 def _journal(path: Path | None, data: dict[str, Any], levers: tuple[str, ...] | None, on_error: str) -> Journal:

@@ -44,12 +44,12 @@ from esper_kernel.tamiyo.catalogue import (
     BuildContext,
     build_policy,
     defaulted_heads,
+    describe_fit,
     load_run_state,
     parse_policy,
     run_state,
     static_env,
 )
-from esper_kernel.tamiyo.fit import describe_defaults
 from esper_kernel.tamiyo.policies import Policy, fallbacks
 from esper_kernel.tamiyo.ppo import PolicyLoadError
 
@@ -249,9 +249,8 @@ def _log_start(setup: _Setup, tel: Telemetry, superseded: int, tell: _Reporting)
         policy_defaults=defaulted_heads(setup.policy),
     )
     tell.warn(setup.size.describe())
-    held = defaulted_heads(setup.policy)
-    if held:
-        tell.warn(f"--policy {setup.config.policy}: {describe_defaults(list(held.items()))}")
+    for line in describe_fit(setup.policy):
+        tell.warn(f"--policy {setup.config.policy}: {line}")
     if registry.failures and tell.on_failures is not None:
         tell.on_failures(registry.failures)
     else:

@@ -41,10 +41,23 @@ class MorphoEnv(Protocol):
     def param_count(self) -> int: ...
 
 
-__all__ = ["EPISODE", "HISTORY", "SLOT", "Feature", "episode_values", "names", "slot_values"]
+__all__ = [
+    "BLUEPRINT_ENTRY",
+    "EPISODE",
+    "HISTORY",
+    "SLOT",
+    "Feature",
+    "blueprint_of_entry",
+    "episode_values",
+    "names",
+    "slot_values",
+]
 
 #: Validation accuracies of the last epochs the observation carries.
 HISTORY = 3
+
+#: A slot's one-hot entry of its seed's blueprint: ``s0.blueprint_dilated``.
+BLUEPRINT_ENTRY = "blueprint_"
 
 
 @attrs.frozen
@@ -121,8 +134,16 @@ SLOT: tuple[Feature, ...] = (
         "epochs_in_stage_frac",
         lambda e, _s, seed: (seed.epochs_in_stage(e.epoch) / e.config.epochs) if seed is not None else 0.0,
     ),
-    Feature(lambda bp: [f"blueprint_{b}" for b in bp], _blueprint),
+    Feature(lambda bp: [f"{BLUEPRINT_ENTRY}{b}" for b in bp], _blueprint),
 )
+
+
+def blueprint_of_entry(name: str) -> str | None:
+    """The blueprint a slot's one-hot entry (``s0.blueprint_dilated``) stands for; None for any other entry."""
+    slot, dot, rest = name.partition(".")
+    if not dot or not slot[1:].isdigit() or not rest.startswith(BLUEPRINT_ENTRY) or "." in rest:
+        return None
+    return rest.removeprefix(BLUEPRINT_ENTRY)
 
 
 def names(blueprints: Sequence[str], n_slots: int, observed: Sequence[str]) -> tuple[str, ...]:

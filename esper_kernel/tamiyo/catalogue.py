@@ -6,8 +6,8 @@ all read a spec through :func:`parse_policy` and build it with
 
 * a kind from :data:`KINDS` (``heuristic``, ``random``, ``wait``, ``pretrained``,
   ``schedule:FILE``, ...) or a policy file written by ``esper train``;
-* ``greedy:`` before a learned policy (a file or ``pretrained``): each head's
-  most probable legal choice instead of a draw;
+* ``greedy:`` before a learned policy (a file, ``pretrained`` or ``transfer:``):
+  each head's most probable legal choice instead of a draw;
 * ``+HEAD=CHOICE`` after it, any number of times: that lever head forced
   (the nearest legal choice where it is illegal, counted as a fallback);
 * ``static`` or ``static:N``: the starting host widened (to a growing
@@ -22,6 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import attrs
 
@@ -43,6 +44,9 @@ from esper_kernel.tamiyo.policies import (
     run_state,
 )
 
+if TYPE_CHECKING:
+    from esper_kernel.tamiyo.ppo import PPOPolicy
+
 __all__ = [
     "KINDS",
     "BuildContext",
@@ -53,13 +57,15 @@ __all__ = [
     "check_forced",
     "check_spec",
     "defaulted_heads",
+    "describe_fit",
+    "learned_of",
     "learned_policy_file",
     "load_run_state",
     "parse_force",
     "parse_policy",
     "register",
     "run_state",
-    "spec_defaults",
+    "unseen_choices",
 ]
 
 
@@ -126,30 +132,48 @@ def register(kind: PolicyKind) -> PolicyKind:
     return kind
 
 
-def _build_learned(arg: str, spec: PolicySpec, ctx: BuildContext) -> Policy:
-    from esper_kernel.episode.env import observation_names
-    from esper_kernel.tamiyo.ppo import load_policy, pretrained_path, trained_on
+TRANSFER = "transfer"
 
-    path = pretrained_path(ctx.env.task) if arg == "pretrained" else Path(arg)
-    names = observation_names(ctx.registry, ctx.env.slots)
+
+def _policy_path(arg: str, task: str, transfer: bool) -> Path:
+    """``pretrained`` (this task's shipped policy), with ``transfer:`` a task name (that task's), or a file."""
+    from esper_kernel.tamiyo.ppo import PRETRAINED, pretrained_path
+
+    if arg == "pretrained":
+        return pretrained_path(task)  # its error names --policy pretrained
+    if transfer and arg in PRETRAINED and not Path(arg).exists():
+        return pretrained_path(arg)
+    return Path(arg)
+
+
+def _load_learned(arg: str, registry: Registry, env: EnvConfig, obs_dim: int | None, transfer: bool) -> PPOPolicy:
+    from esper_kernel.episode.env import observation_names
+    from esper_kernel.tamiyo.ppo import load_policy, trained_on
+
+    names = observation_names(registry, env.slots)
     # Levers the policy never saw take their defaults (tamiyo/fit.py); the commands say so once.
-    obs_names = names if len(names) == ctx.obs_dim else None
-    policy = load_policy(path, ctx.registry, ctx.obs_dim, obs_names, trained_on=trained_on(ctx.env))
+    obs_names = names if obs_dim is None or len(names) == obs_dim else None
+    path = _policy_path(arg, env.task, transfer)
+    return load_policy(
+        path, registry, len(names) if obs_dim is None else obs_dim, obs_names, trained_on=trained_on(env),
+        transfer=transfer,
+    )  # fmt: skip
+
+
+def _build_learned(arg: str, spec: PolicySpec, ctx: BuildContext, transfer: bool = False) -> Policy:
+    policy = _load_learned(arg, ctx.registry, ctx.env, ctx.obs_dim, transfer)
     policy.greedy = spec.greedy
     # Sampling noise comes from the episode seed: seeds differ, and a rerun of a seed is identical.
     policy.reseed(ctx.seed)
     return policy
 
 
-def _check_learned(arg: str, where: str, registry: Registry, env: EnvConfig) -> None:
+def _check_learned(arg: str, where: str, registry: Registry, env: EnvConfig, transfer: bool = False) -> None:
     """The policy file loads under these levers, task and slot count (a one-line error naming what does not)."""
-    from esper_kernel.episode.env import observation_names
-    from esper_kernel.tamiyo.ppo import PolicyLoadError, load_policy, pretrained_path, trained_on
+    from esper_kernel.tamiyo.ppo import PolicyLoadError
 
-    names = observation_names(registry, env.slots)
-    path = pretrained_path(env.task) if arg == "pretrained" else Path(arg)  # its error names --policy pretrained
     try:
-        load_policy(path, registry, len(names), names, trained_on=trained_on(env))
+        _load_learned(arg, registry, env, None, transfer)
     except PolicyLoadError as exc:
         raise PolicyLoadError(f"{where}: {exc}") from None
 
@@ -197,6 +221,29 @@ register(
     PolicyKind("pretrained", "the policy shipped for the task", _build_learned, learned=True, check=_check_learned)
 )
 register(PolicyKind(FILE, "a policy file written by esper train", _build_learned, learned=True, check=_check_file))
+
+
+def _check_transfer(arg: str, where: str, registry: Registry, env: EnvConfig) -> None:
+    if not arg:
+        raise EsperError(f"{where}: name a policy file, or a task whose shipped policy to play, after transfer:")
+    if not _policy_path(arg, env.task, True).exists():
+        from esper_kernel.tamiyo.ppo import PRETRAINED
+
+        shipped = ", ".join(PRETRAINED)
+        raise EsperError(f"{where}: {arg!r} is neither a policy file nor a task with a shipped policy ({shipped})")
+    _check_learned(arg, where, registry, env, transfer=True)
+
+
+register(
+    PolicyKind(
+        TRANSFER,
+        "a policy file, or the policy shipped for another task, played on this task (blueprints matched by name)",
+        lambda arg, spec, ctx: _build_learned(arg, spec, ctx, transfer=True),
+        takes_argument=True,
+        learned=True,
+        check=_check_transfer,
+    )
+)
 
 
 def _schedule(arg: str, spec: PolicySpec, ctx: BuildContext) -> Policy:
@@ -410,17 +457,33 @@ def defaulted_heads(policy: Policy) -> dict[str, str]:
     return dict(held) if isinstance(held, dict) else {}
 
 
-def spec_defaults(spec: PolicySpec, ctx: BuildContext) -> dict[str, str] | None:
-    """:func:`defaulted_heads` of the learned policy ``spec`` plays (``recipe:P``'s ``P``), built once to ask;
-    None for a spec that plays no learned policy."""
+def unseen_choices(policy: Policy) -> dict[str, tuple[str, ...]]:
+    """Per head, the choices a learned policy never saw and so never draws (a task of another topology's
+    blueprints, with ``transfer:``); empty for any other policy."""
+    inner = policy.base if isinstance(policy, ForcedPolicy) else policy
+    unseen = getattr(inner, "unseen", None)
+    return dict(unseen) if isinstance(unseen, dict) else {}
+
+
+def describe_fit(policy: Policy) -> list[str]:
+    """The lines a person is told once about how a learned policy fits this run (empty: as trained)."""
+    from esper_kernel.tamiyo.fit import describe_defaults, describe_unseen
+
+    held, unseen = defaulted_heads(policy), unseen_choices(policy)
+    return ([describe_defaults(list(held.items()))] if held else []) + ([describe_unseen(unseen)] if unseen else [])
+
+
+def learned_of(spec: PolicySpec, ctx: BuildContext) -> Policy | None:
+    """The learned policy ``spec`` plays (``recipe:P``'s ``P``), built to ask how it fits; None for a spec
+    that plays no learned policy."""
     if spec.static:
         return None
     kind, arg = kind_of(spec.policy)
     if kind.name == "recipe":
-        return spec_defaults(parse_policy(arg), ctx)
+        return learned_of(parse_policy(arg), ctx)
     if not kind.learned:
         return None
-    return defaulted_heads(build_policy(attrs.evolve(spec, forced=()), ctx))
+    return build_policy(attrs.evolve(spec, forced=()), ctx)
 
 
 def learned_policy_file(text: str, task: str) -> Path | None:
@@ -431,9 +494,7 @@ def learned_policy_file(text: str, task: str) -> Path | None:
     kind, arg = kind_of(spec.policy)
     if not kind.learned:
         return None
-    from esper_kernel.tamiyo.ppo import pretrained_path
-
-    return pretrained_path(task) if arg == "pretrained" else Path(arg)
+    return _policy_path(arg, task, kind.name == TRANSFER)
 
 
 def expand(text: str) -> list[str]:

@@ -7,8 +7,16 @@ to it is held at the lever's declared default (the nearest legal choice where
 a mask rules the default out), so it is never drawn. A lever's default is
 what the kernel does without the lever, so the policy decides as it learned
 to. What it cannot do without is refused, naming it: a lever of L that is
-missing (it has no output for another head), a head whose choices changed,
-an observation entry it read that is gone.
+missing (it has no output for another head), a head with no choice left that
+it knows, an observation entry it read that is gone.
+
+Choices are matched by name, so a policy runs where a head offers other
+choices than it learned: on a task of another host topology, whose
+blueprint catalogue shares only some blueprints with its own. A choice new
+to it is never drawn (where nothing else is legal, it picks among the new
+ones as among equals); a one-hot entry of a blueprint this catalogue lacks
+reads 0, which is what it reads in every state such a run reaches, since
+that blueprint can never be germinated here.
 """
 
 from __future__ import annotations
@@ -18,6 +26,10 @@ from collections.abc import Sequence
 import attrs
 
 from esper_kernel.compose.actions import ActionSpace
+from esper_kernel.episode.observation import blueprint_of_entry
+
+#: A :attr:`Fit.take` or :attr:`Fit.choices` entry with no source: read as 0, or never drawn.
+ABSENT = -1
 
 
 @attrs.frozen
@@ -26,17 +38,20 @@ class Fit:
 
     #: Active head index of each of the policy's heads, in the policy's order.
     place: tuple[int, ...]
-    #: Active observation index of each entry the policy was trained on, in its order.
+    #: Active observation index of each entry the policy was trained on, in its order (ABSENT: reads 0).
     take: tuple[int, ...]
     #: Heads new to the policy, each with the default choice it is held at.
     defaulted: tuple[tuple[str, str], ...]
     #: The active space's size; with ``place`` and ``take`` the identity, nothing needs moving.
     n_heads: int
     obs_dim: int
+    #: Per policy head, the policy's choice index of each active choice (ABSENT: new to it, never drawn);
+    #: empty: every head has the choices it was trained with.
+    choices: tuple[tuple[int, ...], ...] = ()
 
     @property
     def identity(self) -> bool:
-        return self.place == tuple(range(self.n_heads)) and self.take == tuple(range(self.obs_dim))
+        return not self.choices and self.place == tuple(range(self.n_heads)) and self.take == tuple(range(self.obs_dim))
 
 
 def _missing(
@@ -55,9 +70,27 @@ def _missing(
     elif lost:
         out.append(f"{heads_lost} from the active action space")
     for name, choices in heads:
-        if name in space.names and tuple(space.head(name).spec.choices) != tuple(choices):
+        if name in space.names and not set(space.head(name).spec.choices) & set(choices):
             out.append(f"head {name!r} had choices {list(choices)}, now {list(space.head(name).spec.choices)}")
     return out
+
+
+def _choice_maps(heads: Sequence[tuple[str, tuple[str, ...]]], space: ActionSpace) -> tuple[tuple[int, ...], ...]:
+    """Per policy head, where each active choice sits among the policy's (empty: all as trained)."""
+    maps = []
+    for name, choices in heads:
+        active = tuple(space.head(name).spec.choices)
+        maps.append(tuple(choices.index(c) if c in choices else ABSENT for c in active))
+    if all(m == tuple(range(len(c))) for m, (_n, c) in zip(maps, heads, strict=True)):
+        return ()
+    return tuple(maps)
+
+
+def _unseen_blueprint(name: str, known: Sequence[str], here: Sequence[str]) -> bool:
+    """A one-hot entry of a blueprint the policy knew (``known``) that this catalogue (``here``) lacks, or
+    the reverse: no seed of it can exist in a run of this policy here, so the entry is constant 0."""
+    bp = blueprint_of_entry(name)
+    return bp is not None and (bp in known) != (bp in here)
 
 
 def _new_entry(name: str, new_levers: Sequence[str]) -> bool:
@@ -67,18 +100,29 @@ def _new_entry(name: str, new_levers: Sequence[str]) -> bool:
 
 
 def _take(
-    saved: Sequence[str], active: Sequence[str], new_levers: Sequence[str], gone_levers: Sequence[str]
+    saved: Sequence[str],
+    active: Sequence[str],
+    new_levers: Sequence[str],
+    gone_levers: Sequence[str],
+    blueprints: tuple[Sequence[str], Sequence[str]] = ((), ()),
 ) -> tuple[list[int], list[str]]:
     index = {n: i for i, n in enumerate(active)}
+    known, here = blueprints
     # A missing lever's own entries are said with the lever.
-    gone = [n for n in saved if n not in index and not _new_entry(n, gone_levers)]
-    extra = [n for n in active if n not in set(saved) and not _new_entry(n, new_levers)]
+    gone = [
+        n for n in saved if n not in index and not _new_entry(n, gone_levers) and not _unseen_blueprint(n, known, here)
+    ]
+    extra = [
+        n
+        for n in active
+        if n not in set(saved) and not _new_entry(n, new_levers) and not _unseen_blueprint(n, known, here)
+    ]
     problems = []
     if gone:
         problems.append(f"observation entries {gone[:4]}{' ...' if len(gone) > 4 else ''} are not observed here")
     if extra:
         problems.append(f"observation entries {extra[:4]}{' ...' if len(extra) > 4 else ''} are new")
-    return [index[n] for n in saved if n in index], problems
+    return [index.get(n, ABSENT) for n in saved if n in index or _unseen_blueprint(n, known, here)], problems
 
 
 def fit(
@@ -96,17 +140,35 @@ def fit(
     problems = _missing(heads, levers, space, active_levers)
     new_levers = [lv for lv in active_levers if lv not in levers]
     gone_levers = [lv for lv in levers if lv not in active_levers]
-    take, obs_problems = _take(obs_names, active_obs, new_levers, gone_levers)
+    own_bp = dict(heads).get("blueprint", ())
+    here_bp = space.head("blueprint").spec.choices if "blueprint" in space.names else ()
+    take, obs_problems = _take(obs_names, active_obs, new_levers, gone_levers, (own_bp, here_bp))
     problems += obs_problems
     if problems:
         return None, problems
     own = {name for name, _ in heads}
     defaulted = tuple((h.name, h.spec.default) for h in space.heads if h.name not in own)
     place = tuple(space.names.index(name) for name, _ in heads)
-    return Fit(place, tuple(take), defaulted, space.n_heads, len(active_obs)), []
+    return Fit(place, tuple(take), defaulted, space.n_heads, len(active_obs), _choice_maps(heads, space)), []
 
 
 def describe_defaults(defaulted: Sequence[tuple[str, str]]) -> str:
     """One line for the console: the heads a policy was not trained with, at the defaults they are held at."""
     held = ", ".join(f"{h}={c}" for h, c in defaulted)
     return f"heads of levers it was not trained with are held at their defaults: {held}"
+
+
+def unseen(fit: Fit, heads: Sequence[tuple[str, tuple[str, ...]]], space: ActionSpace) -> dict[str, tuple[str, ...]]:
+    """Per policy head with choices new to it, those choices (never drawn)."""
+    out = {}
+    for (name, _choices), cmap in zip(heads, fit.choices, strict=False):
+        new = tuple(c for c, i in zip(space.head(name).spec.choices, cmap, strict=True) if i == ABSENT)
+        if new:
+            out[name] = new
+    return out
+
+
+def describe_unseen(unseen: dict[str, tuple[str, ...]]) -> str:
+    """One line for the console: the choices a policy never saw, which it never draws."""
+    said = "; ".join(f"{h}={', '.join(c)}" for h, c in unseen.items())
+    return f"choices it was not trained with are never drawn: {said}"

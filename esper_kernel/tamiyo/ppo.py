@@ -26,7 +26,7 @@ from esper_kernel.infra.checkpoint import unreadable
 from esper_kernel.infra.errors import EsperError
 from esper_kernel.infra.files import write_atomic
 from esper_kernel.settings.config import EnvConfig
-from esper_kernel.tamiyo.fit import Fit, fit
+from esper_kernel.tamiyo.fit import ABSENT, Fit, fit, unseen
 
 if TYPE_CHECKING:
     from esper_kernel.episode.env import EnvBatch
@@ -134,6 +134,7 @@ def pretrained_path(task: str) -> Path:
         )
         raise PolicyLoadError(
             f"--policy pretrained: no pretrained policy ships for task {task!r} (there is one for: {have or 'none'})"
+            + (f"; transfer:{have.split(', ')[0]} plays that one on {task!r}" if have else "")
         )
     return path
 
@@ -179,9 +180,15 @@ class PPOPolicy(nn.Module):
         self.heads = tuple(heads) if heads is not None else head_stamps(space)
         #: Heads new to the policy (levers it was not trained with), each held at its default choice.
         self.defaulted: dict[str, str] = dict(fit.defaulted) if fit is not None else {}
+        #: Per head, the active choices new to the policy (another topology's blueprints): never drawn.
+        self.unseen: dict[str, tuple[str, ...]] = (
+            unseen(fit, [(h.name, h.choices) for h in self.heads], space) if fit is not None and fit.choices else {}
+        )
         moved = fit is not None and not fit.identity
-        self._place = torch.tensor(fit.place) if fit is not None and moved else None
-        self._take = torch.tensor(fit.take) if fit is not None and moved else None
+        # An entry with no source reads the zero column appended after the active observation.
+        take = [fit.obs_dim if t == ABSENT else t for t in fit.take] if fit is not None and moved else None
+        self._take = torch.tensor(take) if take is not None else None
+        self._pad_obs = fit is not None and moved and ABSENT in fit.take
         self.obs_names = tuple(obs_names)
         self.levers = tuple(levers)
         self.hyperparameters: dict[str, Any] = dict(hyperparameters or {})
@@ -208,6 +215,10 @@ class PPOPolicy(nn.Module):
             # A small gain starts every head near uniform over its legal choices.
             self.logits_layer = _layer(hidden, self.n_heads * self.max_choices, 0.01)
             self.value_layer = _layer(hidden, 1, 1.0)
+        self._gather: torch.Tensor | None = None
+        self._never: torch.Tensor | None = None
+        if fit is not None and moved:
+            self._gather, self._never = self._moves(fit)
         self.generator = torch.Generator().manual_seed(seed + 1)
         self.greedy = False
         self.last_value: torch.Tensor | None = None
@@ -235,9 +246,26 @@ class PPOPolicy(nn.Module):
             trained_on=trained_on,
         )
 
+    def _moves(self, fit: Fit) -> tuple[torch.Tensor, torch.Tensor]:
+        """Where each active (head, choice) logit comes from in the policy's own flat logits (the last
+        index: a zero), and the active choices it never draws (choices new to it, of heads it knows)."""
+        zero = self.n_heads * self.max_choices
+        gather = torch.full((self.space.n_heads, self.space.max_choices), zero, dtype=torch.long)
+        never = torch.zeros(self.space.n_heads, self.space.max_choices, dtype=torch.bool)
+        for h, a in enumerate(fit.place):
+            own = fit.choices[h] if fit.choices else tuple(range(len(self.space.heads[a].spec.choices)))
+            for j, c in enumerate(own):
+                if c == ABSENT:
+                    never[a, j] = True
+                else:
+                    gather[a, j] = h * self.max_choices + c
+        return gather.flatten(), never
+
     def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The active observation ``[B, D]`` -> padded logits ``[B, H, C]`` of the active heads and values ``[B]``."""
         if self._take is not None:
+            if self._pad_obs:
+                obs = torch.cat([obs, obs.new_zeros(*obs.shape[:-1], 1)], -1)
             obs = obs.index_select(-1, self._take)
         z = self.trunk(self.norm(obs))
         logits = self.logits_layer(z).view(-1, self.n_heads, self.max_choices)
@@ -248,11 +276,17 @@ class PPOPolicy(nn.Module):
 
         Those are held at one choice, so their zeros are never drawn from.
         """
-        if self._place is None:
+        if self._gather is None:
             return own
-        out = own.new_zeros(*own.shape[:-2], self.space.n_heads, self.space.max_choices)
-        out[..., self._place, : self.max_choices] = own
-        return out
+        flat = torch.cat([own.flatten(-2), own.new_zeros(*own.shape[:-2], 1)], -1)
+        return flat.index_select(-1, self._gather).view(*own.shape[:-2], self.space.n_heads, self.space.max_choices)
+
+    def _known(self, masks: torch.Tensor) -> torch.Tensor:
+        """``masks`` without the choices new to the policy, except where nothing else is legal."""
+        if self._never is None or not bool(self._never.any()):
+            return masks
+        kept = masks & ~self._never
+        return torch.where(kept.any(-1, keepdim=True), kept, masks)
 
     @torch.no_grad()
     def act_with_value(
@@ -260,10 +294,11 @@ class PPOPolicy(nn.Module):
     ) -> tuple[Sampled, torch.Tensor]:
         """Draw an action per row (with ``noise`` from :meth:`draw_noise` where given) and its value."""
         logits, value = self(obs)
-        if noise is None and not self.greedy and self._place is not None:
+        if noise is None and not self.greedy and self._gather is not None:
             # The noise of the policy's own heads, as it draws without the new levers: they change no draw.
             noise = self._spread(gumbel((obs.shape[0], self.n_heads, self.max_choices), self.generator))
-        sampled = sample(self.space, logits, pin_masks(masks, self._pins), self.generator, self.greedy, noise)
+        masks = self._known(pin_masks(masks, self._pins))
+        sampled = sample(self.space, logits, masks, self.generator, self.greedy, noise)
         return sampled, value
 
     def draw_noise(self, steps: int, rows: int) -> torch.Tensor | None:
@@ -423,12 +458,17 @@ def _problems(
     return None, problems + pinned
 
 
-def _check_stamp(path: Path, stamp: Mapping[str, Any], run: Mapping[str, Any]) -> None:
-    """The task must match; so must the slot count, which the observation lays out slot by slot."""
+def _check_stamp(path: Path, stamp: Mapping[str, Any], run: Mapping[str, Any], transfer: bool = False) -> None:
+    """The task must match (unless asked to ``transfer``); so must the slot count, which the observation
+    lays out slot by slot."""
     # The observation carries the epoch as a fraction of the episode, so a policy runs on another episode length.
-    differ = [f"{k} {stamp[k]!r} (this run: {run[k]!r})" for k in MUST_MATCH if stamp.get(k) != run.get(k)]
+    must = () if transfer else MUST_MATCH
+    differ = [f"{k} {stamp[k]!r} (this run: {run[k]!r})" for k in must if stamp.get(k) != run.get(k)]
     if differ:
-        raise PolicyMismatchError(f"policy {str(path)!r} was trained on another setting: {', '.join(differ)}")
+        raise PolicyMismatchError(
+            f"policy {str(path)!r} was trained on another setting: {', '.join(differ)}"
+            + ("; transfer:POLICY plays it on another task" if "task" in must and stamp.get("task") else "")
+        )
     slots, given = stamp.get("slots"), run.get("slots")
     if slots is not None and given is not None and slots != given:
         raise PolicyMismatchError(
@@ -445,6 +485,7 @@ def load_policy(
     trained_on: Mapping[str, Any] | None = None,
     *,
     extend: bool = True,
+    transfer: bool = False,
 ) -> PPOPolicy:
     """Load a policy saved by :func:`save_policy` for use under ``registry``.
 
@@ -456,12 +497,14 @@ def load_policy(
     any head or observation differs), naming the heads and levers that
     differ; and, when ``trained_on`` is given, if the policy's stamp says it
     was trained on another task (naming both) or slot count (naming
-    ``--slots``, the count given and the count it was trained on).
+    ``--slots``, the count given and the count it was trained on). With
+    ``transfer``, the task is not checked: the policy plays a task it was not
+    trained on, its heads' choices matched by name.
     """
     path = Path(path)
     rec = _read_record(path)
     if trained_on is not None and rec.trained_on:
-        _check_stamp(path, rec.trained_on, trained_on)
+        _check_stamp(path, rec.trained_on, trained_on, transfer)
     got, problems = _problems(rec, registry, obs_dim, obs_names, extend)
     if problems:
         raise PolicyMismatchError(
