@@ -3,12 +3,14 @@
 The observation vector and its schema (``observation_names``, what a policy
 file is stamped with and the report labels) come from the same declarations,
 so they cannot drift apart: a feature added here is named and computed in one
-edit. Episode features come first, then each slot's features, then each
-slot's observed lever telemetry (``TelemetryField(observed=True)``).
+edit. Episode features come first (their scaled twins after them), then each
+slot's features, then each slot's observed lever telemetry
+(``TelemetryField(observed=True)``).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Protocol
 
@@ -35,6 +37,7 @@ class MorphoEnv(Protocol):
     best: float
     base_params: int
     n_slots: int
+    n_classes: int
     blueprints: tuple[str, ...]
     lifecycle: Lifecycle
 
@@ -42,9 +45,11 @@ class MorphoEnv(Protocol):
 
 
 __all__ = [
+    "ABSOLUTE",
     "BLUEPRINT_ENTRY",
     "EPISODE",
     "HISTORY",
+    "SCALED",
     "SLOT",
     "Feature",
     "blueprint_of_entry",
@@ -106,6 +111,47 @@ EPISODE: tuple[Feature, ...] = (
 )
 
 
+def _gain(env: MorphoEnv, acc: float) -> float:
+    """Accuracy as the fraction of the way from chance to perfect."""
+    chance = 1.0 / env.n_classes
+    return (acc - chance) / (1.0 - chance)
+
+
+def _per_chance_loss(env: MorphoEnv, loss: float) -> float:
+    """A cross-entropy as a fraction of chance's (the uniform guess's ``ln K``)."""
+    return loss / math.log(env.n_classes)
+
+
+#: The features whose scale is a task's own (a loss in nats, an accuracy whose chance level is 1/K), and
+#: :data:`SCALED`, the same read on a scale every task shares: a loss per chance loss, an accuracy per the
+#: way from chance to perfect. A policy trained on several tasks reads SCALED only, so its observation does
+#: not carry which task it is on through the scale of its numbers.
+ABSOLUTE: tuple[str, ...] = (
+    "train_loss",
+    "val_loss",
+    "train_accuracy",
+    "val_accuracy",
+    "delta_val_accuracy",
+    "delta_val_loss",
+    "best_val_accuracy",
+    *(f"val_accuracy_t-{i + 1}" for i in range(HISTORY)),
+)
+
+SCALED: tuple[Feature, ...] = (
+    _one("train_loss_scaled", lambda e: _per_chance_loss(e, e.last.train_loss) if e.last else 0.0),
+    _one("val_loss_scaled", lambda e: _per_chance_loss(e, e.last.val_loss) if e.last else 0.0),
+    _one("train_accuracy_scaled", lambda e: _gain(e, e.last.train_accuracy) if e.last else 0.0),
+    _one("val_accuracy_scaled", lambda e: _gain(e, e.last.val_accuracy) if e.last else 0.0),
+    _one("delta_val_accuracy_scaled", lambda e: _delta_acc(e) / (1.0 - 1.0 / e.n_classes)),
+    _one("delta_val_loss_scaled", lambda e: _per_chance_loss(e, _delta_loss(e))),
+    _one("best_val_accuracy_scaled", lambda e: _gain(e, e.best) if e.last else 0.0),
+    Feature(
+        lambda _bp: [f"val_accuracy_scaled_t-{i + 1}" for i in range(HISTORY)],
+        lambda e: [_gain(e, a) if i < len(e.acc_history) else 0.0 for i, a in enumerate(_history(e))],
+    ),
+)
+
+
 def _stage(env: MorphoEnv, slot: int, _seed: SeedState | None) -> list[float]:
     onehot = [0.0] * len(Stage)
     onehot[int(env.lifecycle.stages[slot])] = 1.0
@@ -148,7 +194,7 @@ def blueprint_of_entry(name: str) -> str | None:
 
 def names(blueprints: Sequence[str], n_slots: int, observed: Sequence[str]) -> tuple[str, ...]:
     """Every observation entry's name, in order; ``observed`` are the observed telemetry keys."""
-    out = [n for f in EPISODE for n in f.names(blueprints)]
+    out = [n for f in (*EPISODE, *SCALED) for n in f.names(blueprints)]
     per_slot = [n for f in SLOT for n in f.names(blueprints)]
     for s in range(n_slots):
         out += [f"s{s}.{n}" for n in per_slot]
@@ -157,7 +203,7 @@ def names(blueprints: Sequence[str], n_slots: int, observed: Sequence[str]) -> t
 
 
 def episode_values(env: MorphoEnv) -> list[float]:
-    return [v for f in EPISODE for v in f.values(env)]
+    return [v for f in (*EPISODE, *SCALED) for v in f.values(env)]
 
 
 def slot_values(env: MorphoEnv, slot: int, seed: SeedState | None) -> list[float]:

@@ -2,9 +2,10 @@
 
 A policy trained with levers L runs with L plus levers it never saw. It reads
 only the observation entries it was trained on (the new levers' observed
-telemetry is left out), its own heads keep their logits, and every head new
-to it is held at the lever's declared default (the nearest legal choice where
-a mask rules the default out), so it is never drawn. A lever's default is
+telemetry, and kernel features added after it was trained, are left out),
+its own heads keep their logits, and every head new to it is held at the
+lever's declared default (the nearest legal choice where a mask rules the
+default out), so it is never drawn. A lever's default is
 what the kernel does without the lever, so the policy decides as it learned
 to. What it cannot do without is refused, naming it: a lever of L that is
 missing (it has no output for another head), a head with no choice left that
@@ -102,7 +103,6 @@ def _new_entry(name: str, new_levers: Sequence[str]) -> bool:
 def _take(
     saved: Sequence[str],
     active: Sequence[str],
-    new_levers: Sequence[str],
     gone_levers: Sequence[str],
     blueprints: tuple[Sequence[str], Sequence[str]] = ((), ()),
 ) -> tuple[list[int], list[str]]:
@@ -112,16 +112,10 @@ def _take(
     gone = [
         n for n in saved if n not in index and not _new_entry(n, gone_levers) and not _unseen_blueprint(n, known, here)
     ]
-    extra = [
-        n
-        for n in active
-        if n not in set(saved) and not _new_entry(n, new_levers) and not _unseen_blueprint(n, known, here)
-    ]
+    # An entry new to the policy (a lever's, a kernel feature added since) is not read: it decides as it learned.
     problems = []
     if gone:
         problems.append(f"observation entries {gone[:4]}{' ...' if len(gone) > 4 else ''} are not observed here")
-    if extra:
-        problems.append(f"observation entries {extra[:4]}{' ...' if len(extra) > 4 else ''} are new")
     return [index.get(n, ABSENT) for n in saved if n in index or _unseen_blueprint(n, known, here)], problems
 
 
@@ -138,11 +132,10 @@ def fit(
     Returns the fit, or None and every problem in words.
     """
     problems = _missing(heads, levers, space, active_levers)
-    new_levers = [lv for lv in active_levers if lv not in levers]
     gone_levers = [lv for lv in levers if lv not in active_levers]
     own_bp = dict(heads).get("blueprint", ())
     here_bp = space.head("blueprint").spec.choices if "blueprint" in space.names else ()
-    take, obs_problems = _take(obs_names, active_obs, new_levers, gone_levers, (own_bp, here_bp))
+    take, obs_problems = _take(obs_names, active_obs, gone_levers, (own_bp, here_bp))
     problems += obs_problems
     if problems:
         return None, problems
