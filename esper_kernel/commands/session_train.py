@@ -60,7 +60,8 @@ class TrainSession:
 
 def _train_problems(config: TrainConfig) -> None:
     """What ranges do not catch, before anything is written."""
-    check_env(config.env)
+    for env in config.task_envs():
+        check_env(env)
     if config.levers is not None and not any(x.strip() for x in config.levers):
         raise click.UsageError("--levers: names no lever; leave it out for every installed lever")
 
@@ -72,7 +73,7 @@ def train_session(f: TrainFlags) -> TrainSession:
 
     from esper_kernel.commands.outdir import fresh_out
     from esper_kernel.compose.discovery import Selection
-    from esper_kernel.episode.env import build_registry
+    from esper_kernel.episode.env import build_registry, union_catalogue
     from esper_kernel.settings.config import structure_as, with_overrides
     from esper_kernel.tamiyo.train import STATE_FILE, TrainConfig, extension_problem, load_train_state
 
@@ -95,7 +96,8 @@ def train_session(f: TrainFlags) -> TrainSession:
         run_id = f"train-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
     _train_problems(config)
     selection = Selection.from_env(levers=config.levers, on_error=config.on_lever_error)
-    reg = build_registry(config.env, selection)
+    envs = config.task_envs()
+    reg = build_registry(envs[0], selection, union_catalogue(envs) if len(envs) > 1 else None)
     if state is not None and list(state["levers"]) != list(reg.names):
         raise click.UsageError(
             f"{f.resume} was trained with levers {', '.join(state['levers'])}; active now: {', '.join(reg.names)}"
@@ -166,7 +168,8 @@ def esper_train(f: TrainFlags) -> None:
         first = 0 if s.state is None else len(s.state["returns"])
         with train_progress(console, config.ppo.episodes, first) as advance:
             try:
-                summary = train_ppo(config.env, reg, config.ppo, tel.log, policy_path, advance, options)
+                envs = config.task_envs()
+                summary = train_ppo(envs[0], reg, config.ppo, tel.log, policy_path, advance, options, tasks=envs)
             except TaskError as exc:
                 raise click.UsageError(str(exc)) from exc
         _train_finished(tel.log, summary, policy_path)

@@ -113,26 +113,40 @@ def add_fossils(host: Host, fossils: Sequence[tuple[int, str, float]]) -> None:
         slots[slot].fossils.append(build_seed(host.topology, blueprint, slots[slot].dim, width_scale))
 
 
-def build_registry(config: EnvConfig, selection: Selection | None = None) -> Registry:
+def union_catalogue(configs: Sequence[EnvConfig]) -> tuple[str, ...]:
+    """Every blueprint of the tasks' topologies, each once, in catalogue order: one ``blueprint`` head for all."""
+    out: list[str] = []
+    for topology in dict.fromkeys(c.topology for c in configs):
+        out += [b for b in blueprint_names(topology) if b not in out]
+    return tuple(out)
+
+
+def build_registry(
+    config: EnvConfig, selection: Selection | None = None, catalogue: tuple[str, ...] | None = None
+) -> Registry:
     """Load the selected levers and compose them with the kernel's heads for this config.
 
-    A task that names its blueprints (``Task.blueprints``) may germinate only those.
+    A task that names its blueprints (``Task.blueprints``) may germinate only those. ``catalogue``
+    (:func:`union_catalogue`, training over several tasks) gives the ``blueprint`` head every task's
+    choices; this task germinates only its own topology's.
     """
     topology = config.topology
-    catalogue = blueprint_names(topology)
+    own = blueprint_names(topology)
     try:
         info = find_task(config.task)
     except PluginError:
         allowed = None  # an unknown task fails where its data is built, with the task plugins' own line
     else:
         allowed = info.task.blueprints
-        unknown = [b for b in allowed or () if b not in catalogue]
+        unknown = [b for b in allowed or () if b not in own]
         if unknown or allowed == ():
             raise EsperError(
                 f"task {config.task!r} ({info.distribution}) lists blueprints {list(allowed or ())}: "
-                f"each must be one of the {topology} catalogue ({', '.join(catalogue)})"
+                f"each must be one of the {topology} catalogue ({', '.join(own)})"
             )
-    registry = Registry.open(CoreHeads(config.slots, catalogue, topology, allowed), selection)
+    if catalogue is not None and catalogue != own:
+        allowed = allowed or own
+    registry = Registry.open(CoreHeads(config.slots, catalogue or own, topology, allowed), selection)
     registry.compiling = config.compile
     return registry
 
@@ -193,7 +207,8 @@ class MorphoEnv:
         self.n_slots = config.slots
         # Read once: the topology is looked up through the task plugins' entry points (~25 ms a call).
         self.topology = config.topology
-        self.blueprints = blueprint_names(self.topology)
+        # The blueprint head's choices (one topology's catalogue, or several tasks' union): the observation's one-hot.
+        self.blueprints: tuple[str, ...] = getattr(registry.info("esper").plugin, "blueprints", ())
         self.observed = registry.observed_fields()
         self.obs_dim = len(observation_names(registry, self.n_slots))
         self.episode = -1

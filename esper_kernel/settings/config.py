@@ -330,11 +330,60 @@ class TrainConfig:
         (0, 1), flag="--eval-seeds", metavar="A,B", csv=int, help="Held-out episode seeds to evaluate on."
     )
     on_lever_error: str = _on_lever_error()
+    #: Train one policy over several tasks: each a ``[[tasks]]`` table of ``[env]`` keys laid over ``[env]``
+    #: (empty: ``[env]``'s task alone). See :meth:`task_envs`.
+    tasks: tuple[dict[str, Any], ...] = ()
 
     def __attrs_post_init__(self) -> None:
         for name in ("workers", "eval_every"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be 0 or more, got {getattr(self, name)}")
+        if self.tasks:
+            self.task_envs()  # each table's keys and values, named, at load time
+            per_task, rest = divmod(self.ppo.n_envs, len(self.tasks))
+            if rest or per_task % self.ppo.group_size:
+                raise ValueError(
+                    f"ppo.n_envs: {len(self.tasks)} tasks, each its own groups of ppo.group_size "
+                    f"{self.ppo.group_size}, need n_envs a multiple of {len(self.tasks) * self.ppo.group_size}, "
+                    f"got {self.ppo.n_envs}"
+                )
+            if self.ppo.episodes % self.ppo.n_envs:
+                raise ValueError(
+                    f"ppo.episodes: with tasks, every rollout holds each task's envs, so episodes must be a "
+                    f"multiple of n_envs {self.ppo.n_envs}, got {self.ppo.episodes}"
+                )
+            if self.eval_every:
+                raise ValueError("eval_every: with tasks, set 0 (evaluate each task with esper eval instead)")
+
+    def task_envs(self) -> tuple[EnvConfig, ...]:
+        """The env of each task trained on: ``[env]``, with each ``[[tasks]]`` table's keys over it.
+
+        ``epochs`` and ``slots`` stay ``[env]``'s: one rollout has one length, and the observation one layout.
+        """
+        if not self.tasks:
+            return (self.env,)
+        base = converter.unstructure(self.env)
+        known = {a.name for a in attrs.fields(EnvConfig)}
+        out = []
+        for i, table in enumerate(self.tasks):
+            where = f"tasks[{i}]"
+            if not isinstance(table, dict) or "task" not in table:
+                raise ValueError(f"{where}: a table of [env] keys naming its task, got {table!r}")
+            if unknown := sorted(set(table) - known):
+                raise ValueError(f"{where}.{unknown[0]}: unknown key (keys: those of [env])")
+            if shared := sorted(set(table) & {"epochs", "slots"}):
+                raise ValueError(f"{where}.{shared[0]}: set it in [env]: every task trains with the same one")
+            try:
+                env = converter.structure({**base, **table}, EnvConfig)
+            except cattrs.BaseValidationError as exc:
+                lines = cattrs.transform_error(exc, path=where, format_exception=_format_exception)
+                raise ValueError("; ".join(lines)) from None
+            if bad := range_problems(env, prefix=f"{where}.") + env_problems(env, prefix=f"{where}."):
+                raise ValueError("; ".join(bad))
+            out.append(env)
+        if len({e.task for e in out}) != len(out):
+            raise ValueError(f"tasks: each task once, got {[e.task for e in out]}")
+        return tuple(out)
 
 
 #: The config each command reads, and which commands take each declaring class's settings as flags
@@ -384,6 +433,8 @@ converter.register_structure_hook(tuple[str, ...] | None, _names)
 
 
 _UNKNOWN = "unknown key(s) "
+#: Keys a config class's own check may name at the start of its message (``tasks[1].epochs: ...``).
+_TOP_KEYS = frozenset({"tasks", "ppo", "env", "workers", "eval_every"})
 
 
 def _format_exception(exc: BaseException, type_: Any) -> str:
@@ -415,6 +466,8 @@ def structure_as(data: dict[str, Any], cls: type[C], where: str = "config") -> C
             key = at.removeprefix("$").removeprefix(".")
             if msg.startswith(_UNKNOWN):
                 problems += [f"{key + '.' if key else ''}{n}: unknown key" for n in msg[len(_UNKNOWN) :].split(",")]
+            elif not key and msg.partition(":")[0].partition("[")[0].partition(".")[0] in _TOP_KEYS:
+                problems.append(msg)  # a config class's own check, naming its key already
             else:
                 problems.append(f"{key or '(top level)'}: {msg}")
         raise ConfigError(f"invalid config ({where}): {'; '.join(problems)}") from None

@@ -99,10 +99,16 @@ class EnvShard:
 
     @classmethod
     def in_worker(
-        cls, config: EnvConfig, selection: Selection, heads: tuple[str, ...], task_seed: int, indices: Sequence[int]
+        cls,
+        config: EnvConfig,
+        selection: Selection,
+        heads: tuple[str, ...],
+        task_seed: int,
+        indices: Sequence[int],
+        catalogue: tuple[str, ...] | None = None,
     ) -> EnvShard:
         """Build a shard in a worker process: its own registry, which must compose the main process's heads."""
-        registry = build_registry(config, selection)
+        registry = build_registry(config, selection, catalogue)
         if registry.space.names != heads:
             raise EsperError(
                 f"the worker's levers compose heads {list(registry.space.names)}, the main process's {list(heads)}; "
@@ -220,9 +226,19 @@ class EnvPool:
         self.on_warning: Callable[[str], None] | None = None
 
     @classmethod
-    def local(cls, config: EnvConfig, registry: Registry, task_seed: int, n_envs: int, log: Any) -> EnvPool:
-        """Every env in this process, in one shard."""
-        return cls.of(EnvShard.build(config, registry, task_seed, range(n_envs), log), log)
+    def local(
+        cls, config: EnvConfig, registry: Registry, task_seed: int, n_envs: int, log: Any, first: int = 0
+    ) -> EnvPool:
+        """Every env in this process, in one shard (env indices from ``first``)."""
+        return cls.of(EnvShard.build(config, registry, task_seed, range(first, first + n_envs), log), log)
+
+    @classmethod
+    def joined(cls, pools: Sequence[EnvPool], log: Any) -> EnvPool:
+        """One pool of several pools' shards, in order (several tasks' envs, one rollout)."""
+        epochs = {p.epochs for p in pools}
+        if len(epochs) != 1:
+            raise ValueError(f"pools of {sorted(epochs)} epochs cannot step as one")
+        return cls([h for p in pools for h in p.handles], [n for p in pools for n in p.sizes], epochs.pop(), log)
 
     @classmethod
     def of(cls, shard: EnvShard, log: Any) -> EnvPool:
@@ -239,11 +255,14 @@ class EnvPool:
         n_envs: int,
         workers: int,
         log: Any,
+        first: int = 0,
+        catalogue: tuple[str, ...] | None = None,
     ) -> EnvPool:
-        """The envs in ``min(workers, n_envs)`` worker processes, one intra-op thread each."""
+        """The envs in ``min(workers, n_envs)`` worker processes, one intra-op thread each (env indices from
+        ``first``; ``catalogue``: the blueprint head of several tasks, as :func:`build_registry` takes it)."""
         sizes = shard_sizes(n_envs, workers)
         handles: list[ProcessActor] = []
-        start = 0
+        start = first
         try:
             for w, size in enumerate(sizes):
                 idx = tuple(range(start, start + size))
@@ -255,6 +274,7 @@ class EnvPool:
                         registry.space.names,
                         task_seed,
                         idx,
+                        catalogue,
                         name=f"env worker {w} (envs {idx[0]}-{idx[-1]})",
                     )
                 )

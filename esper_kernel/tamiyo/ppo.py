@@ -110,9 +110,13 @@ class RunningNorm(nn.Module):
         return out.clamp(-OBS_CLIP, OBS_CLIP).to(torch.float32)
 
 
-def trained_on(env: EnvConfig) -> dict[str, Any]:
-    """The stamp a policy carries: what it was trained on, and so must be run on."""
-    return {"task": env.task, "epochs": env.epochs, "slots": env.slots}
+def trained_on(env: EnvConfig, tasks: Sequence[EnvConfig] = ()) -> dict[str, Any]:
+    """The stamp a policy carries: what it was trained on, and so must be run on (``tasks``: every task of a
+    policy trained over several; ``env`` is the first)."""
+    stamp: dict[str, Any] = {"task": env.task, "epochs": env.epochs, "slots": env.slots}
+    if tasks:
+        stamp["tasks"] = [t.task for t in tasks]
+    return stamp
 
 
 #: Stamp entries a run must share with the policy it drives.
@@ -233,18 +237,36 @@ class PPOPolicy(nn.Module):
         seed: int = 0,
         pinned: Mapping[str, str] | None = None,
         trained_on: Mapping[str, Any] | None = None,
+        reads: Sequence[str] | None = None,
     ) -> PPOPolicy:
+        """A fresh policy for ``registry``'s heads and the observation ``obs_names``; with ``reads``, it reads
+        only those entries of it (a policy over several tasks leaves out what is on a task's own scale)."""
+        own = tuple(obs_names if reads is None else reads)
+        fit = None
+        if reads is not None:
+            take = tuple(obs_names.index(n) for n in own)
+            n = registry.space.n_heads
+            fit = Fit(tuple(range(n)), take, (), n, len(obs_names))
         return cls(
             registry.space,
-            len(obs_names),
+            len(own),
             hidden,
-            obs_names=obs_names,
+            obs_names=own,
             levers=lever_stamps(registry),
             hyperparameters=hyperparameters,
             seed=seed,
             pinned=pinned,
             trained_on=trained_on,
+            fit=fit,
         )
+
+    def own_obs(self, obs: torch.Tensor) -> torch.Tensor:
+        """The entries of the active observation ``[..., D]`` the policy reads, in its order (what it normalises)."""
+        if self._take is None:
+            return obs
+        if self._pad_obs:
+            obs = torch.cat([obs, obs.new_zeros(*obs.shape[:-1], 1)], -1)
+        return obs.index_select(-1, self._take)
 
     def _moves(self, fit: Fit) -> tuple[torch.Tensor, torch.Tensor]:
         """Where each active (head, choice) logit comes from in the policy's own flat logits (the last
@@ -263,11 +285,7 @@ class PPOPolicy(nn.Module):
 
     def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The active observation ``[B, D]`` -> padded logits ``[B, H, C]`` of the active heads and values ``[B]``."""
-        if self._take is not None:
-            if self._pad_obs:
-                obs = torch.cat([obs, obs.new_zeros(*obs.shape[:-1], 1)], -1)
-            obs = obs.index_select(-1, self._take)
-        z = self.trunk(self.norm(obs))
+        z = self.trunk(self.norm(self.own_obs(obs)))
         logits = self.logits_layer(z).view(-1, self.n_heads, self.max_choices)
         return self._spread(logits), self.value_layer(z).squeeze(-1)
 
@@ -462,7 +480,16 @@ def _check_stamp(path: Path, stamp: Mapping[str, Any], run: Mapping[str, Any], t
     """The task must match (unless asked to ``transfer``); so must the slot count, which the observation
     lays out slot by slot."""
     # The observation carries the epoch as a fraction of the episode, so a policy runs on another episode length.
-    must = () if transfer else MUST_MATCH
+    must: tuple[str, ...] = () if transfer else MUST_MATCH
+    tasks = stamp.get("tasks")
+    if tasks and not transfer:
+        # Trained over several tasks: any of them is its own.
+        must = tuple(k for k in must if k != "task")
+        if run.get("task") not in tasks:
+            raise PolicyMismatchError(
+                f"policy {str(path)!r} was trained on tasks {', '.join(map(repr, tasks))}, not {run.get('task')!r}; "
+                "transfer:POLICY plays it on another task"
+            )
     differ = [f"{k} {stamp[k]!r} (this run: {run[k]!r})" for k in must if stamp.get(k) != run.get(k)]
     if differ:
         raise PolicyMismatchError(

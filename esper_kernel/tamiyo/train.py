@@ -31,8 +31,17 @@ from esper_kernel.compose.discovery import Selection
 from esper_kernel.compose.names import CORE_HEADS
 from esper_kernel.compose.registry import Registry
 from esper_kernel.compose.watch import merge_levers
-from esper_kernel.episode.env import EnvBatch, EnvConfig, MorphoEnv, env_registries, load_task, observation_names
+from esper_kernel.episode.env import (
+    EnvBatch,
+    EnvConfig,
+    MorphoEnv,
+    build_registry,
+    env_registries,
+    load_task,
+    observation_names,
+)
 from esper_kernel.episode.loop import play, play_batch
+from esper_kernel.episode.observation import ABSOLUTE
 from esper_kernel.episode.sampling import Sampled
 from esper_kernel.infra import checkpoint
 from esper_kernel.infra.errors import EsperError
@@ -207,9 +216,44 @@ def extension_problem(saved: Mapping[str, Any], done: int, episodes: int) -> str
     return None
 
 
-def _make_pool(
-    env_config: EnvConfig, registry: Registry, task_seed: int, n_envs: int, log: Any, opts: TrainOptions
+def _task_pool(
+    tasks: Sequence[EnvConfig], registry: Registry, task_seed: int, n_envs: int, log: Any, opts: TrainOptions
 ) -> EnvPool:
+    """Several tasks' envs as one pool: ``n_envs / len(tasks)`` consecutive envs each, in the order given."""
+    if opts.ray is not None:
+        raise EsperError("--ray-address: training over several tasks runs its envs in local worker processes")
+    selection = opts.selection or Selection(only=registry.names)
+    catalogue: tuple[str, ...] = getattr(registry.info("esper").plugin, "blueprints", ())
+    per = n_envs // len(tasks)
+    # Every task its own worker process(es): a shard holds one task's data.
+    workers = max(1, opts.workers // len(tasks)) if opts.workers > 1 else 1
+    pools: list[EnvPool] = []
+    try:
+        for i, env in enumerate(tasks):
+            if opts.workers > 1:
+                sub = EnvPool.processes(env, registry, selection, task_seed, per, workers, log, i * per, catalogue)
+            else:
+                reg = build_registry(env, selection, catalogue)
+                sub = EnvPool.local(env, reg, task_seed, per, log, first=i * per)
+            pools.append(sub)
+    except BaseException:
+        for sub in pools:
+            sub.close()
+        raise
+    return EnvPool.joined(pools, log)
+
+
+def _make_pool(
+    env_config: EnvConfig,
+    registry: Registry,
+    task_seed: int,
+    n_envs: int,
+    log: Any,
+    opts: TrainOptions,
+    tasks: Sequence[EnvConfig] = (),
+) -> EnvPool:
+    if tasks:
+        return _task_pool(tasks, registry, task_seed, n_envs, log, opts)
     selection = opts.selection or Selection(only=registry.names)
     if opts.ray is not None:
         from esper_kernel.tamiyo.raypool import ray_pool
@@ -268,6 +312,8 @@ class _Trainer:
     policy: PPOPolicy
     optimizer: torch.optim.Optimizer
     shuffle: torch.Generator
+    #: Training over several tasks: each task's env (``env_config`` is the first); empty: one task.
+    tasks: tuple[EnvConfig, ...] = ()
     scale: AdvantageScale = attrs.Factory(AdvantageScale)
     returns: list[float] = attrs.Factory(list)
     first: int = 0
@@ -278,20 +324,32 @@ class _Trainer:
     levers: dict[str, Any] = attrs.Factory(lambda: merge_levers([]))
 
     @classmethod
-    def start(cls, env_config: EnvConfig, registry: Registry, cfg: PPOConfig) -> _Trainer:
+    def start(
+        cls, env_config: EnvConfig, registry: Registry, cfg: PPOConfig, tasks: Sequence[EnvConfig] = ()
+    ) -> _Trainer:
+        names = observation_names(registry, env_config.slots)
         policy = PPOPolicy.for_registry(
             registry,
-            observation_names(registry, env_config.slots),
+            names,
             cfg.hidden,
             hyperparameters=attrs.asdict(cfg),
             seed=cfg.seed,
             pinned=lever_defaults(registry) if cfg.fix_levers else None,
-            trained_on=trained_on(env_config),
+            trained_on=trained_on(env_config, tasks),
+            # Over several tasks, a loss in nats or an accuracy over 1/K would say which task it is: scaled twins only.
+            reads=[n for n in names if n not in ABSOLUTE] if tasks else None,
         )
         if cfg.init_policy is not None:
+            if tasks:
+                raise TrainStateError("ppo.init_policy: not with tasks (a policy over several tasks starts fresh)")
             _start_from(policy, Path(cfg.init_policy), registry, env_config)
         optimizer = torch.optim.Adam(policy.parameters(), lr=cfg.lr, eps=1e-5)
-        return cls(env_config, cfg, registry, policy, optimizer, torch.Generator().manual_seed(cfg.seed + 2))
+        shuffle = torch.Generator().manual_seed(cfg.seed + 2)
+        return cls(env_config, cfg, registry, policy, optimizer, shuffle, tasks=tuple(tasks))
+
+    def env_record(self) -> dict[str, Any] | list[dict[str, Any]]:
+        """The env settings a resume must share: the one task's, or every task's."""
+        return [attrs.asdict(t) for t in self.tasks] if self.tasks else attrs.asdict(self.env_config)
 
     def seconds(self) -> float:
         return self.prior_seconds + time.monotonic() - self.started
@@ -300,7 +358,7 @@ class _Trainer:
         state = load_train_state(path)
         saved = dict(state["ppo_config"])
         same_but_length = {**saved, "episodes": self.cfg.episodes} == attrs.asdict(self.cfg)
-        if state["env_config"] != attrs.asdict(self.env_config) or not same_but_length:
+        if state["env_config"] != self.env_record() or not same_but_length:
             raise TrainStateError(f"{path} was written by a run with other settings; resume it with its own")
         problem = extension_problem(saved, len(state["returns"]), self.cfg.episodes)
         if problem is not None:
@@ -323,7 +381,7 @@ class _Trainer:
             path,
             {
                 "events_bytes": events_bytes,
-                "env_config": attrs.asdict(self.env_config),
+                "env_config": self.env_record(),
                 "ppo_config": attrs.asdict(self.cfg),
                 "levers": list(self.registry.names),
                 "policy": {k: v.detach().clone() for k, v in self.policy.state_dict().items()},
@@ -360,7 +418,7 @@ class _Trainer:
         stats = ppo_update(self.policy, self.optimizer, batch, cfg, self.shuffle, adv_scale=adv_scale)
         # Normalisation statistics move only after the update, so the update
         # scores actions under exactly the normalisation they were drawn with.
-        self.policy.norm.update(buf.obs)
+        self.policy.norm.update(self.policy.own_obs(buf.obs))
         self.returns += ep_returns
         steps = k * self.env_config.epochs
         log.info(
@@ -397,8 +455,14 @@ def train_ppo(
     out_path: Path | str,
     progress: ProgressFn | None = None,
     options: TrainOptions | None = None,
+    tasks: Sequence[EnvConfig] = (),
 ) -> TrainSummary:
     """Train a :class:`PPOPolicy` for ``ppo_config.episodes`` episodes; save it at ``out_path`` after every update.
+
+    With ``tasks`` (``TrainConfig.task_envs``, ``env_config`` the first; ``registry`` built with their
+    :func:`~esper_kernel.episode.env.union_catalogue`), one policy trains over all of them: every rollout
+    holds ``n_envs / len(tasks)`` envs of each task, in groups of ``group_size``, and the policy reads the
+    scaled twins of the loss and accuracy features only (:data:`~esper_kernel.episode.observation.ABSOLUTE`).
 
     Beside ``out_path``, ``train_state.pt`` (policy, optimizer, normaliser,
     every random state and the episode counter) is written atomically after
@@ -409,13 +473,14 @@ def train_ppo(
     opts = options or TrainOptions()
     cfg = ppo_config
     out_path = Path(out_path)
-    tr = _Trainer.start(env_config, registry, cfg)
+    tasks = tuple(tasks) if len(tasks) > 1 else ()
+    tr = _Trainer.start(env_config, registry, cfg, tasks)
     if opts.resume is not None:
         tr.restore(opts.resume, log)
     n_envs = min(cfg.n_envs, cfg.episodes)
     updates = math.ceil(cfg.episodes / n_envs)
     stats: UpdateStats | None = None
-    with _make_pool(env_config, registry, cfg.seed, n_envs, log, opts) as pool:
+    with _make_pool(env_config, registry, cfg.seed, n_envs, log, opts, tasks) as pool:
         pool.on_warning = opts.on_warning
         for u in range(tr.first, updates):
             stats, ep_returns = tr.update(pool, u, n_envs, log)
