@@ -70,9 +70,14 @@ def _weights(path: Path) -> dict[str, torch.Tensor]:
 
 
 def test_each_task_germinates_its_own_blueprints_and_the_policy_reads_scaled_features(tmp_path: Path) -> None:
-    result = esper("train", "--config", str(_config(tmp_path, "mt")))
+    result = esper("train", "--config", str(_config(tmp_path, "mt", episodes=12)))
     assert result.exit_code == 0, result.output
     out = tmp_path / "mt"
+    # The report's state tables (training's last third: the last rollout, both tasks) compare the tasks.
+    assert esper("report", str(out)).exit_code == 0
+    tables = (out / "emergence.md").read_text(encoding="utf-8")
+    assert "episodes on `pairs`, `sequences`." in tables and "**op by task**" in tables
+    assert "| pairs | 6 |" in tables and "| sequences | 6 |" in tables  # 2 episodes x 3 decisions each
     rec = torch.load(out / "policy.pt", weights_only=True)
     assert rec["trained_on"]["tasks"] == ["pairs", "sequences"]
     (blueprint,) = [h["choices"] for h in rec["heads"] if h["name"] == "blueprint"]

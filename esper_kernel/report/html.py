@@ -18,7 +18,7 @@ from esper_kernel.report.console import final_stage
 from esper_kernel.report.emergence import HEADER, Pick, choice_tests, markdown, rows
 from esper_kernel.report.events import RunData
 from esper_kernel.report.outcomes import EvalData, TrainData, load
-from esper_kernel.report.reacts import Episode, reaction_tables
+from esper_kernel.report.reacts import Episode, reaction_tables, tasks_of
 from esper_kernel.report.reacts import markdown as react_markdown
 
 REPORT = "report.html"
@@ -317,7 +317,8 @@ _REACTS_TRAIN = (
 def _reacts_html(episodes: Mapping[str, Sequence[Episode]], task: str, intro: str) -> str:
     parts = [f"<p>{intro}</p>"]
     for name, eps in episodes.items():
-        parts.append(f"<h3>{html.escape(name)} ({len(eps)} episodes on {html.escape(task)})</h3>")
+        on = ", ".join(tasks_of(eps)) or task
+        parts.append(f"<h3>{html.escape(name)} ({len(eps)} episodes on {html.escape(on)})</h3>")
         for t in reaction_tables(eps):
             test = f"p = {t.p_value:.4f}" if t.p_value is not None else (t.note or "nothing to test")
             parts.append(f"<p><b>{html.escape(t.title)}</b> ({html.escape(test)})</p>")
@@ -404,7 +405,7 @@ def _write_emergence(data: RunData | TrainData | EvalData, out: Path) -> None:
     text = "# Lever choices against uniform-over-legal\n\n" + "\n".join(parts) if parts else ""
     episodes = _policy_episodes(data)
     if episodes:
-        reacts = [react_markdown(n, reaction_tables(eps), _task(data)) for n, eps in episodes.items()]
+        reacts = [react_markdown(n, reaction_tables(eps), tasks_of(eps) or _task(data)) for n, eps in episodes.items()]
         text += ("\n" if text else "") + "# Choices conditioned on state\n\n" + "\n".join(reacts)
     if text:
         (out / EMERGENCE_MD).write_text(text, encoding="utf-8")

@@ -18,8 +18,8 @@ open-loop recipe -- every pairing is as likely as the true one, so the
 p-value is the share of pairings whose statistic is at least the observed
 one. Whole episodes move together, so their internal dependence is kept.
 A state feature that is the same in every episode (the epoch) cannot be
-tested this way and has no p-value; neither has the task while an eval
-holds one task. A policy that follows an episode-level plan of its own
+tested this way and has no p-value; the task is compared only where the
+episodes span several (a policy trained over several tasks). A policy that follows an episode-level plan of its own
 (drawn once, then played) also "depends on its state", since the state
 records its own earlier choices. And the masks react: a step a recipe
 replays where it is illegal (a slot still occupied) is skipped, so even a
@@ -99,6 +99,7 @@ class _Replay:
     fates: list[str | None] = attrs.Factory(list)
     best: float = 0.0
     plateau: int = 0
+    task: str = ""
 
 
 def events_episodes(events: Sequence[Mapping[str, Any]], slots: int, epochs: int) -> list[Episode]:
@@ -113,17 +114,25 @@ def events_episodes(events: Sequence[Mapping[str, Any]], slots: int, epochs: int
     """
     eps: dict[int, _Replay] = {}
     task = ""
+    #: Training over several tasks: each env's task (``n_envs / len(tasks)`` consecutive envs each).
+    env_tasks: list[str] = []
     for e in events:
         kind = e.get("event")
         if kind == "run.started":
-            task = str(((e.get("config") or {}).get("env") or e.get("env_config") or {}).get("task") or task)
+            config = e.get("config") or {}
+            task = str((config.get("env") or e.get("env_config") or {}).get("task") or task)
+            tables, n_envs = config.get("tasks") or [], int((config.get("ppo") or {}).get("n_envs") or 0)
+            per = n_envs // len(tables) if tables else 0
+            env_tasks = [str(t.get("task")) for t in tables for _ in range(per)]
             continue
         n = e.get("episode")
         i = int(n) if isinstance(n, int) else 0
         if kind == "decision":
             t = int(e.get("epoch") or 0)
             if t == 0 or i not in eps:
-                eps[i] = _Replay(fates=[None] * slots)
+                env = e.get("env")
+                own = env_tasks[env] if isinstance(env, int) and 0 <= env < len(env_tasks) else task
+                eps[i] = _Replay(fates=[None] * slots, task=own)
             r = eps[i]
             r.states.append({"plateau": r.plateau, "fates": list(r.fates)})
             choices, relevant = e.get("choices") or {}, e.get("relevant") or {}
@@ -143,7 +152,7 @@ def events_episodes(events: Sequence[Mapping[str, Any]], slots: int, epochs: int
             slot_i = int(e.get("slot") or 0)
             if 0 <= slot_i < slots:
                 eps[i].fates[slot_i] = _ENDS[str(e["new"])]
-    return [episode(i, r.decisions, r.states, task) for i, r in sorted(eps.items()) if len(r.states) == epochs]
+    return [episode(i, r.decisions, r.states, r.task) for i, r in sorted(eps.items()) if len(r.states) == epochs]
 
 
 def decides(eps: Sequence[Episode]) -> bool:
@@ -177,6 +186,10 @@ def slot_fate(state: Mapping[str, Any], _t: int, _e: int, d: Mapping[str, Any]) 
     return f"slot's last seed {fate}" if fate else "slot never used"
 
 
+def task_of(state: Mapping[str, Any], _t: int, _e: int, _d: Mapping[str, Any]) -> str:
+    return str(state.get("task") or "")
+
+
 @attrs.frozen
 class TableSpec:
     title: str
@@ -185,6 +198,8 @@ class TableSpec:
     choice: Callable[[Mapping[str, Any]], str | None]
     #: The feature is the same in every episode: permuting episodes cannot test it.
     testable: bool = True
+    #: Shown only where the episodes span more than one task (training over several).
+    across_tasks: bool = False
 
 
 def _op(d: Mapping[str, Any]) -> str:
@@ -201,7 +216,14 @@ TABLES = (
     TableSpec("op by the slots' history", slots_history, _op),
     TableSpec("blueprint germinated by the last fate in its slot", slot_fate, _germinated),
     TableSpec("blueprint germinated by plateau", plateau, _germinated),
+    # A recipe plays the same ops on every task; a policy over several tasks that tells them apart does not.
+    TableSpec("op by task", task_of, _op, across_tasks=True),
 )
+
+
+def tasks_of(episodes: Sequence[Episode]) -> tuple[str, ...]:
+    """The tasks ``episodes`` were played on, in first-seen order."""
+    return tuple(dict.fromkeys(e.task for e in episodes if e.task))
 
 
 # -- the table and its test ------------------------------------------------------------------
@@ -253,7 +275,8 @@ def table(spec: TableSpec, episodes: Sequence[Episode], perms: int = PERMUTATION
             d = mine.decisions[t]
             c = spec.choice(d)
             if c is not None:
-                out.append((spec.feature(theirs.states[t], t, epochs, d), c))
+                state = {**theirs.states[t], "task": theirs.task}
+                out.append((spec.feature(state, t, epochs, d), c))
         return out
 
     every = [[counted(mine, theirs) for theirs in episodes] for mine in episodes]
@@ -281,14 +304,19 @@ def table(spec: TableSpec, episodes: Sequence[Episode], perms: int = PERMUTATION
 
 def reaction_tables(episodes: Sequence[Episode], perms: int = PERMUTATIONS, seed: int = 0) -> list[ReactTable]:
     """Every table of :data:`TABLES` over ``episodes`` (those with a decision to count)."""
-    out = [table(spec, episodes, perms, seed) for spec in TABLES]
+    several = len(tasks_of(episodes)) > 1
+    out = [table(spec, episodes, perms, seed) for spec in TABLES if several or not spec.across_tasks]
     return [t for t in out if t.rows]
 
 
-def markdown(name: str, tables: Sequence[ReactTable], task: str = "") -> str:
+def markdown(name: str, tables: Sequence[ReactTable], task: str | Sequence[str] = "") -> str:
     """One policy's tables: per state, how often each choice was made (count and share of the row)."""
     eps = tables[0].episodes if tables else 0
-    head = f"## {name}\n\n{eps} episodes" + (f" on `{task}` (one task: the task is not compared)" if task else "")
+    tasks = [task] if isinstance(task, str) and task else list(task) if not isinstance(task, str) else []
+    on = ", ".join(f"`{t}`" for t in tasks)
+    head = f"## {name}\n\n{eps} episodes" + (
+        f" on {on} (one task: the task is not compared)" if len(tasks) == 1 else f" on {on}" if tasks else ""
+    )
     parts = [head + ".\n"]
     for t in tables:
         test = (
@@ -319,4 +347,6 @@ __all__ = [
     "permutation_p",
     "reaction_tables",
     "table",
+    "task_of",
+    "tasks_of",
 ]
