@@ -165,3 +165,17 @@ def test_scaled_features_mean_the_same_on_every_task(task: str) -> None:
     k = env.n_classes
     assert named["val_loss_scaled"] == pytest.approx(named["val_loss"] / math.log(k), rel=1e-5)
     assert named["val_accuracy_scaled"] == pytest.approx((named["val_accuracy"] - 1 / k) / (1 - 1 / k), abs=1e-6)
+
+
+def test_a_one_task_run_reads_what_policies_before_the_scaled_twins_read(tmp_path: Path) -> None:
+    from esper_kernel.episode.observation import scaled_names
+    from esper_kernel.tamiyo.ppo import pretrained_path
+
+    # The shipped policy predates the twins: a one-task run still starts from it, weights and all.
+    env = EnvConfig(epochs=2, train_size=64, val_size=32, batch_size=32)
+    cfg = PPOConfig(episodes=2, n_envs=2, group_size=2, update_epochs=1, init_policy=str(pretrained_path("pairs")))
+    out = tmp_path / "p" / "policy.pt"
+    train_ppo(env, build_registry(env), cfg, null_log(), out)
+    rec = torch.load(out, weights_only=True)
+    shipped = torch.load(pretrained_path("pairs"), weights_only=True)
+    assert rec["obs_names"] == shipped["obs_names"] and not set(rec["obs_names"]) & set(scaled_names())

@@ -187,7 +187,8 @@ def _train_started(log: Any, s: TrainSession, n_workers: int, ray: str | None, s
         s.registry,
         command="train",
         config=unstructure_config(s.config),
-        env_config=attrs.asdict(s.config.env),
+        env_config=attrs.asdict(s.config.task_envs()[0]),
+        tasks=[e.task for e in s.config.task_envs()] if s.config.tasks else None,
         ppo_config=attrs.asdict(s.config.ppo),
         out=str(s.out),
         workers=n_workers,
@@ -216,7 +217,8 @@ def _train_finished(log: Any, summary: TrainSummary, policy_path: Path) -> None:
 def _write_train_summary(s: TrainSession, n_workers: int, summary: TrainSummary) -> None:
     record = {
         "run_id": s.run_id,
-        "env_config": attrs.asdict(s.config.env),
+        "env_config": attrs.asdict(s.config.task_envs()[0]),
+        **({"tasks": [attrs.asdict(e) for e in s.config.task_envs()]} if s.config.tasks else {}),
         "ppo_config": attrs.asdict(s.config.ppo),
         "levers": [lv.name for lv in s.registry.levers],
         "workers": n_workers,

@@ -55,6 +55,7 @@ __all__ = [
     "blueprint_of_entry",
     "episode_values",
     "names",
+    "scaled_names",
     "slot_values",
 ]
 
@@ -190,6 +191,11 @@ def blueprint_of_entry(name: str) -> str | None:
     if not dot or not slot[1:].isdigit() or not rest.startswith(BLUEPRINT_ENTRY) or "." in rest:
         return None
     return rest.removeprefix(BLUEPRINT_ENTRY)
+
+
+def scaled_names() -> tuple[str, ...]:
+    """The names of :data:`SCALED`'s entries (a one-task policy leaves them out: it reads :data:`ABSOLUTE`)."""
+    return tuple(n for f in SCALED for n in f.names(()))
 
 
 def names(blueprints: Sequence[str], n_slots: int, observed: Sequence[str]) -> tuple[str, ...]:

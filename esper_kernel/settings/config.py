@@ -338,6 +338,8 @@ class TrainConfig:
         for name in ("workers", "eval_every"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be 0 or more, got {getattr(self, name)}")
+        if len(self.tasks) == 1:
+            raise ValueError("tasks: one [[tasks]] table is one task: put its keys in [env] instead")
         if self.tasks:
             self.task_envs()  # each table's keys and values, named, at load time
             per_task, rest = divmod(self.ppo.n_envs, len(self.tasks))

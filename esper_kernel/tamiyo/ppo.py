@@ -316,6 +316,9 @@ class PPOPolicy(nn.Module):
             # The noise of the policy's own heads, as it draws without the new levers: they change no draw.
             noise = self._spread(gumbel((obs.shape[0], self.n_heads, self.max_choices), self.generator))
         masks = self._known(pin_masks(masks, self._pins))
+        if noise is not None and self._never is not None and bool(self._never.any()):
+            # Where only choices new to it are legal, it draws among them as among equals, not the first one.
+            noise = torch.where(self._never, gumbel(tuple(noise.shape), self.generator), noise)
         sampled = sample(self.space, logits, masks, self.generator, self.greedy, noise)
         return sampled, value
 

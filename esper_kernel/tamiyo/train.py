@@ -41,7 +41,7 @@ from esper_kernel.episode.env import (
     observation_names,
 )
 from esper_kernel.episode.loop import play, play_batch
-from esper_kernel.episode.observation import ABSOLUTE
+from esper_kernel.episode.observation import ABSOLUTE, scaled_names
 from esper_kernel.episode.sampling import Sampled
 from esper_kernel.infra import checkpoint
 from esper_kernel.infra.errors import EsperError
@@ -287,7 +287,7 @@ def evaluate_on_pool(policy: PPOPolicy, pool: EnvPool, seeds: Sequence[int]) -> 
 
 def _start_from(policy: PPOPolicy, path: Path, registry: Registry, env_config: EnvConfig) -> None:
     """Load ``path``'s weights and observation statistics into the fresh ``policy``, or say what does not fit."""
-    names = observation_names(registry, env_config.slots)
+    names = policy.obs_names  # what the fresh policy reads, which the start must have read too
     try:
         start = load_policy(path, registry, len(names), names, trained_on=trained_on(env_config), extend=False)
     except EsperError as exc:
@@ -336,8 +336,9 @@ class _Trainer:
             seed=cfg.seed,
             pinned=lever_defaults(registry) if cfg.fix_levers else None,
             trained_on=trained_on(env_config, tasks),
-            # Over several tasks, a loss in nats or an accuracy over 1/K would say which task it is: scaled twins only.
-            reads=[n for n in names if n not in ABSOLUTE] if tasks else None,
+            # Over several tasks, a loss in nats or an accuracy over 1/K would say which task it is: scaled twins
+            # only. One task reads what one-task policies always read, so its runs are the ones before the twins.
+            reads=[n for n in names if n not in (ABSOLUTE if tasks else scaled_names())],
         )
         if cfg.init_policy is not None:
             if tasks:
