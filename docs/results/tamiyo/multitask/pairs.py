@@ -9,7 +9,8 @@ import sys
 
 from esper_kernel.infra.stats import paired_difference
 
-doc = json.load(open(sys.argv[1], encoding="utf-8"))
+with open(sys.argv[1], encoding="utf-8") as f:
+    doc = json.load(f)
 by = {p["name"]: {r["seed"]: r for r in p["per_seed"]} for p in doc["policies"]}
 args = sys.argv[2:]
 for a, b in zip(args[::2], args[1::2], strict=True):
