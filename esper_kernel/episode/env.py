@@ -16,8 +16,6 @@ import attrs
 import torch
 
 from esper_kernel.compose.actions import Decision
-from esper_kernel.compose.core import CoreHeads
-from esper_kernel.compose.discovery import Selection
 from esper_kernel.compose.masks import MaskView
 from esper_kernel.compose.registry import Registry
 from esper_kernel.compose.stages import Stage
@@ -25,7 +23,9 @@ from esper_kernel.compose.watch import LeverWatch
 from esper_kernel.data.taskplugins import HostShape, build_data, find_task
 from esper_kernel.data.tasks import TaskData, TaskError, check_built
 from esper_kernel.episode import divergence, observation
-from esper_kernel.grow.blueprints import blueprint_names, build_seed
+from esper_kernel.episode.heads import build_registry as build_registry  # re-exported: callers find it here
+from esper_kernel.episode.heads import union_catalogue as union_catalogue
+from esper_kernel.grow.blueprints import build_seed
 from esper_kernel.grow.hosts import CNN1DHost, CNNHost, CNNHostConfig, Host, TransformerHost
 from esper_kernel.grow.lifecycle import EpochMeasure, Lifecycle
 from esper_kernel.grow.sizing import HostSize, measure_host
@@ -111,44 +111,6 @@ def add_fossils(host: Host, fossils: Sequence[tuple[int, str, float]]) -> None:
         if not 0 <= slot < len(slots):
             raise EsperError(f"fossil in slot {slot}: the host has {len(slots)} slots")
         slots[slot].fossils.append(build_seed(host.topology, blueprint, slots[slot].dim, width_scale))
-
-
-def union_catalogue(configs: Sequence[EnvConfig]) -> tuple[str, ...]:
-    """Every blueprint of the tasks' topologies, each once, in catalogue order: one ``blueprint`` head for all."""
-    out: list[str] = []
-    for topology in dict.fromkeys(c.topology for c in configs):
-        out += [b for b in blueprint_names(topology) if b not in out]
-    return tuple(out)
-
-
-def build_registry(
-    config: EnvConfig, selection: Selection | None = None, catalogue: tuple[str, ...] | None = None
-) -> Registry:
-    """Load the selected levers and compose them with the kernel's heads for this config.
-
-    A task that names its blueprints (``Task.blueprints``) may germinate only those. ``catalogue``
-    (:func:`union_catalogue`, training over several tasks) gives the ``blueprint`` head every task's
-    choices; this task germinates only its own topology's.
-    """
-    topology = config.topology
-    own = blueprint_names(topology)
-    try:
-        info = find_task(config.task)
-    except PluginError:
-        allowed = None  # an unknown task fails where its data is built, with the task plugins' own line
-    else:
-        allowed = info.task.blueprints
-        unknown = [b for b in allowed or () if b not in own]
-        if unknown or allowed == ():
-            raise EsperError(
-                f"task {config.task!r} ({info.distribution}) lists blueprints {list(allowed or ())}: "
-                f"each must be one of the {topology} catalogue ({', '.join(own)})"
-            )
-    if catalogue is not None and catalogue != own:
-        allowed = allowed or own
-    registry = Registry.open(CoreHeads(config.slots, catalogue or own, topology, allowed), selection)
-    registry.compiling = config.compile
-    return registry
 
 
 def env_registries(registry: Registry, n_envs: int) -> list[Registry]:

@@ -8,7 +8,6 @@ kernel layer above ``tasks``: everything that runs imports its config from here.
 
 from __future__ import annotations
 
-import math
 import tomllib
 from pathlib import Path
 from typing import Any, TypeVar
@@ -28,6 +27,9 @@ from esper_kernel.settings.bounds import (
     MAX_WIDTH,
     MIN_SLOTS,
 )
+from esper_kernel.settings.checks import check_tasks, checked_device_name, lay_tasks
+from esper_kernel.settings.checks import env_problems as env_problems  # re-exported: its old home
+from esper_kernel.settings.checks import finite_problems as finite_problems
 from esper_kernel.settings.declare import (
     COMMANDS,
     Roots,
@@ -42,28 +44,6 @@ from esper_kernel.settings.declare import (
 )
 
 C = TypeVar("C")
-
-
-def env_problems(env: EnvConfig, prefix: str = "env.") -> list[str]:
-    """What an episode's config names that does not exist, as ``env.key: what is wrong``.
-
-    Ranges are the settings' own (:func:`esper_kernel.settings.declare.range_problems`).
-    """
-    from esper_kernel.data.taskplugins import task_names
-
-    problems: list[str] = []
-    if env.task not in (names := task_names()):
-        problems.append(f"{prefix}task: unknown task {env.task!r}; installed tasks: {', '.join(names)}")
-    if env.data_dir is not None and not env.data_dir.strip():
-        problems.append(f"{prefix}data_dir: is empty; leave it out for the generated tasks")
-    return problems
-
-
-def finite_problems(**values: float | None) -> list[str]:
-    """``name: must be a finite number`` for every NaN or infinite value given (None is skipped)."""
-    return [
-        f"{k}: must be a finite number, got {v}" for k, v in values.items() if v is not None and not math.isfinite(v)
-    ]
 
 
 def config_problems(config: RunConfig) -> list[str]:
@@ -83,13 +63,6 @@ def config_problems(config: RunConfig) -> list[str]:
     if not config.policy.strip():
         problems.append("policy: is empty; use 'heuristic', 'random' or a policy file")
     return problems
-
-
-def _check_device_name(name: str) -> str:
-    # Imported here: devices imports torch, and reading a config must not.
-    from esper_kernel.infra.devices import check_device_name
-
-    return check_device_name(name)
 
 
 class ConfigError(EsperError):
@@ -179,7 +152,7 @@ class EnvConfig:
         flag="--device",
         metavar="cpu|cuda[:N]|auto",
         help="Where the host, batches and accumulators live (auto: CUDA when present).",
-        validator=lambda _i, _a, v: _check_device_name(v),
+        validator=lambda _i, _a, v: checked_device_name(v),
     )
     amp: bool = setting(False, flag="--amp", is_flag=True, help="bf16 autocast for the host's forward pass.")
 
@@ -338,24 +311,9 @@ class TrainConfig:
         for name in ("workers", "eval_every"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be 0 or more, got {getattr(self, name)}")
-        if len(self.tasks) == 1:
-            raise ValueError("tasks: one [[tasks]] table is one task: put its keys in [env] instead")
         if self.tasks:
             self.task_envs()  # each table's keys and values, named, at load time
-            per_task, rest = divmod(self.ppo.n_envs, len(self.tasks))
-            if rest or per_task % self.ppo.group_size:
-                raise ValueError(
-                    f"ppo.n_envs: {len(self.tasks)} tasks, each its own groups of ppo.group_size "
-                    f"{self.ppo.group_size}, need n_envs a multiple of {len(self.tasks) * self.ppo.group_size}, "
-                    f"got {self.ppo.n_envs}"
-                )
-            if self.ppo.episodes % self.ppo.n_envs:
-                raise ValueError(
-                    f"ppo.episodes: with tasks, every rollout holds each task's envs, so episodes must be a "
-                    f"multiple of n_envs {self.ppo.n_envs}, got {self.ppo.episodes}"
-                )
-            if self.eval_every:
-                raise ValueError("eval_every: with tasks, set 0 (evaluate each task with esper eval instead)")
+            check_tasks(len(self.tasks), self.ppo.n_envs, self.ppo.group_size, self.ppo.episodes, self.eval_every)
 
     def task_envs(self) -> tuple[EnvConfig, ...]:
         """The env of each task trained on: ``[env]``, with each ``[[tasks]]`` table's keys over it.
@@ -364,28 +322,22 @@ class TrainConfig:
         """
         if not self.tasks:
             return (self.env,)
-        base = converter.unstructure(self.env)
         known = {a.name for a in attrs.fields(EnvConfig)}
-        out = []
-        for i, table in enumerate(self.tasks):
-            where = f"tasks[{i}]"
-            if not isinstance(table, dict) or "task" not in table:
-                raise ValueError(f"{where}: a table of [env] keys naming its task, got {table!r}")
-            if unknown := sorted(set(table) - known):
-                raise ValueError(f"{where}.{unknown[0]}: unknown key (keys: those of [env])")
-            if shared := sorted(set(table) & {"epochs", "slots"}):
-                raise ValueError(f"{where}.{shared[0]}: set it in [env]: every task trains with the same one")
-            try:
-                env = converter.structure({**base, **table}, EnvConfig)
-            except cattrs.BaseValidationError as exc:
-                lines = cattrs.transform_error(exc, path=where, format_exception=_format_exception)
-                raise ValueError("; ".join(lines)) from None
-            if bad := range_problems(env, prefix=f"{where}.") + env_problems(env, prefix=f"{where}."):
-                raise ValueError("; ".join(bad))
-            out.append(env)
-        if len({e.task for e in out}) != len(out):
-            raise ValueError(f"tasks: each task once, got {[e.task for e in out]}")
-        return tuple(out)
+        envs: tuple[EnvConfig, ...] = lay_tasks(self.tasks, converter.unstructure(self.env), known, _env_table)
+        return envs
+
+
+def _env_table(data: dict[str, Any], where: str) -> EnvConfig:
+    """One ``[[tasks]]`` table over ``[env]``, built and checked, or a ValueError naming ``where``."""
+    try:
+        env = converter.structure(data, EnvConfig)
+    except cattrs.BaseValidationError as exc:
+        raise ValueError(
+            "; ".join(cattrs.transform_error(exc, path=where, format_exception=_format_exception))
+        ) from None
+    if bad := range_problems(env, prefix=f"{where}.") + env_problems(env, prefix=f"{where}."):
+        raise ValueError("; ".join(bad))
+    return env
 
 
 #: The config each command reads, and which commands take each declaring class's settings as flags

@@ -33,6 +33,9 @@ from esper_kernel.grow.sizing import count_params
 from esper_kernel.infra.errors import EsperError
 from esper_kernel.settings.bounds import MAX_WIDTH
 from esper_kernel.settings.config import EnvConfig
+from esper_kernel.tamiyo.fit import defaulted_heads as defaulted_heads  # re-exported: commands ask here
+from esper_kernel.tamiyo.fit import describe_fit as describe_fit
+from esper_kernel.tamiyo.fit import unseen_choices as unseen_choices
 from esper_kernel.tamiyo.policies import (
     CarriesRunState,
     ForcedPolicy,
@@ -448,29 +451,6 @@ def static_env(spec: PolicySpec, env: EnvConfig, num_classes: int | HostShape, f
         return attrs.evolve(env, width=static_width(env, num_classes, spec.static_params))
     except EsperError as exc:
         raise EsperError(f"{flag} {spec.name!r}: {exc}") from exc
-
-
-def defaulted_heads(policy: Policy) -> dict[str, str]:
-    """The heads a learned policy was not trained with, held at their defaults (empty for any other policy)."""
-    inner = policy.base if isinstance(policy, ForcedPolicy) else policy
-    held = getattr(inner, "defaulted", None)
-    return dict(held) if isinstance(held, dict) else {}
-
-
-def unseen_choices(policy: Policy) -> dict[str, tuple[str, ...]]:
-    """Per head, the choices a learned policy never saw and so never draws (a task of another topology's
-    blueprints, with ``transfer:``); empty for any other policy."""
-    inner = policy.base if isinstance(policy, ForcedPolicy) else policy
-    unseen = getattr(inner, "unseen", None)
-    return dict(unseen) if isinstance(unseen, dict) else {}
-
-
-def describe_fit(policy: Policy) -> list[str]:
-    """The lines a person is told once about how a learned policy fits this run (empty: as trained)."""
-    from esper_kernel.tamiyo.fit import describe_defaults, describe_unseen
-
-    held, unseen = defaulted_heads(policy), unseen_choices(policy)
-    return ([describe_defaults(list(held.items()))] if held else []) + ([describe_unseen(unseen)] if unseen else [])
 
 
 def learned_of(spec: PolicySpec, ctx: BuildContext) -> Policy | None:

@@ -233,6 +233,39 @@ class EnvPool:
         return cls.of(EnvShard.build(config, registry, task_seed, range(first, first + n_envs), log), log)
 
     @classmethod
+    def of_tasks(
+        cls,
+        tasks: Sequence[EnvConfig],
+        registry: Registry,
+        selection: Selection,
+        task_seed: int,
+        n_envs: int,
+        workers: int,
+        log: Any,
+    ) -> EnvPool:
+        """Several tasks' envs as one pool: ``n_envs / len(tasks)`` consecutive envs each, in the order given.
+
+        With ``workers`` > 1 every task has ``max(1, workers // len(tasks))`` processes of its own (a shard
+        holds one task's data); ``registry`` holds the tasks' union blueprint catalogue.
+        """
+        catalogue: tuple[str, ...] = getattr(registry.info("esper").plugin, "blueprints", ())
+        per = n_envs // len(tasks)
+        pools: list[EnvPool] = []
+        try:
+            for i, env in enumerate(tasks):
+                if workers > 1:
+                    own = max(1, workers // len(tasks))
+                    pools.append(cls.processes(env, registry, selection, task_seed, per, own, log, i * per, catalogue))
+                else:
+                    reg = build_registry(env, selection, catalogue)
+                    pools.append(cls.local(env, reg, task_seed, per, log, first=i * per))
+            return cls.joined(pools, log)
+        except BaseException:
+            for sub in pools:
+                sub.close()
+            raise
+
+    @classmethod
     def joined(cls, pools: Sequence[EnvPool], log: Any) -> EnvPool:
         """One pool of several pools' shards, in order (several tasks' envs, one rollout)."""
         epochs = {p.epochs for p in pools}

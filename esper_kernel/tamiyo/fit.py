@@ -28,6 +28,7 @@ import attrs
 
 from esper_kernel.compose.actions import ActionSpace
 from esper_kernel.episode.observation import blueprint_of_entry
+from esper_kernel.tamiyo.policies import ForcedPolicy, Policy
 
 #: A :attr:`Fit.take` or :attr:`Fit.choices` entry with no source: read as 0, or never drawn.
 ABSENT = -1
@@ -165,3 +166,27 @@ def describe_unseen(unseen: dict[str, tuple[str, ...]]) -> str:
     """One line for the console: the choices a policy never saw, which it never draws."""
     said = "; ".join(f"{h}={', '.join(c)}" for h, c in unseen.items())
     return f"choices it was not trained with are never drawn: {said}"
+
+
+# -- what a person is told of a learned policy's fit (catalogue re-exports these) --
+
+
+def defaulted_heads(policy: Policy) -> dict[str, str]:
+    """The heads a learned policy was not trained with, held at their defaults (empty for any other policy)."""
+    inner = policy.base if isinstance(policy, ForcedPolicy) else policy
+    held = getattr(inner, "defaulted", None)
+    return dict(held) if isinstance(held, dict) else {}
+
+
+def unseen_choices(policy: Policy) -> dict[str, tuple[str, ...]]:
+    """Per head, the choices a learned policy never saw and so never draws (a task of another topology's
+    blueprints, with ``transfer:``); empty for any other policy."""
+    inner = policy.base if isinstance(policy, ForcedPolicy) else policy
+    unseen = getattr(inner, "unseen", None)
+    return dict(unseen) if isinstance(unseen, dict) else {}
+
+
+def describe_fit(policy: Policy) -> list[str]:
+    """The lines a person is told once about how a learned policy fits this run (empty: as trained)."""
+    held, unseen = defaulted_heads(policy), unseen_choices(policy)
+    return ([describe_defaults(list(held.items()))] if held else []) + ([describe_unseen(unseen)] if unseen else [])

@@ -23,10 +23,41 @@ from esper_kernel.compose.actions import ActionSpace
 from esper_kernel.compose.registry import Registry
 from esper_kernel.episode.sampling import Sampled, gumbel, pin_masks, sample, score
 from esper_kernel.infra.checkpoint import unreadable
-from esper_kernel.infra.errors import EsperError
 from esper_kernel.infra.files import write_atomic
-from esper_kernel.settings.config import EnvConfig
 from esper_kernel.tamiyo.fit import ABSENT, Fit, fit, unseen
+from esper_kernel.tamiyo.stamp import (  # re-exported: their old home
+    MUST_MATCH as MUST_MATCH,
+)
+from esper_kernel.tamiyo.stamp import (
+    PRETRAINED as PRETRAINED,
+)
+from esper_kernel.tamiyo.stamp import (
+    HeadStamp as HeadStamp,
+)
+from esper_kernel.tamiyo.stamp import (
+    LeverStamp as LeverStamp,
+)
+from esper_kernel.tamiyo.stamp import (
+    PolicyLoadError as PolicyLoadError,
+)
+from esper_kernel.tamiyo.stamp import (
+    PolicyMismatchError as PolicyMismatchError,
+)
+from esper_kernel.tamiyo.stamp import (
+    check_stamp,
+)
+from esper_kernel.tamiyo.stamp import (
+    head_stamps as head_stamps,
+)
+from esper_kernel.tamiyo.stamp import (
+    lever_stamps as lever_stamps,
+)
+from esper_kernel.tamiyo.stamp import (
+    pretrained_path as pretrained_path,
+)
+from esper_kernel.tamiyo.stamp import (
+    trained_on as trained_on,
+)
 
 if TYPE_CHECKING:
     from esper_kernel.episode.env import EnvBatch
@@ -34,44 +65,6 @@ if TYPE_CHECKING:
 POLICY_FORMAT = "esper.policy/1"
 #: Normalised observations are clipped: a rare huge loss must not saturate the trunk.
 OBS_CLIP = 5.0
-
-
-class PolicyLoadError(EsperError):
-    """A policy file is missing, unreadable or not an Esper policy."""
-
-
-class PolicyMismatchError(PolicyLoadError):
-    """A policy was trained for other heads, choices or observations than the active registry's."""
-
-
-@attrs.frozen
-class LeverStamp:
-    """Which lever, from which distribution and version, a policy was trained with."""
-
-    name: str
-    distribution: str
-    version: str
-
-    def __str__(self) -> str:
-        return f"{self.name} ({self.distribution} {self.version})"
-
-
-@attrs.frozen
-class HeadStamp:
-    name: str
-    choices: tuple[str, ...]
-
-    @property
-    def size(self) -> int:
-        return len(self.choices)
-
-
-def lever_stamps(registry: Registry) -> tuple[LeverStamp, ...]:
-    return tuple(LeverStamp(lv.name, lv.distribution, lv.version) for lv in registry.levers)
-
-
-def head_stamps(space: ActionSpace) -> tuple[HeadStamp, ...]:
-    return tuple(HeadStamp(h.name, h.spec.choices) for h in space.heads)
 
 
 class RunningNorm(nn.Module):
@@ -108,39 +101,6 @@ class RunningNorm(nn.Module):
         std = (self.var + 1e-8).sqrt()
         out = (x.to(torch.float64) - self.mean) / std
         return out.clamp(-OBS_CLIP, OBS_CLIP).to(torch.float32)
-
-
-def trained_on(env: EnvConfig, tasks: Sequence[EnvConfig] = ()) -> dict[str, Any]:
-    """The stamp a policy carries: what it was trained on, and so must be run on (``tasks``: every task of a
-    policy trained over several; ``env`` is the first)."""
-    stamp: dict[str, Any] = {"task": env.task, "epochs": env.epochs, "slots": env.slots}
-    if tasks:
-        stamp["tasks"] = [t.task for t in tasks]
-    return stamp
-
-
-#: Stamp entries a run must share with the policy it drives.
-MUST_MATCH = ("task",)
-
-#: Policies shipped in the package, by the task they were trained on (``--policy pretrained``).
-PRETRAINED: dict[str, str] = {"pairs": "pairs.pt"}
-
-
-def pretrained_path(task: str) -> Path:
-    """The shipped policy for ``task``; a clear error where none ships."""
-    from importlib.resources import files
-
-    name = PRETRAINED.get(task)
-    path = Path(str(files("esper_kernel") / "pretrained" / name)) if name else None
-    if path is None or not path.is_file():
-        have = ", ".join(
-            t for t, f in PRETRAINED.items() if (Path(str(files("esper_kernel"))) / "pretrained" / f).is_file()
-        )
-        raise PolicyLoadError(
-            f"--policy pretrained: no pretrained policy ships for task {task!r} (there is one for: {have or 'none'})"
-            + (f"; transfer:{have.split(', ')[0]} plays that one on {task!r}" if have else "")
-        )
-    return path
 
 
 def _layer(inp: int, out: int, gain: float) -> nn.Linear:
@@ -205,6 +165,16 @@ class PPOPolicy(nn.Module):
         # The network's own layout; :meth:`_spread` moves it into the active space's.
         self.n_heads = len(self.heads)
         self.max_choices = max(h.size for h in self.heads)
+        self._build(obs_dim, hidden, seed)
+        self._gather: torch.Tensor | None = None
+        self._never: torch.Tensor | None = None
+        if fit is not None and moved:
+            self._gather, self._never = self._moves(fit)
+        self.generator = torch.Generator().manual_seed(seed + 1)
+        self.greedy = False
+        self.last_value: torch.Tensor | None = None
+
+    def _build(self, obs_dim: int, hidden: int, seed: int) -> None:
         init = torch.Generator().manual_seed(seed)
         with torch.random.fork_rng(devices=[]):
             # Weight init draws from the global RNG; fork it so building a policy has no side effects.
@@ -219,13 +189,6 @@ class PPOPolicy(nn.Module):
             # A small gain starts every head near uniform over its legal choices.
             self.logits_layer = _layer(hidden, self.n_heads * self.max_choices, 0.01)
             self.value_layer = _layer(hidden, 1, 1.0)
-        self._gather: torch.Tensor | None = None
-        self._never: torch.Tensor | None = None
-        if fit is not None and moved:
-            self._gather, self._never = self._moves(fit)
-        self.generator = torch.Generator().manual_seed(seed + 1)
-        self.greedy = False
-        self.last_value: torch.Tensor | None = None
 
     @classmethod
     def for_registry(
@@ -479,34 +442,6 @@ def _problems(
     return None, problems + pinned
 
 
-def _check_stamp(path: Path, stamp: Mapping[str, Any], run: Mapping[str, Any], transfer: bool = False) -> None:
-    """The task must match (unless asked to ``transfer``); so must the slot count, which the observation
-    lays out slot by slot."""
-    # The observation carries the epoch as a fraction of the episode, so a policy runs on another episode length.
-    must: tuple[str, ...] = () if transfer else MUST_MATCH
-    tasks = stamp.get("tasks")
-    if tasks and not transfer:
-        # Trained over several tasks: any of them is its own.
-        must = tuple(k for k in must if k != "task")
-        if run.get("task") not in tasks:
-            raise PolicyMismatchError(
-                f"policy {str(path)!r} was trained on tasks {', '.join(map(repr, tasks))}, not {run.get('task')!r}; "
-                "transfer:POLICY plays it on another task"
-            )
-    differ = [f"{k} {stamp[k]!r} (this run: {run[k]!r})" for k in must if stamp.get(k) != run.get(k)]
-    if differ:
-        raise PolicyMismatchError(
-            f"policy {str(path)!r} was trained on another setting: {', '.join(differ)}"
-            + ("; transfer:POLICY plays it on another task" if "task" in must and stamp.get("task") else "")
-        )
-    slots, given = stamp.get("slots"), run.get("slots")
-    if slots is not None and given is not None and slots != given:
-        raise PolicyMismatchError(
-            f"--slots {given}: policy {str(path)!r} was trained on {slots} slots and reads each slot's features "
-            f"at a fixed place in its observation, so it runs only with --slots {slots}"
-        )
-
-
 def load_policy(
     path: Path | str,
     registry: Registry,
@@ -534,7 +469,7 @@ def load_policy(
     path = Path(path)
     rec = _read_record(path)
     if trained_on is not None and rec.trained_on:
-        _check_stamp(path, rec.trained_on, trained_on, transfer)
+        check_stamp(path, rec.trained_on, trained_on, transfer)
     got, problems = _problems(rec, registry, obs_dim, obs_names, extend)
     if problems:
         raise PolicyMismatchError(

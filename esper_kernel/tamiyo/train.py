@@ -35,7 +35,6 @@ from esper_kernel.episode.env import (
     EnvBatch,
     EnvConfig,
     MorphoEnv,
-    build_registry,
     env_registries,
     load_task,
     observation_names,
@@ -216,33 +215,6 @@ def extension_problem(saved: Mapping[str, Any], done: int, episodes: int) -> str
     return None
 
 
-def _task_pool(
-    tasks: Sequence[EnvConfig], registry: Registry, task_seed: int, n_envs: int, log: Any, opts: TrainOptions
-) -> EnvPool:
-    """Several tasks' envs as one pool: ``n_envs / len(tasks)`` consecutive envs each, in the order given."""
-    if opts.ray is not None:
-        raise EsperError("--ray-address: training over several tasks runs its envs in local worker processes")
-    selection = opts.selection or Selection(only=registry.names)
-    catalogue: tuple[str, ...] = getattr(registry.info("esper").plugin, "blueprints", ())
-    per = n_envs // len(tasks)
-    # Every task its own worker process(es): a shard holds one task's data.
-    workers = max(1, opts.workers // len(tasks)) if opts.workers > 1 else 1
-    pools: list[EnvPool] = []
-    try:
-        for i, env in enumerate(tasks):
-            if opts.workers > 1:
-                sub = EnvPool.processes(env, registry, selection, task_seed, per, workers, log, i * per, catalogue)
-            else:
-                reg = build_registry(env, selection, catalogue)
-                sub = EnvPool.local(env, reg, task_seed, per, log, first=i * per)
-            pools.append(sub)
-    except BaseException:
-        for sub in pools:
-            sub.close()
-        raise
-    return EnvPool.joined(pools, log)
-
-
 def _make_pool(
     env_config: EnvConfig,
     registry: Registry,
@@ -253,7 +225,10 @@ def _make_pool(
     tasks: Sequence[EnvConfig] = (),
 ) -> EnvPool:
     if tasks:
-        return _task_pool(tasks, registry, task_seed, n_envs, log, opts)
+        if opts.ray is not None:
+            raise EsperError("--ray-address: training over several tasks runs its envs in local worker processes")
+        selection = opts.selection or Selection(only=registry.names)
+        return EnvPool.of_tasks(tasks, registry, selection, task_seed, n_envs, opts.workers, log)
     selection = opts.selection or Selection(only=registry.names)
     if opts.ray is not None:
         from esper_kernel.tamiyo.raypool import ray_pool
