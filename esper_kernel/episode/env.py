@@ -23,6 +23,7 @@ from esper_kernel.compose.watch import LeverWatch
 from esper_kernel.data.taskplugins import HostShape, build_data, find_task
 from esper_kernel.data.tasks import TaskData, TaskError, check_built
 from esper_kernel.episode import divergence, observation
+from esper_kernel.episode.heads import blueprints_of
 from esper_kernel.episode.heads import build_registry as build_registry  # re-exported: callers find it here
 from esper_kernel.episode.heads import union_catalogue as union_catalogue
 from esper_kernel.grow.blueprints import build_seed
@@ -121,9 +122,7 @@ def env_registries(registry: Registry, n_envs: int) -> list[Registry]:
 
 def observation_names(registry: Registry, n_slots: int) -> tuple[str, ...]:
     """The meaning of every observation entry, in order: the schema :mod:`esper_kernel.episode.observation` declares."""
-    core = registry.info("esper").plugin
-    blueprints: tuple[str, ...] = getattr(core, "blueprints", ())
-    return observation.names(blueprints, n_slots, [f.key for f in registry.observed_fields()])
+    return observation.names(blueprints_of(registry), n_slots, [f.key for f in registry.observed_fields()])
 
 
 @attrs.frozen
@@ -170,7 +169,7 @@ class MorphoEnv:
         # Read once: the topology is looked up through the task plugins' entry points (~25 ms a call).
         self.topology = config.topology
         # The blueprint head's choices (one topology's catalogue, or several tasks' union): the observation's one-hot.
-        self.blueprints: tuple[str, ...] = getattr(registry.info("esper").plugin, "blueprints", ())
+        self.blueprints = blueprints_of(registry)
         self.observed = registry.observed_fields()
         self.obs_dim = len(observation_names(registry, self.n_slots))
         self.episode = -1

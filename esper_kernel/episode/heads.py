@@ -16,7 +16,7 @@ from esper_kernel.grow.blueprints import blueprint_names
 from esper_kernel.infra.errors import EsperError, PluginError
 from esper_kernel.settings.config import EnvConfig
 
-__all__ = ["build_registry", "union_catalogue"]
+__all__ = ["blueprints_of", "build_registry", "union_catalogue"]
 
 
 def union_catalogue(configs: Sequence[EnvConfig]) -> tuple[str, ...]:
@@ -55,3 +55,9 @@ def build_registry(
     registry = Registry.open(CoreHeads(config.slots, catalogue or own, topology, allowed), selection)
     registry.compiling = config.compile
     return registry
+
+
+def blueprints_of(registry: Registry) -> tuple[str, ...]:
+    """The ``blueprint`` head's choices a registry was built with (one catalogue, or several tasks' union)."""
+    blueprints: tuple[str, ...] = getattr(registry.info("esper").plugin, "blueprints", ())
+    return blueprints

@@ -33,6 +33,7 @@ import torch
 from esper_kernel.compose.discovery import Selection
 from esper_kernel.compose.registry import Registry
 from esper_kernel.episode.env import EnvBatch, EnvConfig, MorphoEnv, build_registry, env_registries, load_task
+from esper_kernel.episode.heads import blueprints_of
 from esper_kernel.episode.loop import Transition
 from esper_kernel.infra.devices import rng_states, set_rng_states
 from esper_kernel.infra.errors import EsperError
@@ -248,7 +249,7 @@ class EnvPool:
         With ``workers`` > 1 every task has ``max(1, workers // len(tasks))`` processes of its own (a shard
         holds one task's data); ``registry`` holds the tasks' union blueprint catalogue.
         """
-        catalogue: tuple[str, ...] = getattr(registry.info("esper").plugin, "blueprints", ())
+        catalogue = blueprints_of(registry)
         per = n_envs // len(tasks)
         pools: list[EnvPool] = []
         try:
