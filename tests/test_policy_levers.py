@@ -31,6 +31,8 @@ from esper_kernel.tamiyo.ppo import PolicyMismatchError, PPOPolicy, load_policy,
 ROOT = Path(__file__).resolve().parents[1]
 PLUGINS = sorted((ROOT / "plugins").iterdir())
 #: The three plugins' heads and their declared defaults.
+# A small local corpus for the text task: nothing is downloaded.
+TEXT = "When shall we three meet again, in thunder, lightning, or in rain? Fair is foul, and foul is fair.\n" * 40
 NEW_HEADS = {"blueprint_variant": "MEDIUM", "g2_threshold": "DEFAULT", "isolation_strength": "NONE"}
 
 
@@ -167,9 +169,17 @@ def _decisions(summary: dict[str, Any]) -> list[tuple[Any, ...]]:
     ]  # fmt: skip
 
 
+@pytest.mark.parametrize("task", ["pairs", "text"])
 @pytest.mark.parametrize("policy", ["greedy:pretrained", "pretrained"])
-def test_pretrained_runs_with_every_plugin_at_defaults(plugin_site: Path, tmp_path: Path, policy: str) -> None:
-    args = ("run", "--policy", policy, "--epochs", "6", "--seed", "3", "--quiet")
+def test_pretrained_runs_with_every_plugin_at_defaults(
+    plugin_site: Path, tmp_path: Path, policy: str, task: str
+) -> None:
+    # Every task a policy ships for (PRETRAINED), from the installed package.
+    args: tuple[str, ...] = ("run", "--policy", policy, "--task", task, "--epochs", "6", "--seed", "3", "--quiet")
+    if task == "text":
+        corpus = tmp_path / "corpus.txt"
+        corpus.write_text(TEXT, encoding="utf-8")
+        args += ("--data-dir", str(corpus))
     plain = esper(*args, "--out", "plain", site=None, cwd=tmp_path)
     assert plain.returncode == 0, plain.stderr
     full = esper(*args, "--out", "full", site=plugin_site, cwd=tmp_path)

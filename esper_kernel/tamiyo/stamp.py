@@ -54,8 +54,9 @@ def trained_on(env: EnvConfig, tasks: Sequence[EnvConfig] = ()) -> dict[str, Any
 #: Stamp entries a run must share with the policy it drives.
 MUST_MATCH = ("task",)
 
-#: Policies shipped in the package, by the task they were trained on (``--policy pretrained``).
-PRETRAINED: dict[str, str] = {"pairs": "pairs.pt"}
+#: Policies shipped in the package, by the task they play (``--policy pretrained``): for each, the one that scored
+#: best there on held-out seeds (docs/tamiyo.md). ``text.pt`` was trained over pairs and text together.
+PRETRAINED: dict[str, str] = {"pairs": "pairs.pt", "text": "text.pt"}
 
 
 def pretrained_path(task: str) -> Path:
