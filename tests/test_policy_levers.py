@@ -26,13 +26,13 @@ from esper_kernel.compose.registry import Registry
 from esper_kernel.episode.env import EnvConfig, observation_names
 from esper_kernel.grow.blueprints import blueprint_names
 from esper_kernel.infra.telemetry import read_events
-from esper_kernel.tamiyo.ppo import PolicyMismatchError, PPOPolicy, load_policy, save_policy, trained_on
+from esper_kernel.tamiyo.ppo import PRETRAINED, PolicyMismatchError, PPOPolicy, load_policy, save_policy, trained_on
 
 ROOT = Path(__file__).resolve().parents[1]
 PLUGINS = sorted((ROOT / "plugins").iterdir())
-#: The three plugins' heads and their declared defaults.
 # A small local corpus for the text task: nothing is downloaded.
 TEXT = "When shall we three meet again, in thunder, lightning, or in rain? Fair is foul, and foul is fair.\n" * 40
+#: The three plugins' heads and their declared defaults.
 NEW_HEADS = {"blueprint_variant": "MEDIUM", "g2_threshold": "DEFAULT", "isolation_strength": "NONE"}
 
 
@@ -169,12 +169,11 @@ def _decisions(summary: dict[str, Any]) -> list[tuple[Any, ...]]:
     ]  # fmt: skip
 
 
-@pytest.mark.parametrize("task", ["pairs", "text"])
+@pytest.mark.parametrize("task", sorted(PRETRAINED))
 @pytest.mark.parametrize("policy", ["greedy:pretrained", "pretrained"])
 def test_pretrained_runs_with_every_plugin_at_defaults(
     plugin_site: Path, tmp_path: Path, policy: str, task: str
 ) -> None:
-    # Every task a policy ships for (PRETRAINED), from the installed package.
     args: tuple[str, ...] = ("run", "--policy", policy, "--task", task, "--epochs", "6", "--seed", "3", "--quiet")
     if task == "text":
         corpus = tmp_path / "corpus.txt"
