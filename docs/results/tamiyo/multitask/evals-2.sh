@@ -1,7 +1,7 @@
 # The held-out evals of the longer arms (all-768, no-mnist1d-512) and of the fixed-levers control (no-mnist1d-fixed),
 # into the journals evals.sh wrote: the episodes already there (baselines, A, B) are replayed from them, not rerun.
 set -x
-cd /work/main; . .venv/bin/activate; export OMP_NUM_THREADS=1
+cd "$(git rev-parse --show-toplevel)"; if [ -f .venv/bin/activate ]; then . .venv/bin/activate; fi; export OMP_NUM_THREADS=1
 R=docs/results/tamiyo/multitask
 A=$R/all/policy.pt; B=$R/no-mnist1d/policy.pt; F=docs/results/tamiyo/free-levers/stage2/policy.pt
 A2=$R/all-768/policy.pt; B2=$R/no-mnist1d-512/policy.pt; BF=$R/no-mnist1d-fixed/policy.pt

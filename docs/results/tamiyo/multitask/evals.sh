@@ -1,6 +1,6 @@
 # The held-out evals of the two multi-task arms, each into a copy of the journal that already holds the baselines.
 set -x
-cd /work/main; . .venv/bin/activate; export OMP_NUM_THREADS=1
+cd "$(git rev-parse --show-toplevel)"; if [ -f .venv/bin/activate ]; then . .venv/bin/activate; fi; export OMP_NUM_THREADS=1
 A=docs/results/tamiyo/multitask/all/policy.pt
 B=docs/results/tamiyo/multitask/no-mnist1d/policy.pt
 F=docs/results/tamiyo/free-levers/stage2/policy.pt
