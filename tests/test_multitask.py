@@ -7,6 +7,7 @@ on a task's own scale; it runs on each of its tasks and is refused elsewhere unl
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -14,6 +15,7 @@ import attrs
 import pytest
 import torch
 from click.testing import CliRunner, Result
+from conftest import CliRunner as SubprocessEsper
 
 from esper_kernel.cli import main
 from esper_kernel.compose.discovery import Selection
@@ -126,6 +128,26 @@ def test_workers_and_a_resume_give_the_in_process_uninterrupted_weights(tmp_path
                         options=TrainOptions(resume=half.with_name("train_state.pt")))  # fmt: skip
     assert resumed.episode_returns == returns[1]
     assert all(torch.equal(weights[1][k], _weights(half)[k]) for k in weights[1])
+
+
+def test_the_same_command_twice_trains_the_same_policy_whatever_the_hash_seed(
+    tmp_path: Path, run_esper: SubprocessEsper
+) -> None:
+    # What a user checks by rerunning a config: two fresh processes (worker processes too), each with its
+    # own string-hash seed, so nothing may lean on set or dict order of names or on when a worker answers.
+    runs = {}
+    for hash_seed in ("1", "2"):
+        name = f"h{hash_seed}"
+        done = run_esper(
+            "train", "--config", str(_config(tmp_path, name, workers=2)), env={"PYTHONHASHSEED": hash_seed}
+        )
+        assert done.returncode == 0, done.stderr
+        summary = json.loads((tmp_path / name / "train_summary.json").read_text(encoding="utf-8"))
+        runs[hash_seed] = summary["episode_returns"], _weights(tmp_path / name / "policy.pt")
+    (returns_1, weights_1), (returns_2, weights_2) = runs["1"], runs["2"]
+    assert returns_1 == returns_2 and len(set(returns_1)) > 1
+    assert weights_1.keys() == weights_2.keys()
+    assert all(torch.equal(weights_1[k], weights_2[k]) for k in weights_1)
 
 
 @pytest.mark.parametrize(
