@@ -18,6 +18,7 @@ import attrs
 from esper_kernel.compose.watch import merge_levers
 from esper_kernel.infra.errors import EsperError
 from esper_kernel.infra.files import write_text_atomic
+from esper_kernel.infra.numerics import numerics
 from esper_kernel.infra.stats import mean_se, paired_difference
 from esper_kernel.settings.config import EnvConfig, converter
 from esper_kernel.tamiyo.catalogue import PolicySpec
@@ -116,6 +117,7 @@ def document(
         "reference": reference,
         "policies": rows,
         "wall_seconds": round(wall, 1),
+        "numerics": numerics(),
     }
 
 

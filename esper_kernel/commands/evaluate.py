@@ -46,6 +46,7 @@ from esper_kernel.episode.env import (
 from esper_kernel.episode.loop import Observer, Step, play_batch
 from esper_kernel.grow.flops import epoch_flops
 from esper_kernel.infra.errors import EsperError
+from esper_kernel.infra.numerics import describe, differs, numerics
 from esper_kernel.infra.telemetry import null_log
 from esper_kernel.infra.workers import iter_jobs
 from esper_kernel.settings.config import converter
@@ -291,7 +292,7 @@ def evaluate(
                 on_note(f"{name}: {line}")
     started = time.perf_counter()
     data = converter.unstructure(env)
-    book = _journal(journal, data, levers, on_lever_error)
+    book = _journal(journal, data, levers, on_lever_error, on_note)
     recipes = {}
     for p in policies:
         if kind_of(p.policy)[0].name == "recipe" and not p.static:
@@ -314,6 +315,8 @@ def evaluate(
     if recipes:
         doc["recipes"] = recipes
     doc["policy_defaults"] = held
+    if book.elsewhere is not None:
+        doc["journal_numerics"] = book.elsewhere
     return doc
 
 
@@ -332,11 +335,24 @@ def _policy_defaults(
     )
 
 
-def _journal(path: Path | None, data: dict[str, Any], levers: tuple[str, ...] | None, on_error: str) -> Journal:
+def _journal(
+    path: Path | None,
+    data: dict[str, Any],
+    levers: tuple[str, ...] | None,
+    on_error: str,
+    on_note: Callable[[str], None] | None = None,
+) -> Journal:
+    """The journal at ``path``; ``on_note`` is told when its episodes were played on another kind of machine."""
     header = {"schema": EVAL_SCHEMA, "env": data, "levers": list(levers) if levers else levers}
     # Only where it is not the default, so journals written before the flag still resume.
     header |= {"on_lever_error": on_error} if on_error != "stop" else {}
-    return Journal(path, header, on_error)
+    book = Journal(path, header, on_error)
+    if book.elsewhere is not None and on_note is not None:
+        on_note(
+            f"{path}: its {len(book.done)} episodes were played with {describe(book.elsewhere)}; "
+            f"this machine has {describe(numerics())}: they are replayed, and new ones may differ at the float level"
+        )
+    return book
 
 
 def _recipe(
@@ -386,7 +402,9 @@ class Journal:
     An eval that stops (a kill, a crash, a full disk) keeps what it had; the
     same command run again plays only the episodes still missing. The first
     line records the env config and lever selection, so episodes of a
-    different configuration are never mixed in.
+    different configuration are never mixed in. It records the numerics too
+    (:mod:`esper_kernel.infra.numerics`): a journal resumed on another kind of
+    machine is not refused, but :attr:`elsewhere` says where its episodes ran.
     """
 
     def __init__(self, path: Path | None, header: dict[str, Any], on_error: str = "stop") -> None:
@@ -394,11 +412,16 @@ class Journal:
         #: The fault policy every episode played for this journal is played under.
         self.on_error = on_error
         self.done: dict[tuple[str, int, int | None], EpisodeResult] = {}
+        #: Where this journal's episodes were first played, when that may give other floats than here.
+        self.elsewhere: dict[str, str] | None = None
         if path is None:
             return
+        header = {**header, "numerics": numerics()}
         if path.exists():
             lines = path.read_text(encoding="utf-8").splitlines()
-            if lines and json.loads(lines[0]) != header:
+            first = json.loads(lines[0]) if lines else {}
+            then = first.pop("numerics", None)
+            if lines and first != {k: v for k, v in header.items() if k != "numerics"}:
                 raise EsperError(
                     f"{path} holds episodes of another configuration; pass another --out or delete the file"
                 )
@@ -410,6 +433,8 @@ class Journal:
                 self.done[(rec["policy"], rec["seed"], rec["width"])] = converter.structure(
                     rec["result"], EpisodeResult
                 )
+            if self.done and differs(then):
+                self.elsewhere = then
         else:
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps(header) + "\n", encoding="utf-8")

@@ -38,6 +38,7 @@ from esper_kernel.infra.checkpoint import CheckpointError
 from esper_kernel.infra.devices import rng_states, set_rng_states
 from esper_kernel.infra.errors import EsperError, SelectionError
 from esper_kernel.infra.files import write_text_atomic
+from esper_kernel.infra.numerics import numerics
 from esper_kernel.infra.telemetry import Telemetry
 from esper_kernel.settings.config import EnvConfig, RunConfig, structure_config, unstructure_config
 from esper_kernel.tamiyo.catalogue import (
@@ -82,6 +83,7 @@ def log_started(log: Any, registry: Registry, **fields: Any) -> None:
         levers=lever_records(registry),
         failed_levers=[attrs.asdict(f) for f in registry.failures],
         head_choices=head_choices(registry),
+        numerics=numerics(),
     )
     for failure in registry.failures:
         log.warning("plugin.failed", **attrs.asdict(failure))
@@ -413,5 +415,6 @@ def _summary(
         "seeds": seeds,
         "levers": lever_records(registry),
         "wall_seconds": round(wall, 2),
+        "numerics": numerics(),
         "config": unstructure_config(config),
     }

@@ -215,6 +215,8 @@ def _train_finished(log: Any, summary: TrainSummary, policy_path: Path) -> None:
 
 
 def _write_train_summary(s: TrainSession, n_workers: int, summary: TrainSummary) -> None:
+    from esper_kernel.infra.numerics import numerics
+
     record = {
         "run_id": s.run_id,
         "env_config": attrs.asdict(s.config.task_envs()[0]),
@@ -222,6 +224,7 @@ def _write_train_summary(s: TrainSession, n_workers: int, summary: TrainSummary)
         "ppo_config": attrs.asdict(s.config.ppo),
         "levers": [lv.name for lv in s.registry.levers],
         "workers": n_workers,
+        "numerics": numerics(),
         **summary.to_dict(),
     }
     write_json(s.out / "train_summary.json", record)

@@ -30,6 +30,7 @@ from esper_kernel.commands import evaldoc
 from esper_kernel.commands import evaluate as ev
 from esper_kernel.episode.env import EnvConfig
 from esper_kernel.infra.errors import EsperError
+from esper_kernel.infra.numerics import numerics
 from esper_kernel.infra.workers import map_jobs
 from esper_kernel.settings.config import converter
 from esper_kernel.tamiyo.catalogue import expand
@@ -210,6 +211,7 @@ def sweep(
         "reference": REFERENCE,
         "policies": rows,
         "wall_seconds": round(time.perf_counter() - started, 1),
+        "numerics": numerics(),
         "sweep": {
             "engine": "ray-tune" if ray is not None else "processes",
             "lever_sets": [list(s) if s is not None else None for s in lever_sets],

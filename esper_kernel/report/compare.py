@@ -43,6 +43,8 @@ class RunRow:
     base_params: int | None
     return_: float | None
     fates: Mapping[str, int]
+    #: Where it ran (:func:`esper_kernel.infra.numerics.numerics`); None in files written before it was kept.
+    numerics: Mapping[str, str] | None = None
 
     def metric(self, name: str) -> float | None:
         value = self.return_ if name == "return" else getattr(self, name)
@@ -130,6 +132,20 @@ def _flat(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def _numerics(summary: Mapping[str, Any]) -> dict[str, str] | None:
+    found = summary.get("numerics")
+    return {str(k): str(v) for k, v in found.items()} if isinstance(found, dict) else None
+
+
+def machines(runs: Sequence[RunRow]) -> list[Mapping[str, str]]:
+    """The distinct numerics the runs were computed with (those that recorded one), in order of first use."""
+    seen: dict[str, Mapping[str, str]] = {}
+    for r in runs:
+        if r.numerics is not None:
+            seen.setdefault(json.dumps(r.numerics, sort_keys=True), r.numerics)
+    return list(seen.values())
+
+
 def _load_one(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     """``(row fields, arm config)`` for one directory."""
     if (path / SUMMARY).is_file():
@@ -153,6 +169,7 @@ def _load_one(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
                 "base_params": base if isinstance(base, int) else None,
                 "return_": _finite(s.get("return")),
                 "fates": _fates(s.get("seeds")),
+                "numerics": _numerics(s),
             },
             arm,
         )
@@ -179,6 +196,7 @@ def _load_one(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
                 "base_params": None,
                 "return_": sum(last) / len(last) if last else None,
                 "fates": {},
+                "numerics": _numerics(s),
             },
             arm,
         )
@@ -289,6 +307,14 @@ def render(comp: Comparison) -> Any:
         ]  # fmt: skip
         runs.add_row(*row if same_levers else [*row, ",".join(r.levers) or "-"])
     parts: list[Any] = [runs]
+    kinds = machines(comp.runs)
+    if len(kinds) > 1:
+        said = "; ".join(f"{m.get('torch')}/{m.get('cpu_kernels')}/{m.get('cpu')}" for m in kinds)
+        note = (
+            f"These runs were computed on {len(kinds)} kinds of machine (torch/kernels/CPU: {said}): one config "
+            "gives slightly different floats on each, so pair runs computed on one kind (docs/report.md)."
+        )
+        parts.append(Text(note, style="yellow"))
     if same_levers:
         parts.append(Text(f"levers (every run): {', '.join(next(iter(lever_sets))) or 'none'}", style="dim"))
     if comp.paired:
