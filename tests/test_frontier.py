@@ -13,6 +13,7 @@ from esper_kernel.episode.env import EnvConfig, MorphoEnv, build_registry, load_
 from esper_kernel.grow.blueprints import build_seed, param_count
 from esper_kernel.grow.flops import forward_flops
 from esper_kernel.grow.hosts import CNN1DHost, CNN1DHostConfig
+from esper_kernel.infra.numerics import numerics
 from esper_kernel.infra.telemetry import null_log
 
 SMALL = EnvConfig(task="pairs", epochs=2, train_size=64, val_size=32)
@@ -31,6 +32,7 @@ def test_the_document_follows_the_documented_schema(doc: dict) -> None:
     assert doc["schema"] == FRONTIER_SCHEMA
     keys = {"task", "metric", "metric_key", "higher_is_better", "epochs", "seeds", "env", "points", "comparisons"}
     assert keys <= set(doc)
+    assert doc["numerics"] == numerics()
     assert (doc["metric"], doc["metric_key"], doc["higher_is_better"]) == ("accuracy", "final_val_accuracy", True)
     kinds = [(p["kind"], p["name"], p["width"]) for p in doc["points"]]
     assert kinds == [

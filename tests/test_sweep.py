@@ -11,6 +11,7 @@ from click.testing import CliRunner as ClickRunner
 from esper_kernel.cli import main
 from esper_kernel.commands.sweep import build_grid, parse_lever_set
 from esper_kernel.infra.errors import EsperError
+from esper_kernel.infra.numerics import numerics
 
 TINY = ["--epochs", "2", "--train-size", "64", "--val-size", "32"]
 FORCES = ["--force", "tempo=FAST", "--force", "tempo=GLACIAL", "--force", "lr=CAUTIOUS", "--force", "lr=AGGRESSIVE"]
@@ -44,6 +45,7 @@ def run_sweep(out: Path, *extra: str) -> dict[str, object]:
 
 def check_sweep(doc: dict[str, object], out: Path) -> None:
     assert doc["schema"] == "esper.eval/1" and doc["seeds"] == [0, 1, 2] and doc["reference"] == "wait"
+    assert doc["numerics"] == numerics()  # where its episodes were computed (docs/report.md)
     rows = doc["policies"]
     assert isinstance(rows, list)
     assert [r["name"] for r in rows] == [

@@ -46,7 +46,7 @@ from esper_kernel.episode.env import (
 from esper_kernel.episode.loop import Observer, Step, play_batch
 from esper_kernel.grow.flops import epoch_flops
 from esper_kernel.infra.errors import EsperError
-from esper_kernel.infra.numerics import describe, differs, numerics
+from esper_kernel.infra.numerics import describe, differs, kind, numerics
 from esper_kernel.infra.telemetry import null_log
 from esper_kernel.infra.workers import iter_jobs
 from esper_kernel.settings.config import converter
@@ -292,7 +292,7 @@ def evaluate(
                 on_note(f"{name}: {line}")
     started = time.perf_counter()
     data = converter.unstructure(env)
-    book = _journal(journal, data, levers, on_lever_error, on_note)
+    book = _journal(journal, data, levers, on_lever_error)
     recipes = {}
     for p in policies:
         if kind_of(p.policy)[0].name == "recipe" and not p.static:
@@ -315,8 +315,7 @@ def evaluate(
     if recipes:
         doc["recipes"] = recipes
     doc["policy_defaults"] = held
-    if book.elsewhere is not None:
-        doc["journal_numerics"] = book.elsewhere
+    _say_elsewhere(book, doc, on_note)
     return doc
 
 
@@ -335,24 +334,26 @@ def _policy_defaults(
     )
 
 
-def _journal(
-    path: Path | None,
-    data: dict[str, Any],
-    levers: tuple[str, ...] | None,
-    on_error: str,
-    on_note: Callable[[str], None] | None = None,
-) -> Journal:
-    """The journal at ``path``; ``on_note`` is told when its episodes were played on another kind of machine."""
+def _journal(path: Path | None, data: dict[str, Any], levers: tuple[str, ...] | None, on_error: str) -> Journal:
     header = {"schema": EVAL_SCHEMA, "env": data, "levers": list(levers) if levers else levers}
     # Only where it is not the default, so journals written before the flag still resume.
     header |= {"on_lever_error": on_error} if on_error != "stop" else {}
-    book = Journal(path, header, on_error)
-    if book.elsewhere is not None and on_note is not None:
+    return Journal(path, header, on_error)
+
+
+def _say_elsewhere(book: Journal, doc: dict[str, Any], on_note: Callable[[str], None] | None) -> None:
+    """Name, in ``doc`` and in a line each, the other machines whose journal episodes this eval used."""
+    found = book.elsewhere()
+    if found:
+        doc["journal_numerics"] = found
+    for other in found:
+        if on_note is None:
+            break
         on_note(
-            f"{path}: its {len(book.done)} episodes were played with {describe(book.elsewhere)}; "
-            f"this machine has {describe(numerics())}: they are replayed, and new ones may differ at the float level"
+            f"{book.path}: {other['episodes']} episode(s) used here were played with {describe(other['numerics'])}; "
+            f"this machine has {describe(numerics())}: they are used as recorded, and episodes played here "
+            "may differ from them at the float level"
         )
-    return book
 
 
 def _recipe(
@@ -402,9 +403,10 @@ class Journal:
     An eval that stops (a kill, a crash, a full disk) keeps what it had; the
     same command run again plays only the episodes still missing. The first
     line records the env config and lever selection, so episodes of a
-    different configuration are never mixed in. It records the numerics too
-    (:mod:`esper_kernel.infra.numerics`): a journal resumed on another kind of
-    machine is not refused, but :attr:`elsewhere` says where its episodes ran.
+    different configuration are never mixed in. Each episode line records
+    where it was played (:mod:`esper_kernel.infra.numerics`): one recorded on
+    another kind of machine is still used as recorded, and :meth:`elsewhere`
+    counts those this eval used.
     """
 
     def __init__(self, path: Path | None, header: dict[str, Any], on_error: str = "stop") -> None:
@@ -412,39 +414,50 @@ class Journal:
         #: The fault policy every episode played for this journal is played under.
         self.on_error = on_error
         self.done: dict[tuple[str, int, int | None], EpisodeResult] = {}
-        #: Where this journal's episodes were first played, when that may give other floats than here.
-        self.elsewhere: dict[str, str] | None = None
+        #: Where each episode read from the file was played (None: a line written before that was kept).
+        self._where: dict[tuple[str, int, int | None], dict[str, str] | None] = {}
+        self._used: set[tuple[str, int, int | None]] = set()
         if path is None:
             return
-        header = {**header, "numerics": numerics()}
-        if path.exists():
-            lines = path.read_text(encoding="utf-8").splitlines()
-            first = json.loads(lines[0]) if lines else {}
-            then = first.pop("numerics", None)
-            if lines and first != {k: v for k, v in header.items() if k != "numerics"}:
-                raise EsperError(
-                    f"{path} holds episodes of another configuration; pass another --out or delete the file"
-                )
-            for line in lines[1:]:
-                try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError:
-                    break  # a line torn by a kill: that episode is simply played again
-                self.done[(rec["policy"], rec["seed"], rec["width"])] = converter.structure(
-                    rec["result"], EpisodeResult
-                )
-            if self.done and differs(then):
-                self.elsewhere = then
-        else:
+        lines = path.read_text(encoding="utf-8").splitlines() if path.exists() else []
+        if lines and json.loads(lines[0]) != header:
+            raise EsperError(f"{path} holds episodes of another configuration; pass another --out or delete the file")
+        if not lines:  # a new file, or one left empty by a kill before its first line
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(json.dumps(header) + "\n", encoding="utf-8")
+        for line in lines[1:]:
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                break  # a line torn by a kill: that episode is simply played again
+            key = (rec["policy"], rec["seed"], rec["width"])
+            self.done[key] = converter.structure(rec["result"], EpisodeResult)
+            self._where[key] = rec.get("numerics")
 
     def add(self, job: EvalJob, result: EpisodeResult) -> None:
-        self.done[(job.policy.name, job.seed, job.static_width)] = result
+        key = (job.policy.name, job.seed, job.static_width)
+        self.done[key] = result
+        self._where.pop(key, None)
         if self.path is not None:
             rec = {"policy": job.policy.name, "seed": job.seed, "width": job.static_width}
             with self.path.open("a", encoding="utf-8") as f:
-                f.write(json.dumps({**rec, "result": converter.unstructure(result)}) + "\n")
+                line = {**rec, "numerics": numerics(), "result": converter.unstructure(result)}
+                f.write(json.dumps(line) + "\n")
+
+    def take(self, job: EvalJob) -> EpisodeResult:
+        """The result of ``job``'s episode, played or read; the eval uses it."""
+        key = (job.policy.name, job.seed, job.static_width)
+        self._used.add(key)
+        return self.done[key]
+
+    def elsewhere(self) -> list[dict[str, Any]]:
+        """Each other kind of machine that episodes this eval used were played on, with their count."""
+        found: dict[tuple[str, ...], dict[str, Any]] = {}
+        for key in sorted(self._used & self._where.keys()):
+            where = self._where[key]
+            if where is not None and differs(where):
+                found.setdefault(kind(where), {"numerics": where, "episodes": 0})["episodes"] += 1
+        return list(found.values())
 
 
 def _run(
@@ -471,7 +484,7 @@ def _run(
             on_done(job.policy.name, res)
     results: dict[str, list[EpisodeResult]] = {}
     for job in jobs:
-        results.setdefault(job.policy.name, []).append(journal.done[(job.policy.name, job.seed, job.static_width)])
+        results.setdefault(job.policy.name, []).append(journal.take(job))
     return results
 
 

@@ -35,6 +35,7 @@ from esper_kernel.data.taskplugins import find_task
 from esper_kernel.episode.env import load_task, size_host
 from esper_kernel.infra.errors import EsperError
 from esper_kernel.infra.files import write_text_atomic
+from esper_kernel.infra.numerics import numerics
 from esper_kernel.infra.stats import mean_se, paired_difference
 from esper_kernel.infra.workers import iter_jobs
 from esper_kernel.settings.config import EnvConfig, converter
@@ -79,7 +80,8 @@ class _Journal:
     def add(self, arm: str, seed: int, result: EpisodeResult) -> None:
         self.done[(arm, seed)] = result
         with self.path.open("a", encoding="utf-8") as f:
-            f.write(json.dumps({"arm": arm, "seed": seed, "result": converter.unstructure(result)}) + "\n")
+            rec = {"arm": arm, "seed": seed, "numerics": numerics(), "result": converter.unstructure(result)}
+            f.write(json.dumps(rec) + "\n")
 
 
 def _play(
@@ -211,6 +213,7 @@ def document(
         "points": points,
         "comparisons": _comparisons(arms, results, key, metric != "val_loss"),
         "wall_seconds": round(wall, 1),
+        "numerics": numerics(),
     }
 
 

@@ -2,55 +2,76 @@
 
 The same config and seed on the same kind of machine give the same numbers, bit for bit, whatever the
 worker count or hash seed (``tests/test_multitask.py``). On another CPU torch may pick other vector
-kernels (AVX2 against AVX-512, or oneDNN's own choice per CPU model), whose sums round differently:
-an episode then ends a few validation samples apart, and a policy trained there drifts further.
+kernels (AVX2 against AVX-512, or oneDNN's own choice per CPU), whose sums round differently: an
+episode then ends a few validation samples apart, and a policy trained there drifts further.
 Every record of a run carries :func:`numerics`, so a difference of that kind is told from a bug.
+
+Not in it, though they change floats too: the intra-op thread count (the run's own ``--threads``,
+one by default), a CUDA device's model, and the machines of Ray workers on other nodes.
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
 import platform
 from collections.abc import Mapping
 from pathlib import Path
 
-import torch
+__all__ = ["KEYS", "describe", "differs", "kind", "numerics"]
 
-__all__ = ["describe", "differs", "numerics"]
-
-#: The entries that decide the numbers; ``cpu`` is there because oneDNN picks kernels per CPU model.
-KEYS = ("torch", "cpu_kernels", "cpu")
+#: The entries that decide the numbers: oneDNN picks kernels by the CPU's feature flags, not its name.
+KEYS = ("torch", "cpu_kernels", "cpu", "cpu_flags")
 
 
-def _cpu_model() -> str:
+def _cpu() -> tuple[str, str]:
+    """The CPU's model name and a short digest of its feature flags (from ``/proc/cpuinfo`` on Linux)."""
+    model, flags = "", ""
     try:
         for line in Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace").splitlines():
-            if line.startswith("model name"):
-                return line.partition(":")[2].strip()
+            name, _, value = line.partition(":")
+            if name.strip() == "model name" and not model:
+                model = value.strip()
+            elif name.strip() == "flags" and not flags:
+                flags = " ".join(sorted(value.split()))
     except OSError:
         pass
-    return platform.processor() or platform.machine() or "unknown"
+    digest = hashlib.sha256(flags.encode()).hexdigest()[:12] if flags else "unknown"
+    return model or platform.processor() or platform.machine() or "unknown", digest
 
 
 @functools.cache
+def _here() -> tuple[tuple[str, str], ...]:
+    import torch  # here, not at import: `esper compare` reads records without loading torch
+
+    model, flags = _cpu()
+    return (
+        ("torch", torch.__version__),
+        ("cpu_kernels", torch.backends.cpu.get_cpu_capability()),
+        ("cpu", model),
+        ("cpu_flags", flags),
+    )
+
+
 def numerics() -> dict[str, str]:
-    """This process's torch version, ATen CPU kernel level (``ATEN_CPU_CAPABILITY``) and CPU model."""
-    return {
-        "torch": torch.__version__,
-        "cpu_kernels": torch.backends.cpu.get_cpu_capability(),
-        "cpu": _cpu_model(),
-    }
+    """This process's torch version, ATen CPU kernel level (``ATEN_CPU_CAPABILITY``), CPU model and flags."""
+    return dict(_here())  # a fresh dict: records that hold it may be changed without changing the others
+
+
+def kind(recorded: Mapping[str, object]) -> tuple[str, ...]:
+    """The entries of ``recorded`` that decide the numbers, to tell two kinds of machine apart."""
+    return tuple(str(recorded.get(k)) for k in KEYS)
 
 
 def differs(recorded: Mapping[str, object] | None) -> bool:
     """Whether numbers recorded with ``recorded`` may differ from this process's at the float level
     (False where nothing was recorded: files written before it was)."""
-    if not recorded:
-        return False
-    here = numerics()
-    return any(recorded.get(k) != here[k] for k in KEYS)
+    return bool(recorded) and kind(recorded or {}) != kind(numerics())
 
 
 def describe(recorded: Mapping[str, object]) -> str:
-    """``torch 2.13.0, AVX512 kernels, AMD EPYC``: a record in one phrase."""
-    return f"torch {recorded.get('torch')}, {recorded.get('cpu_kernels')} kernels, {recorded.get('cpu')}"
+    """``torch 2.13.0+cpu, AVX512 kernels, AMD EPYC (flags 0123456789ab)``: a record in one phrase."""
+    return (
+        f"torch {recorded.get('torch')}, {recorded.get('cpu_kernels')} kernels, "
+        f"{recorded.get('cpu')} (flags {recorded.get('cpu_flags')})"
+    )

@@ -17,6 +17,7 @@ from typing import Any
 
 import attrs
 
+from esper_kernel.infra.numerics import describe, kind
 from esper_kernel.infra.stats import paired_difference
 from esper_kernel.report.events import SUMMARY, TRAIN_SUMMARY, ReportError, read_json
 
@@ -139,10 +140,10 @@ def _numerics(summary: Mapping[str, Any]) -> dict[str, str] | None:
 
 def machines(runs: Sequence[RunRow]) -> list[Mapping[str, str]]:
     """The distinct numerics the runs were computed with (those that recorded one), in order of first use."""
-    seen: dict[str, Mapping[str, str]] = {}
+    seen: dict[tuple[str, ...], Mapping[str, str]] = {}
     for r in runs:
         if r.numerics is not None:
-            seen.setdefault(json.dumps(r.numerics, sort_keys=True), r.numerics)
+            seen.setdefault(kind(r.numerics), r.numerics)
     return list(seen.values())
 
 
@@ -309,10 +310,10 @@ def render(comp: Comparison) -> Any:
     parts: list[Any] = [runs]
     kinds = machines(comp.runs)
     if len(kinds) > 1:
-        said = "; ".join(f"{m.get('torch')}/{m.get('cpu_kernels')}/{m.get('cpu')}" for m in kinds)
+        said = "; ".join(describe(m) for m in kinds)
         note = (
-            f"These runs were computed on {len(kinds)} kinds of machine (torch/kernels/CPU: {said}): one config "
-            "gives slightly different floats on each, so pair runs computed on one kind (docs/report.md)."
+            f"These runs were computed on {len(kinds)} kinds of machine ({said}): one config gives slightly "
+            "different floats on each, so pair runs computed on one kind (docs/report.md)."
         )
         parts.append(Text(note, style="yellow"))
     if same_levers:
