@@ -29,6 +29,7 @@ from typing import Any
 import attrs
 
 from esper_kernel.commands.evaldoc import EVAL_SCHEMA, EpisodeResult, document
+from esper_kernel.commands.journal import EVAL_KEY, Journal
 from esper_kernel.compose.discovery import Selection
 from esper_kernel.compose.names import CORE_HEADS
 from esper_kernel.compose.registry import Registry
@@ -46,7 +47,7 @@ from esper_kernel.episode.env import (
 from esper_kernel.episode.loop import Observer, Step, play_batch
 from esper_kernel.grow.flops import epoch_flops
 from esper_kernel.infra.errors import EsperError
-from esper_kernel.infra.numerics import describe, differs, kind, numerics
+from esper_kernel.infra.numerics import describe, numerics
 from esper_kernel.infra.telemetry import null_log
 from esper_kernel.infra.workers import iter_jobs
 from esper_kernel.settings.config import converter
@@ -68,9 +69,11 @@ from esper_kernel.tamiyo.policies import fallbacks
 from esper_kernel.tamiyo.schedule import schedule_of
 
 __all__ = [
+    "EVAL_KEY",
     "EVAL_SCHEMA",
     "EpisodeResult",
     "EvalJob",
+    "Journal",
     "PolicySpec",
     "document",
     "evaluate",
@@ -397,67 +400,8 @@ def _static_target(growing: Sequence[PolicySpec], results: dict[str, list[Episod
     return None
 
 
-class Journal:
-    """``episodes.jsonl``: every finished episode, appended as it finishes.
-
-    An eval that stops (a kill, a crash, a full disk) keeps what it had; the
-    same command run again plays only the episodes still missing. The first
-    line records the env config and lever selection, so episodes of a
-    different configuration are never mixed in. Each episode line records
-    where it was played (:mod:`esper_kernel.infra.numerics`): one recorded on
-    another kind of machine is still used as recorded, and :meth:`elsewhere`
-    counts those this eval used.
-    """
-
-    def __init__(self, path: Path | None, header: dict[str, Any], on_error: str = "stop") -> None:
-        self.path = path
-        #: The fault policy every episode played for this journal is played under.
-        self.on_error = on_error
-        self.done: dict[tuple[str, int, int | None], EpisodeResult] = {}
-        #: Where each episode read from the file was played (None: a line written before that was kept).
-        self._where: dict[tuple[str, int, int | None], dict[str, str] | None] = {}
-        self._used: set[tuple[str, int, int | None]] = set()
-        if path is None:
-            return
-        lines = path.read_text(encoding="utf-8").splitlines() if path.exists() else []
-        if lines and json.loads(lines[0]) != header:
-            raise EsperError(f"{path} holds episodes of another configuration; pass another --out or delete the file")
-        if not lines:  # a new file, or one left empty by a kill before its first line
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps(header) + "\n", encoding="utf-8")
-        for line in lines[1:]:
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError:
-                break  # a line torn by a kill: that episode is simply played again
-            key = (rec["policy"], rec["seed"], rec["width"])
-            self.done[key] = converter.structure(rec["result"], EpisodeResult)
-            self._where[key] = rec.get("numerics")
-
-    def add(self, job: EvalJob, result: EpisodeResult) -> None:
-        key = (job.policy.name, job.seed, job.static_width)
-        self.done[key] = result
-        self._where.pop(key, None)
-        if self.path is not None:
-            rec = {"policy": job.policy.name, "seed": job.seed, "width": job.static_width}
-            with self.path.open("a", encoding="utf-8") as f:
-                line = {**rec, "numerics": numerics(), "result": converter.unstructure(result)}
-                f.write(json.dumps(line) + "\n")
-
-    def take(self, job: EvalJob) -> EpisodeResult:
-        """The result of ``job``'s episode, played or read; the eval uses it."""
-        key = (job.policy.name, job.seed, job.static_width)
-        self._used.add(key)
-        return self.done[key]
-
-    def elsewhere(self) -> list[dict[str, Any]]:
-        """Each other kind of machine that episodes this eval used were played on, with their count."""
-        found: dict[tuple[str, ...], dict[str, Any]] = {}
-        for key in sorted(self._used & self._where.keys()):
-            where = self._where[key]
-            if where is not None and differs(where):
-                found.setdefault(kind(where), {"numerics": where, "episodes": 0})["episodes"] += 1
-        return list(found.values())
+def _key(job: EvalJob) -> tuple[str, int, int | None]:
+    return (job.policy.name, job.seed, job.static_width)
 
 
 def _run(
@@ -476,15 +420,15 @@ def _run(
         for seed in seeds
         for spec in specs
     ]
-    todo = [j for j in jobs if (j.policy.name, j.seed, j.static_width) not in journal.done]
+    todo = [j for j in jobs if _key(j) not in journal.done]
     names = [f"{j.policy.name} seed {j.seed}" for j in todo]
     for job, res in zip(todo, iter_jobs(play_episode, todo, workers, names=names), strict=True):
-        journal.add(job, res)
+        journal.record(_key(job), res)
         if on_done is not None:
             on_done(job.policy.name, res)
     results: dict[str, list[EpisodeResult]] = {}
     for job in jobs:
-        results.setdefault(job.policy.name, []).append(journal.take(job))
+        results.setdefault(job.policy.name, []).append(journal.use(_key(job)))
     return results
 
 

@@ -31,6 +31,7 @@ from typing import Any
 import attrs
 
 from esper_kernel.commands.evaluate import EpisodeResult, EvalJob, play_episode
+from esper_kernel.commands.journal import Journal
 from esper_kernel.data.taskplugins import find_task
 from esper_kernel.episode.env import load_task, size_host
 from esper_kernel.infra.errors import EsperError
@@ -60,34 +61,10 @@ class _Arm:
     of: str | None = None
 
 
-class _Journal:
-    def __init__(self, path: Path, header: dict[str, Any]) -> None:
-        self.path, self.done = path, {}
-        if path.exists():
-            lines = path.read_text(encoding="utf-8").splitlines()
-            if lines and json.loads(lines[0]) != header:
-                raise EsperError(f"{path} holds episodes of another frontier; pass another --out or delete it")
-            for line in lines[1:]:
-                try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError:
-                    break  # a line torn by a kill: that episode is played again
-                self.done[(rec["arm"], rec["seed"])] = converter.structure(rec["result"], EpisodeResult)
-        else:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps(header) + "\n", encoding="utf-8")
-
-    def add(self, arm: str, seed: int, result: EpisodeResult) -> None:
-        self.done[(arm, seed)] = result
-        with self.path.open("a", encoding="utf-8") as f:
-            rec = {"arm": arm, "seed": seed, "numerics": numerics(), "result": converter.unstructure(result)}
-            f.write(json.dumps(rec) + "\n")
-
-
 def _play(
     arms: Sequence[_Arm],
     jobs: Sequence[tuple[_Arm, EvalJob]],
-    journal: _Journal,
+    journal: Journal,
     workers: int,
     on_done: Callable[[str, EpisodeResult], None] | None,
 ) -> None:
@@ -95,7 +72,7 @@ def _play(
     names = [f"{a.name} seed {j.seed}" for a, j in todo]
     results = iter_jobs(play_episode, [j for _, j in todo], workers, names=names)
     for (arm, job), res in zip(todo, results, strict=True):
-        journal.add(arm.name, job.seed, res)
+        journal.record((arm.name, job.seed), res)
         if on_done is not None:
             on_done(arm.name, res)
 
@@ -142,7 +119,8 @@ def frontier(
     family, specs = check_frontier(env, growing, widths)
     data = converter.unstructure(env)
     started = time.perf_counter()
-    journal = _Journal(out / "episodes.jsonl", {"schema": FRONTIER_SCHEMA, "env": data, "levers": levers})
+    header = {"schema": FRONTIER_SCHEMA, "env": data, "levers": levers}
+    journal = Journal(out / "episodes.jsonl", header, fields=("arm", "seed"), holds="frontier")
     wait = parse_policy("wait", flag="--policies")
     statics = [_Arm("static", f"static-w{w}", wait, width=w) for w in family]
     grow_arms = [_Arm("growing", s.name, s) for s in specs]
