@@ -17,6 +17,7 @@ from conftest import CliRunner as SubprocessEsper
 
 import esper_kernel.commands.evaluate as ev
 from esper_kernel.cli import main
+from esper_kernel.commands.evaldoc import write_outputs
 from esper_kernel.commands.evaluate import EvalJob, PolicySpec, evaluate
 from esper_kernel.episode.env import EnvConfig
 from esper_kernel.infra.errors import EsperError
@@ -61,6 +62,11 @@ def test_run_train_and_eval_each_record_the_torch_and_kernels_they_ran_with(tmp_
     assert len(episodes) == 2
     for line in episodes:
         _has_this_machine(json.loads(line)["numerics"])
+    # The report of each says it in its summary table.
+    for name in ("run", "train", "eval"):
+        assert esper("report", str(tmp_path / name)).exit_code == 0
+        page = (tmp_path / name / "report.html").read_text(encoding="utf-8")
+        assert f"<td>computed on</td><td>torch {torch.__version__}, " in page, name
 
 
 def test_the_record_names_the_kernels_torch_was_made_to_use(tmp_path: Path, run_esper: SubprocessEsper) -> None:
@@ -111,6 +117,9 @@ def test_journal_episodes_from_another_machine_are_used_and_said(
     assert "1 episode(s) used here were played with torch 2.0.0, AVX2 kernels, Some Other CPU" in said
     assert f"this machine has torch {torch.__version__}, {torch.backends.cpu.get_cpu_capability()} kernels" in said
     assert doc["journal_numerics"] == [{"numerics": OTHER_MACHINE, "episodes": 1}]
+    write_outputs(doc, tmp_path / "out")
+    assert esper("report", str(tmp_path / "out")).exit_code == 0
+    assert "1 on torch 2.0.0, AVX2 kernels, Some Other CPU" in (tmp_path / "out" / "report.html").read_text("utf-8")
     # An eval that does not use that episode has nothing to say.
     notes.clear()
     assert "journal_numerics" not in evaluate(ENV, specs, [1], journal=journal, on_note=notes.append)

@@ -198,6 +198,8 @@ class EvalData:
     picks: Mapping[str, tuple[Pick, ...]] = attrs.field(factory=dict)
     #: Per policy that decides, its episodes with the state before every decision (journals that record it).
     episodes: Mapping[str, tuple[Episode, ...]] = attrs.field(factory=dict)
+    #: ``eval.json``'s own keys beside the table: ``numerics``, ``journal_numerics`` (docs/eval.md).
+    extra: Mapping[str, Any] = attrs.field(factory=dict)
 
 
 def eval_data(path: Path, raw: Mapping[str, Any]) -> EvalData:
@@ -233,6 +235,7 @@ def eval_data(path: Path, raw: Mapping[str, Any]) -> EvalData:
         wall_seconds=_num(raw.get("wall_seconds")),
         picks=_journal_picks(path / JOURNAL),
         episodes=_journal_episodes(path / JOURNAL),
+        extra={k: raw[k] for k in ("numerics", "journal_numerics") if k in raw},
     )
 
 
