@@ -349,12 +349,13 @@ def _say_elsewhere(book: Journal, doc: dict[str, Any], on_note: Callable[[str], 
     found = book.elsewhere()
     if found:
         doc["journal_numerics"] = found
+    if on_note is None:
+        return
+    here = describe(numerics())
     for other in found:
-        if on_note is None:
-            break
         on_note(
             f"{book.path}: {other['episodes']} episode(s) used here were played with {describe(other['numerics'])}; "
-            f"this machine has {describe(numerics())}: they are used as recorded, and episodes played here "
+            f"this machine has {here}: they are used as recorded, and episodes played here "
             "may differ from them at the float level"
         )
 

@@ -26,6 +26,7 @@ from esper_kernel.commands.session import (
     tensorboard_sinks,
     write_json,
 )
+from esper_kernel.infra.numerics import numerics
 
 # -- esper train ---------------------------------------------------------------------------
 
@@ -215,8 +216,6 @@ def _train_finished(log: Any, summary: TrainSummary, policy_path: Path) -> None:
 
 
 def _write_train_summary(s: TrainSession, n_workers: int, summary: TrainSummary) -> None:
-    from esper_kernel.infra.numerics import numerics
-
     record = {
         "run_id": s.run_id,
         "env_config": attrs.asdict(s.config.task_envs()[0]),
