@@ -29,7 +29,7 @@ from typing import Any
 import attrs
 
 from esper_kernel.commands.evaldoc import EVAL_SCHEMA, EpisodeResult, document
-from esper_kernel.commands.journal import EVAL_KEY, Journal
+from esper_kernel.commands.journal import Journal
 from esper_kernel.compose.discovery import Selection
 from esper_kernel.compose.names import CORE_HEADS
 from esper_kernel.compose.registry import Registry
@@ -69,11 +69,9 @@ from esper_kernel.tamiyo.policies import fallbacks
 from esper_kernel.tamiyo.schedule import schedule_of
 
 __all__ = [
-    "EVAL_KEY",
     "EVAL_SCHEMA",
     "EpisodeResult",
     "EvalJob",
-    "Journal",
     "PolicySpec",
     "document",
     "evaluate",

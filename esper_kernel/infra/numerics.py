@@ -18,7 +18,7 @@ import platform
 from collections.abc import Mapping
 from pathlib import Path
 
-__all__ = ["KEYS", "describe", "differs", "kind", "numerics"]
+__all__ = ["KEYS", "describe", "differs", "kind", "numerics", "recorded"]
 
 #: The entries that decide the numbers: oneDNN picks kernels by the CPU's feature flags, not its name.
 KEYS = ("torch", "cpu_kernels", "cpu", "cpu_flags")
@@ -56,6 +56,12 @@ def _here() -> tuple[tuple[str, str], ...]:
 def numerics() -> dict[str, str]:
     """This process's torch version, ATen CPU kernel level (``ATEN_CPU_CAPABILITY``), CPU model and flags."""
     return dict(_here())  # a fresh dict: records that hold it may be changed without changing the others
+
+
+def recorded(record: Mapping[str, object]) -> dict[str, str] | None:
+    """The ``numerics`` a summary or document holds (None: written before it was kept, or not a mapping)."""
+    found = record.get("numerics")
+    return {str(k): str(v) for k, v in found.items()} if isinstance(found, Mapping) else None
 
 
 def kind(recorded: Mapping[str, object]) -> tuple[str, ...]:

@@ -17,7 +17,7 @@ from typing import Any
 
 import attrs
 
-from esper_kernel.infra.numerics import describe, kind
+from esper_kernel.infra.numerics import describe, kind, recorded
 from esper_kernel.infra.stats import paired_difference
 from esper_kernel.report.events import SUMMARY, TRAIN_SUMMARY, ReportError, read_json
 
@@ -133,12 +133,7 @@ def _flat(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def _numerics(summary: Mapping[str, Any]) -> dict[str, str] | None:
-    found = summary.get("numerics")
-    return {str(k): str(v) for k, v in found.items()} if isinstance(found, dict) else None
-
-
-def machines(runs: Sequence[RunRow]) -> list[Mapping[str, str]]:
+def _machines(runs: Sequence[RunRow]) -> list[Mapping[str, str]]:
     """The distinct numerics the runs were computed with (those that recorded one), in order of first use."""
     seen: dict[tuple[str, ...], Mapping[str, str]] = {}
     for r in runs:
@@ -170,7 +165,7 @@ def _load_one(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
                 "base_params": base if isinstance(base, int) else None,
                 "return_": _finite(s.get("return")),
                 "fates": _fates(s.get("seeds")),
-                "numerics": _numerics(s),
+                "numerics": recorded(s),
             },
             arm,
         )
@@ -197,7 +192,7 @@ def _load_one(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
                 "base_params": None,
                 "return_": sum(last) / len(last) if last else None,
                 "fates": {},
-                "numerics": _numerics(s),
+                "numerics": recorded(s),
             },
             arm,
         )
@@ -308,7 +303,7 @@ def render(comp: Comparison) -> Any:
         ]  # fmt: skip
         runs.add_row(*row if same_levers else [*row, ",".join(r.levers) or "-"])
     parts: list[Any] = [runs]
-    kinds = machines(comp.runs)
+    kinds = _machines(comp.runs)
     if len(kinds) > 1:
         said = "; ".join(describe(m) for m in kinds)
         note = (

@@ -13,7 +13,7 @@ from typing import Any
 import attrs
 from matplotlib.figure import Figure
 
-from esper_kernel.infra.numerics import describe
+from esper_kernel.infra.numerics import describe, recorded
 from esper_kernel.report import plots
 from esper_kernel.report.console import final_stage
 from esper_kernel.report.emergence import HEADER, Pick, choice_tests, markdown, rows
@@ -84,10 +84,9 @@ def _table(rows: Sequence[Sequence[Any]], header: Sequence[str] | None = None) -
     return f"<table>{head}<tbody>{body}</tbody></table>"
 
 
-def _machine(summary: Mapping[str, Any]) -> str:
+def _machine(found: Mapping[str, str] | None) -> str:
     """Where a summary's numbers were computed: another kind of machine gives slightly other floats."""
-    found = summary.get("numerics")
-    return describe(found) if isinstance(found, dict) else "not recorded"
+    return describe(found) if found is not None else "not recorded"
 
 
 def _flat(config: Mapping[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
@@ -142,7 +141,7 @@ def _run_summary_html(run: RunData) -> str:
         ("return", s.get("return")),
         ("parameters", f"{s.get('base_params', '-')} as built, {s.get('params', '-')} at the end"),
         ("seeds' fates", ", ".join(f"{n} {k.lower()}" for k, n in sorted(run.fates().items())) or "no seed"),
-        ("computed on", _machine(s)),
+        ("computed on", _machine(recorded(s))),
     ]
     notes = []
     if isinstance(final, float) and isinstance(best, float) and best - final > 0.05:
@@ -212,7 +211,7 @@ def train_sections(train: TrainData, w: _Writer) -> list[Section]:
         ("last update's mean return", train.updates[-1].mean_return if train.updates else None),
         ("median env steps / s", sorted(sps)[len(sps) // 2] if sps else None),
         ("wall seconds", s.get("seconds")),
-        ("computed on", _machine(s)),
+        ("computed on", _machine(recorded(s))),
     ]
     summary = _table(rows) + f"<p>{html.escape(RETURN_MEANING)}</p>"
     return [
@@ -279,9 +278,8 @@ def eval_sections(ev: EvalData, w: _Writer) -> list[Section]:
     )  # fmt: skip
     info = _table(
         [("task", ev.task), ("epochs", ev.epochs), ("seeds", ", ".join(map(str, ev.seeds))),
-         ("reference", ev.reference), ("wall seconds", ev.wall_seconds), ("computed on", _machine(ev.extra)),
-         *[("journal episodes from", f"{o['episodes']} on {describe(o['numerics'])}")
-           for o in ev.extra.get("journal_numerics") or ()]]
+         ("reference", ev.reference), ("wall seconds", ev.wall_seconds), ("computed on", _machine(ev.numerics)),
+         *[("journal episodes from", f"{n} on {describe(where)}") for where, n in ev.journal_numerics]]
     )  # fmt: skip
     return [
         Section("summary", "Summary", info),

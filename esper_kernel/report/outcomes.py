@@ -15,6 +15,7 @@ from typing import Any
 import attrs
 
 from esper_kernel.compose.names import PLACEMENT_HEADS
+from esper_kernel.infra.numerics import recorded
 from esper_kernel.report.emergence import Pick, eval_picks, eval_policies, train_picks
 from esper_kernel.report.events import (
     EVAL,
@@ -198,8 +199,9 @@ class EvalData:
     picks: Mapping[str, tuple[Pick, ...]] = attrs.field(factory=dict)
     #: Per policy that decides, its episodes with the state before every decision (journals that record it).
     episodes: Mapping[str, tuple[Episode, ...]] = attrs.field(factory=dict)
-    #: ``eval.json``'s own keys beside the table: ``numerics``, ``journal_numerics`` (docs/eval.md).
-    extra: Mapping[str, Any] = attrs.field(factory=dict)
+    #: Where its episodes were computed, and each other machine its journal episodes came from, with their count.
+    numerics: Mapping[str, str] | None = None
+    journal_numerics: tuple[tuple[Mapping[str, str], int], ...] = ()
 
 
 def eval_data(path: Path, raw: Mapping[str, Any]) -> EvalData:
@@ -235,7 +237,12 @@ def eval_data(path: Path, raw: Mapping[str, Any]) -> EvalData:
         wall_seconds=_num(raw.get("wall_seconds")),
         picks=_journal_picks(path / JOURNAL),
         episodes=_journal_episodes(path / JOURNAL),
-        extra={k: raw[k] for k in ("numerics", "journal_numerics") if k in raw},
+        numerics=recorded(raw),
+        journal_numerics=tuple(
+            (machine, int(o.get("episodes") or 0))
+            for o in raw.get("journal_numerics") or ()
+            if isinstance(o, dict) and (machine := recorded(o)) is not None
+        ),
     )
 
 
