@@ -50,10 +50,14 @@ __all__ = [
     "EPISODE",
     "HISTORY",
     "SCALED",
+    "SIGNS",
     "SLOT",
+    "STREAK",
+    "VALUE",
     "Feature",
     "blueprint_of_entry",
     "episode_values",
+    "fresh_reads",
     "names",
     "scaled_names",
     "slot_values",
@@ -61,6 +65,9 @@ __all__ = [
 
 #: Validation accuracies of the last epochs the observation carries.
 HISTORY = 3
+
+#: Measurements a seed's helped/harmed streak counts up to.
+STREAK = 3
 
 #: A slot's one-hot entry of its seed's blueprint: ``s0.blueprint_dilated``.
 BLUEPRINT_ENTRY = "blueprint_"
@@ -153,16 +160,46 @@ SCALED: tuple[Feature, ...] = (
 )
 
 
+#: A seed's contribution as its size (``contribution``: a difference of accuracies, on the task's own scale)
+#: or as its signs alone (:data:`SIGNS`: whether it helps, and how many measurements in a row), which mean the
+#: same on every task. A policy reads one of the two (``ppo.contribution``).
+VALUE: tuple[str, ...] = ("contribution",)
+SIGNS: tuple[str, ...] = ("contribution_sign", "helped_streak", "harmed_streak")
+
+
 def _stage(env: MorphoEnv, slot: int, _seed: SeedState | None) -> list[float]:
     onehot = [0.0] * len(Stage)
     onehot[int(env.lifecycle.stages[slot])] = 1.0
     return onehot
 
 
+def _measured(seed: SeedState | None) -> list[float]:
+    """The seed's measured counterfactual contributions, oldest first (epochs it was not measured left out)."""
+    return [] if seed is None else [c for c in seed.metrics.contribution if c is not None]
+
+
 def _contribution(_env: MorphoEnv, _slot: int, seed: SeedState | None) -> float:
-    if seed is None:
-        return 0.0
-    return next((c for c in reversed(seed.metrics.contribution) if c is not None), 0.0)
+    measured = _measured(seed)
+    return measured[-1] if measured else 0.0
+
+
+def _sign(env: MorphoEnv, slot: int, seed: SeedState | None) -> float:
+    c = _contribution(env, slot, seed)
+    return math.copysign(1.0, c) if c else 0.0
+
+
+def _streak(helped: bool) -> Callable[[MorphoEnv, int, SeedState | None], float]:
+    """How many of the seed's last measurements in a row helped (or hurt), up to :data:`STREAK`, over STREAK."""
+
+    def value(_env: MorphoEnv, _slot: int, seed: SeedState | None) -> float:
+        n = 0
+        for c in reversed(_measured(seed)[-STREAK:]):
+            if (c > 0) != helped or c == 0:
+                break
+            n += 1
+        return n / STREAK
+
+    return value
 
 
 def _blueprint(env: MorphoEnv, _slot: int, seed: SeedState | None) -> list[float]:
@@ -177,6 +214,9 @@ SLOT: tuple[Feature, ...] = (
     Feature(lambda _bp: [f"stage_{s.name.lower()}" for s in Stage], _stage),
     _one("alpha", lambda e, s, _seed: float(e.lifecycle.slots[s].alpha)),
     _one("contribution", _contribution),
+    _one("contribution_sign", _sign),
+    _one("helped_streak", _streak(helped=True)),
+    _one("harmed_streak", _streak(helped=False)),
     _one(
         "epochs_in_stage_frac",
         lambda e, _s, seed: (seed.epochs_in_stage(e.epoch) / e.config.epochs) if seed is not None else 0.0,
@@ -206,6 +246,18 @@ def names(blueprints: Sequence[str], n_slots: int, observed: Sequence[str]) -> t
         out += [f"s{s}.{n}" for n in per_slot]
         out += [f"s{s}.{key}" for key in observed]
     return tuple(out)
+
+
+def fresh_reads(names: Sequence[str], *, several_tasks: bool, contribution: str = "value") -> list[str]:
+    """The entries of the observation ``names`` a fresh policy reads.
+
+    Over several tasks the scaled twins only (a loss in nats or an accuracy over 1/K would say which task it
+    is); on one task the entries one-task policies always read, so its runs are the ones before the twins.
+    A seed's contribution as its size or as its signs (``contribution``: ``value`` or ``sign``), not both.
+    """
+    episode_out = set(ABSOLUTE if several_tasks else scaled_names())
+    slot_out = set(SIGNS if contribution == "value" else VALUE)
+    return [n for n in names if n not in episode_out and n.partition(".")[2] not in slot_out]
 
 
 def episode_values(env: MorphoEnv) -> list[float]:

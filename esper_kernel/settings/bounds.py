@@ -34,3 +34,6 @@ MAX_SEED = 2**63 - 1
 
 #: What ``on_lever_error`` may say: stop the run, or quarantine the lever and continue.
 LEVER_ERROR_POLICIES = ("stop", "quarantine")
+
+#: How a fresh policy may read a seed's contribution (``ppo.contribution``): its size, or its signs alone.
+CONTRIBUTION_READS = ("value", "sign")

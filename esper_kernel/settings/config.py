@@ -17,6 +17,7 @@ import cattrs
 
 from esper_kernel.infra.errors import EsperError
 from esper_kernel.settings.bounds import (
+    CONTRIBUTION_READS,
     LEVER_ERROR_POLICIES,
     MAX_BATCH,
     MAX_CHECKPOINT_EVERY,
@@ -259,6 +260,14 @@ class PPOConfig:
         is_flag=True,
         help="Hold every lever head at its default, so only op, slot, blueprint and blend are learned "
         "(the fixed-levers control).",
+    )
+    contribution: str = setting(
+        "value",
+        flag="--contribution",
+        choices=CONTRIBUTION_READS,
+        help="How a fresh policy reads each seed's counterfactual contribution: value (its size, a difference "
+        "of accuracies on the task's own scale) or sign (whether it helps and for how many measurements in a row, "
+        "which mean the same on every task).",
     )
     init_policy: str | None = setting(
         None,

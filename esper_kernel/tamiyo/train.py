@@ -40,7 +40,7 @@ from esper_kernel.episode.env import (
     observation_names,
 )
 from esper_kernel.episode.loop import play, play_batch
-from esper_kernel.episode.observation import ABSOLUTE, scaled_names
+from esper_kernel.episode.observation import fresh_reads
 from esper_kernel.episode.sampling import Sampled
 from esper_kernel.infra import checkpoint
 from esper_kernel.infra.errors import EsperError
@@ -311,9 +311,7 @@ class _Trainer:
             seed=cfg.seed,
             pinned=lever_defaults(registry) if cfg.fix_levers else None,
             trained_on=trained_on(env_config, tasks),
-            # Over several tasks, a loss in nats or an accuracy over 1/K would say which task it is: scaled twins
-            # only. One task reads what one-task policies always read, so its runs are the ones before the twins.
-            reads=[n for n in names if n not in (ABSOLUTE if tasks else scaled_names())],
+            reads=fresh_reads(names, several_tasks=bool(tasks), contribution=cfg.contribution),
         )
         if cfg.init_policy is not None:
             if tasks:
