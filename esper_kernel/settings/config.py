@@ -35,13 +35,13 @@ from esper_kernel.settings.declare import (
     COMMANDS,
     Roots,
     SettingField,
-    fields_of,
     flag_matrix,
     markdown_table,
     range_problems,
     setting,
     settings_of,
     sync_blocks,
+    with_flag,
 )
 
 C = TypeVar("C")
@@ -261,14 +261,10 @@ class PPOConfig:
         help="Hold every lever head at its default, so only op, slot, blueprint and blend are learned "
         "(the fixed-levers control).",
     )
-    contribution: str = setting(
-        "value",
-        flag="--contribution",
-        choices=CONTRIBUTION_READS,
-        help="How a fresh policy reads each seed's counterfactual contribution: value (its size, a difference "
-        "of accuracies on the task's own scale) or sign (whether it helps and for how many measurements in a row, "
-        "which mean the same on every task).",
-    )
+    contribution: str = setting("value", flag="--contribution", choices=CONTRIBUTION_READS, help=(
+        "How a fresh policy reads each seed's counterfactual contribution: value (its size, a difference of "
+        "accuracies on the task's own scale) or sign (whether it helps and for how many measurements in a row, "
+        "which mean the same on every task)."))  # fmt: skip
     init_policy: str | None = setting(
         None,
         flag="--init-policy",
@@ -441,17 +437,8 @@ def structure_as(data: dict[str, Any], cls: type[C], where: str = "config") -> C
         env = getattr(config, "env", None)
         bad = range_problems(config) + (env_problems(env) if isinstance(env, EnvConfig) else [])
     if bad:
-        raise ConfigError(f"invalid config ({where}): {'; '.join(_with_flag(p, type(config)) for p in bad)}")
+        raise ConfigError(f"invalid config ({where}): {'; '.join(with_flag(p, type(config)) for p in bad)}")
     return config
-
-
-def _with_flag(problem: str, cls: type[Any]) -> str:
-    """``env.task: ...`` -> ``env.task (--task): ...``: the message names what the user typed too."""
-    key, _, msg = problem.partition(": ")
-    if "(" in key:
-        return problem
-    flag = next((f.setting.flag for f in fields_of(cls) if f.key == key), None)
-    return f"{key} ({flag}): {msg}" if flag else problem
 
 
 def load_config(path: Path) -> RunConfig:

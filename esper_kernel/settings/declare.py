@@ -42,6 +42,7 @@ __all__ = [
     "setting",
     "settings_of",
     "sync_blocks",
+    "with_flag",
 ]
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -350,3 +351,12 @@ def sync_blocks(text: str, blocks: Mapping[str, str]) -> str:
             raise ValueError(f"{start} has no {end}")
         text = f"{head}{start}\n{body}\n{end}{tail}"
     return text
+
+
+def with_flag(problem: str, cls: type[Any]) -> str:
+    """``env.task: ...`` -> ``env.task (--task): ...``: the message names what the user typed too."""
+    key, _, msg = problem.partition(": ")
+    if "(" in key:
+        return problem
+    flag = next((f.setting.flag for f in fields_of(cls) if f.key == key), None)
+    return f"{key} ({flag}): {msg}" if flag else problem
