@@ -141,6 +141,21 @@ def test_a_journal_written_before_numerics_were_kept_resumes_silently(
         evaluate(EnvConfig(epochs=3, train_size=48, val_size=24, batch_size=16), specs, [0], journal=journal)
 
 
+def test_a_journal_that_kept_its_machine_in_the_header_resumes_and_names_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # For a while a journal's header said where its episodes ran, and its lines did not.
+    journal, specs, notes = tmp_path / "episodes.jsonl", [PolicySpec("wait")], []
+    evaluate(ENV, specs, [0, 1], journal=journal)
+    _rewrite(journal, {0: None, 1: None})
+    header, *lines = journal.read_text(encoding="utf-8").splitlines()
+    journal.write_text("\n".join([json.dumps({**json.loads(header), "numerics": OTHER_MACHINE}), *lines]) + "\n")
+    played = _counting(monkeypatch)
+    doc = evaluate(ENV, specs, [0, 1], journal=journal, on_note=notes.append)
+    assert played == [] and doc["journal_numerics"] == [{"numerics": OTHER_MACHINE, "episodes": 2}]
+    assert len(notes) == 1 and "2 episode(s) used here were played with torch 2.0.0" in notes[0]
+
+
 def test_an_empty_journal_left_by_a_kill_gets_its_header_and_resumes(tmp_path: Path) -> None:
     journal = tmp_path / "episodes.jsonl"
     journal.write_text("", encoding="utf-8")

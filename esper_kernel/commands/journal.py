@@ -52,7 +52,10 @@ class Journal:
         if path is None:
             return
         lines = path.read_text(encoding="utf-8").splitlines() if path.exists() else []
-        if lines and json.loads(lines[0]) != header:
+        # Journals written for a while kept where they were played in the header, not on each line.
+        head = json.loads(lines[0]) if lines else {}
+        played = head.pop("numerics", None)
+        if lines and head != header:
             raise EsperError(f"{path} holds episodes of another {holds}; pass another --out or delete the file")
         if not lines:  # a new file, or one left empty by a kill before its first line
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -64,7 +67,7 @@ class Journal:
                 break  # a line torn by a kill: that episode is simply played again
             key = tuple(rec[f] for f in fields)
             self.done[key] = converter.structure(rec["result"], EpisodeResult)
-            self._where[key] = rec.get("numerics")
+            self._where[key] = rec.get("numerics", played)
 
     def record(self, key: tuple[Any, ...], result: EpisodeResult) -> None:
         """Keep the episode ``key`` (one value per field) just played here, and append it to the file."""
