@@ -156,6 +156,26 @@ def test_a_journal_that_kept_its_machine_in_the_header_resumes_and_names_it(
     assert len(notes) == 1 and "2 episode(s) used here were played with torch 2.0.0" in notes[0]
 
 
+def test_a_header_from_this_machine_without_the_flags_is_not_taken_for_another(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Those headers came before the CPU flags were kept: what they hold matches this machine's, so nothing to say.
+    from esper_kernel.infra.numerics import describe, differs, numerics
+
+    journal, specs, notes = tmp_path / "episodes.jsonl", [PolicySpec("wait")], []
+    evaluate(ENV, specs, [0, 1], journal=journal)
+    _rewrite(journal, {0: None, 1: None})
+    header, *lines = journal.read_text(encoding="utf-8").splitlines()
+    era = {k: v for k, v in numerics().items() if k != "cpu_flags"}
+    journal.write_text("\n".join([json.dumps({**json.loads(header), "numerics": era}), *lines]) + "\n")
+    played = _counting(monkeypatch)
+    doc = evaluate(ENV, specs, [0, 1], journal=journal, on_note=notes.append)
+    assert (played, notes) == ([], []) and "journal_numerics" not in doc
+    # What such a record does hold is still compared, and said as it is.
+    assert differs({**era, "cpu_kernels": "AVX2" if era["cpu_kernels"] != "AVX2" else "DEFAULT"})
+    assert describe(era).endswith("(flags not recorded)")
+
+
 def test_an_empty_journal_left_by_a_kill_gets_its_header_and_resumes(tmp_path: Path) -> None:
     journal = tmp_path / "episodes.jsonl"
     journal.write_text("", encoding="utf-8")

@@ -337,6 +337,28 @@ def test_compare_refuses_two_runs_of_one_arm_with_the_same_seed(tmp_path: Path) 
     assert result.exit_code == 2 and "same seed 0" in result.stderr
 
 
+def _fake_training(root: Path, name: str, seed: int, ret: float, **ppo: Any) -> Path:
+    d = root / name
+    d.mkdir()
+    summary = {
+        "run_id": name, "env_config": {"task": "pairs"}, "levers": ["tempo"], "episode_returns": [ret],
+        "ppo_config": {"episodes": 1, "n_envs": 1, "seed": seed, **ppo},
+    }  # fmt: skip
+    (d / "train_summary.json").write_text(json.dumps(summary), encoding="utf-8")
+    return d
+
+
+def test_compare_puts_a_training_saved_before_a_setting_in_the_arm_of_its_default(tmp_path: Path) -> None:
+    # Seeds 0-1 were trained before ppo.contribution existed (no such key), seeds 2-3 at its default.
+    value = [_fake_training(tmp_path, f"v{s}", s, 0.1 * s) for s in (0, 1)]
+    value += [_fake_training(tmp_path, f"v{s}", s, 0.1 * s, contribution="value") for s in (2, 3)]
+    sign = [_fake_training(tmp_path, f"s{s}", s, 0.1 * s + 0.05, contribution="sign") for s in range(4)]
+    comp = compare([*value, *sign])
+    assert list(comp.arms) == ["contribution=value", "contribution=sign"]
+    (ret,) = [p for p in comp.paired if p.metric == "return"]
+    assert ret.seeds == (0, 1, 2, 3) and ret.mean == pytest.approx(0.05)
+
+
 def test_compare_of_a_directory_without_a_summary_is_one_line(tmp_path: Path) -> None:
     result = esper("compare", str(tmp_path))
     assert result.exit_code == 2 and "summary.json" in result.stderr

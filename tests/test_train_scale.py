@@ -119,6 +119,24 @@ def test_kill_9_then_resume_ends_with_the_uninterrupted_weights(tmp_path: Path) 
     assert [e["superseded_events"] for e in events if e["event"] == "run.started"][-1] >= 0
 
 
+def test_a_state_saved_before_a_setting_existed_resumes_at_its_default(tmp_path: Path) -> None:
+    """train_state.pt from before ppo.contribution (which has no such key) still trains further, as at "value"."""
+    from esper_kernel.infra import checkpoint
+    from esper_kernel.tamiyo.train import load_train_state
+
+    args = ["--envs", "2", *TINY_ARGS, "--workers", "1", "--eval-every", "0"]
+    runner = ClickRunner()
+    old, whole = tmp_path / "old", tmp_path / "whole"
+    assert runner.invoke(main, ["train", "--episodes", "2", *args, "--out", str(old)]).exit_code == 0
+    state = load_train_state(old / "train_state.pt")
+    del state["ppo_config"]["contribution"], state["meta"]["config"]["ppo"]["contribution"]
+    checkpoint.save_atomic(state, old / "train_state.pt")
+    further = runner.invoke(main, ["train", "--resume", str(old), "--episodes", "4"])
+    assert further.exit_code == 0, further.output
+    assert runner.invoke(main, ["train", "--episodes", "4", *args, "--out", str(whole)]).exit_code == 0
+    assert _equal(_weights(old / "policy.pt"), _weights(whole / "policy.pt"))
+
+
 def test_training_a_finished_run_further_gives_the_longer_run(tmp_path: Path) -> None:
     args = ["--envs", "2", *TINY_ARGS, "--workers", "1", "--eval-every", "0"]
     runner = ClickRunner()

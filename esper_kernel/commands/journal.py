@@ -52,7 +52,8 @@ class Journal:
         if path is None:
             return
         lines = path.read_text(encoding="utf-8").splitlines() if path.exists() else []
-        # Journals written for a while kept where they were played in the header, not on each line.
+        # Journals written for a while kept where they were played in the header, not on each line: their
+        # lines are taken as played there, a best guess for any a resume on another machine appended.
         head = json.loads(lines[0]) if lines else {}
         played = head.pop("numerics", None)
         if lines and head != header:

@@ -248,7 +248,7 @@ def names(blueprints: Sequence[str], n_slots: int, observed: Sequence[str]) -> t
     return tuple(out)
 
 
-def fresh_reads(names: Sequence[str], *, several_tasks: bool, contribution: str = "value") -> list[str]:
+def fresh_reads(names: Sequence[str], *, several_tasks: bool, contribution: str) -> list[str]:
     """The entries of the observation ``names`` a fresh policy reads.
 
     Over several tasks the scaled twins only (a loss in nats or an accuracy over 1/K would say which task it
@@ -256,7 +256,10 @@ def fresh_reads(names: Sequence[str], *, several_tasks: bool, contribution: str 
     A seed's contribution as its size or as its signs (``contribution``: ``value`` or ``sign``), not both.
     """
     episode_out = set(ABSOLUTE if several_tasks else scaled_names())
-    slot_out = set(SIGNS if contribution == "value" else VALUE)
+    left_out = {"value": SIGNS, "sign": VALUE}
+    if contribution not in left_out:
+        raise ValueError(f"contribution must be one of {', '.join(left_out)}, not {contribution!r}")
+    slot_out = set(left_out[contribution])
     return [n for n in names if n not in episode_out and n.partition(".")[2] not in slot_out]
 
 

@@ -71,13 +71,20 @@ def kind(recorded: Mapping[str, object]) -> tuple[str, ...]:
 
 def differs(recorded: Mapping[str, object] | None) -> bool:
     """Whether numbers recorded with ``recorded`` may differ from this process's at the float level
-    (False where nothing was recorded: files written before it was)."""
-    return bool(recorded) and kind(recorded or {}) != kind(numerics())
+    (False where nothing was recorded: files written before it was).
+
+    Only the entries ``recorded`` holds are compared: a file written before an entry was kept (the CPU
+    flags came after the rest) says nothing of it, so it is not taken for another machine on that account.
+    """
+    if not recorded:
+        return False
+    here = numerics()
+    return any(str(recorded[k]) != here[k] for k in KEYS if k in recorded)
 
 
 def describe(recorded: Mapping[str, object]) -> str:
     """``torch 2.13.0+cpu, AVX512 kernels, AMD EPYC (flags 0123456789ab)``: a record in one phrase."""
+    flags = recorded.get("cpu_flags", "not recorded")
     return (
-        f"torch {recorded.get('torch')}, {recorded.get('cpu_kernels')} kernels, "
-        f"{recorded.get('cpu')} (flags {recorded.get('cpu_flags')})"
+        f"torch {recorded.get('torch')}, {recorded.get('cpu_kernels')} kernels, {recorded.get('cpu')} (flags {flags})"
     )

@@ -20,6 +20,8 @@ import attrs
 from esper_kernel.infra.numerics import describe, kind, recorded
 from esper_kernel.infra.stats import paired_difference
 from esper_kernel.report.events import SUMMARY, TRAIN_SUMMARY, ReportError, read_json
+from esper_kernel.settings.config import PPOConfig
+from esper_kernel.settings.declare import with_defaults
 
 COMPARE_SCHEMA = "esper.compare/1"
 METRICS = ("final_val_accuracy", "best_val_accuracy", "return", "params")
@@ -171,7 +173,7 @@ def _load_one(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
         )
     if (path / TRAIN_SUMMARY).is_file():
         s = read_json(path / TRAIN_SUMMARY)
-        ppo = dict(s.get("ppo_config") or {})
+        ppo = with_defaults(PPOConfig, s.get("ppo_config") or {})  # a run from before a setting: at its default
         rets = [r for r in (_finite(x) for x in s.get("episode_returns") or ()) if r is not None]
         # The return a training run ended on: the mean over its last rollout's episodes.
         last = rets[-int(ppo.get("n_envs") or 1) :] if rets else []

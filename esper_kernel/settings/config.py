@@ -264,7 +264,7 @@ class PPOConfig:
     contribution: str = setting("value", flag="--contribution", choices=CONTRIBUTION_READS, help=(
         "How a fresh policy reads each seed's counterfactual contribution: value (its size, a difference of "
         "accuracies on the task's own scale) or sign (whether it helps and for how many measurements in a row, "
-        "which mean the same on every task)."))  # fmt: skip
+        "the same on every task up to its validation set's resolution)."))  # fmt: skip
     init_policy: str | None = setting(
         None,
         flag="--init-policy",

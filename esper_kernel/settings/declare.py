@@ -42,6 +42,7 @@ __all__ = [
     "setting",
     "settings_of",
     "sync_blocks",
+    "with_defaults",
     "with_flag",
 ]
 
@@ -360,3 +361,12 @@ def with_flag(problem: str, cls: type[Any]) -> str:
         return problem
     flag = next((f.setting.flag for f in fields_of(cls) if f.key == key), None)
     return f"{key} ({flag}): {msg}" if flag else problem
+
+
+def with_defaults(cls: type[Any], saved: Mapping[str, Any]) -> dict[str, Any]:
+    """A ``cls`` record saved before some of its fields existed, those fields at their defaults.
+
+    A setting is added with the default that does what runs did before it, so an
+    old record and a new one at that default describe the same run.
+    """
+    return {**attrs.asdict(cls()), **saved}

@@ -43,9 +43,7 @@ from esper_kernel.tamiyo.stamp import (
 from esper_kernel.tamiyo.stamp import (
     PolicyMismatchError as PolicyMismatchError,
 )
-from esper_kernel.tamiyo.stamp import (
-    check_stamp,
-)
+from esper_kernel.tamiyo.stamp import check_stamp
 from esper_kernel.tamiyo.stamp import (
     head_stamps as head_stamps,
 )
@@ -394,6 +392,11 @@ def stamped_epochs(path: Path | str) -> int | None:
     """The episode length a policy file says it was trained on (None for a file without that stamp)."""
     epochs = _read_record(Path(path)).trained_on.get("epochs")
     return int(epochs) if epochs is not None else None
+
+
+def stamped_hyperparameters(path: Path | str) -> dict[str, Any]:
+    """The training settings a policy file was stamped with (those of a file from before a setting lack it)."""
+    return _read_record(Path(path)).hyperparameters
 
 
 def _read_record(path: Path) -> _Record:

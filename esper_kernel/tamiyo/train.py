@@ -46,6 +46,7 @@ from esper_kernel.infra import checkpoint
 from esper_kernel.infra.errors import EsperError
 from esper_kernel.settings.config import PPOConfig as PPOConfig  # re-exported: its old home
 from esper_kernel.settings.config import TrainConfig as TrainConfig
+from esper_kernel.settings.declare import with_defaults
 from esper_kernel.tamiyo.algorithm import (
     AdvantageScale,
     RolloutBuffer,
@@ -56,7 +57,7 @@ from esper_kernel.tamiyo.algorithm import (
 )
 from esper_kernel.tamiyo.envpool import EnvPool, EnvShard, PoolEnvs
 from esper_kernel.tamiyo.policies import Policy
-from esper_kernel.tamiyo.ppo import PPOPolicy, load_policy, save_policy, trained_on
+from esper_kernel.tamiyo.ppo import PPOPolicy, load_policy, save_policy, stamped_hyperparameters, trained_on
 
 # -- rollouts ------------------------------------------------------------------
 
@@ -264,6 +265,11 @@ def _start_from(policy: PPOPolicy, path: Path, registry: Registry, env_config: E
     """Load ``path``'s weights and observation statistics into the fresh ``policy``, or say what does not fit."""
     names = policy.obs_names  # what the fresh policy reads, which the start must have read too
     try:
+        # Checked first: a policy that reads contributions otherwise would be refused for its observation size.
+        reads = with_defaults(PPOConfig, stamped_hyperparameters(path))["contribution"]
+        if reads != policy.hyperparameters["contribution"]:
+            msg = f"{str(path)!r} reads contributions as {reads}, this run as {policy.hyperparameters['contribution']}"
+            raise TrainStateError(f"{msg} (ppo.contribution must match)")
         start = load_policy(path, registry, len(names), names, trained_on=trained_on(env_config), extend=False)
     except EsperError as exc:
         raise TrainStateError(f"ppo.init_policy: {exc}") from None
@@ -330,7 +336,7 @@ class _Trainer:
 
     def restore(self, path: Path, log: Any) -> None:
         state = load_train_state(path)
-        saved = dict(state["ppo_config"])
+        saved = with_defaults(PPOConfig, state["ppo_config"])
         same_but_length = {**saved, "episodes": self.cfg.episodes} == attrs.asdict(self.cfg)
         if state["env_config"] != self.env_record() or not same_but_length:
             raise TrainStateError(f"{path} was written by a run with other settings; resume it with its own")
