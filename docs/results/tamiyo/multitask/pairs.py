@@ -1,22 +1,51 @@
-"""Paired differences (95% t-intervals, esper's own) between any two policies of one eval.json, by seed.
+"""Paired differences (95% t-intervals, esper's own) between any two policies, by seed.
 
-python docs/results/tamiyo/multitask/pairs.py EVAL_JSON A B [A B ...]: A minus B in final accuracy and return,
-as markdown rows. esper eval pairs every policy with one reference; this pairs any two of the same run.
+python docs/results/tamiyo/multitask/pairs.py FILE A B [A B ...]: A minus B in final accuracy and return,
+as markdown rows. FILE is an eval.json or an eval journal (episodes.jsonl: every episode it holds, also of
+policies that eval did not ask for). A policy named POLICY@OTHER is read from the file OTHER instead, to pair
+episodes of two evals on the same seeds. esper eval pairs every policy with one reference; this pairs any two.
 """
 
 import json
 import sys
+from functools import cache
 
 from esper_kernel.infra.stats import paired_difference
 
-with open(sys.argv[1], encoding="utf-8") as f:
-    doc = json.load(f)
-by = {p["name"]: {r["seed"]: r for r in p["per_seed"]} for p in doc["policies"]}
+
+@cache
+def load(path: str) -> dict[str, dict[int, dict[str, float]]]:
+    """Each policy's final accuracy and return by seed."""
+    by: dict[str, dict[int, dict[str, float]]] = {}
+    with open(path, encoding="utf-8") as f:
+        if path.endswith(".jsonl"):
+            for line in f.readlines()[1:]:
+                try:
+                    rec = json.loads(line)
+                except json.JSONDecodeError:
+                    break  # a line torn by a kill
+                r = rec["result"]
+                by.setdefault(rec["policy"], {})[rec["seed"]] = {
+                    "final_val_accuracy": r["final_val_accuracy"],
+                    "return": r["ret"],
+                }
+        else:
+            for p in json.load(f)["policies"]:
+                by[p["name"]] = {r["seed"]: r for r in p["per_seed"]}
+    return by
+
+
+def episodes(first: str, name: str) -> dict[int, dict[str, float]]:
+    policy, _, other = name.partition("@")
+    return load(other or first)[policy]
+
+
 args = sys.argv[2:]
 for a, b in zip(args[::2], args[1::2], strict=True):
-    seeds = sorted(set(by[a]) & set(by[b]))
+    ea, eb = episodes(sys.argv[1], a), episodes(sys.argv[1], b)
+    seeds = sorted(set(ea) & set(eb))
     cells = []
     for key in ("final_val_accuracy", "return"):
-        d = paired_difference([by[a][s][key] for s in seeds], [by[b][s][key] for s in seeds])
+        d = paired_difference([ea[s][key] for s in seeds], [eb[s][key] for s in seeds])
         cells.append(f"{d.mean:+.3f} [{d.lo:+.3f}, {d.hi:+.3f}]")
     print(f"| {a} | {b} | {len(seeds)} | {' | '.join(cells)} |")
