@@ -141,15 +141,21 @@ def test_a_journal_written_before_numerics_were_kept_resumes_silently(
         evaluate(EnvConfig(epochs=3, train_size=48, val_size=24, batch_size=16), specs, [0], journal=journal)
 
 
+def _header_journal(tmp_path: Path, where: dict[str, str]) -> tuple[Path, list[PolicySpec], list[str]]:
+    """A journal of two `wait` episodes whose header, not its lines, says they were played ``where``."""
+    journal = tmp_path / "episodes.jsonl"
+    evaluate(ENV, [PolicySpec("wait")], [0, 1], journal=journal)
+    _rewrite(journal, {0: None, 1: None})
+    header, *lines = journal.read_text(encoding="utf-8").splitlines()
+    journal.write_text("\n".join([json.dumps({**json.loads(header), "numerics": where}), *lines]) + "\n")
+    return journal, [PolicySpec("wait")], []
+
+
 def test_a_journal_that_kept_its_machine_in_the_header_resumes_and_names_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # For a while a journal's header said where its episodes ran, and its lines did not.
-    journal, specs, notes = tmp_path / "episodes.jsonl", [PolicySpec("wait")], []
-    evaluate(ENV, specs, [0, 1], journal=journal)
-    _rewrite(journal, {0: None, 1: None})
-    header, *lines = journal.read_text(encoding="utf-8").splitlines()
-    journal.write_text("\n".join([json.dumps({**json.loads(header), "numerics": OTHER_MACHINE}), *lines]) + "\n")
+    journal, specs, notes = _header_journal(tmp_path, OTHER_MACHINE)
     played = _counting(monkeypatch)
     doc = evaluate(ENV, specs, [0, 1], journal=journal, on_note=notes.append)
     assert played == [] and doc["journal_numerics"] == [{"numerics": OTHER_MACHINE, "episodes": 2}]
@@ -162,12 +168,8 @@ def test_a_header_from_this_machine_without_the_flags_is_not_taken_for_another(
     # Those headers came before the CPU flags were kept: what they hold matches this machine's, so nothing to say.
     from esper_kernel.infra.numerics import describe, differs, numerics
 
-    journal, specs, notes = tmp_path / "episodes.jsonl", [PolicySpec("wait")], []
-    evaluate(ENV, specs, [0, 1], journal=journal)
-    _rewrite(journal, {0: None, 1: None})
-    header, *lines = journal.read_text(encoding="utf-8").splitlines()
     era = {k: v for k, v in numerics().items() if k != "cpu_flags"}
-    journal.write_text("\n".join([json.dumps({**json.loads(header), "numerics": era}), *lines]) + "\n")
+    journal, specs, notes = _header_journal(tmp_path, era)
     played = _counting(monkeypatch)
     doc = evaluate(ENV, specs, [0, 1], journal=journal, on_note=notes.append)
     assert (played, notes) == ([], []) and "journal_numerics" not in doc
