@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Protocol
 import attrs
 
 from esper_kernel.compose.stages import Stage
+from esper_kernel.settings.bounds import CONTRIBUTION_READS
 
 if TYPE_CHECKING:
     from esper_kernel.compose.seeds import SeedState
@@ -256,10 +257,9 @@ def fresh_reads(names: Sequence[str], *, several_tasks: bool, contribution: str)
     A seed's contribution as its size or as its signs (``contribution``: ``value`` or ``sign``), not both.
     """
     episode_out = set(ABSOLUTE if several_tasks else scaled_names())
-    left_out = {"value": SIGNS, "sign": VALUE}
-    if contribution not in left_out:
-        raise ValueError(f"contribution must be one of {', '.join(left_out)}, not {contribution!r}")
-    slot_out = set(left_out[contribution])
+    if contribution not in CONTRIBUTION_READS:
+        raise ValueError(f"contribution must be one of {', '.join(CONTRIBUTION_READS)}, not {contribution!r}")
+    slot_out = set(SIGNS if contribution == "value" else VALUE)
     return [n for n in names if n not in episode_out and n.partition(".")[2] not in slot_out]
 
 
