@@ -111,9 +111,10 @@ PIPE_WIDTH = 240
 
 def _stdout() -> Console:
     """The console for tables on stdout: the terminal's width, or wide rows when piped (COLUMNS still wins)."""
-    console = Console()
+    # No emoji codes: a policy spec such as greedy:family:FILE is not ":family:".
+    console = Console(emoji=False)
     if not console.is_terminal and "COLUMNS" not in os.environ:
-        console = Console(width=PIPE_WIDTH)
+        console = Console(width=PIPE_WIDTH, emoji=False)
     return console
 
 
@@ -185,7 +186,7 @@ def show_lever(name: str, as_json: bool) -> None:
             if as_json:
                 click.echo(report.to_json())
             else:
-                Console().print(failures_panel(report.failures))
+                Console(emoji=False).print(failures_panel(report.failures))
             return
         if name in reg.installed:
             raise SelectionError(f"lever {name!r} is installed but not selected; active levers: {_dash(reg.names)}")

@@ -145,4 +145,5 @@ def runtime_options(*, tensorboard: bool = True) -> Callable[[F], F]:
 
 
 def stderr() -> Console:
-    return Console(stderr=True)
+    # No emoji codes: a policy spec such as greedy:family:FILE is not ":family:".
+    return Console(stderr=True, emoji=False)

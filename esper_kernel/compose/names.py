@@ -27,3 +27,17 @@ BLUEPRINTS: dict[str, tuple[str, ...]] = {
     "cnn1d": ("norm", "attention", "conv_small", "bottleneck", "wide", "dilated", "dilated4"),
     "transformer": ("norm", "lora8", "lora32", "attention", "mlp_small", "mlp_large", "conv1d", "gated_mlp"),
 }
+
+#: What each blueprint adds to the host, by name in every topology: ``context`` mixes in other positions
+#: (a convolution, attention; squeeze-excite pools the whole input), ``channel`` acts on each position's
+#: features alone, ``norm`` renormalises them. A policy played with ``family:`` on another topology draws
+#: a blueprint new to it with the probability it gave that family's blueprints missing there.
+FAMILIES: dict[str, str] = {
+    "norm": "norm",
+    **dict.fromkeys(("lora8", "lora32", "mlp_small", "mlp_large", "gated_mlp"), "channel"),
+    **dict.fromkeys(
+        ("attention", "depthwise", "bottleneck", "conv_small", "conv_light", "conv_heavy", "dilated", "wide"),
+        "context",
+    ),
+    **dict.fromkeys(("dilated4", "conv1d"), "context"),
+}

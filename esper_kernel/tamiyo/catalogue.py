@@ -33,6 +33,7 @@ from esper_kernel.grow.sizing import count_params
 from esper_kernel.infra.errors import EsperError
 from esper_kernel.settings.bounds import MAX_WIDTH
 from esper_kernel.settings.config import EnvConfig
+from esper_kernel.tamiyo import learned
 from esper_kernel.tamiyo.fit import defaulted_heads as defaulted_heads  # re-exported: commands ask here
 from esper_kernel.tamiyo.fit import describe_fit as describe_fit
 from esper_kernel.tamiyo.fit import unseen_choices as unseen_choices
@@ -48,7 +49,7 @@ from esper_kernel.tamiyo.policies import (
 )
 
 if TYPE_CHECKING:
-    from esper_kernel.tamiyo.ppo import PPOPolicy
+    pass
 
 __all__ = [
     "KINDS",
@@ -135,50 +136,10 @@ def register(kind: PolicyKind) -> PolicyKind:
     return kind
 
 
-TRANSFER = "transfer"
-
-
-def _policy_path(arg: str, task: str, transfer: bool) -> Path:
-    """``pretrained`` (this task's shipped policy), with ``transfer:`` a task name (that task's), or a file."""
-    from esper_kernel.tamiyo.ppo import PRETRAINED, pretrained_path
-
-    if arg == "pretrained":
-        return pretrained_path(task)  # its error names --policy pretrained
-    if transfer and arg in PRETRAINED and not Path(arg).exists():
-        return pretrained_path(arg)
-    return Path(arg)
-
-
-def _load_learned(arg: str, registry: Registry, env: EnvConfig, obs_dim: int | None, transfer: bool) -> PPOPolicy:
-    from esper_kernel.episode.env import observation_names
-    from esper_kernel.tamiyo.ppo import load_policy, trained_on
-
-    names = observation_names(registry, env.slots)
-    # Levers the policy never saw take their defaults (tamiyo/fit.py); the commands say so once.
-    obs_names = names if obs_dim is None or len(names) == obs_dim else None
-    path = _policy_path(arg, env.task, transfer)
-    return load_policy(
-        path, registry, len(names) if obs_dim is None else obs_dim, obs_names, trained_on=trained_on(env),
-        transfer=transfer,
-    )  # fmt: skip
-
-
-def _build_learned(arg: str, spec: PolicySpec, ctx: BuildContext, transfer: bool = False) -> Policy:
-    policy = _load_learned(arg, ctx.registry, ctx.env, ctx.obs_dim, transfer)
-    policy.greedy = spec.greedy
-    # Sampling noise comes from the episode seed: seeds differ, and a rerun of a seed is identical.
-    policy.reseed(ctx.seed)
-    return policy
-
-
-def _check_learned(arg: str, where: str, registry: Registry, env: EnvConfig, transfer: bool = False) -> None:
-    """The policy file loads under these levers, task and slot count (a one-line error naming what does not)."""
-    from esper_kernel.tamiyo.ppo import PolicyLoadError
-
-    try:
-        _load_learned(arg, registry, env, None, transfer)
-    except PolicyLoadError as exc:
-        raise PolicyLoadError(f"{where}: {exc}") from None
+TRANSFER = learned.TRANSFER
+#: ``transfer:`` where a blueprint new to the policy draws as its family's missing ones (tamiyo/fit.py).
+FAMILY = learned.FAMILY
+_build_learned, _check_learned, _policy_path = learned.build, learned.check, learned.policy_path
 
 
 def _check_file(arg: str, where: str, registry: Registry, env: EnvConfig) -> None:
@@ -226,17 +187,6 @@ register(
 register(PolicyKind(FILE, "a policy file written by esper train", _build_learned, learned=True, check=_check_file))
 
 
-def _check_transfer(arg: str, where: str, registry: Registry, env: EnvConfig) -> None:
-    if not arg:
-        raise EsperError(f"{where}: name a policy file, or a task whose shipped policy to play, after transfer:")
-    if not _policy_path(arg, env.task, True).exists():
-        from esper_kernel.tamiyo.ppo import PRETRAINED
-
-        shipped = ", ".join(PRETRAINED)
-        raise EsperError(f"{where}: {arg!r} is neither a policy file nor a task with a shipped policy ({shipped})")
-    _check_learned(arg, where, registry, env, transfer=True)
-
-
 register(
     PolicyKind(
         TRANSFER,
@@ -244,7 +194,17 @@ register(
         lambda arg, spec, ctx: _build_learned(arg, spec, ctx, transfer=True),
         takes_argument=True,
         learned=True,
-        check=_check_transfer,
+        check=learned.check_transfer,
+    )
+)
+register(
+    PolicyKind(
+        FAMILY,
+        "as transfer:, and a blueprint new to it is drawn as its family's blueprints missing here were",
+        lambda arg, spec, ctx: _build_learned(arg, spec, ctx, transfer=True, families=True),
+        takes_argument=True,
+        learned=True,
+        check=lambda arg, where, registry, env: learned.check_transfer(arg, where, registry, env, families=True),
     )
 )
 
@@ -474,7 +434,7 @@ def learned_policy_file(text: str, task: str) -> Path | None:
     kind, arg = kind_of(spec.policy)
     if not kind.learned:
         return None
-    return _policy_path(arg, task, kind.name == TRANSFER)
+    return _policy_path(arg, task, kind.name in (TRANSFER, FAMILY))
 
 
 def expand(text: str) -> list[str]:

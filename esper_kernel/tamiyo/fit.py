@@ -18,20 +18,75 @@ to it is never drawn (where nothing else is legal, it picks among the new
 ones as among equals); a one-hot entry of a blueprint this catalogue lacks
 reads 0, which is what it reads in every state such a run reaches, since
 that blueprint can never be germinated here.
+
+With ``families`` (the ``family:`` policy kind), a blueprint new to it is
+drawn instead as its family (:data:`~esper_kernel.compose.names.FAMILIES`)
+was: its logit is the log of the probability the policy gives that family's
+blueprints this catalogue lacks, shared equally among the family's new
+blueprints here. The policy's mass over what it knew is then kept, only
+passed from blueprints that cannot be grown here to their kin that can.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import attrs
+import torch
 
 from esper_kernel.compose.actions import ActionSpace
+from esper_kernel.compose.names import FAMILIES
 from esper_kernel.episode.observation import blueprint_of_entry
 from esper_kernel.tamiyo.policies import ForcedPolicy, Policy
 
 #: A :attr:`Fit.take` or :attr:`Fit.choices` entry with no source: read as 0, or never drawn.
 ABSENT = -1
+
+
+@attrs.frozen
+class Kin:
+    """An active choice new to the policy, drawn with its family's mass among the policy's choices missing here."""
+
+    #: The active head and choice it fills.
+    head: int
+    choice: int
+    #: The policy's own head, and its choices whose logits the new one pools.
+    own_head: int
+    sources: tuple[int, ...]
+    #: How many new choices of that family share the pool.
+    share: int
+    name: str = ""
+    pooled: tuple[str, ...] = ()
+
+
+def apply_kin(active: torch.Tensor, own: torch.Tensor, kin: Sequence[Kin]) -> torch.Tensor:
+    """Active logits ``[..., H, C]`` with each kin choice set from the policy's own logits ``[..., h, c]``."""
+    if not kin:
+        return active
+    out = active.clone()
+    for k in kin:
+        pool = own[..., k.own_head, list(k.sources)]
+        out[..., k.head, k.choice] = torch.logsumexp(pool, -1) - math.log(k.share)
+    return out
+
+
+def _kin(heads: Sequence[tuple[str, tuple[str, ...]]], space: ActionSpace) -> tuple[Kin, ...]:
+    """The blueprint head's new choices that a family member the policy knew, missing here, stands for."""
+    out: list[Kin] = []
+    for h, (name, choices) in enumerate(heads):
+        if name != "blueprint" or name not in space.names:
+            continue
+        active = tuple(space.head(name).spec.choices)
+        new = [c for c in active if c not in choices]
+        for c in new:
+            fam = FAMILIES.get(c)
+            pool = [i for i, b in enumerate(choices) if b not in active and fam is not None and FAMILIES.get(b) == fam]
+            share = sum(FAMILIES.get(o) == fam for o in new)
+            if pool:
+                pooled = tuple(choices[i] for i in pool)
+                out.append(Kin(space.names.index(name), active.index(c), h, tuple(pool), share, c, pooled))
+    return tuple(out)
 
 
 @attrs.frozen
@@ -50,6 +105,8 @@ class Fit:
     #: Per policy head, the policy's choice index of each active choice (ABSENT: new to it, never drawn);
     #: empty: every head has the choices it was trained with.
     choices: tuple[tuple[int, ...], ...] = ()
+    #: Active choices new to the policy that draw as their family's missing blueprints (``families``).
+    kin: tuple[Kin, ...] = ()
 
     @property
     def identity(self) -> bool:
@@ -127,9 +184,11 @@ def fit(
     space: ActionSpace,
     active_levers: Sequence[str],
     active_obs: Sequence[str],
+    families: bool = False,
 ) -> tuple[Fit | None, list[str]]:
     """Fit a policy (its heads with their choices, levers, observation names) into the active ones.
 
+    With ``families``, a new blueprint draws as its family's missing ones (:class:`Kin`).
     Returns the fit, or None and every problem in words.
     """
     problems = _missing(heads, levers, space, active_levers)
@@ -143,7 +202,8 @@ def fit(
     own = {name for name, _ in heads}
     defaulted = tuple((h.name, h.spec.default) for h in space.heads if h.name not in own)
     place = tuple(space.names.index(name) for name, _ in heads)
-    return Fit(place, tuple(take), defaulted, space.n_heads, len(active_obs), _choice_maps(heads, space)), []
+    kin = _kin(heads, space) if families else ()
+    return Fit(place, tuple(take), defaulted, space.n_heads, len(active_obs), _choice_maps(heads, space), kin), []
 
 
 def describe_defaults(defaulted: Sequence[tuple[str, str]]) -> str:
@@ -155,8 +215,10 @@ def describe_defaults(defaulted: Sequence[tuple[str, str]]) -> str:
 def unseen(fit: Fit, heads: Sequence[tuple[str, tuple[str, ...]]], space: ActionSpace) -> dict[str, tuple[str, ...]]:
     """Per policy head with choices new to it, those choices (never drawn)."""
     out = {}
+    drawn = {k.name for k in fit.kin}
     for (name, _choices), cmap in zip(heads, fit.choices, strict=False):
-        new = tuple(c for c, i in zip(space.head(name).spec.choices, cmap, strict=True) if i == ABSENT)
+        active = space.head(name).spec.choices
+        new = tuple(c for c, i in zip(active, cmap, strict=True) if i == ABSENT and c not in drawn)
         if new:
             out[name] = new
     return out
@@ -186,7 +248,25 @@ def unseen_choices(policy: Policy) -> dict[str, tuple[str, ...]]:
     return dict(unseen) if isinstance(unseen, dict) else {}
 
 
+def kin_choices(policy: Policy) -> tuple[Kin, ...]:
+    """The new blueprints a learned policy draws as their family (``family:``); empty for any other policy."""
+    inner = policy.base if isinstance(policy, ForcedPolicy) else policy
+    kin = getattr(inner, "kin", ())
+    return tuple(kin) if isinstance(kin, tuple) else ()
+
+
+def describe_kin(kin: Sequence[Kin]) -> str:
+    """One line for the console: each new blueprint and the missing family members it is drawn as."""
+    said = "; ".join(f"{k.name} as {FAMILIES[k.name]} ({', '.join(k.pooled)}{f', /{k.share}' if k.share > 1 else ''})"
+                     for k in kin)  # fmt: skip
+    return f"blueprints it was not trained with are drawn as their family's missing ones: {said}"
+
+
 def describe_fit(policy: Policy) -> list[str]:
     """The lines a person is told once about how a learned policy fits this run (empty: as trained)."""
-    held, unseen = defaulted_heads(policy), unseen_choices(policy)
-    return ([describe_defaults(list(held.items()))] if held else []) + ([describe_unseen(unseen)] if unseen else [])
+    held, unseen, kin = defaulted_heads(policy), unseen_choices(policy), kin_choices(policy)
+    return (
+        ([describe_defaults(list(held.items()))] if held else [])
+        + ([describe_kin(kin)] if kin else [])
+        + ([describe_unseen(unseen)] if unseen else [])
+    )

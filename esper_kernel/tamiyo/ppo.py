@@ -24,38 +24,13 @@ from esper_kernel.compose.registry import Registry
 from esper_kernel.episode.sampling import Sampled, gumbel, pin_masks, sample, score
 from esper_kernel.infra.checkpoint import unreadable
 from esper_kernel.infra.files import write_atomic
-from esper_kernel.tamiyo.fit import ABSENT, Fit, fit, unseen
-from esper_kernel.tamiyo.stamp import (  # re-exported: their old home
-    MUST_MATCH as MUST_MATCH,
-)
-from esper_kernel.tamiyo.stamp import (
-    PRETRAINED as PRETRAINED,
-)
-from esper_kernel.tamiyo.stamp import (
-    HeadStamp as HeadStamp,
-)
-from esper_kernel.tamiyo.stamp import (
-    LeverStamp as LeverStamp,
-)
-from esper_kernel.tamiyo.stamp import (
-    PolicyLoadError as PolicyLoadError,
-)
-from esper_kernel.tamiyo.stamp import (
-    PolicyMismatchError as PolicyMismatchError,
-)
-from esper_kernel.tamiyo.stamp import check_stamp
-from esper_kernel.tamiyo.stamp import (
-    head_stamps as head_stamps,
-)
-from esper_kernel.tamiyo.stamp import (
-    lever_stamps as lever_stamps,
-)
-from esper_kernel.tamiyo.stamp import (
-    pretrained_path as pretrained_path,
-)
-from esper_kernel.tamiyo.stamp import (
-    trained_on as trained_on,
-)
+from esper_kernel.tamiyo.fit import ABSENT, Fit, apply_kin, fit, unseen
+from esper_kernel.tamiyo.stamp import PRETRAINED as PRETRAINED  # re-exported: their old home
+from esper_kernel.tamiyo.stamp import HeadStamp, LeverStamp, check_stamp, head_stamps, lever_stamps
+from esper_kernel.tamiyo.stamp import PolicyLoadError as PolicyLoadError
+from esper_kernel.tamiyo.stamp import PolicyMismatchError as PolicyMismatchError
+from esper_kernel.tamiyo.stamp import pretrained_path as pretrained_path
+from esper_kernel.tamiyo.stamp import trained_on as trained_on
 
 if TYPE_CHECKING:
     from esper_kernel.episode.env import EnvBatch
@@ -142,6 +117,9 @@ class PPOPolicy(nn.Module):
         self.heads = tuple(heads) if heads is not None else head_stamps(space)
         #: Heads new to the policy (levers it was not trained with), each held at its default choice.
         self.defaulted: dict[str, str] = dict(fit.defaulted) if fit is not None else {}
+        #: New blueprints drawn as their family's missing ones (``family:``); the rest of the new choices
+        #: (:attr:`unseen`) are never drawn.
+        self.kin = fit.kin if fit is not None else ()
         #: Per head, the active choices new to the policy (another topology's blueprints): never drawn.
         self.unseen: dict[str, tuple[str, ...]] = (
             unseen(fit, [(h.name, h.choices) for h in self.heads], space) if fit is not None and fit.choices else {}
@@ -239,7 +217,7 @@ class PPOPolicy(nn.Module):
             own = fit.choices[h] if fit.choices else tuple(range(len(self.space.heads[a].spec.choices)))
             for j, c in enumerate(own):
                 if c == ABSENT:
-                    never[a, j] = True
+                    never[a, j] = all((k.head, k.choice) != (a, j) for k in fit.kin)
                 else:
                     gather[a, j] = h * self.max_choices + c
         return gather.flatten(), never
@@ -248,7 +226,7 @@ class PPOPolicy(nn.Module):
         """The active observation ``[B, D]`` -> padded logits ``[B, H, C]`` of the active heads and values ``[B]``."""
         z = self.trunk(self.norm(self.own_obs(obs)))
         logits = self.logits_layer(z).view(-1, self.n_heads, self.max_choices)
-        return self._spread(logits), self.value_layer(z).squeeze(-1)
+        return apply_kin(self._spread(logits), logits, self.kin), self.value_layer(z).squeeze(-1)
 
     def _spread(self, own: torch.Tensor) -> torch.Tensor:
         """``[..., own heads, own choices]`` -> ``[..., active heads, active choices]``, zeros for heads new to it.
@@ -277,11 +255,18 @@ class PPOPolicy(nn.Module):
             # The noise of the policy's own heads, as it draws without the new levers: they change no draw.
             noise = self._spread(gumbel((obs.shape[0], self.n_heads, self.max_choices), self.generator))
         masks = self._known(pin_masks(masks, self._pins))
-        if noise is not None and self._never is not None and bool(self._never.any()):
-            # Where only choices new to it are legal, it draws among them as among equals, not the first one.
-            noise = torch.where(self._never, gumbel(tuple(noise.shape), self.generator), noise)
+        fresh = self._never if self._never is None or not self.kin else self._never | self._kin_mask()
+        if noise is not None and fresh is not None and bool(fresh.any()):
+            # Where only choices new to it are legal, it draws among them as among equals, not the first one;
+            # a kin choice has no noise of its own either.
+            noise = torch.where(fresh, gumbel(tuple(noise.shape), self.generator), noise)
         sampled = sample(self.space, logits, masks, self.generator, self.greedy, noise)
         return sampled, value
+
+    def _kin_mask(self) -> torch.Tensor:
+        mask = torch.zeros(self.space.n_heads, self.space.max_choices, dtype=torch.bool)
+        mask[[k.head for k in self.kin], [k.choice for k in self.kin]] = True
+        return mask
 
     def draw_noise(self, steps: int, rows: int) -> torch.Tensor | None:
         """Sampling noise for ``steps`` decisions of ``rows`` envs, ``[steps, rows, H, C]`` (None when greedy).
@@ -425,7 +410,7 @@ def _read_record(path: Path) -> _Record:
 
 
 def _problems(
-    rec: _Record, registry: Registry, obs_dim: int, obs_names: Sequence[str] | None, extend: bool
+    rec: _Record, registry: Registry, obs_dim: int, obs_names: Sequence[str] | None, extend: bool, families: bool
 ) -> tuple[Fit | None, list[str]]:
     """How ``rec`` fits the active heads and observation (None: as it is), or every way it does not, in words."""
     names = {h.name: h.choices for h in head_stamps(registry.space)}
@@ -433,7 +418,7 @@ def _problems(
     if extend and obs_names is not None and rec.obs_names:
         heads = [(h.name, h.choices) for h in rec.heads]
         got, problems = fit(
-            heads, [lv.name for lv in rec.levers], rec.obs_names, registry.space, registry.names, obs_names
+            heads, [lv.name for lv in rec.levers], rec.obs_names, registry.space, registry.names, obs_names, families
         )
         return (None if got is not None and got.identity else got), problems + pinned
     problems = _head_differences(rec.heads, head_stamps(registry.space))
@@ -454,6 +439,7 @@ def load_policy(
     *,
     extend: bool = True,
     transfer: bool = False,
+    families: bool = False,
 ) -> PPOPolicy:
     """Load a policy saved by :func:`save_policy` for use under ``registry``.
 
@@ -467,13 +453,14 @@ def load_policy(
     was trained on another task (naming both) or slot count (naming
     ``--slots``, the count given and the count it was trained on). With
     ``transfer``, the task is not checked: the policy plays a task it was not
-    trained on, its heads' choices matched by name.
+    trained on, its heads' choices matched by name; with ``families`` too, a new blueprint draws as its
+    family's blueprints missing there (:mod:`esper_kernel.tamiyo.fit`).
     """
     path = Path(path)
     rec = _read_record(path)
     if trained_on is not None and rec.trained_on:
         check_stamp(path, rec.trained_on, trained_on, transfer)
-    got, problems = _problems(rec, registry, obs_dim, obs_names, extend)
+    got, problems = _problems(rec, registry, obs_dim, obs_names, extend, families)
     if problems:
         raise PolicyMismatchError(
             f"policy {str(path)!r} does not fit the active levers: {'; '.join(problems)}; "
