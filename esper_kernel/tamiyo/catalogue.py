@@ -139,7 +139,13 @@ def register(kind: PolicyKind) -> PolicyKind:
 TRANSFER = learned.TRANSFER
 #: ``transfer:`` where a blueprint new to the policy draws as its family's missing ones (tamiyo/fit.py).
 FAMILY = learned.FAMILY
-_build_learned, _check_learned, _policy_path = learned.build, learned.check, learned.policy_path
+_check_learned, _policy_path = learned.check, learned.policy_path
+
+
+def _build_learned(
+    arg: str, spec: PolicySpec, ctx: BuildContext, transfer: bool = False, families: bool = False
+) -> Policy:
+    return learned.build(arg, ctx.registry, ctx.env, ctx.obs_dim, ctx.seed, spec.greedy, transfer, families)
 
 
 def _check_file(arg: str, where: str, registry: Registry, env: EnvConfig) -> None:

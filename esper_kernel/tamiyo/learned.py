@@ -15,8 +15,6 @@ from esper_kernel.infra.errors import EsperError
 from esper_kernel.settings.config import EnvConfig
 
 if TYPE_CHECKING:
-    from esper_kernel.tamiyo.catalogue import BuildContext, PolicySpec
-    from esper_kernel.tamiyo.policies import Policy
     from esper_kernel.tamiyo.ppo import PPOPolicy
 
 __all__ = ["FAMILY", "TRANSFER", "build", "check", "check_transfer", "load", "policy_path"]
@@ -52,11 +50,14 @@ def load(
     )  # fmt: skip
 
 
-def build(arg: str, spec: PolicySpec, ctx: BuildContext, transfer: bool = False, families: bool = False) -> Policy:
-    policy = load(arg, ctx.registry, ctx.env, ctx.obs_dim, transfer, families)
-    policy.greedy = spec.greedy
+def build(
+    arg: str, registry: Registry, env: EnvConfig, obs_dim: int, seed: int, greedy: bool, transfer: bool, families: bool
+) -> PPOPolicy:
+    """The learned policy for an episode of ``seed`` (catalogue's ``BuildContext``, unpacked)."""
+    policy = load(arg, registry, env, obs_dim, transfer, families)
+    policy.greedy = greedy
     # Sampling noise comes from the episode seed: seeds differ, and a rerun of a seed is identical.
-    policy.reseed(ctx.seed)
+    policy.reseed(seed)
     return policy
 
 

@@ -4,6 +4,8 @@ python docs/results/tamiyo/multitask/pairs.py FILE A B [A B ...]: A minus B in f
 as markdown rows. FILE is an eval.json or an eval journal (episodes.jsonl: every episode it holds, also of
 policies that eval did not ask for). A policy named POLICY@OTHER is read from the file OTHER instead, to pair
 episodes of two evals on the same seeds. esper eval pairs every policy with one reference; this pairs any two.
+With --tests K before FILE, each return row also gets the Bonferroni interval for K tests (95% family-wise;
+needs scipy, which the ray extra installs).
 """
 
 import json
@@ -40,12 +42,20 @@ def episodes(first: str, name: str) -> dict[int, dict[str, float]]:
     return load(other or first)[policy]
 
 
-args = sys.argv[2:]
+argv = sys.argv[1:]
+tests = int(argv[1]) if argv[0] == "--tests" else 1
+argv = argv[2:] if argv[0] == "--tests" else argv
+args = argv[1:]
 for a, b in zip(args[::2], args[1::2], strict=True):
-    ea, eb = episodes(sys.argv[1], a), episodes(sys.argv[1], b)
+    ea, eb = episodes(argv[0], a), episodes(argv[0], b)
     seeds = sorted(set(ea) & set(eb))
     cells = []
     for key in ("final_val_accuracy", "return"):
         d = paired_difference([ea[s][key] for s in seeds], [eb[s][key] for s in seeds])
         cells.append(f"{d.mean:+.3f} [{d.lo:+.3f}, {d.hi:+.3f}]")
+    if tests > 1:
+        from scipy.stats import t
+
+        half = float(t.ppf(1 - 0.025 / tests, d.n - 1)) * d.se
+        cells.append(f"[{d.mean - half:+.3f}, {d.mean + half:+.3f}] (Bonferroni, {tests} tests)")
     print(f"| {a} | {b} | {len(seeds)} | {' | '.join(cells)} |")
