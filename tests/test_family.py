@@ -28,6 +28,11 @@ from esper_kernel.grow.blueprints import blueprint_names
 from esper_kernel.tamiyo.ppo import PPOPolicy, load_policy, save_policy, trained_on
 
 
+def seeded(seed: int) -> torch.Generator:
+    """A generator of the test's own: another test's use of torch's global RNG changes none of its draws."""
+    return torch.Generator().manual_seed(seed)
+
+
 def registry(topology: str) -> Registry:
     return Registry(CoreHeads(3, blueprint_names(topology), topology), [])
 
@@ -49,7 +54,7 @@ def cnn_policy(tmp_path: Path) -> tuple[PPOPolicy, Path]:
     reg = registry("cnn")
     names = observation_names(reg, 3)
     policy = PPOPolicy.for_registry(reg, names, seed=11, trained_on=trained_on(EnvConfig(task="pairs")))
-    policy.norm.update(torch.randn(50, len(names)) * 2 + 1)
+    policy.norm.update(torch.randn(50, len(names), generator=seeded(0)) * 2 + 1)
     with torch.no_grad():
         policy.logits_layer.weight.mul_(100.0)  # logits of a few units: the pooled mass is far from uniform
     return policy, save_policy(policy, tmp_path / "cnn.pt")
@@ -86,7 +91,7 @@ def test_conv1d_takes_the_mass_of_the_convolutions_a_transformer_lacks(cnn_polic
     assert [k.name for k in loaded.kin] == ["conv1d"] and list(loaded.kin[0].pooled) == missing
     # The channel blueprints have no kin the policy knew: still never drawn.
     assert loaded.unseen == {"blueprint": ("lora8", "lora32", "mlp_small", "mlp_large", "gated_mlp")}
-    obs = torch.rand(1, len(observation_names(tf, 3))).expand(4000, -1).contiguous()
+    obs = torch.rand(1, len(observation_names(tf, 3)), generator=seeded(1)).expand(4000, -1).contiguous()
     own = own_view(policy, cnn, tf, obs)[0, cnn.space.names.index("blueprint")]
     cnn_bp = cnn.space.head("blueprint").spec.choices
     pool = torch.logsumexp(own[[cnn_bp.index(b) for b in missing]], 0)
@@ -113,7 +118,7 @@ def test_two_new_kin_share_the_pool(cnn_policy: tuple[PPOPolicy, Path]) -> None:
     cnn, c1 = registry("cnn"), registry("cnn1d")
     loaded = load(path, "cnn1d", "mnist1d", families=True)
     assert [(k.name, k.share) for k in loaded.kin] == [("wide", 2), ("dilated4", 2)] and loaded.unseen == {}
-    obs = torch.rand(16, len(observation_names(c1, 3)))
+    obs = torch.rand(16, len(observation_names(c1, 3)), generator=seeded(1))
     own = own_view(policy, cnn, c1, obs)[:, cnn.space.names.index("blueprint")]
     cnn_bp = cnn.space.head("blueprint").spec.choices
     pool = torch.logsumexp(own[:, [cnn_bp.index(b) for b in ("depthwise", "conv_light", "conv_heavy")]], -1)

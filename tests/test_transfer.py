@@ -28,6 +28,11 @@ from esper_kernel.tamiyo.ppo import PolicyMismatchError, PPOPolicy, load_policy,
 TINY = "[env]\ntrain_size = 128\nval_size = 64\n"
 
 
+def seeded(seed: int) -> torch.Generator:
+    """A generator of the test's own: another test's use of torch's global RNG changes none of its draws."""
+    return torch.Generator().manual_seed(seed)
+
+
 def esper(*args: str) -> Result:
     return CliRunner().invoke(main, list(args))
 
@@ -45,7 +50,7 @@ def cnn_policy(tmp_path: Path) -> tuple[PPOPolicy, Path]:
     reg = registry("cnn")
     names = observation_names(reg, 3)
     policy = PPOPolicy.for_registry(reg, names, seed=3, trained_on=trained_on(EnvConfig(task="pairs")))
-    policy.norm.update(torch.randn(50, len(names)) * 2 + 1)
+    policy.norm.update(torch.randn(50, len(names), generator=seeded(0)) * 2 + 1)
     # Large logits, so a mapping mistake shows in every draw; the blueprints' all far below the 0 a
     # choice new to the policy gets, so drawing one is what an unmasked new choice would do.
     b = reg.space.names.index("blueprint")
@@ -65,7 +70,7 @@ def test_another_topology_keeps_shared_blueprints_and_never_draws_new_ones(cnn_p
     new = [b for b in cnn1d.space.head("blueprint").spec.choices if b not in shared]
     assert new == ["wide", "dilated4"] and loaded.unseen == {"blueprint": ("wide", "dilated4")}
     # The same state seen from both catalogues: cnn-only blueprints' one-hots are 0 here, as the policy reads them.
-    obs_here = torch.rand(256, len(here))
+    obs_here = torch.rand(256, len(here), generator=seeded(1))
     for i, n in enumerate(here):
         if any(n.endswith(f".blueprint_{b}") for b in new):
             obs_here[:, i] = 0.0
@@ -104,14 +109,14 @@ def test_only_new_blueprints_legal_draws_among_them_as_equals(cnn_policy: tuple[
     new = [cnn1d.space.head("blueprint").spec.choices.index(bp) for bp in ("wide", "dilated4")]
     masks[:, :, b, new] = True
     loaded.reseed(0)
-    acts = loaded.act(torch.rand(8, len(here)), masks).actions
+    acts = loaded.act(torch.rand(8, len(here), generator=seeded(1)), masks).actions
     assert set(acts[:, b].tolist()) <= set(new)
     # Sampled, it draws among them as among equals (not always the first); greedy takes the first.
-    many = loaded.act(torch.rand(400, len(here)), masks[:1].expand(400, *masks.shape[1:])).actions
+    many = loaded.act(torch.rand(400, len(here), generator=seeded(1)), masks[:1].expand(400, *masks.shape[1:])).actions
     share = float((many[:, b] == new[0]).float().mean())
     assert 0.4 < share < 0.6, share
     loaded.greedy = True
-    assert set(loaded.act(torch.rand(8, len(here)), masks).actions[:, b].tolist()) == {new[0]}
+    assert set(loaded.act(torch.rand(8, len(here), generator=seeded(1)), masks).actions[:, b].tolist()) == {new[0]}
 
 
 def test_another_task_without_transfer_is_one_line_saying_how(cnn_policy: tuple[PPOPolicy, Path]) -> None:

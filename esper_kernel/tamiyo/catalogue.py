@@ -22,7 +22,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import attrs
 
@@ -47,9 +46,6 @@ from esper_kernel.tamiyo.policies import (
     load_run_state,
     run_state,
 )
-
-if TYPE_CHECKING:
-    pass
 
 __all__ = [
     "KINDS",
