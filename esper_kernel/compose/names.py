@@ -36,8 +36,18 @@ FAMILIES: dict[str, str] = {
     "norm": "norm",
     **dict.fromkeys(("lora8", "lora32", "mlp_small", "mlp_large", "gated_mlp"), "channel"),
     **dict.fromkeys(
-        ("attention", "depthwise", "bottleneck", "conv_small", "conv_light", "conv_heavy", "dilated", "wide"),
+        (
+            "attention",
+            "depthwise",
+            "bottleneck",
+            "conv_small",
+            "conv_light",
+            "conv_heavy",
+            "dilated",
+            "wide",
+            "dilated4",
+            "conv1d",
+        ),
         "context",
     ),
-    **dict.fromkeys(("dilated4", "conv1d"), "context"),
 }

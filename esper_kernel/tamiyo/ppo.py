@@ -144,8 +144,9 @@ class PPOPolicy(nn.Module):
         self._build(obs_dim, hidden, seed)
         self._gather: torch.Tensor | None = None
         self._never: torch.Tensor | None = None
+        self._fresh: torch.Tensor | None = None
         if fit is not None and moved:
-            self._gather, self._never = self._moves(fit)
+            self._gather, self._never, self._fresh = self._moves(fit)
         self.generator = torch.Generator().manual_seed(seed + 1)
         self.greedy = False
         self.last_value: torch.Tensor | None = None
@@ -207,20 +208,23 @@ class PPOPolicy(nn.Module):
             obs = torch.cat([obs, obs.new_zeros(*obs.shape[:-1], 1)], -1)
         return obs.index_select(-1, self._take)
 
-    def _moves(self, fit: Fit) -> tuple[torch.Tensor, torch.Tensor]:
+    def _moves(self, fit: Fit) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Where each active (head, choice) logit comes from in the policy's own flat logits (the last
-        index: a zero), and the active choices it never draws (choices new to it, of heads it knows)."""
+        index: a zero), the active choices it never draws (choices new to it, of heads it knows, but
+        for :attr:`kin`), and every choice new to it (it has no noise of its own to draw them with)."""
         zero = self.n_heads * self.max_choices
         gather = torch.full((self.space.n_heads, self.space.max_choices), zero, dtype=torch.long)
-        never = torch.zeros(self.space.n_heads, self.space.max_choices, dtype=torch.bool)
+        new = torch.zeros(self.space.n_heads, self.space.max_choices, dtype=torch.bool)
         for h, a in enumerate(fit.place):
             own = fit.choices[h] if fit.choices else tuple(range(len(self.space.heads[a].spec.choices)))
             for j, c in enumerate(own):
                 if c == ABSENT:
-                    never[a, j] = all((k.head, k.choice) != (a, j) for k in fit.kin)
+                    new[a, j] = True
                 else:
                     gather[a, j] = h * self.max_choices + c
-        return gather.flatten(), never
+        never = new.clone()
+        never[[k.head for k in fit.kin], [k.choice for k in fit.kin]] = False
+        return gather.flatten(), never, new
 
     def forward(self, obs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The active observation ``[B, D]`` -> padded logits ``[B, H, C]`` of the active heads and values ``[B]``."""
@@ -255,18 +259,12 @@ class PPOPolicy(nn.Module):
             # The noise of the policy's own heads, as it draws without the new levers: they change no draw.
             noise = self._spread(gumbel((obs.shape[0], self.n_heads, self.max_choices), self.generator))
         masks = self._known(pin_masks(masks, self._pins))
-        fresh = self._never if self._never is None or not self.kin else self._never | self._kin_mask()
-        if noise is not None and fresh is not None and bool(fresh.any()):
+        if noise is not None and self._fresh is not None and bool(self._fresh.any()):
             # Where only choices new to it are legal, it draws among them as among equals, not the first one;
             # a kin choice has no noise of its own either.
-            noise = torch.where(fresh, gumbel(tuple(noise.shape), self.generator), noise)
+            noise = torch.where(self._fresh, gumbel(tuple(noise.shape), self.generator), noise)
         sampled = sample(self.space, logits, masks, self.generator, self.greedy, noise)
         return sampled, value
-
-    def _kin_mask(self) -> torch.Tensor:
-        mask = torch.zeros(self.space.n_heads, self.space.max_choices, dtype=torch.bool)
-        mask[[k.head for k in self.kin], [k.choice for k in self.kin]] = True
-        return mask
 
     def draw_noise(self, steps: int, rows: int) -> torch.Tensor | None:
         """Sampling noise for ``steps`` decisions of ``rows`` envs, ``[steps, rows, H, C]`` (None when greedy).
