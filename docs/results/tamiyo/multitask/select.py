@@ -1,0 +1,37 @@
+"""Pick one of several PPO runs with its training tasks only (evals-17.sh).
+
+python docs/results/tamiyo/multitask/select.py EVAL.json [EVAL.json ...]: each eval.json holds the runs' greedy
+episodes on one training task. Prints each run's mean return per task and the mean over tasks, and the pick (the
+highest mean over tasks) among all runs and within each reading (sizes or signs, from the run's directory name).
+"""
+
+import json
+import sys
+from pathlib import Path
+from statistics import mean
+
+evals = [json.loads(Path(p).read_text(encoding="utf-8")) for p in sys.argv[1:]]
+tasks = [Path(p).parent.name for p in sys.argv[1:]]
+runs = [p["name"] for p in evals[0]["policies"] if p["name"].startswith("greedy:")]
+
+
+def score(ev: dict, run: str) -> float:
+    (p,) = [p for p in ev["policies"] if p["name"] == run]
+    return mean(r["return"] for r in p["per_seed"])
+
+
+table = {run: [score(ev, run) for ev in evals] for run in runs}
+total = {run: mean(v) for run, v in table.items()}
+print("| run | " + " | ".join(tasks) + " | mean |")
+print("|---|" + "---|" * (len(tasks) + 1))
+for run, v in table.items():
+    print(f"| {Path(run.removeprefix('greedy:')).parent.name} | " + " | ".join(f"{x:.3f}" for x in v) + f" | {total[run]:.3f} |")
+
+
+def pick(group: list[str]) -> str:
+    return Path(max(group, key=total.__getitem__).removeprefix("greedy:")).parent.name
+
+
+print(f"pick among all: {pick(runs)}")
+signs = [r for r in runs if "-sign" in r]
+print(f"pick among signs: {pick(signs)}; among sizes: {pick([r for r in runs if r not in signs])}")
