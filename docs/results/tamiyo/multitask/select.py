@@ -25,7 +25,8 @@ total = {run: mean(v) for run, v in table.items()}
 print("| run | " + " | ".join(tasks) + " | mean |")
 print("|---|" + "---|" * (len(tasks) + 1))
 for run, v in table.items():
-    print(f"| {Path(run.removeprefix('greedy:')).parent.name} | " + " | ".join(f"{x:.3f}" for x in v) + f" | {total[run]:.3f} |")
+    cells = " | ".join(f"{x:.3f}" for x in v)
+    print(f"| {Path(run.removeprefix('greedy:')).parent.name} | {cells} | {total[run]:.3f} |")
 
 
 def pick(group: list[str]) -> str:
