@@ -22,6 +22,7 @@ def label(policy: str) -> str:
     name = Path(path).name if path.endswith(".toml") else Path(path).parent.name if "/" in path else path
     return f"{kind}:{name}" if kind else name
 
+
 for path in sys.argv[1:]:
     by: dict[str, dict[int, float]] = {}
     lines = Path(path).read_text(encoding="utf-8").splitlines()
