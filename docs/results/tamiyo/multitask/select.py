@@ -1,4 +1,4 @@
-"""Pick one of several PPO runs with its training tasks only (evals-17.sh).
+"""Pick one of several PPO runs with their training tasks only (evals-17.sh, evals-18.sh).
 
 python docs/results/tamiyo/multitask/select.py EVAL.json [EVAL.json ...]: each eval.json holds the runs' greedy
 episodes on one training task. Prints each run's mean return per task and the mean over tasks, and the pick (the
