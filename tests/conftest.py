@@ -34,6 +34,11 @@ from esper_kernel.compose.stages import Stage
 TEST_BLUEPRINTS = ("conv_small", "attention", "norm")
 
 
+def seeded(seed: int) -> torch.Generator:
+    """A generator of the test's own: another test's use of torch's global RNG changes none of its draws."""
+    return torch.Generator().manual_seed(seed)
+
+
 def make_core() -> CoreHeads:
     return CoreHeads(n_slots=3, blueprints=TEST_BLUEPRINTS, topology="cnn")
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner
+from conftest import seeded
 
 from esper_kernel.cli import main
 from esper_kernel.compose.actions import N_OPS
@@ -26,11 +27,6 @@ from esper_kernel.compose.stages import Op
 from esper_kernel.episode.env import EnvConfig, observation_names
 from esper_kernel.grow.blueprints import blueprint_names
 from esper_kernel.tamiyo.ppo import PPOPolicy, load_policy, save_policy, trained_on
-
-
-def seeded(seed: int) -> torch.Generator:
-    """A generator of the test's own: another test's use of torch's global RNG changes none of its draws."""
-    return torch.Generator().manual_seed(seed)
 
 
 def registry(topology: str) -> Registry:

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 from click.testing import CliRunner, Result
+from conftest import seeded
 
 from esper_kernel.cli import main
 from esper_kernel.compose.actions import N_OPS
@@ -26,11 +27,6 @@ from esper_kernel.infra.telemetry import read_events
 from esper_kernel.tamiyo.ppo import PolicyMismatchError, PPOPolicy, load_policy, save_policy, trained_on
 
 TINY = "[env]\ntrain_size = 128\nval_size = 64\n"
-
-
-def seeded(seed: int) -> torch.Generator:
-    """A generator of the test's own: another test's use of torch's global RNG changes none of its draws."""
-    return torch.Generator().manual_seed(seed)
 
 
 def esper(*args: str) -> Result:
