@@ -11,21 +11,19 @@ from pathlib import Path
 from statistics import mean
 
 evals = [json.loads(Path(p).read_text(encoding="utf-8")) for p in sys.argv[1:]]
-tasks = [Path(p).parent.name for p in sys.argv[1:]]
-runs = [p["name"] for p in evals[0]["policies"] if p["name"].startswith("greedy:")]
-
-
-def score(ev: dict, run: str) -> float:
-    (p,) = [p for p in ev["policies"] if p["name"] == run]
-    return mean(r["return"] for r in p["per_seed"])
-
-
-table = {run: [score(ev, run) for ev in evals] for run in runs}
-total = {run: mean(v) for run, v in table.items()}
+names = [Path(p).parent.name for p in sys.argv[1:]]
+tasks = list(dict.fromkeys(names))  # evals of several selections may hold different runs on the same task
+table: dict[str, dict[str, float]] = {}
+for task, ev in zip(names, evals, strict=True):
+    for p in ev["policies"]:
+        if p["name"].startswith("greedy:"):
+            table.setdefault(p["name"], {})[task] = mean(r["return"] for r in p["per_seed"])
+runs = [run for run, v in table.items() if len(v) == len(tasks)]
+total = {run: mean(table[run].values()) for run in runs}
 print("| run | " + " | ".join(tasks) + " | mean |")
 print("|---|" + "---|" * (len(tasks) + 1))
-for run, v in table.items():
-    cells = " | ".join(f"{x:.3f}" for x in v)
+for run in runs:
+    cells = " | ".join(f"{table[run][t]:.3f}" for t in tasks)
     print(f"| {Path(run.removeprefix('greedy:')).parent.name} | {cells} | {total[run]:.3f} |")
 
 
