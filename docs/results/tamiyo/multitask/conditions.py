@@ -8,27 +8,15 @@ the per-unit best (an oracle with hindsight), with the last two minus the best s
 t-interval. A closed loop that reads the size from the state it sees can at most reach the per-condition best.
 """
 
-import json
 import sys
 from pathlib import Path
 from statistics import mean
 
+from journal import returns
+
 from esper_kernel.infra.stats import paired_difference
 
 SEEDS = range(9301, 9321)
-
-
-def returns(path: str) -> dict[str, list[float]]:
-    """Each policy's return on every seed, for the policies that played them all."""
-    by: dict[str, dict[int, float]] = {}
-    for line in Path(path).read_text(encoding="utf-8").splitlines()[1:]:
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            break  # a line torn by a kill
-        if "policy" in rec:
-            by.setdefault(rec["policy"], {})[rec["seed"]] = rec["result"]["ret"]
-    return {p: [v[s] for s in SEEDS] for p, v in by.items() if all(s in v for s in SEEDS)}
 
 
 def short(policy: str) -> str:
@@ -39,7 +27,7 @@ def short(policy: str) -> str:
     )
 
 
-conds = [returns(p) for p in sys.argv[1:]]
+conds = [returns(p, SEEDS)[1] for p in sys.argv[1:]]
 plans = [p for p in conds[0] if all(p in c for c in conds)]
 for path, c in zip(sys.argv[1:], conds, strict=True):
     best = max(plans, key=lambda p: mean(c[p]))

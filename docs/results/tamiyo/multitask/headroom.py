@@ -7,9 +7,10 @@ policy, paired by seed, 95% t-interval. A closed loop beats its own recipe only 
 seeds, so this bounds from above what choosing among these plans by seed could have bought.
 """
 
-import json
 import sys
 from pathlib import Path
+
+from journal import returns
 
 from esper_kernel.infra.stats import paired_difference
 
@@ -24,17 +25,7 @@ def label(policy: str) -> str:
 
 
 for path in sys.argv[1:]:
-    by: dict[str, dict[int, float]] = {}
-    lines = Path(path).read_text(encoding="utf-8").splitlines()
-    task = json.loads(lines[0])["env"]["task"]
-    for line in lines[1:]:
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            break  # a line torn by a kill
-        if "policy" in rec:
-            by.setdefault(rec["policy"], {})[rec["seed"]] = rec["result"]["ret"]
-    full = {p: [v[s] for s in SEEDS] for p, v in by.items() if all(s in v for s in SEEDS)}
+    task, full = returns(path, SEEDS)
     best = max(full, key=lambda p: sum(full[p]))
     oracle = [max(full[p][i] for p in full) for i in range(len(SEEDS))]
     d = paired_difference(oracle, full[best])
