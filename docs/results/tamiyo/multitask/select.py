@@ -33,4 +33,6 @@ def pick(group: list[str]) -> str:
 
 print(f"pick among all: {pick(runs)}")
 signs = [r for r in runs if "-sign" in r]
-print(f"pick among signs: {pick(signs)}; among sizes: {pick([r for r in runs if r not in signs])}")
+for reading, group in (("signs", signs), ("sizes", [r for r in runs if r not in signs])):
+    if group:
+        print(f"pick among {reading}: {pick(group)}")
