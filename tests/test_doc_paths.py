@@ -14,8 +14,9 @@ ROOT = Path(__file__).resolve().parents[1]
 TOP = ("docs", "esper_kernel", "esper_levers_builtin", "plugins", "bench", "examples", "tests", "tox")
 #: A path starts at one of the top-level folders and may hold {a,b} alternatives and * globs.
 PATH = re.compile(r"(?<![\w/.-])((?:" + "|".join(TOP) + r")/(?:[\w./*-]|\{[\w.,-]*\})+)")
-#: An upper-case word or an ellipsis stands for a part the reader fills in (ARM, TASK, …).
-PLACEHOLDER = re.compile(r"\b[A-Z]{3,}\b|…")
+#: An upper-case word or an ellipsis stands for a part the reader fills in (ARM, TASK, …); README and RESULTS are
+#: files of ours.
+PLACEHOLDER = re.compile(r"\b(?!README\b|RESULTS\b)[A-Z]{3,}\b|…")
 #: What a reader's own project holds, written as an example of a layout, not a file of ours.
 EXAMPLE_LAYOUTS = {"tests/test_contract.py"}
 #: Policy files of arms trained before they were committed (37b4a79): the docs cite them as the policies their
