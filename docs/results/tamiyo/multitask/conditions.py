@@ -12,31 +12,23 @@ import sys
 from pathlib import Path
 from statistics import mean
 
-from journal import returns
+from journal import label, returns
 
 from esper_kernel.infra.stats import paired_difference
 
 SEEDS = range(9301, 9321)
 
 
-def short(policy: str) -> str:
-    return (
-        policy.rpartition("/")[2].removesuffix(".toml")
-        if "schedule:" in policy
-        else policy.replace("docs/results/tamiyo/multitask/", "")
-    )
-
-
 conds = [returns(p, SEEDS)[1] for p in sys.argv[1:]]
 plans = [p for p in conds[0] if all(p in c for c in conds)]
-for path, c in zip(sys.argv[1:], conds, strict=True):
-    best = max(plans, key=lambda p: mean(c[p]))
-    print(f"{Path(path).parent.name}: best {short(best)} ({mean(c[best]):.3f}) of {len(plans)} plans")
+bests = [max(plans, key=lambda p, c=c: mean(c[p])) for c in conds]
+for path, c, best in zip(sys.argv[1:], conds, bests, strict=True):
+    print(f"{Path(path).parent.name}: best {label(best)} ({mean(c[best]):.3f}) of {len(plans)} plans")
 single = max(plans, key=lambda p: sum(mean(c[p]) for c in conds))
 base = [x for c in conds for x in c[single]]
-known = [x for c in conds for x in c[max(plans, key=lambda p, c=c: mean(c[p]))]]
+known = [x for c, best in zip(conds, bests, strict=True) for x in c[best]]
 oracle = [max(c[p][i] for p in plans) for c in conds for i in range(len(SEEDS))]
-print(f"best single plan over all conditions: {short(single)} ({mean(base):.3f})")
+print(f"best single plan over all conditions: {label(single)} ({mean(base):.3f})")
 for name, v in (("per-condition best", known), ("per-unit best, with hindsight", oracle)):
     d = paired_difference(v, base)
     print(f"{name}: {mean(v):.3f}, minus the best single plan {d.mean:+.3f} [{d.lo:+.3f}, {d.hi:+.3f}]")

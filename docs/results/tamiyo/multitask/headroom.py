@@ -8,20 +8,12 @@ seeds, so this bounds from above what choosing among these plans by seed could h
 """
 
 import sys
-from pathlib import Path
 
-from journal import returns
+from journal import label, returns
 
 from esper_kernel.infra.stats import paired_difference
 
 SEEDS = range(9301, 9321)
-
-
-def label(policy: str) -> str:
-    """The policy's kind and its file's name (a schedule) or folder (a policy file), without the path between."""
-    kind, _, path = policy.rpartition(":")
-    name = Path(path).name if path.endswith(".toml") else Path(path).parent.name if "/" in path else path
-    return f"{kind}:{name}" if kind else name
 
 
 for path in sys.argv[1:]:

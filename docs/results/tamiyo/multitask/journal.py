@@ -18,3 +18,10 @@ def returns(path: str, seeds: Sequence[int]) -> tuple[str, dict[str, list[float]
             by.setdefault(rec["policy"], {})[rec["seed"]] = rec["result"]["ret"]
     full = {p: [v[s] for s in seeds] for p, v in by.items() if all(s in v for s in seeds)}
     return json.loads(lines[0])["env"]["task"], full
+
+
+def label(policy: str) -> str:
+    """The policy's kind and its file's name (a schedule) or folder (a policy file), without the path between."""
+    kind, _, path = policy.rpartition(":")
+    name = Path(path).name if path.endswith(".toml") else Path(path).parent.name if "/" in path else path
+    return f"{kind}:{name}" if kind else name
